@@ -1,0 +1,128 @@
+//! `redstage demo`: an order across two Redis instances, shown step by step.
+
+use std::path::PathBuf;
+use std::process::ExitCode;
+
+use anyhow::{Context, bail};
+use serde_json::{Value, json};
+
+use crate::config::Config;
+use crate::embedded::{Persistence, RedisServer};
+use crate::txn::Coordinator;
+use crate::txn::types::{Status, TxnRequest, TxnResponse};
+
+pub async fn run(config: Option<PathBuf>, components: PathBuf) -> anyhow::Result<ExitCode> {
+    // Kept alive until the demo ends; dropping them stops the servers.
+    let mut servers = Vec::new();
+    let config = match config {
+        Some(path) => Config::load(&path)?,
+        None => {
+            for store in ["orders", "ledger"] {
+                let server = RedisServer::start(Persistence::None)?;
+                println!(
+                    "started a local redis-server on 127.0.0.1:{} for store `{store}`",
+                    server.port()
+                );
+                servers.push(server);
+            }
+            embedded_config(&servers[0].url(), &servers[1].url(), &components)?
+        }
+    };
+    let coordinator = super::coordinator(&config)?;
+    for name in ["inventory", "payments"] {
+        if coordinator.registry().get(name).is_none() {
+            bail!("the demo needs a participant named `{name}`");
+        }
+    }
+
+    println!("\n# stock the shelf and fund alice");
+    submit(
+        &coordinator,
+        json!([
+            step("inventory", json!({"op":"restock","sku":"A1","qty":10})),
+            step(
+                "payments",
+                json!({"op":"deposit","account":"alice","amount":100})
+            )
+        ]),
+    )
+    .await?;
+    let before = levels(&coordinator).await?;
+    println!("\n# before: {before}");
+
+    println!("\n# order 1: 2 x A1 for 30, paid by alice -> commits on both stores");
+    let first = submit(&coordinator, order(2, 30)).await?;
+    println!("\n# order 2: 1 x A1 for 500, alice cannot pay -> aborts, nothing changes");
+    let second = submit(&coordinator, order(1, 500)).await?;
+
+    let after = levels(&coordinator).await?;
+    println!("\n# after: {after}");
+    if first.status != Status::Committed || second.status != Status::Aborted {
+        bail!("the demo did not go as planned");
+    }
+    Ok(ExitCode::SUCCESS)
+}
+
+fn embedded_config(
+    orders: &str,
+    ledger: &str,
+    components: &std::path::Path,
+) -> anyhow::Result<Config> {
+    let component = |name: &str| -> anyhow::Result<String> {
+        let path = components.join(format!("{name}.wasm"));
+        let path = path.canonicalize().with_context(|| {
+            format!(
+                "no component at {} (build the examples first)",
+                path.display()
+            )
+        })?;
+        Ok(path.display().to_string())
+    };
+    let text = format!(
+        "log_store = \"orders\"\n\
+         [stores]\norders = {orders:?}\nledger = {ledger:?}\n\
+         [participants.inventory]\ncomponent = {:?}\nstore = \"orders\"\nprefix = \"inventory:\"\n\
+         [participants.payments]\ncomponent = {:?}\nstore = \"ledger\"\nprefix = \"payments:\"\n",
+        component("inventory")?,
+        component("payments")?,
+    );
+    Ok(Config::parse(&text)?)
+}
+
+fn step(participant: &str, input: Value) -> Value {
+    json!({"participant": participant, "input": input})
+}
+
+fn order(qty: u64, amount: u64) -> Value {
+    json!([
+        step("inventory", json!({"op":"deduct","sku":"A1","qty":qty})),
+        step(
+            "payments",
+            json!({"op":"transfer","from":"alice","to":"shop","amount":amount})
+        ),
+    ])
+}
+
+async fn submit(coordinator: &Coordinator, steps: Value) -> anyhow::Result<TxnResponse> {
+    let request: TxnRequest = serde_json::from_value(json!({ "steps": steps }))?;
+    println!("> {}", serde_json::to_string(&request)?);
+    let response = coordinator.run(request).await?;
+    println!("< {}", serde_json::to_string(&response)?);
+    Ok(response)
+}
+
+/// Stock of A1 and the balances of alice and shop, read in one transaction.
+async fn levels(coordinator: &Coordinator) -> anyhow::Result<Value> {
+    let response = submit(
+        coordinator,
+        json!([
+            step("inventory", json!({"op":"levels","skus":["A1"]})),
+            step(
+                "payments",
+                json!({"op":"balances","accounts":["alice","shop"]})
+            ),
+        ]),
+    )
+    .await?;
+    Ok(json!({"stock": response.steps[0].output, "balances": response.steps[1].output}))
+}

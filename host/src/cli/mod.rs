@@ -1,0 +1,128 @@
+//! The `redstage` command line: `serve`, `run`, `demo`.
+//!
+//! Every command reads the same TOML config (see `config`); `demo` can do
+//! without one by starting local `redis-server` processes itself. Errors
+//! reach the user through `anyhow` with the cause chain; logs go to stderr
+//! through `tracing` (`RUST_LOG=debug` for more).
+
+mod demo;
+
+use std::path::PathBuf;
+use std::process::ExitCode;
+use std::sync::Arc;
+
+use anyhow::Context;
+use clap::{Parser, Subcommand};
+
+use crate::config::Config;
+use crate::txn::Coordinator;
+use crate::txn::types::{Status, TxnRequest};
+
+/// Atomic, serializable transactions across Redis stores, with participants
+/// as sandboxed WebAssembly components.
+#[derive(Debug, Parser)]
+#[command(name = "redstage", version, about)]
+pub struct Cli {
+    #[command(subcommand)]
+    command: Command,
+}
+
+#[derive(Debug, Subcommand)]
+enum Command {
+    /// Serve the HTTP API (POST /v1/transactions, GET /v1/health, GET /v1/ready).
+    Serve {
+        /// The TOML config: stores, log store, participants, limits.
+        #[arg(long)]
+        config: PathBuf,
+        /// Listen here instead of the config's `listen`.
+        #[arg(long)]
+        listen: Option<std::net::SocketAddr>,
+    },
+    /// Run one transaction and print its outcome as JSON.
+    ///
+    /// Exit status: 0 committed, 2 aborted, 1 error (nothing applied, or the
+    /// outcome is unknown: the message says which).
+    Run {
+        #[arg(long)]
+        config: PathBuf,
+        /// The transaction: {"steps":[{"participant":"...","input":{...}}]}
+        transaction: String,
+    },
+    /// Run the order demo: inventory and payments on two Redis instances,
+    /// one order committed, one aborted for insufficient funds.
+    ///
+    /// Without --config it starts two local redis-server processes and
+    /// stops them at the end.
+    Demo {
+        /// Use the stores and participants of this config (which must have
+        /// participants `inventory` and `payments`).
+        #[arg(long, conflicts_with = "components")]
+        config: Option<PathBuf>,
+        /// Folder with inventory.wasm and payments.wasm.
+        #[arg(long, default_value = "target/wasm32-wasip1/release")]
+        components: PathBuf,
+    },
+}
+
+impl Cli {
+    pub async fn run(self) -> anyhow::Result<ExitCode> {
+        match self.command {
+            Command::Serve { config, listen } => serve(config, listen).await,
+            Command::Run {
+                config,
+                transaction,
+            } => run(config, &transaction).await,
+            Command::Demo { config, components } => demo::run(config, components).await,
+        }
+    }
+}
+
+/// Loads a config and builds the coordinator it describes.
+pub fn coordinator(config: &Config) -> anyhow::Result<Coordinator> {
+    let runtime = crate::runtime::Runtime::new().context("starting the WebAssembly runtime")?;
+    let registry = crate::participants::Registry::load(&runtime, config)?;
+    Ok(Coordinator::new(config, Arc::new(registry))?)
+}
+
+fn load(path: &std::path::Path) -> anyhow::Result<Config> {
+    Ok(Config::load(path)?)
+}
+
+async fn serve(path: PathBuf, listen: Option<std::net::SocketAddr>) -> anyhow::Result<ExitCode> {
+    let config = load(&path)?;
+    let coordinator = Arc::new(coordinator(&config)?);
+    let addr = listen.unwrap_or(config.listen);
+    let listener = tokio::net::TcpListener::bind(addr)
+        .await
+        .with_context(|| format!("cannot listen on {addr}"))?;
+    tracing::info!(addr = %listener.local_addr()?, "serving");
+    axum::serve(listener, crate::api::router(coordinator))
+        .with_graceful_shutdown(shutdown())
+        .await?;
+    Ok(ExitCode::SUCCESS)
+}
+
+/// Resolves on Ctrl-C or SIGTERM; in-flight requests then finish.
+async fn shutdown() {
+    let ctrl_c = tokio::signal::ctrl_c();
+    let mut term = tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate())
+        .expect("install the SIGTERM handler");
+    tokio::select! {
+        _ = ctrl_c => {}
+        _ = term.recv() => {}
+    }
+    tracing::info!("shutting down");
+}
+
+async fn run(path: PathBuf, transaction: &str) -> anyhow::Result<ExitCode> {
+    let config = load(&path)?;
+    let coordinator = coordinator(&config)?;
+    let request: TxnRequest = serde_json::from_str(transaction)
+        .context("the transaction is not valid JSON of the form {\"steps\":[{\"participant\":...,\"input\":...}]}")?;
+    let response = coordinator.run(request).await?;
+    println!("{}", serde_json::to_string_pretty(&response)?);
+    Ok(match response.status {
+        Status::Committed => ExitCode::SUCCESS,
+        Status::Aborted => ExitCode::from(2),
+    })
+}

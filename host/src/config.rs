@@ -1,0 +1,265 @@
+//! The service configuration: one TOML file naming the stores, the log store
+//! and the participants. Every path in it is relative to the file.
+//!
+//! ```toml
+//! listen = "127.0.0.1:7878"
+//! log_store = "orders"                 # where transaction records live
+//! [stores]
+//! orders = "redis://127.0.0.1:6379"
+//! ledger = "redis://127.0.0.1:6380"
+//! [participants.inventory]
+//! component = "path/to/inventory.wasm"
+//! store = "orders"
+//! prefix = "inventory:"
+//! [limits]                              # every participant call (optional)
+//! call_time_ms = 200
+//! [txn]                                 # the protocol's bounds (optional)
+//! lease_ms = 5000
+//! ```
+
+use std::collections::BTreeMap;
+use std::net::SocketAddr;
+use std::path::{Path, PathBuf};
+use std::time::Duration;
+
+use serde::{Deserialize, Serialize};
+
+use crate::runtime::CallLimits;
+use crate::store::keys::RESERVED_PREFIX;
+
+/// The address `serve` listens on when the config names none.
+pub const DEFAULT_LISTEN: &str = "127.0.0.1:7878";
+
+#[derive(Debug, Clone, Deserialize, Serialize)]
+#[serde(deny_unknown_fields)]
+pub struct Config {
+    #[serde(default = "default_listen")]
+    pub listen: SocketAddr,
+    /// The store that keeps transaction decision records.
+    pub log_store: String,
+    /// Store name -> Redis URL (`redis://`, `redis://user:pass@host:port/db`).
+    pub stores: BTreeMap<String, String>,
+    #[serde(default)]
+    pub participants: BTreeMap<String, ParticipantConfig>,
+    /// Limits on every participant call.
+    #[serde(default)]
+    pub limits: CallLimits,
+    #[serde(default)]
+    pub txn: TxnConfig,
+}
+
+fn default_listen() -> SocketAddr {
+    DEFAULT_LISTEN.parse().expect("valid default address")
+}
+
+/// One participant: which component, on which store, under which prefix.
+#[derive(Debug, Clone, Deserialize, Serialize)]
+#[serde(deny_unknown_fields)]
+pub struct ParticipantConfig {
+    pub component: PathBuf,
+    pub store: String,
+    /// Every key the participant names is stored under `prefix + key`.
+    pub prefix: String,
+}
+
+/// Bounds of the protocol itself.
+#[derive(Debug, Clone, PartialEq, Eq, Deserialize, Serialize)]
+#[serde(default, deny_unknown_fields)]
+pub struct TxnConfig {
+    /// How long a lock holds before anyone may resolve it. Longer than any
+    /// healthy prepare-to-commit interval; shorter than users will wait.
+    pub lease_ms: u64,
+    /// Runs of one transaction (the first and the re-runs after conflicts)
+    /// before it aborts with `conflict`.
+    pub attempts_max: u32,
+    /// First backoff after a conflict; doubles per attempt, with full jitter.
+    pub backoff_base_ms: u64,
+    /// Cap on one backoff.
+    pub backoff_max_ms: u64,
+    /// Bound on one Redis operation; past it the store counts as unavailable.
+    pub store_timeout_ms: u64,
+    /// How long decision records are kept. Must exceed any lease by far: a
+    /// lock older than its record could no longer be resolved correctly.
+    pub record_retention_s: u64,
+    /// Steps in one transaction.
+    pub steps_max: usize,
+}
+
+impl Default for TxnConfig {
+    fn default() -> Self {
+        TxnConfig {
+            lease_ms: 5_000,
+            attempts_max: 10,
+            backoff_base_ms: 2,
+            backoff_max_ms: 200,
+            store_timeout_ms: 2_000,
+            record_retention_s: 7 * 24 * 3600,
+            steps_max: 64,
+        }
+    }
+}
+
+impl TxnConfig {
+    pub fn lease(&self) -> Duration {
+        Duration::from_millis(self.lease_ms)
+    }
+    pub fn store_timeout(&self) -> Duration {
+        Duration::from_millis(self.store_timeout_ms)
+    }
+    pub fn record_retention(&self) -> Duration {
+        Duration::from_secs(self.record_retention_s)
+    }
+}
+
+/// A configuration that cannot be used, and why.
+#[derive(Debug, thiserror::Error)]
+pub enum ConfigError {
+    #[error("cannot read {path}: {source}")]
+    Read {
+        path: PathBuf,
+        source: std::io::Error,
+    },
+    #[error("{path}: {message}")]
+    Parse { path: PathBuf, message: String },
+    #[error("invalid configuration: {0}")]
+    Invalid(String),
+}
+
+impl Config {
+    /// Reads, parses and checks `path`; component paths come back absolute.
+    pub fn load(path: &Path) -> Result<Config, ConfigError> {
+        let text = std::fs::read_to_string(path).map_err(|source| ConfigError::Read {
+            path: path.to_owned(),
+            source,
+        })?;
+        let mut config = Config::parse(&text).map_err(|e| match e {
+            ConfigError::Parse { message, .. } => ConfigError::Parse {
+                path: path.to_owned(),
+                message,
+            },
+            other => other,
+        })?;
+        let base = path.parent().unwrap_or(Path::new("."));
+        for p in config.participants.values_mut() {
+            p.component = base.join(&p.component);
+        }
+        Ok(config)
+    }
+
+    /// Parses and checks a config text (paths left as written).
+    pub fn parse(text: &str) -> Result<Config, ConfigError> {
+        let config: Config = toml::from_str(text).map_err(|e| ConfigError::Parse {
+            path: PathBuf::new(),
+            message: e.to_string(),
+        })?;
+        config.check()?;
+        Ok(config)
+    }
+
+    fn check(&self) -> Result<(), ConfigError> {
+        let invalid = |m: String| Err(ConfigError::Invalid(m));
+        if !self.stores.contains_key(&self.log_store) {
+            return invalid(format!("log_store `{}` is not in [stores]", self.log_store));
+        }
+        for (name, p) in &self.participants {
+            if !self.stores.contains_key(&p.store) {
+                return invalid(format!(
+                    "participant `{name}`: store `{}` is not in [stores]",
+                    p.store
+                ));
+            }
+            check_prefix(name, &p.prefix)?;
+            for (other, q) in &self.participants {
+                let overlap = q.prefix.starts_with(&p.prefix) || p.prefix.starts_with(&q.prefix);
+                if other != name && q.store == p.store && overlap {
+                    return invalid(format!(
+                        "participants `{name}` and `{other}` share store `{}` with overlapping \
+                         prefixes `{}` and `{}`: one could read and write the other's keys",
+                        p.store, p.prefix, q.prefix
+                    ));
+                }
+            }
+        }
+        if self.txn.attempts_max == 0 || self.txn.lease_ms == 0 || self.txn.steps_max == 0 {
+            return invalid(
+                "txn.attempts_max, txn.lease_ms and txn.steps_max must be positive".into(),
+            );
+        }
+        if self.txn.record_retention_s * 1000 < 100 * self.txn.lease_ms {
+            return invalid("txn.record_retention_s must be at least 100 leases".into());
+        }
+        Ok(())
+    }
+}
+
+/// A prefix must be non-empty and stay clear of redstage's own keys.
+fn check_prefix(name: &str, prefix: &str) -> Result<(), ConfigError> {
+    if prefix.is_empty() {
+        return Err(ConfigError::Invalid(format!(
+            "participant `{name}`: prefix must not be empty (it confines the participant's keys)"
+        )));
+    }
+    if prefix.starts_with(RESERVED_PREFIX) || RESERVED_PREFIX.starts_with(prefix) {
+        return Err(ConfigError::Invalid(format!(
+            "participant `{name}`: prefix `{prefix}` overlaps `{RESERVED_PREFIX}`, reserved for redstage's own keys"
+        )));
+    }
+    Ok(())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    const BASE: &str = r#"
+        log_store = "orders"
+        [stores]
+        orders = "redis://127.0.0.1:6379"
+        ledger = "redis://127.0.0.1:6380"
+    "#;
+
+    fn with(participants: &str) -> Result<Config, ConfigError> {
+        Config::parse(&format!("{BASE}\n{participants}"))
+    }
+
+    #[test]
+    fn parses_the_documented_example() {
+        let c = with(
+            "[participants.inventory]\ncomponent = \"i.wasm\"\nstore = \"orders\"\nprefix = \"inventory:\"",
+        )
+        .unwrap();
+        assert_eq!(c.listen.to_string(), DEFAULT_LISTEN);
+        assert_eq!(c.participants["inventory"].prefix, "inventory:");
+        assert_eq!(c.txn, TxnConfig::default());
+    }
+
+    #[test]
+    fn rejects_unusable_configs() {
+        let p = |store: &str, prefix: &str| {
+            format!("component = \"x.wasm\"\nstore = \"{store}\"\nprefix = \"{prefix}\"\n")
+        };
+        let cases = [
+            format!("[participants.a]\n{}", p("nowhere", "a:")),
+            format!("[participants.a]\n{}", p("orders", "")),
+            format!("[participants.a]\n{}", p("orders", "rs:x")),
+            format!("[participants.a]\n{}", p("orders", "r")),
+            format!(
+                "[participants.a]\n{}[participants.b]\n{}",
+                p("orders", "a:"),
+                p("orders", "a:b")
+            ),
+            "[participants.a]\nstore = \"orders\"\nprefix = \"a:\"".to_string(),
+            "typo = 1".to_string(),
+        ];
+        for case in cases {
+            assert!(with(&case).is_err(), "accepted:\n{case}");
+        }
+        // The same prefix on different stores is fine.
+        with(&format!(
+            "[participants.a]\n{}[participants.b]\n{}",
+            p("orders", "a:"),
+            p("ledger", "a:")
+        ))
+        .unwrap();
+    }
+}

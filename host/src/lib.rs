@@ -1,0 +1,28 @@
+//! redstage: atomic, serializable transactions across several Redis stores,
+//! where each participant's business logic is a sandboxed WebAssembly
+//! component that declares the keys it touches.
+//!
+//! # Layout
+//!
+//! Data flows one way: `api` -> `txn` -> (`runtime`, `store`).
+//!
+//! - [`config`]: the TOML file: stores, log store, participants, limits.
+//! - [`runtime`]: the wasmtime engine, compiled components, per-step
+//!   instances, call limits, the denied imports.
+//! - [`participants`]: the configured participants, their stores and key
+//!   prefixes.
+//! - [`store`]: Redis connections, the key layout, the Lua scripts.
+//! - [`txn`]: the coordinator: declare, read, execute, prepare, decide,
+//!   commit or roll back, and recovery of expired locks.
+//! - [`api`]: HTTP/JSON over the coordinator.
+//! - [`cli`]: the `redstage` command.
+//! - [`embedded`]: local `redis-server` processes for the demo and tests.
+
+pub mod api;
+pub mod cli;
+pub mod config;
+pub mod embedded;
+pub mod participants;
+pub mod runtime;
+pub mod store;
+pub mod txn;

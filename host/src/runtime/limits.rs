@@ -1,0 +1,99 @@
+//! The limits every participant call runs under.
+
+use std::time::Duration;
+
+use serde::{Deserialize, Serialize};
+
+/// Bounds on one participant's calls. Each guards the host (and the other
+/// participants) against guest-controlled resource use.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(default, deny_unknown_fields)]
+pub struct CallLimits {
+    /// Linear memory per instance. Guards host memory against a memory bomb.
+    pub memory_bytes_max: usize,
+    /// Table elements per table. Guards against table growth bombs.
+    pub table_elements_max: usize,
+    /// Wall time of one call (declare or execute). Guards workers against
+    /// loops; measured with epoch ticks, so it is exact to a tick.
+    pub call_time_ms: u64,
+    /// Bytes of a step's input handed to the participant.
+    pub input_bytes_max: usize,
+    /// Bytes of a step's output.
+    pub output_bytes_max: usize,
+    /// Keys one step may declare (reads and writes together).
+    pub keys_max: usize,
+    /// Bytes of one relative key.
+    pub key_bytes_max: usize,
+    /// Writes one step may return.
+    pub writes_max: usize,
+    /// Bytes of one written value.
+    pub value_bytes_max: usize,
+}
+
+impl Default for CallLimits {
+    fn default() -> Self {
+        CallLimits {
+            memory_bytes_max: 64 << 20,
+            table_elements_max: 20_000,
+            call_time_ms: 200,
+            input_bytes_max: 64 << 10,
+            output_bytes_max: 1 << 20,
+            keys_max: 256,
+            key_bytes_max: 512,
+            writes_max: 256,
+            value_bytes_max: 1 << 20,
+        }
+    }
+}
+
+impl CallLimits {
+    pub fn call_time(&self) -> Duration {
+        Duration::from_millis(self.call_time_ms)
+    }
+}
+
+/// A limit a participant broke.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Limit {
+    Memory,
+    Table,
+    Time,
+    Input,
+    Output,
+    Keys,
+    KeyBytes,
+    Writes,
+    ValueBytes,
+}
+
+impl Limit {
+    /// The stable name clients see in `abort.limit`.
+    pub fn name(self) -> &'static str {
+        match self {
+            Limit::Memory => "memory",
+            Limit::Table => "table",
+            Limit::Time => "time",
+            Limit::Input => "input",
+            Limit::Output => "output",
+            Limit::Keys => "keys",
+            Limit::KeyBytes => "key_bytes",
+            Limit::Writes => "writes",
+            Limit::ValueBytes => "value_bytes",
+        }
+    }
+
+    /// The configured bound, for the message.
+    pub fn bound(self, limits: &CallLimits) -> String {
+        match self {
+            Limit::Memory => format!("{} bytes of linear memory", limits.memory_bytes_max),
+            Limit::Table => format!("{} table elements", limits.table_elements_max),
+            Limit::Time => format!("{} ms per call", limits.call_time_ms),
+            Limit::Input => format!("{} bytes of input", limits.input_bytes_max),
+            Limit::Output => format!("{} bytes of output", limits.output_bytes_max),
+            Limit::Keys => format!("{} declared keys", limits.keys_max),
+            Limit::KeyBytes => format!("{} bytes per key", limits.key_bytes_max),
+            Limit::Writes => format!("{} writes", limits.writes_max),
+            Limit::ValueBytes => format!("{} bytes per value", limits.value_bytes_max),
+        }
+    }
+}

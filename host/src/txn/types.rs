@@ -1,0 +1,138 @@
+//! The plain data of transactions: what clients send and get back, and the
+//! decision record kept on the log store.
+
+use std::collections::BTreeMap;
+
+use serde::{Deserialize, Serialize};
+
+/// A transaction as a client submits it.
+#[derive(Debug, Clone, Deserialize, Serialize)]
+#[serde(deny_unknown_fields)]
+pub struct TxnRequest {
+    /// Run in order; each sees the writes of the ones before it.
+    pub steps: Vec<StepRequest>,
+    /// A client's name for this request, so that a retry is recognised.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub idempotency_key: Option<String>,
+}
+
+/// One step: which participant, and the input (any JSON) it is given.
+#[derive(Debug, Clone, Deserialize, Serialize)]
+#[serde(deny_unknown_fields)]
+pub struct StepRequest {
+    pub participant: String,
+    pub input: serde_json::Value,
+}
+
+/// How a transaction ended.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum Status {
+    Committed,
+    Aborted,
+}
+
+/// What a client gets back.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct TxnResponse {
+    /// The id of the attempt that decided the outcome.
+    pub id: String,
+    pub status: Status,
+    /// How many times the transaction ran (conflicts re-run it).
+    pub attempts: u32,
+    /// Each step's output, in order; empty when aborted.
+    pub steps: Vec<StepOutput>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub abort: Option<AbortInfo>,
+}
+
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct StepOutput {
+    pub participant: String,
+    pub output: serde_json::Value,
+}
+
+/// Why a transaction aborted.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct AbortInfo {
+    /// The step that said no; absent when no step did (`conflict`).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub step: Option<usize>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub participant: Option<String>,
+    /// A participant's own code (`insufficient_stock`), or one of the host's:
+    /// `trap`, `limit_exceeded`, `undeclared_write`, `bad_key`, `conflict`.
+    pub code: String,
+    pub message: String,
+    /// With `limit_exceeded`: which limit (`memory`, `time`, `output`, ...).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub limit: Option<String>,
+}
+
+/// The decision record, `rs:txn:<id>` on the log store. Written once with
+/// `SET NX`: the first decision stands.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(tag = "state", rename_all = "snake_case")]
+pub enum Record {
+    /// The commit point. Lists every key the transaction locked, per store,
+    /// so that whoever meets one of its locks can roll all of them forward.
+    Committed {
+        stores: BTreeMap<String, Vec<String>>,
+    },
+    /// Written by the coordinator, or by whoever found the transaction's
+    /// lock expired with no decision.
+    Aborted,
+}
+
+impl Record {
+    pub fn encode(&self) -> Vec<u8> {
+        serde_json::to_vec(self).expect("records serialize")
+    }
+
+    pub fn decode(bytes: &[u8]) -> Result<Record, serde_json::Error> {
+        serde_json::from_slice(bytes)
+    }
+}
+
+/// Renders participant output bytes for the response: JSON as JSON, empty
+/// as null, other UTF-8 as a string, anything else as `{"base64": ...}`.
+pub fn output_json(bytes: &[u8]) -> serde_json::Value {
+    use base64::Engine as _;
+    if bytes.is_empty() {
+        return serde_json::Value::Null;
+    }
+    if let Ok(v) = serde_json::from_slice(bytes) {
+        return v;
+    }
+    match std::str::from_utf8(bytes) {
+        Ok(s) => serde_json::Value::String(s.to_owned()),
+        Err(_) => serde_json::json!({
+            "base64": base64::engine::general_purpose::STANDARD.encode(bytes)
+        }),
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn record_round_trips() {
+        let r = Record::Committed {
+            stores: BTreeMap::from([("orders".into(), vec!["inventory:stock:A1".into()])]),
+        };
+        assert_eq!(Record::decode(&r.encode()).unwrap(), r);
+        assert_eq!(Record::Aborted.encode(), br#"{"state":"aborted"}"#);
+    }
+
+    #[test]
+    fn output_rendering() {
+        assert_eq!(output_json(b""), serde_json::Value::Null);
+        assert_eq!(output_json(br#"{"a":1}"#), serde_json::json!({"a": 1}));
+        assert_eq!(output_json(b"plain"), serde_json::json!("plain"));
+        assert_eq!(
+            output_json(&[0xff, 0]),
+            serde_json::json!({"base64": "/wA="})
+        );
+    }
+}

@@ -1,0 +1,248 @@
+//! The shared test harness: real `redis-server` processes on free loopback
+//! ports, the example components built once per test process, and a small
+//! HTTP client for talking to a served API.
+//!
+//! Every test builds what it needs from here, so that there is one way to
+//! start Redis, one way to configure redstage, and one place that knows
+//! where the components come from.
+
+pub mod http;
+
+use std::path::{Path, PathBuf};
+use std::process::Command;
+use std::sync::{Arc, OnceLock};
+
+use redstage::config::Config;
+use redstage::embedded::{Persistence, RedisServer};
+use redstage::txn::Coordinator;
+use redstage::txn::types::{TxnRequest, TxnResponse};
+use serde_json::{Value, json};
+
+/// The workspace root.
+pub fn workspace() -> PathBuf {
+    Path::new(env!("CARGO_MANIFEST_DIR"))
+        .parent()
+        .expect("tests/ is in the workspace")
+        .to_owned()
+}
+
+/// How a participant component is built.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Toolchain {
+    /// `cargo component build --release`: the documented path for authors.
+    CargoComponent,
+    /// `cargo build --target wasm32-wasip2 --release`.
+    Wasip2,
+}
+
+impl Toolchain {
+    fn out_dir(self) -> PathBuf {
+        let triple = match self {
+            Toolchain::CargoComponent => "wasm32-wasip1",
+            Toolchain::Wasip2 => "wasm32-wasip2",
+        };
+        workspace().join("target").join(triple).join("release")
+    }
+}
+
+/// Builds the example components with `toolchain`, once per test process,
+/// and returns the folder holding `<name>.wasm`.
+pub fn components(toolchain: Toolchain) -> &'static Path {
+    static COMPONENT: OnceLock<PathBuf> = OnceLock::new();
+    static WASIP2: OnceLock<PathBuf> = OnceLock::new();
+    let cell = match toolchain {
+        Toolchain::CargoComponent => &COMPONENT,
+        Toolchain::Wasip2 => &WASIP2,
+    };
+    cell.get_or_init(|| {
+        let mut cmd = Command::new(env!("CARGO"));
+        match toolchain {
+            Toolchain::CargoComponent => cmd.args(["component", "build"]),
+            Toolchain::Wasip2 => cmd.args(["build", "--target", "wasm32-wasip2"]),
+        };
+        cmd.args(["--release", "-p", "inventory", "-p", "payments"])
+            .current_dir(workspace());
+        let status = cmd
+            .status()
+            .expect("run cargo to build the example components");
+        assert!(
+            status.success(),
+            "building the example components failed: {cmd:?}"
+        );
+        toolchain.out_dir()
+    })
+}
+
+/// A participant to configure: name, component, store, prefix.
+#[derive(Debug, Clone)]
+pub struct ParticipantSpec {
+    pub name: String,
+    pub component: PathBuf,
+    pub store: String,
+    pub prefix: String,
+}
+
+impl ParticipantSpec {
+    /// One of the example components.
+    pub fn example(name: &str, example: &str, store: &str, prefix: &str) -> ParticipantSpec {
+        ParticipantSpec {
+            name: name.into(),
+            component: components(Toolchain::CargoComponent).join(format!("{example}.wasm")),
+            store: store.into(),
+            prefix: prefix.into(),
+        }
+    }
+}
+
+/// Real Redis stores and a coordinator over them.
+#[derive(Debug)]
+pub struct TestEnv {
+    /// Store name -> its server, in the order given.
+    pub servers: Vec<(String, RedisServer)>,
+    pub config: Config,
+    pub coordinator: Arc<Coordinator>,
+}
+
+impl TestEnv {
+    /// Starts one `redis-server` per store name; the first store keeps the
+    /// transaction log.
+    pub fn start(stores: &[&str], participants: &[ParticipantSpec]) -> TestEnv {
+        let servers: Vec<(String, RedisServer)> = stores
+            .iter()
+            .map(|s| {
+                (
+                    s.to_string(),
+                    RedisServer::start(Persistence::None).expect("start redis-server"),
+                )
+            })
+            .collect();
+        let config = config(&servers, participants, "");
+        let coordinator =
+            Arc::new(redstage::cli::coordinator(&config).expect("build the coordinator"));
+        TestEnv {
+            servers,
+            config,
+            coordinator,
+        }
+    }
+
+    /// The classic order: inventory on `orders`, payments on `ledger`.
+    pub fn orders() -> TestEnv {
+        TestEnv::start(
+            &["orders", "ledger"],
+            &[
+                ParticipantSpec::example("inventory", "inventory", "orders", "inventory:"),
+                ParticipantSpec::example("payments", "payments", "ledger", "payments:"),
+            ],
+        )
+    }
+
+    pub fn server(&self, store: &str) -> &RedisServer {
+        &self
+            .servers
+            .iter()
+            .find(|(n, _)| n == store)
+            .expect("known store")
+            .1
+    }
+
+    /// A plain Redis connection to a store, as any other application has.
+    pub fn redis(&self, store: &str) -> redis::Connection {
+        redis::Client::open(self.server(store).url())
+            .and_then(|c| c.get_connection())
+            .expect("connect to redis")
+    }
+
+    /// `GET key` on a store.
+    pub fn get(&self, store: &str, key: &str) -> Option<String> {
+        redis::cmd("GET")
+            .arg(key)
+            .query(&mut self.redis(store))
+            .expect("GET")
+    }
+
+    /// Every key on a store with its type and content, sorted: what a test
+    /// compares to prove nothing else changed.
+    pub fn dump(&self, store: &str) -> Vec<(String, String)> {
+        let mut conn = self.redis(store);
+        let mut keys: Vec<String> = redis::cmd("KEYS").arg("*").query(&mut conn).expect("KEYS");
+        keys.sort();
+        keys.into_iter()
+            .map(|k| {
+                let kind: String = redis::cmd("TYPE").arg(&k).query(&mut conn).expect("TYPE");
+                let content = match kind.as_str() {
+                    "string" => redis::cmd("GET")
+                        .arg(&k)
+                        .query::<String>(&mut conn)
+                        .expect("GET"),
+                    "hash" => {
+                        let mut fields: Vec<(String, String)> = redis::cmd("HGETALL")
+                            .arg(&k)
+                            .query(&mut conn)
+                            .expect("HGETALL");
+                        fields.sort();
+                        format!("{fields:?}")
+                    }
+                    other => format!("<{other}>"),
+                };
+                (k, content)
+            })
+            .collect()
+    }
+
+    /// Keys of redstage's that say a transaction is unfinished: any lock or
+    /// staged value on any store. Empty when everything is settled.
+    pub fn leftovers(&self) -> Vec<String> {
+        self.servers
+            .iter()
+            .flat_map(|(store, _)| {
+                self.dump(store).into_iter().filter_map(move |(k, v)| {
+                    let unfinished = k.starts_with("rs:{")
+                        && (v.contains("\"lock\"") || v.contains("\"staged\""));
+                    unfinished.then(|| format!("{store}: {k} = {v}"))
+                })
+            })
+            .collect()
+    }
+
+    /// Runs a transaction given as `[{"participant":..,"input":..}, ...]`.
+    pub async fn run(&self, steps: Value) -> TxnResponse {
+        self.coordinator
+            .run(request(steps))
+            .await
+            .expect("transaction ran")
+    }
+}
+
+/// A transaction request from a JSON list of steps.
+pub fn request(steps: Value) -> TxnRequest {
+    serde_json::from_value(json!({ "steps": steps })).expect("well-formed request")
+}
+
+/// A step.
+pub fn step(participant: &str, input: Value) -> Value {
+    json!({"participant": participant, "input": input})
+}
+
+/// The config for `servers` and `participants`, with `extra` TOML appended.
+pub fn config(
+    servers: &[(String, RedisServer)],
+    participants: &[ParticipantSpec],
+    extra: &str,
+) -> Config {
+    let mut text = format!("log_store = {:?}\n[stores]\n", servers[0].0);
+    for (name, server) in servers {
+        text += &format!("{name} = {:?}\n", server.url());
+    }
+    for p in participants {
+        text += &format!(
+            "[participants.{}]\ncomponent = {:?}\nstore = {:?}\nprefix = {:?}\n",
+            p.name,
+            p.component.display().to_string(),
+            p.store,
+            p.prefix
+        );
+    }
+    text += extra;
+    Config::parse(&text).expect("valid test config")
+}

@@ -1,0 +1,309 @@
+//! End to end: orders across two real Redis instances, through the library
+//! and through the HTTP API.
+
+use redstage::txn::TxnError;
+use redstage::txn::types::Status;
+use redstage_tests::{TestEnv, Toolchain, components, http, request, step};
+use serde_json::{Value, json};
+
+fn restock(sku: &str, qty: i64) -> Value {
+    step(
+        "inventory",
+        json!({"op": "restock", "sku": sku, "qty": qty}),
+    )
+}
+fn deduct(sku: &str, qty: i64) -> Value {
+    step("inventory", json!({"op": "deduct", "sku": sku, "qty": qty}))
+}
+fn deposit(account: &str, amount: i64) -> Value {
+    step(
+        "payments",
+        json!({"op": "deposit", "account": account, "amount": amount}),
+    )
+}
+fn transfer(from: &str, to: &str, amount: i64) -> Value {
+    step(
+        "payments",
+        json!({"op": "transfer", "from": from, "to": to, "amount": amount}),
+    )
+}
+
+/// Stock of A1 and 10, alice holds 100.
+async fn stocked() -> TestEnv {
+    let env = TestEnv::orders();
+    let r = env
+        .run(json!([restock("A1", 10), deposit("alice", 100)]))
+        .await;
+    assert_eq!(r.status, Status::Committed, "{r:?}");
+    env
+}
+
+#[tokio::test]
+async fn two_store_order_commits_with_both_writes_visible() {
+    let env = stocked().await;
+    let r = env
+        .run(json!([deduct("A1", 2), transfer("alice", "shop", 30)]))
+        .await;
+    assert_eq!(r.status, Status::Committed, "{r:?}");
+    assert_eq!(r.steps.len(), 2);
+    assert_eq!(r.steps[0].participant, "inventory");
+    assert!(r.abort.is_none());
+    // Plain Redis strings, readable by any client.
+    assert_eq!(
+        env.get("orders", "inventory:stock:A1").as_deref(),
+        Some("8")
+    );
+    assert_eq!(
+        env.get("ledger", "payments:balance:alice").as_deref(),
+        Some("70")
+    );
+    assert_eq!(
+        env.get("ledger", "payments:balance:shop").as_deref(),
+        Some("30")
+    );
+    assert_eq!(env.leftovers(), Vec::<String>::new());
+    // And visible to the next transaction.
+    let r = env
+        .run(json!([
+            step("inventory", json!({"op": "levels", "skus": ["A1"]})),
+            step(
+                "payments",
+                json!({"op": "balances", "accounts": ["alice", "shop", "nobody"]})
+            ),
+        ]))
+        .await;
+    assert_eq!(r.steps[0].output, json!({"A1": 8}));
+    assert_eq!(
+        r.steps[1].output,
+        json!({"alice": 70, "shop": 30, "nobody": 0})
+    );
+}
+
+#[tokio::test]
+async fn aborted_payment_leaves_everything_untouched() {
+    let env = stocked().await;
+    let before: Vec<_> = ["orders", "ledger"].iter().map(|s| env.dump(s)).collect();
+    let r = env
+        .run(json!([deduct("A1", 2), transfer("alice", "shop", 500)]))
+        .await;
+    assert_eq!(r.status, Status::Aborted);
+    let abort = r.abort.expect("abort reason");
+    assert_eq!(abort.code, "insufficient_funds");
+    assert_eq!(abort.step, Some(1));
+    assert_eq!(abort.participant.as_deref(), Some("payments"));
+    assert!(r.steps.is_empty());
+    let after: Vec<_> = ["orders", "ledger"].iter().map(|s| env.dump(s)).collect();
+    assert_eq!(before, after, "an aborted order changed Redis");
+    assert_eq!(env.leftovers(), Vec::<String>::new());
+}
+
+#[tokio::test]
+async fn a_business_abort_in_the_first_step_stops_the_order() {
+    let env = stocked().await;
+    let r = env
+        .run(json!([deduct("A1", 11), transfer("alice", "shop", 1)]))
+        .await;
+    let abort = r.abort.expect("aborted");
+    assert_eq!(
+        (abort.code.as_str(), abort.step),
+        ("insufficient_stock", Some(0))
+    );
+    assert_eq!(
+        env.get("ledger", "payments:balance:alice").as_deref(),
+        Some("100")
+    );
+}
+
+#[tokio::test]
+async fn later_steps_see_earlier_writes() {
+    let env = TestEnv::orders();
+    let r = env
+        .run(json!([
+            deposit("bob", 5),
+            step(
+                "payments",
+                json!({"op": "withdraw", "account": "bob", "amount": 5})
+            ),
+            restock("B2", 1),
+            deduct("B2", 1),
+        ]))
+        .await;
+    assert_eq!(r.status, Status::Committed, "{r:?}");
+    assert_eq!(
+        env.get("ledger", "payments:balance:bob").as_deref(),
+        Some("0")
+    );
+    assert_eq!(
+        env.get("orders", "inventory:stock:B2").as_deref(),
+        Some("0")
+    );
+}
+
+#[tokio::test]
+async fn malformed_input_aborts_with_bad_input() {
+    let env = stocked().await;
+    for input in [
+        json!({"op": "teleport"}),
+        json!({"op": "deduct", "sku": "A1"}),
+        json!({"op": "deduct", "sku": "A1", "qty": 0}),
+        json!({"op": "deduct", "sku": "A1", "qty": -3}),
+        json!("not an object"),
+    ] {
+        let r = env.run(json!([step("inventory", input.clone())])).await;
+        let abort = r.abort.unwrap_or_else(|| panic!("{input} was accepted"));
+        assert_eq!(abort.code, "bad_input", "{input}");
+        assert!(!abort.message.is_empty());
+    }
+    assert_eq!(
+        env.get("orders", "inventory:stock:A1").as_deref(),
+        Some("10")
+    );
+}
+
+#[tokio::test]
+async fn unknown_participant_and_empty_transaction_are_rejected() {
+    let env = TestEnv::orders();
+    let err = env
+        .coordinator
+        .run(request(json!([step("shipping", json!({}))])))
+        .await
+        .unwrap_err();
+    assert!(
+        matches!(
+            err,
+            TxnError::BadRequest {
+                code: "unknown_participant",
+                ..
+            }
+        ),
+        "{err:?}"
+    );
+    assert!(
+        err.to_string().contains("shipping") && err.to_string().contains("inventory"),
+        "{err}"
+    );
+    let err = env.coordinator.run(request(json!([]))).await.unwrap_err();
+    assert_eq!(err.code(), "empty_transaction");
+}
+
+#[tokio::test]
+async fn http_api_runs_orders_and_explains_bad_requests() {
+    let env = stocked().await;
+    let addr = http::serve(env.coordinator.clone()).await;
+
+    let body = json!({"steps": [deduct("A1", 1), transfer("alice", "shop", 10)], "idempotency_key": "o-1"});
+    let (status, reply) = http::post(addr, "/v1/transactions", body.to_string().as_bytes()).await;
+    assert_eq!(status, 200, "{reply}");
+    assert_eq!(reply["status"], "committed");
+    assert_eq!(reply["steps"][1]["participant"], "payments");
+    assert!(reply["id"].as_str().is_some_and(|id| !id.is_empty()));
+    assert!(reply.get("abort").is_none());
+
+    let body = json!({"steps": [transfer("alice", "shop", 1000)]});
+    let (status, reply) = http::post(addr, "/v1/transactions", body.to_string().as_bytes()).await;
+    assert_eq!(status, 200);
+    assert_eq!(reply["status"], "aborted");
+    assert_eq!(reply["abort"]["code"], "insufficient_funds");
+    assert_eq!(reply["abort"]["step"], 0);
+
+    let cases: [(&[u8], &str); 4] = [
+        (b"{not json", "malformed_json"),
+        (br#"{"steps": "nope"}"#, "malformed_json"),
+        (br#"{"steps": []}"#, "empty_transaction"),
+        (
+            br#"{"steps": [{"participant": "nope", "input": {}}]}"#,
+            "unknown_participant",
+        ),
+    ];
+    for (body, code) in cases {
+        let (status, reply) = http::post(addr, "/v1/transactions", body).await;
+        assert_eq!(status, 400, "{reply}");
+        assert_eq!(reply["error"]["code"], code, "{reply}");
+        assert!(
+            reply["error"]["message"]
+                .as_str()
+                .is_some_and(|m| m.len() > 10),
+            "{reply}"
+        );
+    }
+    let (status, reply) = http::get(addr, "/v1/ready").await;
+    assert_eq!((status, reply["status"].as_str()), (200, Some("ready")));
+    assert_eq!(
+        env.get("ledger", "payments:balance:alice").as_deref(),
+        Some("90")
+    );
+}
+
+#[tokio::test]
+async fn concurrent_orders_on_one_account_lose_no_update() {
+    let env = TestEnv::orders();
+    env.run(json!([restock("A1", 1000), deposit("alice", 1000)]))
+        .await;
+    let orders = (0..40).map(|_| {
+        let coordinator = env.coordinator.clone();
+        tokio::spawn(async move {
+            let steps = json!([deduct("A1", 1), transfer("alice", "shop", 3)]);
+            coordinator.run(request(steps)).await.expect("ran")
+        })
+    });
+    let mut committed = 0;
+    for order in orders.collect::<Vec<_>>() {
+        let r = order.await.expect("task");
+        match r.status {
+            Status::Committed => committed += 1,
+            // Under this much contention a few may run out of attempts; that
+            // must be a clean `conflict`, never a partial order.
+            Status::Aborted => assert_eq!(r.abort.expect("reason").code, "conflict"),
+        }
+    }
+    assert!(committed > 0, "no order got through");
+    let stock = 1000 - committed;
+    let shop = 3 * committed;
+    assert_eq!(
+        env.get("orders", "inventory:stock:A1"),
+        Some(stock.to_string())
+    );
+    assert_eq!(
+        env.get("ledger", "payments:balance:alice"),
+        Some((1000 - shop).to_string())
+    );
+    assert_eq!(
+        env.get("ledger", "payments:balance:shop"),
+        Some(shop.to_string())
+    );
+    assert_eq!(env.leftovers(), Vec::<String>::new());
+}
+
+#[tokio::test]
+async fn components_built_for_wasm32_wasip2_run_too() {
+    let dir = components(Toolchain::Wasip2);
+    let env = TestEnv::start(
+        &["orders", "ledger"],
+        &[
+            redstage_tests::ParticipantSpec {
+                name: "inventory".into(),
+                component: dir.join("inventory.wasm"),
+                store: "orders".into(),
+                prefix: "inventory:".into(),
+            },
+            redstage_tests::ParticipantSpec {
+                name: "payments".into(),
+                component: dir.join("payments.wasm"),
+                store: "ledger".into(),
+                prefix: "payments:".into(),
+            },
+        ],
+    );
+    let r = env
+        .run(json!([restock("A1", 3), deposit("alice", 9)]))
+        .await;
+    assert_eq!(r.status, Status::Committed, "{r:?}");
+    let r = env
+        .run(json!([deduct("A1", 1), transfer("alice", "shop", 9)]))
+        .await;
+    assert_eq!(r.status, Status::Committed, "{r:?}");
+    assert_eq!(
+        env.get("ledger", "payments:balance:shop").as_deref(),
+        Some("9")
+    );
+}
