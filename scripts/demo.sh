@@ -1,0 +1,13 @@
+#!/usr/bin/env bash
+# The demo: an order across two Redis instances, one committed and one
+# aborted for insufficient funds, with balances before and after.
+set -euo pipefail
+cd "$(dirname "$0")/.."
+source scripts/setup.sh
+
+say "building the example participants (cargo component build --release)"
+cargo component build --release --quiet -p inventory -p payments
+say "building redstage"
+cargo build --release --quiet -p redstage-host
+say "running the demo (starts two local redis-server processes)"
+exec target/release/redstage demo --components target/wasm32-wasip1/release

@@ -1,0 +1,28 @@
+# Installs what building and testing redstage needs and is missing:
+# redis-server, the wasm32-wasip2 target, cargo-component. Sourced by the
+# other scripts; says what it does.
+set -euo pipefail
+
+CARGO_COMPONENT_VERSION=0.21.1
+
+say() { printf '\033[1m==> %s\033[0m\n' "$*" >&2; }
+
+as_root() {
+    if [ "$(id -u)" = 0 ]; then "$@"; else sudo "$@"; fi
+}
+
+if ! command -v redis-server >/dev/null 2>&1; then
+    say "installing redis-server (apt-get)"
+    as_root apt-get update -qq
+    as_root env DEBIAN_FRONTEND=noninteractive apt-get install -y -qq redis-server >/dev/null
+fi
+
+if ! rustup target list --installed | grep -qx wasm32-wasip2; then
+    say "adding the wasm32-wasip2 target (rustup)"
+    rustup target add wasm32-wasip2
+fi
+
+if ! cargo component --version 2>/dev/null | grep -q "$CARGO_COMPONENT_VERSION"; then
+    say "installing cargo-component $CARGO_COMPONENT_VERSION (cargo install; takes several minutes once)"
+    cargo install --locked --quiet "cargo-component@$CARGO_COMPONENT_VERSION"
+fi
