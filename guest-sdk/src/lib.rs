@@ -53,19 +53,30 @@
 //! # Ok::<(), Abort>(())
 //! ```
 //!
-//! The participant's crate depends on this crate (and serde) only, has
-//! `crate-type = ["cdylib", "rlib"]`, and builds with
-//! `cargo build --target wasm32-wasip2 --release` or `cargo component build
-//! --release`.
+//! # Building
+//!
+//! The participant's crate depends on this crate (and serde) only and has
+//! `crate-type = ["cdylib", "rlib"]` (the rlib is for native tests). Either
+//! command produces a component:
+//!
+//! - `cargo build --target wasm32-wasip2 --release`
+//! - `cargo component build --release`
+//!
+//! Rust's standard library on WASI reaches for stderr and the environment
+//! when a panic is reported, so those components import a few `wasi:cli` and
+//! `wasi:io` interfaces, for that alone.
+//! `cargo component build --release --target wasm32-unknown-unknown` gives a
+//! component that imports nothing at all.
 //!
 //! # Purity
 //!
-//! The host links no imports: no files, clocks, randomness or environment.
-//! Participants must be deterministic, because the host may run a step again
-//! after a conflict and must get the same answer. In practice: keep to
-//! `BTreeMap`/`BTreeSet` rather than `HashMap`/`HashSet`, whose default hasher
-//! is seeded from the system's random source, and do not read the time.
-//! [`testing::run`] calls each function twice to catch the obvious cases.
+//! The host links nothing ambient: no files, clocks, randomness or
+//! environment. Participants must be deterministic, because the host may run
+//! a step again after a conflict and must get the same answer. In practice:
+//! keep to `BTreeMap`/`BTreeSet` rather than `HashMap`/`HashSet`, whose
+//! default hasher asks WASI for a random seed (a trap inside the host), and do
+//! not read the time. [`testing::run`] calls each function twice to catch the
+//! obvious cases.
 
 mod abort;
 mod access;

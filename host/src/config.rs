@@ -83,6 +83,16 @@ pub struct TxnConfig {
     pub record_retention_s: u64,
     /// Steps in one transaction.
     pub steps_max: usize,
+    /// How long a request holds its idempotency key before a retry may take
+    /// it over. Longer than any transaction runs (attempts and backoff
+    /// included); a request still running past it can no longer commit.
+    pub idempotency_lease_ms: u64,
+    /// How long a retry waits for a first request still running, before it
+    /// answers `in_flight`.
+    pub idempotency_wait_ms: u64,
+    /// Pause between recovery sweeps in `serve`: the longest an expired lock
+    /// waits for recovery when no transaction meets it.
+    pub sweep_interval_ms: u64,
 }
 
 impl Default for TxnConfig {
@@ -95,6 +105,9 @@ impl Default for TxnConfig {
             store_timeout_ms: 2_000,
             record_retention_s: 7 * 24 * 3600,
             steps_max: 64,
+            idempotency_lease_ms: 30_000,
+            idempotency_wait_ms: 10_000,
+            sweep_interval_ms: 1_000,
         }
     }
 }
@@ -108,6 +121,15 @@ impl TxnConfig {
     }
     pub fn record_retention(&self) -> Duration {
         Duration::from_secs(self.record_retention_s)
+    }
+    pub fn idempotency_lease(&self) -> Duration {
+        Duration::from_millis(self.idempotency_lease_ms)
+    }
+    pub fn idempotency_wait(&self) -> Duration {
+        Duration::from_millis(self.idempotency_wait_ms)
+    }
+    pub fn sweep_interval(&self) -> Duration {
+        Duration::from_millis(self.sweep_interval_ms)
     }
 }
 

@@ -52,8 +52,11 @@ impl Participant for Inventory {
                 if skus.is_empty() {
                     return Err(Abort::bad_input("`skus` must list at least one SKU"));
                 }
-                let keys = skus.iter().map(|sku| stock_key(sku));
-                Ok(Access::new().read_all(keys.collect::<Result<Vec<_>, _>>()?))
+                let keys: Vec<String> = skus
+                    .iter()
+                    .map(|sku| stock_key(sku))
+                    .collect::<Result<_, _>>()?;
+                Ok(Access::new().read_all(keys))
             }
         }
     }

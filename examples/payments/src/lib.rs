@@ -65,8 +65,11 @@ impl Participant for Payments {
                         "`accounts` must list at least one account",
                     ));
                 }
-                let keys = accounts.iter().map(|account| balance_key(account));
-                Ok(Access::new().read_all(keys.collect::<Result<Vec<_>, _>>()?))
+                let keys: Vec<String> = accounts
+                    .iter()
+                    .map(|account| balance_key(account))
+                    .collect::<Result<_, _>>()?;
+                Ok(Access::new().read_all(keys))
             }
         }
     }

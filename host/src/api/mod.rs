@@ -3,6 +3,7 @@
 //! | route                     | what                                        |
 //! |---------------------------|---------------------------------------------|
 //! | `POST /v1/transactions`   | run a transaction; answers its outcome      |
+//! | `GET /v1/transactions/{id}` | committed, aborted or in doubt            |
 //! | `GET /v1/health`          | the process is up                           |
 //! | `GET /v1/ready`           | every store answers                         |
 //!
@@ -14,15 +15,18 @@
 //! ```
 //!
 //! 400 for a request that will never work as sent (`malformed_json`,
-//! `empty_transaction`, `unknown_participant`, `too_many_steps`), 413 for a
-//! body over the limit, 503 for a store failure (`store_unavailable`: nothing
-//! was applied, send it again; `outcome_unknown`: look the id up later).
+//! `empty_transaction`, `unknown_participant`, `too_many_steps`,
+//! `bad_idempotency_key`), 404 `unknown_transaction` for a lookup, 409
+//! `in_flight` while a first request with the same idempotency key runs,
+//! 413 for a body over the limit, 503 for a store failure
+//! (`store_unavailable`: nothing was applied, send it again;
+//! `outcome_unknown`: look the id up later).
 
 use std::sync::Arc;
 
 use axum::body::Bytes;
 use axum::extract::rejection::BytesRejection;
-use axum::extract::{DefaultBodyLimit, State};
+use axum::extract::{DefaultBodyLimit, Path, State};
 use axum::http::StatusCode;
 use axum::response::{IntoResponse, Response};
 use axum::routing::{get, post};
@@ -40,6 +44,7 @@ pub const BODY_BYTES_MAX: usize = 4 << 20;
 pub fn router(coordinator: Arc<Coordinator>) -> Router {
     Router::new()
         .route("/v1/transactions", post(submit))
+        .route("/v1/transactions/{id}", get(lookup))
         .route(
             "/v1/health",
             get(|| async { Json(json!({"status": "ok"})) }),
@@ -70,20 +75,37 @@ async fn submit(
     };
     match coordinator.run(request).await {
         Ok(response) => Json(response).into_response(),
-        Err(e) => {
-            let status = match e {
-                TxnError::BadRequest { .. } => StatusCode::BAD_REQUEST,
-                TxnError::Store(_) | TxnError::OutcomeUnknown { .. } => {
-                    StatusCode::SERVICE_UNAVAILABLE
-                }
-            };
-            let id = match &e {
-                TxnError::OutcomeUnknown { id, .. } => Some(id.as_str()),
-                _ => None,
-            };
-            error(status, e.code(), &e.to_string(), id)
-        }
+        Err(e) => txn_error(&e),
     }
+}
+
+async fn lookup(State(coordinator): State<Arc<Coordinator>>, Path(id): Path<String>) -> Response {
+    match coordinator.lookup(&id).await {
+        Ok(Some(found)) => Json(found).into_response(),
+        Ok(None) => error(
+            StatusCode::NOT_FOUND,
+            "unknown_transaction",
+            &format!(
+                "no record and no lock of transaction {id}: it never ran here, or its record is older than \
+                 txn.record_retention_s"
+            ),
+            None,
+        ),
+        Err(e) => txn_error(&e),
+    }
+}
+
+fn txn_error(e: &TxnError) -> Response {
+    let status = match e {
+        TxnError::BadRequest { .. } => StatusCode::BAD_REQUEST,
+        TxnError::InFlight { .. } => StatusCode::CONFLICT,
+        TxnError::Store(_) | TxnError::OutcomeUnknown { .. } => StatusCode::SERVICE_UNAVAILABLE,
+    };
+    let id = match e {
+        TxnError::OutcomeUnknown { id, .. } => Some(id.as_str()),
+        _ => None,
+    };
+    error(status, e.code(), &e.to_string(), id)
 }
 
 async fn ready(State(coordinator): State<Arc<Coordinator>>) -> Response {

@@ -1,4 +1,4 @@
-//! The `redstage` command line: `serve`, `run`, `demo`.
+//! The `redstage` command line: `serve`, `run`, `recover`, `demo`.
 //!
 //! Every command reads the same TOML config (see `config`); `demo` can do
 //! without one by starting local `redis-server` processes itself. Errors
@@ -48,6 +48,20 @@ enum Command {
         /// The transaction: {"steps":[{"participant":"...","input":{...}}]}
         transaction: String,
     },
+    /// Finish every in-doubt transaction: resolve each lock whose lease has
+    /// run out (roll forward if its transaction committed, else roll back),
+    /// sweeping until nothing is left. Prints a JSON summary.
+    ///
+    /// With --wait, also waits for live leases to run out (a host that died
+    /// a moment ago), up to the given number of seconds, so that afterwards
+    /// no lock remains. Exit status 0 when no lock remains, 2 otherwise.
+    Recover {
+        #[arg(long)]
+        config: PathBuf,
+        /// Seconds to wait for live leases to expire.
+        #[arg(long, default_value_t = 0)]
+        wait: u64,
+    },
     /// Run the order demo: inventory and payments on two Redis instances,
     /// one order committed, one aborted for insufficient funds.
     ///
@@ -72,6 +86,7 @@ impl Cli {
                 config,
                 transaction,
             } => run(config, &transaction).await,
+            Command::Recover { config, wait } => recover(config, wait).await,
             Command::Demo { config, components } => demo::run(config, components).await,
         }
     }
@@ -96,10 +111,45 @@ async fn serve(path: PathBuf, listen: Option<std::net::SocketAddr>) -> anyhow::R
         .await
         .with_context(|| format!("cannot listen on {addr}"))?;
     tracing::info!(addr = %listener.local_addr()?, "serving");
+    let sweeper = tokio::spawn(sweep_forever(coordinator.clone(), config.txn.sweep_interval()));
     axum::serve(listener, crate::api::router(coordinator))
         .with_graceful_shutdown(shutdown())
         .await?;
+    sweeper.abort();
     Ok(ExitCode::SUCCESS)
+}
+
+/// The background recovery sweep of `serve`.
+async fn sweep_forever(coordinator: Arc<Coordinator>, interval: std::time::Duration) {
+    loop {
+        tokio::time::sleep(interval).await;
+        let report = coordinator.sweep().await;
+        if report.resolved > 0 || report.failed > 0 {
+            tracing::info!(?report, "recovery sweep");
+        }
+    }
+}
+
+async fn recover(path: PathBuf, wait_s: u64) -> anyhow::Result<ExitCode> {
+    let config = load(&path)?;
+    let coordinator = coordinator(&config)?;
+    let deadline = tokio::time::Instant::now() + std::time::Duration::from_secs(wait_s);
+    let mut total = crate::txn::SweepReport::default();
+    loop {
+        let report = coordinator.sweep().await;
+        total.resolved += report.resolved;
+        total.failed = report.failed;
+        total.remaining = report.remaining;
+        let progress = report.resolved > 0;
+        if report.remaining == 0 || (!progress && tokio::time::Instant::now() >= deadline) {
+            break;
+        }
+        if !progress {
+            tokio::time::sleep(std::time::Duration::from_millis(100)).await;
+        }
+    }
+    println!("{}", serde_json::to_string(&total)?);
+    Ok(if total.remaining == 0 { ExitCode::SUCCESS } else { ExitCode::from(2) })
 }
 
 /// Resolves on Ctrl-C or SIGTERM; in-flight requests then finish.

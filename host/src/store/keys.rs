@@ -16,6 +16,12 @@ pub enum Key<'a> {
     Meta(&'a str),
     /// The decision record of one transaction, on the log store.
     TxnRecord(&'a str),
+    /// The claim, then the outcome, of one client idempotency key, on the
+    /// log store.
+    Idempotency(&'a str),
+    /// Every lock on a store, as `txn \n data key` scored by lease deadline:
+    /// what the recovery sweep walks.
+    LockIndex,
 }
 
 impl Key<'_> {
@@ -25,6 +31,8 @@ impl Key<'_> {
             Key::Data(k) => (*k).to_owned(),
             Key::Meta(k) => meta_key(k),
             Key::TxnRecord(id) => format!("{RESERVED_PREFIX}txn:{id}"),
+            Key::Idempotency(k) => format!("{RESERVED_PREFIX}idem:{k}"),
+            Key::LockIndex => format!("{RESERVED_PREFIX}locks"),
         }
     }
 }

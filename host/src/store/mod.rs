@@ -18,8 +18,16 @@
 //!                                    primary  store of the decision  }
 //!                                    op       set | del              }
 //!                                    staged   the new value          }
+//!  rs:locks                  zset    "<txn id>\n<data key>" scored  every store
+//!                                    by lease deadline: the locks
+//!                                    the recovery sweep walks
 //!  rs:txn:<txn id>           string  {"state":"committed",          the log store
 //!                                     "stores":{"orders":[keys]}}   (TTL: record retention)
+//!                                    or {"state":"aborted",...}
+//!  rs:idem:<client key>      string  {"state":"pending","owner",    the log store
+//!                                     "lease"} while the first       (TTL: record retention)
+//!                                    request runs, then
+//!                                    {"state":"done","response"}
 //! ```
 //!
 //! A data key with braces gets a meta key whose hash tag is chosen to land in
@@ -110,6 +118,17 @@ impl Write {
     }
 }
 
+/// What claiming an idempotency key found.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum Claim {
+    /// Ours: run the transaction.
+    Claimed,
+    /// A first request with this key is still running.
+    InFlight,
+    /// A first request finished; its stored outcome.
+    Done(Vec<u8>),
+}
+
 /// A key checked by [`Store::commit_one_phase`]: its version as read, and the
 /// write to apply, if any.
 #[derive(Debug, Clone)]
@@ -127,6 +146,10 @@ struct Scripts {
     commit: Script,
     rollback: Script,
     commit_one_phase: Script,
+    expired_locks: Script,
+    claim: Script,
+    settle_claim: Script,
+    decide_claimed: Script,
 }
 
 fn scripts() -> &'static Scripts {
@@ -138,6 +161,10 @@ fn scripts() -> &'static Scripts {
         commit: Script::new(scripts::COMMIT),
         rollback: Script::new(scripts::ROLLBACK),
         commit_one_phase: Script::new(scripts::COMMIT_ONE_PHASE),
+        expired_locks: Script::new(scripts::EXPIRED_LOCKS),
+        claim: Script::new(scripts::CLAIM),
+        settle_claim: Script::new(scripts::SETTLE_CLAIM),
+        decide_claimed: Script::new(scripts::DECIDE_CLAIMED),
     })
 }
 
@@ -239,6 +266,7 @@ impl Store {
                 .key(Key::Meta(key).encode());
             inv.arg(*ver).arg(write.op()).arg(write.value());
         }
+        inv.key(Key::LockIndex.encode());
         let reply = self.invoke(&mut inv).await?;
         self.conflict(reply)
     }
@@ -287,6 +315,7 @@ impl Store {
             let k = k.as_ref();
             inv.key(Key::Data(k).encode()).key(Key::Meta(k).encode());
         }
+        inv.key(Key::LockIndex.encode());
         let reply = self.invoke(&mut inv).await?;
         self.count(reply)
     }
@@ -296,8 +325,10 @@ impl Store {
         let mut inv = scripts().rollback.prepare_invoke();
         inv.arg(txn);
         for k in keys {
-            inv.key(Key::Meta(k.as_ref()).encode());
+            let k = k.as_ref();
+            inv.key(Key::Data(k).encode()).key(Key::Meta(k).encode());
         }
+        inv.key(Key::LockIndex.encode());
         let reply = self.invoke(&mut inv).await?;
         self.count(reply)
     }
@@ -333,6 +364,111 @@ impl Store {
         let mut get = redis::cmd("GET");
         get.arg(Key::TxnRecord(txn).encode());
         self.bounded(get.query_async(&mut conn)).await
+    }
+
+    /// Up to `max` locks whose lease has run out, as `(txn, data key)`.
+    pub async fn expired_locks(&self, max: usize) -> Result<Vec<(String, String)>, StoreError> {
+        let mut inv = scripts().expired_locks.prepare_invoke();
+        inv.key(Key::LockIndex.encode()).arg(max);
+        let entries = self.array(self.invoke(&mut inv).await?)?;
+        entries
+            .iter()
+            .map(|e| {
+                let entry = self.string(e)?;
+                let (txn, key) = entry
+                    .split_once('\n')
+                    .ok_or_else(|| self.protocol("malformed lock index entry"))?;
+                Ok((txn.to_owned(), key.to_owned()))
+            })
+            .collect()
+    }
+
+    /// How many locks are held on this store (live or expired).
+    pub async fn lock_count(&self) -> Result<usize, StoreError> {
+        let mut conn = self.conn.clone();
+        let mut card = redis::cmd("ZCARD");
+        card.arg(Key::LockIndex.encode());
+        self.bounded(card.query_async(&mut conn)).await
+    }
+
+    /// Whether `txn` holds any lock on this store.
+    pub async fn holds_locks(&self, txn: &str) -> Result<bool, StoreError> {
+        let mut conn = self.conn.clone();
+        let mut scan = redis::cmd("ZSCAN");
+        scan.arg(Key::LockIndex.encode())
+            .arg(0)
+            .arg("MATCH")
+            .arg(format!("{txn}\n*"))
+            .arg("COUNT")
+            .arg(10_000);
+        let (_, found): (String, Vec<String>) = self.bounded(scan.query_async(&mut conn)).await?;
+        Ok(!found.is_empty())
+    }
+
+    /// Claims an idempotency key (see [`scripts::CLAIM`]).
+    pub async fn claim(
+        &self,
+        key: &str,
+        owner: &str,
+        lease: Duration,
+        retention: Duration,
+    ) -> Result<Claim, StoreError> {
+        let mut inv = scripts().claim.prepare_invoke();
+        inv.key(Key::Idempotency(key).encode())
+            .arg(owner)
+            .arg(lease.as_millis() as u64)
+            .arg(retention.as_millis() as u64);
+        let items = self.array(self.invoke(&mut inv).await?)?;
+        match (items.first().map(|v| self.string(v)).transpose()?.as_deref(), items.get(1)) {
+            (Some("claimed"), _) => Ok(Claim::Claimed),
+            (Some("in_flight"), _) => Ok(Claim::InFlight),
+            (Some("done"), Some(record)) => Ok(Claim::Done(self.bytes_or_nil(record)?.unwrap_or_default())),
+            _ => Err(self.protocol("unknown claim reply")),
+        }
+    }
+
+    /// Replaces `owner`'s claim with `record`, or drops it if `record` is
+    /// empty. False when the claim is no longer `owner`'s.
+    pub async fn settle_claim(
+        &self,
+        key: &str,
+        owner: &str,
+        record: &[u8],
+        retention: Duration,
+    ) -> Result<bool, StoreError> {
+        let mut inv = scripts().settle_claim.prepare_invoke();
+        inv.key(Key::Idempotency(key).encode())
+            .arg(owner)
+            .arg(record)
+            .arg(retention.as_millis() as u64);
+        Ok(self.count(self.invoke(&mut inv).await?)? == 1)
+    }
+
+    /// [`Store::decide`] for a transaction holding an idempotency claim: the
+    /// decision and, if it stands, `outcome` under the idempotency key, at
+    /// once. `None` when the claim was taken over (nothing was decided).
+    pub async fn decide_claimed(
+        &self,
+        txn: &str,
+        record: &[u8],
+        claim: (&str, &str),
+        outcome: &[u8],
+        retention: Duration,
+    ) -> Result<Option<Vec<u8>>, StoreError> {
+        let (key, owner) = claim;
+        let mut inv = scripts().decide_claimed.prepare_invoke();
+        inv.key(Key::TxnRecord(txn).encode())
+            .key(Key::Idempotency(key).encode())
+            .arg(record)
+            .arg(owner)
+            .arg(retention.as_millis() as u64)
+            .arg(outcome);
+        let items = self.array(self.invoke(&mut inv).await?)?;
+        match (items.first().map(|v| self.string(v)).transpose()?.as_deref(), items.get(1)) {
+            (Some("fenced"), _) => Ok(None),
+            (Some("standing"), Some(r)) => Ok(self.bytes_or_nil(r)?),
+            _ => Err(self.protocol("unknown decide reply")),
+        }
     }
 
     async fn invoke(&self, inv: &mut redis::ScriptInvocation<'_>) -> Result<Value, StoreError> {

@@ -56,14 +56,17 @@ return out
 "
 );
 
-/// Locks write keys and stages their new values.
-/// KEYS: data1, meta1, ...; ARGV: txn, lease_ms, primary, then per key
+/// Locks write keys, stages their new values, and records each lock in the
+/// store's lock index (`txn \n key`, scored by lease deadline) so that the
+/// recovery sweep finds it.
+/// KEYS: data1, meta1, ..., index; ARGV: txn, lease_ms, primary, then per key
 /// `expected_ver, op ('set'|'del'), value`.
 /// Reply: `{'ok'}` or a conflict (see `check`).
 pub const PREPARE: &str = lua!(concat!(
     lua_check!(),
-    "local txn = ARGV[1]
-local n = #KEYS / 2
+    "assert(#KEYS % 2 == 1, 'expected KEYS: data/meta pairs, then the lock index')
+local txn = ARGV[1]
+local n = (#KEYS - 1) / 2
 for i = 1, n do
   local c = check(KEYS[2 * i], i, txn, ARGV[3 + 3 * (i - 1) + 1])
   if c then return c end
@@ -73,6 +76,7 @@ for i = 1, n do
   local a = 3 + 3 * (i - 1)
   redis.call('HSET', KEYS[2 * i], 'lock', txn, 'lease', lease, 'primary', ARGV[3],
     'op', ARGV[a + 2], 'staged', ARGV[a + 3])
+  redis.call('ZADD', KEYS[#KEYS], lease, txn .. '\\n' .. KEYS[2 * i - 1])
 end
 return {'ok'}
 "
@@ -93,10 +97,12 @@ return {'ok'}
 
 /// Applies the staged values of `txn`, bumps versions, clears the locks.
 /// Idempotent: a key no longer locked by `txn` is left alone.
-/// KEYS: data1, meta1, ...; ARGV: txn. Reply: number of keys applied.
+/// KEYS: data1, meta1, ..., index; ARGV: txn. Reply: number of keys applied.
 pub const COMMIT: &str = lua!(
-    "local n = 0
-for i = 1, #KEYS, 2 do
+    "assert(#KEYS % 2 == 1, 'expected KEYS: data/meta pairs, then the lock index')
+local n = 0
+for i = 1, #KEYS - 1, 2 do
+  redis.call('ZREM', KEYS[#KEYS], ARGV[1] .. '\\n' .. KEYS[i])
   local m = redis.call('HMGET', KEYS[i + 1], 'lock', 'op', 'staged')
   if m[1] == ARGV[1] then
     if m[2] == 'del' then
@@ -115,12 +121,14 @@ return n
 
 /// Drops the locks and staged values of `txn`. Idempotent. A metadata hash
 /// left with no field (a key never committed) disappears with them.
-/// KEYS: meta1, meta2, ...; ARGV: txn. Reply: number of keys released.
+/// KEYS: data1, meta1, ..., index; ARGV: txn. Reply: number of keys released.
 pub const ROLLBACK: &str = lua!(
-    "local n = 0
-for i = 1, #KEYS do
-  if redis.call('HGET', KEYS[i], 'lock') == ARGV[1] then
-    redis.call('HDEL', KEYS[i], 'lock', 'lease', 'primary', 'op', 'staged')
+    "assert(#KEYS % 2 == 1, 'expected KEYS: data/meta pairs, then the lock index')
+local n = 0
+for i = 1, #KEYS - 1, 2 do
+  redis.call('ZREM', KEYS[#KEYS], ARGV[1] .. '\\n' .. KEYS[i])
+  if redis.call('HGET', KEYS[i + 1], 'lock') == ARGV[1] then
+    redis.call('HDEL', KEYS[i + 1], 'lock', 'lease', 'primary', 'op', 'staged')
     n = n + 1
   end
 end
@@ -155,3 +163,66 @@ end
 return {'ok'}
 "
 ));
+
+/// Locks whose lease has run out, oldest first, from the lock index.
+/// KEYS: index; ARGV: max entries. Reply: `txn \n key` entries.
+pub const EXPIRED_LOCKS: &str = lua!(
+    "return redis.call('ZRANGEBYSCORE', KEYS[1], '-inf', now_ms, 'LIMIT', 0, tonumber(ARGV[1]))
+"
+);
+
+/// Claims an idempotency key for `owner`, unless a first request holds it.
+/// KEYS: idempotency key; ARGV: owner, lease_ms, retention_ms.
+/// Reply: `{'claimed'}`, `{'in_flight'}` while another owner's claim is
+/// live, or `{'done', record}` once the first request has an outcome.
+pub const CLAIM: &str = lua!(
+    "local v = redis.call('GET', KEYS[1])
+if v then
+  local r = cjson.decode(v)
+  if r.state ~= 'pending' then return {'done', v} end
+  if tonumber(r.lease) > now_ms then return {'in_flight'} end
+end
+local claim = cjson.encode({state = 'pending', owner = ARGV[1],
+  lease = tostring(now_ms + tonumber(ARGV[2]))})
+redis.call('SET', KEYS[1], claim, 'PX', ARGV[3])
+return {'claimed'}
+"
+);
+
+/// Replaces `owner`'s claim on an idempotency key with `record` (the
+/// outcome), or drops it when `record` is empty. A claim taken over by a
+/// later request is left alone.
+/// KEYS: idempotency key; ARGV: owner, record, retention_ms. Reply: 1 or 0.
+pub const SETTLE_CLAIM: &str = lua!(
+    "local v = redis.call('GET', KEYS[1])
+if not v then return 0 end
+local r = cjson.decode(v)
+if r.state ~= 'pending' or r.owner ~= ARGV[1] then return 0 end
+if ARGV[2] == '' then
+  redis.call('DEL', KEYS[1])
+else
+  redis.call('SET', KEYS[1], ARGV[2], 'PX', ARGV[3])
+end
+return 1
+"
+);
+
+/// The commit point of a transaction with an idempotency key: writes the
+/// decision record (NX) and, if ours stands, the outcome under the
+/// idempotency key, in one step, so a retry can never miss a commit.
+/// Refuses (`{'fenced'}`) when `owner` no longer holds the claim.
+/// KEYS: txn record, idempotency key; ARGV: record, owner, retention_ms,
+/// outcome. Reply: `{'standing', record}` or `{'fenced'}`.
+pub const DECIDE_CLAIMED: &str = lua!(
+    "local v = redis.call('GET', KEYS[2])
+if not v then return {'fenced'} end
+local r = cjson.decode(v)
+if r.state ~= 'pending' or r.owner ~= ARGV[2] then return {'fenced'} end
+redis.call('SET', KEYS[1], ARGV[1], 'NX', 'PX', ARGV[3])
+local standing = redis.call('GET', KEYS[1])
+if standing == ARGV[1] then
+  redis.call('SET', KEYS[2], ARGV[4], 'PX', ARGV[3])
+end
+return {'standing', standing}
+"
+);

@@ -4,24 +4,44 @@ use std::collections::{BTreeMap, HashMap};
 
 use futures::future::join_all;
 
-use super::types::{AbortInfo, Record, StepOutput, output_json};
-use super::{Coordinator, Step, TxnError};
+use super::idempotency::{self, ClaimToken};
+use super::types::{AbortInfo, Record, Status, StepOutput, TxnResponse, output_json};
+use super::{Coordinator, Step, TxnError, faults};
 use crate::runtime::{Entry, Write as GuestWrite};
 use crate::store::{CheckedKey, Conflict, ReadKey, Store, Write};
 
 /// How an attempt ended.
 pub(super) enum Outcome {
-    Committed(Vec<StepOutput>),
+    Committed {
+        outputs: Vec<StepOutput>,
+        /// The decision record (and, with an idempotency key, the outcome)
+        /// is already written.
+        recorded: bool,
+    },
     Aborted(AbortInfo),
     /// Another transaction got in the way; run again.
     Conflict(String),
+}
+
+/// How the two-phase path ended.
+enum Decided {
+    Committed,
+    Conflict(String),
+    /// A retry with the same idempotency key took over our claim.
+    Superseded,
 }
 
 /// Store name -> the keys of this transaction on it, sorted, each once.
 type KeysByStore = BTreeMap<String, Vec<String>>;
 
 impl Coordinator {
-    pub(super) async fn attempt(&self, id: &str, steps: &mut [Step]) -> Result<Outcome, TxnError> {
+    pub(super) async fn attempt(
+        &self,
+        id: &str,
+        attempt: u32,
+        steps: &mut [Step],
+        claim: Option<&ClaimToken>,
+    ) -> Result<Outcome, TxnError> {
         let keys = keys_by_store(steps);
         let reads = match self.read(&keys).await? {
             Ok(reads) => reads,
@@ -35,13 +55,30 @@ impl Coordinator {
             Ok(()) // One store's read script saw one consistent state.
         } else if writes.is_empty() {
             self.validate(id, &keys, &reads, &writes).await?
-        } else if keys.len() == 1 {
+        } else if keys.len() == 1 && claim.is_none() {
+            // (With an idempotency key the decision must be written together
+            // with the outcome on the log store, so even one store goes 2PC.)
             self.commit_one_phase(id, &keys, &reads, &writes).await?
         } else {
-            self.two_phase(id, &keys, &reads, &writes).await?
+            let outcome = claim.map(|c| {
+                let response = TxnResponse {
+                    id: id.to_owned(),
+                    status: Status::Committed,
+                    attempts: attempt,
+                    steps: outputs.clone(),
+                    abort: None,
+                };
+                (c, idempotency::done_record(&response))
+            });
+            let decided = self.two_phase(id, &keys, &reads, &writes, outcome).await?;
+            return Ok(match decided {
+                Decided::Committed => Outcome::Committed { outputs, recorded: true },
+                Decided::Conflict(reason) => Outcome::Conflict(reason),
+                Decided::Superseded => Outcome::Aborted(idempotency::superseded()),
+            });
         };
         Ok(match result {
-            Ok(()) => Outcome::Committed(outputs),
+            Ok(()) => Outcome::Committed { outputs, recorded: false },
             Err(reason) => Outcome::Conflict(reason),
         })
     }
@@ -133,58 +170,63 @@ impl Coordinator {
         }
     }
 
-    /// Prepare, validate, decide, commit.
+    /// Prepare, validate, decide, commit. With an idempotency claim, the
+    /// decision goes together with `outcome` under the claimed key.
     async fn two_phase(
         &self,
         id: &str,
         keys: &KeysByStore,
         reads: &HashMap<String, ReadKey>,
         writes: &BTreeMap<String, Write>,
-    ) -> Result<Result<(), String>, TxnError> {
+        outcome: Option<(&ClaimToken, Vec<u8>)>,
+    ) -> Result<Decided, TxnError> {
         let locked: KeysByStore = keys
             .iter()
-            .map(|(s, ks)| {
-                (
-                    s.clone(),
-                    ks.iter()
-                        .filter(|k| writes.contains_key(*k))
-                        .cloned()
-                        .collect::<Vec<_>>(),
-                )
-            })
+            .map(|(s, ks)| (s.clone(), ks.iter().filter(|k| writes.contains_key(*k)).cloned().collect::<Vec<_>>()))
             .filter(|(_, ks)| !ks.is_empty())
             .collect();
         if let Err(failure) = self.prepare(id, &locked, reads, writes).await {
             self.rollback(id, &locked).await;
-            return failure.map(Err);
+            return failure.map(Decided::Conflict);
         }
         match self.validate(id, keys, reads, writes).await {
             Ok(Ok(())) => {}
             failed => {
                 self.rollback(id, &locked).await;
-                return failed;
+                return failed.map(|r| Decided::Conflict(r.expect_err("failed")));
             }
         }
+        faults::point("after-prepare").await;
         let record = Record::Committed {
             stores: locked.clone(),
         };
-        let standing = self
-            .log()
-            .decide(id, &record.encode(), self.config.record_retention())
-            .await
-            .map_err(|e| TxnError::OutcomeUnknown {
-                id: id.to_owned(),
-                message: e.to_string(),
-            })?;
+        let retention = self.config.record_retention();
+        let unknown = |e: crate::store::StoreError| TxnError::OutcomeUnknown {
+            id: id.to_owned(),
+            message: e.to_string(),
+        };
+        let standing = match &outcome {
+            None => Some(self.log().decide(id, &record.encode(), retention).await.map_err(unknown)?),
+            Some((claim, done)) => self
+                .log()
+                .decide_claimed(id, &record.encode(), (&claim.key, &claim.owner), done, retention)
+                .await
+                .map_err(unknown)?,
+        };
+        let Some(standing) = standing else {
+            self.rollback(id, &locked).await;
+            return Ok(Decided::Superseded);
+        };
         if Record::decode(&standing).ok() != Some(record) {
             // Our leases ran out and someone decided `aborted` for us.
             self.rollback(id, &locked).await;
-            return Ok(Err(format!(
+            return Ok(Decided::Conflict(format!(
                 "transaction {id} was aborted by recovery before it could decide"
             )));
         }
+        faults::point("after-decide").await;
         self.commit(id, &locked).await;
-        Ok(Ok(()))
+        Ok(Decided::Committed)
     }
 
     /// Locks and stages on every store with writes, in parallel. `Err` holds
@@ -227,7 +269,21 @@ impl Coordinator {
     /// Applies a decided transaction everywhere. A store that fails keeps
     /// its locks; whoever meets them rolls them forward from the record.
     async fn commit(&self, id: &str, locked: &KeysByStore) {
-        for (store, reply) in self.each_store(locked, |s, keys| s.commit(id, keys)).await {
+        let first = locked.keys().next().map(String::as_str);
+        let replies = self
+            .each_store(locked, |s, keys| async move {
+                let is_first = Some(s.name()) == first;
+                if !is_first {
+                    faults::hold("commit-partial").await;
+                }
+                let reply = s.commit(id, keys).await;
+                if is_first {
+                    faults::point("commit-partial").await;
+                }
+                reply
+            })
+            .await;
+        for (store, reply) in replies {
             if let Err(e) = reply {
                 tracing::warn!(txn = id, store, error = %e, "commit incomplete; recovery will roll it forward");
             }

@@ -58,9 +58,13 @@
 //!
 //! - [`types`]: requests, responses, the decision record.
 //! - `attempt`: one attempt, phase by phase.
-//! - `recovery`: resolving locks whose lease expired.
+//! - `recovery`: resolving locks whose lease expired; the sweep.
+//! - `idempotency`: one outcome per client idempotency key.
+//! - `faults`: named points where tests crash a host.
 
 mod attempt;
+pub mod faults;
+mod idempotency;
 mod recovery;
 pub mod types;
 
@@ -72,7 +76,12 @@ use crate::config::{Config, TxnConfig};
 use crate::participants::{Participant, Registry};
 use crate::runtime::{CallError, GuestAbort, Instance};
 use crate::store::{Store, StoreError};
-use types::{AbortInfo, Status, TxnRequest, TxnResponse};
+use idempotency::ClaimToken;
+pub use recovery::SweepReport;
+use types::{AbortInfo, Lookup, LookupStatus, Record, Status, TxnRequest, TxnResponse};
+
+/// The abort code of a transaction that lost every race it ran.
+pub const CONFLICT: &str = "conflict";
 
 /// A request that cannot run as given, or a failure that left its outcome
 /// open. (A transaction that ran and aborted is a normal [`TxnResponse`].)
@@ -89,6 +98,9 @@ pub enum TxnError {
     /// may or may not have committed. Its id tells, once the store is back.
     #[error("transaction {id}: the decision could not be confirmed ({message}); look it up by id")]
     OutcomeUnknown { id: String, message: String },
+    /// A first request with the same idempotency key is still running.
+    #[error("a request with idempotency key `{key}` is still running; send it again later")]
+    InFlight { key: String },
 }
 
 impl TxnError {
@@ -99,6 +111,7 @@ impl TxnError {
             TxnError::Store(StoreError::Unavailable { .. }) => "store_unavailable",
             TxnError::Store(StoreError::Protocol { .. }) => "store_error",
             TxnError::OutcomeUnknown { .. } => "outcome_unknown",
+            TxnError::InFlight { .. } => "in_flight",
         }
     }
 
@@ -208,45 +221,115 @@ impl Coordinator {
     }
 
     /// Runs `request` to a decision: committed, or aborted with a reason.
+    /// With an idempotency key, a request already decided returns its first
+    /// outcome instead (see `idempotency`).
     pub async fn run(&self, request: TxnRequest) -> Result<TxnResponse, TxnError> {
         let steps = self.check(&request)?;
+        match &request.idempotency_key {
+            Some(key) => self.run_claimed(key, steps).await,
+            None => self.run_steps(steps, None).await,
+        }
+    }
+
+    /// Declares, then attempts until a decision or `attempts_max`, and
+    /// leaves a record of the outcome for lookups.
+    async fn run_steps(
+        &self,
+        steps: Vec<(Arc<Participant>, Vec<u8>)>,
+        claim: Option<&ClaimToken>,
+    ) -> Result<TxnResponse, TxnError> {
         let mut steps = match self.declare(steps).await {
             Ok(steps) => steps,
-            Err(abort) => return Ok(aborted(new_txn_id(), 1, abort)),
+            Err(abort) => return self.finish(aborted(new_txn_id(), 1, abort)).await,
         };
-        for attempt in 1..=self.config.attempts_max {
+        let mut attempt = 1;
+        loop {
             let id = new_txn_id();
-            match self.attempt(&id, &mut steps).await? {
-                attempt::Outcome::Committed(outputs) => {
-                    return Ok(TxnResponse {
+            let response = match self.attempt(&id, attempt, &mut steps, claim).await? {
+                attempt::Outcome::Committed { outputs, recorded } => {
+                    let response = TxnResponse {
                         id,
                         status: Status::Committed,
                         attempts: attempt,
                         steps: outputs,
                         abort: None,
-                    });
+                    };
+                    if recorded {
+                        return Ok(response);
+                    }
+                    response
                 }
-                attempt::Outcome::Aborted(abort) => return Ok(aborted(id, attempt, abort)),
+                attempt::Outcome::Aborted(abort) => aborted(id, attempt, abort),
+                attempt::Outcome::Conflict(reason) if attempt >= self.config.attempts_max => {
+                    let abort = AbortInfo {
+                        step: None,
+                        participant: None,
+                        code: CONFLICT.into(),
+                        message: format!(
+                            "gave up after {attempt} attempts (txn.attempts_max); last conflict: {reason}"
+                        ),
+                        limit: None,
+                    };
+                    aborted(id, attempt, abort)
+                }
                 attempt::Outcome::Conflict(reason) => {
                     tracing::debug!(txn = %id, attempt, %reason, "conflict; re-running");
-                    if attempt < self.config.attempts_max {
-                        tokio::time::sleep(self.backoff(attempt)).await;
-                    } else {
-                        let abort = AbortInfo {
-                            step: None,
-                            participant: None,
-                            code: "conflict".into(),
-                            message: format!(
-                                "gave up after {attempt} attempts (txn.attempts_max); last conflict: {reason}"
-                            ),
-                            limit: None,
-                        };
-                        return Ok(aborted(id, attempt, abort));
-                    }
+                    tokio::time::sleep(self.backoff(attempt)).await;
+                    attempt += 1;
+                    continue;
                 }
+            };
+            return self.finish(response).await;
+        }
+    }
+
+    /// Records an outcome that no decision record holds yet (aborts,
+    /// one-phase and read-only commits), so that its id can be looked up.
+    /// Failing to is logged, not returned: the outcome itself stands.
+    async fn finish(&self, response: TxnResponse) -> Result<TxnResponse, TxnError> {
+        let record = match response.status {
+            Status::Committed => Record::Committed {
+                stores: BTreeMap::new(),
+            },
+            Status::Aborted => Record::Aborted {
+                abort: response.abort.clone(),
+            },
+        };
+        let retention = self.config.record_retention();
+        if let Err(e) = self.log().decide(&response.id, &record.encode(), retention).await {
+            tracing::warn!(txn = %response.id, error = %e, "could not record the outcome for lookups");
+        }
+        faults::point("before-reply").await;
+        Ok(response)
+    }
+
+    /// What is known of transaction `id`: its record, or its locks.
+    pub async fn lookup(&self, id: &str) -> Result<Option<Lookup>, TxnError> {
+        if let Some(bytes) = self.log().record(id).await? {
+            let record = Record::decode(&bytes).map_err(|e| StoreError::Protocol {
+                store: self.log_store.clone(),
+                message: format!("unreadable record of {id}: {e}"),
+            })?;
+            let (status, abort) = match record {
+                Record::Committed { .. } => (LookupStatus::Committed, None),
+                Record::Aborted { abort } => (LookupStatus::Aborted, abort),
+            };
+            return Ok(Some(Lookup {
+                id: id.to_owned(),
+                status,
+                abort,
+            }));
+        }
+        for store in self.stores.values() {
+            if store.holds_locks(id).await? {
+                return Ok(Some(Lookup {
+                    id: id.to_owned(),
+                    status: LookupStatus::InDoubt,
+                    abort: None,
+                }));
             }
         }
-        unreachable!("attempts_max is positive, so the loop returns")
+        Ok(None)
     }
 
     /// Resolves the participants and encodes the inputs.

@@ -79,9 +79,12 @@ pub enum Record {
     Committed {
         stores: BTreeMap<String, Vec<String>>,
     },
-    /// Written by the coordinator, or by whoever found the transaction's
-    /// lock expired with no decision.
-    Aborted,
+    /// Written by the coordinator (with the reason), or by whoever found
+    /// the transaction's lock expired with no decision (without one).
+    Aborted {
+        #[serde(default, skip_serializing_if = "Option::is_none")]
+        abort: Option<AbortInfo>,
+    },
 }
 
 impl Record {
@@ -92,6 +95,27 @@ impl Record {
     pub fn decode(bytes: &[u8]) -> Result<Record, serde_json::Error> {
         serde_json::from_slice(bytes)
     }
+}
+
+/// What a lookup by id finds.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum LookupStatus {
+    Committed,
+    Aborted,
+    /// Locks are held and no decision is written yet: the transaction is
+    /// running, or its coordinator died and recovery will abort it once
+    /// its leases run out.
+    InDoubt,
+}
+
+/// The answer to `GET /v1/transactions/{id}`.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct Lookup {
+    pub id: String,
+    pub status: LookupStatus,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub abort: Option<AbortInfo>,
 }
 
 /// Renders participant output bytes for the response: JSON as JSON, empty
@@ -122,7 +146,7 @@ mod tests {
             stores: BTreeMap::from([("orders".into(), vec!["inventory:stock:A1".into()])]),
         };
         assert_eq!(Record::decode(&r.encode()).unwrap(), r);
-        assert_eq!(Record::Aborted.encode(), br#"{"state":"aborted"}"#);
+        assert_eq!(Record::Aborted { abort: None }.encode(), br#"{"state":"aborted"}"#);
     }
 
     #[test]

@@ -1,0 +1,146 @@
+//! One outcome per client idempotency key.
+//!
+//! A request with `idempotency_key` K first claims `rs:idem:K` on the log
+//! store for an owner id of its own, with a lease:
+//!
+//! ```text
+//!  claim(K) --> claimed ........ run it; the outcome replaces the claim
+//!          --> done{response} .. a first request finished: answer its response
+//!          --> in_flight ....... a first request is running: poll until it
+//!                                is done, or its claim lease ends (then the
+//!                                claim is taken over), or the wait bound
+//! ```
+//!
+//! The commit point of a claimed transaction writes the decision record and
+//! `done{response}` in one script, and only while the claim is still the
+//! owner's. So a commit can never happen without its response being stored
+//! (a retry cannot run it twice), and a request whose claim was taken over
+//! by a retry can no longer commit (it aborts with `superseded`). A claimed
+//! transaction therefore always takes the two-phase path, even on one store.
+//!
+//! Outcomes that applied nothing are stored after the fact; `conflict`
+//! aborts and store failures release the claim instead, so that a retry
+//! runs again rather than repeating a transient failure.
+
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+
+use serde::{Deserialize, Serialize};
+
+use super::types::{AbortInfo, Status, TxnResponse};
+use super::{CONFLICT, Coordinator, TxnError, new_txn_id};
+use crate::participants::Participant;
+use crate::store::{Claim, StoreError};
+
+/// Longest a client key may be. Guards the log store against key bloat.
+pub const IDEMPOTENCY_KEY_BYTES_MAX: usize = 256;
+
+/// First pause between polls of a claim held by a running first request;
+/// doubles up to [`POLL_MAX`].
+const POLL_MIN: Duration = Duration::from_millis(5);
+const POLL_MAX: Duration = Duration::from_millis(100);
+
+/// A claim held by this host on a client key.
+#[derive(Debug)]
+pub(super) struct ClaimToken {
+    pub key: String,
+    pub owner: String,
+}
+
+/// What `rs:idem:K` holds once the first request has an outcome. (While it
+/// runs, the claim script's own `pending` form.)
+#[derive(Debug, Serialize, Deserialize)]
+#[serde(tag = "state", rename_all = "snake_case")]
+enum ClaimRecord {
+    Done { response: TxnResponse },
+}
+
+/// The stored form of a finished request.
+pub(super) fn done_record(response: &TxnResponse) -> Vec<u8> {
+    serde_json::to_vec(&ClaimRecord::Done {
+        response: response.clone(),
+    })
+    .expect("responses serialize")
+}
+
+/// The abort of a request whose claim a retry took over.
+pub(super) fn superseded() -> AbortInfo {
+    AbortInfo {
+        step: None,
+        participant: None,
+        code: "superseded".into(),
+        message: "a retry with the same idempotency key took over this request after its claim lease ran out; \
+                  the retry's outcome is the one that counts"
+            .into(),
+        limit: None,
+    }
+}
+
+impl Coordinator {
+    pub(super) async fn run_claimed(
+        &self,
+        key: &str,
+        steps: Vec<(Arc<Participant>, Vec<u8>)>,
+    ) -> Result<TxnResponse, TxnError> {
+        if key.is_empty() || key.len() > IDEMPOTENCY_KEY_BYTES_MAX {
+            return Err(TxnError::BadRequest {
+                code: "bad_idempotency_key",
+                message: format!("idempotency_key must have 1 to {IDEMPOTENCY_KEY_BYTES_MAX} bytes"),
+            });
+        }
+        let token = ClaimToken {
+            key: key.to_owned(),
+            owner: new_txn_id(),
+        };
+        if let Some(first) = self.claim(&token).await? {
+            return Ok(first);
+        }
+        let result = self.run_steps(steps, Some(&token)).await;
+        let settle = match &result {
+            Ok(r) if r.status == Status::Aborted && r.abort.as_ref().is_some_and(|a| a.code == CONFLICT) => Some(Vec::new()),
+            Ok(r) => Some(done_record(r)),
+            // The decision may be written; only its lease may end the claim.
+            Err(TxnError::OutcomeUnknown { .. }) => None,
+            Err(_) => Some(Vec::new()),
+        };
+        if let Some(record) = settle {
+            let retention = self.config.record_retention();
+            if let Err(e) = self.log().settle_claim(key, &token.owner, &record, retention).await {
+                tracing::warn!(key, error = %e, "could not settle an idempotency claim; it ends with its lease");
+            }
+        }
+        result
+    }
+
+    /// Claims the key; `Some(response)` if a first request already answered.
+    async fn claim(&self, token: &ClaimToken) -> Result<Option<TxnResponse>, TxnError> {
+        let deadline = Instant::now() + self.config.idempotency_wait();
+        let mut pause = POLL_MIN;
+        loop {
+            let claim = self
+                .log()
+                .claim(&token.key, &token.owner, self.config.idempotency_lease(), self.config.record_retention())
+                .await?;
+            match claim {
+                Claim::Claimed => return Ok(None),
+                Claim::Done(bytes) => {
+                    let ClaimRecord::Done { response } =
+                        serde_json::from_slice(&bytes).map_err(|e| StoreError::Protocol {
+                            store: self.log_store.clone(),
+                            message: format!("unreadable outcome of idempotency key {}: {e}", token.key),
+                        })?;
+                    return Ok(Some(response));
+                }
+                Claim::InFlight if Instant::now() + pause > deadline => {
+                    return Err(TxnError::InFlight {
+                        key: token.key.clone(),
+                    });
+                }
+                Claim::InFlight => {
+                    tokio::time::sleep(pause).await;
+                    pause = (pause * 2).min(POLL_MAX);
+                }
+            }
+        }
+    }
+}
