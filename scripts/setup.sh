@@ -17,10 +17,13 @@ if ! command -v redis-server >/dev/null 2>&1; then
     as_root env DEBIAN_FRONTEND=noninteractive apt-get install -y -qq redis-server >/dev/null
 fi
 
-if ! rustup target list --installed | grep -qx wasm32-wasip2; then
-    say "adding the wasm32-wasip2 target (rustup)"
-    rustup target add wasm32-wasip2
-fi
+# wasm32-wasip2 for plain cargo builds, wasm32-wasip1 for cargo component.
+for target in wasm32-wasip2 wasm32-wasip1; do
+    if ! rustup target list --installed | grep -qx "$target"; then
+        say "adding the $target target (rustup)"
+        rustup target add "$target"
+    fi
+done
 
 if ! cargo component --version 2>/dev/null | grep -q "$CARGO_COMPONENT_VERSION"; then
     say "installing cargo-component $CARGO_COMPONENT_VERSION (cargo install; takes several minutes once)"
