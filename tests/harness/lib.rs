@@ -7,13 +7,16 @@
 //! where the components come from.
 
 pub mod http;
+mod process;
+
+pub use process::{HostProcess, signal};
 
 use std::path::{Path, PathBuf};
 use std::process::Command;
 use std::sync::{Arc, OnceLock};
 
 use redstage::config::Config;
-use redstage::embedded::{Persistence, RedisServer};
+pub use redstage::embedded::{Persistence, RedisServer};
 use redstage::txn::Coordinator;
 use redstage::txn::types::{TxnRequest, TxnResponse};
 use serde_json::{Value, json};
@@ -100,6 +103,10 @@ pub struct TestEnv {
     /// Store name -> its server, in the order given.
     pub servers: Vec<(String, RedisServer)>,
     pub config: Config,
+    /// The same config as a file, for `redstage` processes.
+    pub config_path: PathBuf,
+    /// Holds the config file.
+    _config_dir: tempfile::TempDir,
     pub coordinator: Arc<Coordinator>,
 }
 
@@ -107,23 +114,51 @@ impl TestEnv {
     /// Starts one `redis-server` per store name; the first store keeps the
     /// transaction log.
     pub fn start(stores: &[&str], participants: &[ParticipantSpec]) -> TestEnv {
+        TestEnv::start_with(stores, participants, "", Persistence::None)
+    }
+
+    /// [`TestEnv::start`] with `extra` TOML appended to the config (e.g. a
+    /// `[txn]` table with short leases) and servers of the given persistence.
+    pub fn start_with(
+        stores: &[&str],
+        participants: &[ParticipantSpec],
+        extra: &str,
+        persistence: Persistence,
+    ) -> TestEnv {
         let servers: Vec<(String, RedisServer)> = stores
             .iter()
             .map(|s| {
                 (
                     s.to_string(),
-                    RedisServer::start(Persistence::None).expect("start redis-server"),
+                    RedisServer::start(persistence).expect("start redis-server"),
                 )
             })
             .collect();
-        let config = config(&servers, participants, "");
+        let text = config_text(&servers, participants, extra);
+        let config = Config::parse(&text).expect("valid test config");
+        let config_dir = tempfile::tempdir().expect("temp dir");
+        let config_path = config_dir.path().join("redstage.toml");
+        std::fs::write(&config_path, &text).expect("write the config");
         let coordinator =
             Arc::new(redstage::cli::coordinator(&config).expect("build the coordinator"));
         TestEnv {
             servers,
             config,
+            config_path,
+            _config_dir: config_dir,
             coordinator,
         }
+    }
+
+    /// Another coordinator on the same stores, as a second host would be.
+    pub fn second_host(&self) -> Arc<Coordinator> {
+        Arc::new(redstage::cli::coordinator(&self.config).expect("build the coordinator"))
+    }
+
+    /// Starts the `redstage serve` binary on this environment's config.
+    /// With `fault`, the named fault point is armed (see `txn::faults`).
+    pub fn spawn_host(&self, fault: Option<&str>) -> HostProcess {
+        HostProcess::start(&self.config_path, fault)
     }
 
     /// The classic order: inventory on `orders`, payments on `ledger`.
@@ -224,12 +259,13 @@ pub fn step(participant: &str, input: Value) -> Value {
     json!({"participant": participant, "input": input})
 }
 
-/// The config for `servers` and `participants`, with `extra` TOML appended.
-pub fn config(
+/// The config text for `servers` and `participants`, with `extra` TOML
+/// appended. The first server keeps the log.
+pub fn config_text(
     servers: &[(String, RedisServer)],
     participants: &[ParticipantSpec],
     extra: &str,
-) -> Config {
+) -> String {
     let mut text = format!("log_store = {:?}\n[stores]\n", servers[0].0);
     for (name, server) in servers {
         text += &format!("{name} = {:?}\n", server.url());
@@ -243,6 +279,5 @@ pub fn config(
             p.prefix
         );
     }
-    text += extra;
-    Config::parse(&text).expect("valid test config")
+    text + extra
 }

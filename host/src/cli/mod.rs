@@ -111,7 +111,10 @@ async fn serve(path: PathBuf, listen: Option<std::net::SocketAddr>) -> anyhow::R
         .await
         .with_context(|| format!("cannot listen on {addr}"))?;
     tracing::info!(addr = %listener.local_addr()?, "serving");
-    let sweeper = tokio::spawn(sweep_forever(coordinator.clone(), config.txn.sweep_interval()));
+    let sweeper = tokio::spawn(sweep_forever(
+        coordinator.clone(),
+        config.txn.sweep_interval(),
+    ));
     axum::serve(listener, crate::api::router(coordinator))
         .with_graceful_shutdown(shutdown())
         .await?;
@@ -149,7 +152,11 @@ async fn recover(path: PathBuf, wait_s: u64) -> anyhow::Result<ExitCode> {
         }
     }
     println!("{}", serde_json::to_string(&total)?);
-    Ok(if total.remaining == 0 { ExitCode::SUCCESS } else { ExitCode::from(2) })
+    Ok(if total.remaining == 0 {
+        ExitCode::SUCCESS
+    } else {
+        ExitCode::from(2)
+    })
 }
 
 /// Resolves on Ctrl-C or SIGTERM; in-flight requests then finish.

@@ -419,10 +419,19 @@ impl Store {
             .arg(lease.as_millis() as u64)
             .arg(retention.as_millis() as u64);
         let items = self.array(self.invoke(&mut inv).await?)?;
-        match (items.first().map(|v| self.string(v)).transpose()?.as_deref(), items.get(1)) {
+        match (
+            items
+                .first()
+                .map(|v| self.string(v))
+                .transpose()?
+                .as_deref(),
+            items.get(1),
+        ) {
             (Some("claimed"), _) => Ok(Claim::Claimed),
             (Some("in_flight"), _) => Ok(Claim::InFlight),
-            (Some("done"), Some(record)) => Ok(Claim::Done(self.bytes_or_nil(record)?.unwrap_or_default())),
+            (Some("done"), Some(record)) => {
+                Ok(Claim::Done(self.bytes_or_nil(record)?.unwrap_or_default()))
+            }
             _ => Err(self.protocol("unknown claim reply")),
         }
     }
@@ -464,7 +473,14 @@ impl Store {
             .arg(retention.as_millis() as u64)
             .arg(outcome);
         let items = self.array(self.invoke(&mut inv).await?)?;
-        match (items.first().map(|v| self.string(v)).transpose()?.as_deref(), items.get(1)) {
+        match (
+            items
+                .first()
+                .map(|v| self.string(v))
+                .transpose()?
+                .as_deref(),
+            items.get(1),
+        ) {
             (Some("fenced"), _) => Ok(None),
             (Some("standing"), Some(r)) => Ok(self.bytes_or_nil(r)?),
             _ => Err(self.protocol("unknown decide reply")),

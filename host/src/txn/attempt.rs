@@ -72,13 +72,19 @@ impl Coordinator {
             });
             let decided = self.two_phase(id, &keys, &reads, &writes, outcome).await?;
             return Ok(match decided {
-                Decided::Committed => Outcome::Committed { outputs, recorded: true },
+                Decided::Committed => Outcome::Committed {
+                    outputs,
+                    recorded: true,
+                },
                 Decided::Conflict(reason) => Outcome::Conflict(reason),
                 Decided::Superseded => Outcome::Aborted(idempotency::superseded()),
             });
         };
         Ok(match result {
-            Ok(()) => Outcome::Committed { outputs, recorded: false },
+            Ok(()) => Outcome::Committed {
+                outputs,
+                recorded: false,
+            },
             Err(reason) => Outcome::Conflict(reason),
         })
     }
@@ -182,7 +188,15 @@ impl Coordinator {
     ) -> Result<Decided, TxnError> {
         let locked: KeysByStore = keys
             .iter()
-            .map(|(s, ks)| (s.clone(), ks.iter().filter(|k| writes.contains_key(*k)).cloned().collect::<Vec<_>>()))
+            .map(|(s, ks)| {
+                (
+                    s.clone(),
+                    ks.iter()
+                        .filter(|k| writes.contains_key(*k))
+                        .cloned()
+                        .collect::<Vec<_>>(),
+                )
+            })
             .filter(|(_, ks)| !ks.is_empty())
             .collect();
         if let Err(failure) = self.prepare(id, &locked, reads, writes).await {
@@ -206,10 +220,21 @@ impl Coordinator {
             message: e.to_string(),
         };
         let standing = match &outcome {
-            None => Some(self.log().decide(id, &record.encode(), retention).await.map_err(unknown)?),
+            None => Some(
+                self.log()
+                    .decide(id, &record.encode(), retention)
+                    .await
+                    .map_err(unknown)?,
+            ),
             Some((claim, done)) => self
                 .log()
-                .decide_claimed(id, &record.encode(), (&claim.key, &claim.owner), done, retention)
+                .decide_claimed(
+                    id,
+                    &record.encode(),
+                    (&claim.key, &claim.owner),
+                    done,
+                    retention,
+                )
                 .await
                 .map_err(unknown)?,
         };

@@ -85,7 +85,9 @@ impl Coordinator {
         if key.is_empty() || key.len() > IDEMPOTENCY_KEY_BYTES_MAX {
             return Err(TxnError::BadRequest {
                 code: "bad_idempotency_key",
-                message: format!("idempotency_key must have 1 to {IDEMPOTENCY_KEY_BYTES_MAX} bytes"),
+                message: format!(
+                    "idempotency_key must have 1 to {IDEMPOTENCY_KEY_BYTES_MAX} bytes"
+                ),
             });
         }
         let token = ClaimToken {
@@ -97,7 +99,12 @@ impl Coordinator {
         }
         let result = self.run_steps(steps, Some(&token)).await;
         let settle = match &result {
-            Ok(r) if r.status == Status::Aborted && r.abort.as_ref().is_some_and(|a| a.code == CONFLICT) => Some(Vec::new()),
+            Ok(r)
+                if r.status == Status::Aborted
+                    && r.abort.as_ref().is_some_and(|a| a.code == CONFLICT) =>
+            {
+                Some(Vec::new())
+            }
             Ok(r) => Some(done_record(r)),
             // The decision may be written; only its lease may end the claim.
             Err(TxnError::OutcomeUnknown { .. }) => None,
@@ -105,7 +112,11 @@ impl Coordinator {
         };
         if let Some(record) = settle {
             let retention = self.config.record_retention();
-            if let Err(e) = self.log().settle_claim(key, &token.owner, &record, retention).await {
+            if let Err(e) = self
+                .log()
+                .settle_claim(key, &token.owner, &record, retention)
+                .await
+            {
                 tracing::warn!(key, error = %e, "could not settle an idempotency claim; it ends with its lease");
             }
         }
@@ -119,7 +130,12 @@ impl Coordinator {
         loop {
             let claim = self
                 .log()
-                .claim(&token.key, &token.owner, self.config.idempotency_lease(), self.config.record_retention())
+                .claim(
+                    &token.key,
+                    &token.owner,
+                    self.config.idempotency_lease(),
+                    self.config.record_retention(),
+                )
                 .await?;
             match claim {
                 Claim::Claimed => return Ok(None),
@@ -127,7 +143,10 @@ impl Coordinator {
                     let ClaimRecord::Done { response } =
                         serde_json::from_slice(&bytes).map_err(|e| StoreError::Protocol {
                             store: self.log_store.clone(),
-                            message: format!("unreadable outcome of idempotency key {}: {e}", token.key),
+                            message: format!(
+                                "unreadable outcome of idempotency key {}: {e}",
+                                token.key
+                            ),
                         })?;
                     return Ok(Some(response));
                 }

@@ -296,7 +296,11 @@ impl Coordinator {
             },
         };
         let retention = self.config.record_retention();
-        if let Err(e) = self.log().decide(&response.id, &record.encode(), retention).await {
+        if let Err(e) = self
+            .log()
+            .decide(&response.id, &record.encode(), retention)
+            .await
+        {
             tracing::warn!(txn = %response.id, error = %e, "could not record the outcome for lookups");
         }
         faults::point("before-reply").await;

@@ -146,7 +146,10 @@ mod tests {
             stores: BTreeMap::from([("orders".into(), vec!["inventory:stock:A1".into()])]),
         };
         assert_eq!(Record::decode(&r.encode()).unwrap(), r);
-        assert_eq!(Record::Aborted { abort: None }.encode(), br#"{"state":"aborted"}"#);
+        assert_eq!(
+            Record::Aborted { abort: None }.encode(),
+            br#"{"state":"aborted"}"#
+        );
     }
 
     #[test]

@@ -1,0 +1,149 @@
+//! `redstage serve` as a separate process, to be killed or stopped the way
+//! a crashing or stalling host would be.
+
+use std::io::{BufRead, BufReader};
+use std::net::{SocketAddr, TcpListener};
+use std::path::{Path, PathBuf};
+use std::process::{Child, Command, Stdio};
+use std::sync::{Arc, Mutex, OnceLock};
+use std::time::{Duration, Instant};
+
+use redstage::txn::faults::FAULT_ENV;
+
+/// How long a host gets to start serving.
+const STARTUP_TIMEOUT: Duration = Duration::from_secs(30);
+
+/// The `redstage` binary with fault points compiled in, built once per
+/// test process.
+fn binary() -> &'static Path {
+    static BINARY: OnceLock<PathBuf> = OnceLock::new();
+    BINARY.get_or_init(|| {
+        let status = Command::new(env!("CARGO"))
+            .args([
+                "build",
+                "-p",
+                "redstage-host",
+                "--features",
+                "failpoints",
+                "--bin",
+                "redstage",
+            ])
+            .current_dir(crate::workspace())
+            .status()
+            .expect("run cargo build");
+        assert!(status.success(), "building the redstage binary failed");
+        crate::workspace().join("target/debug/redstage")
+    })
+}
+
+/// A running `redstage serve`, killed on drop.
+#[derive(Debug)]
+pub struct HostProcess {
+    child: Child,
+    pub addr: SocketAddr,
+    /// Everything the host printed to stderr so far.
+    stderr: Arc<Mutex<Vec<String>>>,
+}
+
+impl HostProcess {
+    pub fn start(config: &Path, fault: Option<&str>) -> HostProcess {
+        let port = TcpListener::bind("127.0.0.1:0")
+            .and_then(|l| l.local_addr())
+            .expect("free port")
+            .port();
+        let addr: SocketAddr = ([127, 0, 0, 1], port).into();
+        let mut cmd = Command::new(binary());
+        cmd.arg("serve")
+            .arg("--config")
+            .arg(config)
+            .arg("--listen")
+            .arg(addr.to_string());
+        cmd.env("RUST_LOG", "info").env_remove(FAULT_ENV);
+        if let Some(fault) = fault {
+            cmd.env(FAULT_ENV, fault);
+        }
+        let mut child = cmd
+            .stdin(Stdio::null())
+            .stdout(Stdio::null())
+            .stderr(Stdio::piped())
+            .spawn()
+            .expect("spawn redstage");
+        let stderr = Arc::new(Mutex::new(Vec::new()));
+        let lines = stderr.clone();
+        let pipe = child.stderr.take().expect("piped stderr");
+        std::thread::spawn(move || {
+            for line in BufReader::new(pipe).lines().map_while(Result::ok) {
+                lines.lock().expect("lock").push(line);
+            }
+        });
+        let host = HostProcess {
+            child,
+            addr,
+            stderr,
+        };
+        let started = Instant::now();
+        while std::net::TcpStream::connect(addr).is_err() {
+            assert!(
+                started.elapsed() < STARTUP_TIMEOUT,
+                "redstage did not start: {:?}",
+                host.stderr()
+            );
+            std::thread::sleep(Duration::from_millis(20));
+        }
+        host
+    }
+
+    pub fn pid(&self) -> u32 {
+        self.child.id()
+    }
+
+    /// What the host printed to stderr so far.
+    pub fn stderr(&self) -> Vec<String> {
+        self.stderr.lock().expect("lock").clone()
+    }
+
+    /// Waits until the host printed a line containing `needle`.
+    pub async fn wait_for(&self, needle: &str, timeout: Duration) -> bool {
+        let started = Instant::now();
+        while started.elapsed() < timeout {
+            if self.stderr().iter().any(|l| l.contains(needle)) {
+                return true;
+            }
+            tokio::time::sleep(Duration::from_millis(10)).await;
+        }
+        false
+    }
+
+    /// SIGKILL: the host dies at once, wherever it is.
+    pub fn kill(&mut self) {
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+    }
+
+    /// SIGSTOP: the host freezes, holding whatever it holds.
+    pub fn pause(&self) {
+        signal(self.pid(), "STOP");
+    }
+
+    /// SIGCONT: the host goes on as if nothing happened.
+    pub fn resume(&self) {
+        signal(self.pid(), "CONT");
+    }
+}
+
+impl Drop for HostProcess {
+    fn drop(&mut self) {
+        self.resume();
+        self.kill();
+    }
+}
+
+/// Sends a signal to a process (also used on redis-server).
+pub fn signal(pid: u32, name: &str) {
+    let status = Command::new("kill")
+        .arg(format!("-{name}"))
+        .arg(pid.to_string())
+        .status()
+        .expect("run kill");
+    assert!(status.success(), "kill -{name} {pid} failed");
+}
