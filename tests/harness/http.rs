@@ -10,26 +10,38 @@ use tokio::net::TcpStream;
 /// Sends `method path` with `body` and returns the status and the body
 /// parsed as JSON (or as a JSON string when it is not JSON).
 pub async fn request(addr: SocketAddr, method: &str, path: &str, body: &[u8]) -> (u16, Value) {
-    let mut stream = TcpStream::connect(addr).await.expect("connect to the API");
+    try_request(addr, method, path, body)
+        .await
+        .unwrap_or_else(|e| panic!("{method} {path}: {e}"))
+}
+
+/// [`request`], for a server that may die before it answers: an error when
+/// the connection fails or closes without a complete response.
+pub async fn try_request(
+    addr: SocketAddr,
+    method: &str,
+    path: &str,
+    body: &[u8],
+) -> std::io::Result<(u16, Value)> {
+    let mut stream = TcpStream::connect(addr).await?;
     let head = format!(
         "{method} {path} HTTP/1.1\r\nhost: {addr}\r\ncontent-type: application/json\r\n\
          content-length: {}\r\nconnection: close\r\n\r\n",
         body.len()
     );
-    stream.write_all(head.as_bytes()).await.expect("send head");
-    stream.write_all(body).await.expect("send body");
+    stream.write_all(head.as_bytes()).await?;
+    stream.write_all(body).await?;
     let mut raw = Vec::new();
-    stream
-        .read_to_end(&mut raw)
-        .await
-        .expect("read the response");
+    stream.read_to_end(&mut raw).await?;
     let text = String::from_utf8_lossy(&raw);
-    let (head, body) = text.split_once("\r\n\r\n").expect("a complete response");
+    let incomplete =
+        || std::io::Error::new(std::io::ErrorKind::UnexpectedEof, "no complete response");
+    let (head, body) = text.split_once("\r\n\r\n").ok_or_else(incomplete)?;
     let status = head
         .split(' ')
         .nth(1)
         .and_then(|s| s.parse().ok())
-        .expect("a status line");
+        .ok_or_else(incomplete)?;
     let body = if head
         .to_ascii_lowercase()
         .contains("transfer-encoding: chunked")
@@ -39,7 +51,7 @@ pub async fn request(addr: SocketAddr, method: &str, path: &str, body: &[u8]) ->
         body.to_owned()
     };
     let json = serde_json::from_str(&body).unwrap_or(Value::String(body));
-    (status, json)
+    Ok((status, json))
 }
 
 pub async fn post(addr: SocketAddr, path: &str, body: &[u8]) -> (u16, Value) {

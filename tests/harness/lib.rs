@@ -48,8 +48,13 @@ impl Toolchain {
     }
 }
 
-/// Builds the example components with `toolchain`, once per test process,
-/// and returns the folder holding `<name>.wasm`.
+/// The participant components the harness builds: the examples, and the
+/// test-only components under `tests/components/`. All of them in one cargo
+/// invocation per toolchain.
+pub const COMPONENTS: &[&str] = &["inventory", "payments", "oncall"];
+
+/// Builds every component of [`COMPONENTS`] with `toolchain`, once per test
+/// process, and returns the folder holding `<name>.wasm`.
 pub fn components(toolchain: Toolchain) -> &'static Path {
     static COMPONENT: OnceLock<PathBuf> = OnceLock::new();
     static WASIP2: OnceLock<PathBuf> = OnceLock::new();
@@ -63,14 +68,17 @@ pub fn components(toolchain: Toolchain) -> &'static Path {
             Toolchain::CargoComponent => cmd.args(["component", "build"]),
             Toolchain::Wasip2 => cmd.args(["build", "--target", "wasm32-wasip2"]),
         };
-        cmd.args(["--release", "-p", "inventory", "-p", "payments"])
-            .current_dir(workspace());
+        cmd.arg("--release");
+        for package in COMPONENTS {
+            cmd.args(["-p", package]);
+        }
+        cmd.current_dir(workspace());
         let status = cmd
             .status()
-            .expect("run cargo to build the example components");
+            .expect("run cargo to build the participant components");
         assert!(
             status.success(),
-            "building the example components failed: {cmd:?}"
+            "building the participant components failed: {cmd:?}"
         );
         toolchain.out_dir()
     })
@@ -86,7 +94,7 @@ pub struct ParticipantSpec {
 }
 
 impl ParticipantSpec {
-    /// One of the example components.
+    /// One of the [`COMPONENTS`] (an example or a test component).
     pub fn example(name: &str, example: &str, store: &str, prefix: &str) -> ParticipantSpec {
         ParticipantSpec {
             name: name.into(),
@@ -176,6 +184,15 @@ impl TestEnv {
         &self
             .servers
             .iter()
+            .find(|(n, _)| n == store)
+            .expect("known store")
+            .1
+    }
+
+    pub fn server_mut(&mut self, store: &str) -> &mut RedisServer {
+        &mut self
+            .servers
+            .iter_mut()
             .find(|(n, _)| n == store)
             .expect("known store")
             .1

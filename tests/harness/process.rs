@@ -120,6 +120,11 @@ impl HostProcess {
         let _ = self.child.wait();
     }
 
+    /// Whether the process has exited (and was reaped).
+    fn exited(&mut self) -> bool {
+        !matches!(self.child.try_wait(), Ok(None))
+    }
+
     /// SIGSTOP: the host freezes, holding whatever it holds.
     pub fn pause(&self) {
         signal(self.pid(), "STOP");
@@ -133,8 +138,12 @@ impl HostProcess {
 
 impl Drop for HostProcess {
     fn drop(&mut self) {
-        self.resume();
-        self.kill();
+        if !self.exited() {
+            // A stopped process gets SIGKILL too, but resume it first so
+            // that nothing is left stopped should the kill race its exit.
+            self.resume();
+            self.kill();
+        }
     }
 }
 

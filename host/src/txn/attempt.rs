@@ -264,19 +264,28 @@ impl Coordinator {
         writes: &BTreeMap<String, Write>,
     ) -> Result<(), Result<String, TxnError>> {
         let lease = self.config.lease();
-        let replies = join_all(locked.iter().map(|(store, keys)| async move {
-            let staged: Vec<(&str, &str, &Write)> = keys
+        let replies = join_all(
+            locked
                 .iter()
-                .map(|k| (k.as_str(), reads[k].ver.as_str(), &writes[k]))
-                .collect();
-            (
-                store,
-                keys,
-                self.store(store)
-                    .prepare(id, lease, &self.log_store, &staged)
-                    .await,
-            )
-        }))
+                .enumerate()
+                .map(|(i, (store, keys))| async move {
+                    let staged: Vec<(&str, &str, &Write)> = keys
+                        .iter()
+                        .map(|k| (k.as_str(), reads[k].ver.as_str(), &writes[k]))
+                        .collect();
+                    if i > 0 {
+                        faults::hold("prepare-partial").await;
+                    }
+                    let reply = self
+                        .store(store)
+                        .prepare(id, lease, &self.log_store, &staged)
+                        .await;
+                    if i == 0 {
+                        faults::point("prepare-partial").await;
+                    }
+                    (store, keys, reply)
+                }),
+        )
         .await;
         for (store, keys, reply) in replies {
             match reply {

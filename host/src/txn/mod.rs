@@ -225,10 +225,12 @@ impl Coordinator {
     /// outcome instead (see `idempotency`).
     pub async fn run(&self, request: TxnRequest) -> Result<TxnResponse, TxnError> {
         let steps = self.check(&request)?;
-        match &request.idempotency_key {
-            Some(key) => self.run_claimed(key, steps).await,
-            None => self.run_steps(steps, None).await,
-        }
+        let response = match &request.idempotency_key {
+            Some(key) => self.run_claimed(key, steps).await?,
+            None => self.run_steps(steps, None).await?,
+        };
+        faults::point("before-reply").await;
+        Ok(response)
     }
 
     /// Declares, then attempts until a decision or `attempts_max`, and
@@ -303,7 +305,6 @@ impl Coordinator {
         {
             tracing::warn!(txn = %response.id, error = %e, "could not record the outcome for lookups");
         }
-        faults::point("before-reply").await;
         Ok(response)
     }
 

@@ -1,0 +1,412 @@
+//! The fault suite: hosts killed at every fault point, Redis stores stopped
+//! and killed under load, a stalled host fenced off by another. After each,
+//! recovery must leave every order applied on both stores or on neither, no
+//! lock or staged value behind, and a status that agrees everywhere.
+
+use std::time::{Duration, Instant};
+
+use redstage::txn::types::{LookupStatus, Status};
+use redstage_tests::{
+    HostProcess, ParticipantSpec, Persistence, TestEnv, http, request, signal, step,
+};
+use serde_json::{Value, json};
+
+/// Short leases and frequent sweeps, so recovery happens within a test.
+const FAST: &str = "[txn]\nlease_ms = 400\nsweep_interval_ms = 100\nstore_timeout_ms = 600\n";
+
+/// How long recovery may take before a test gives up on it.
+const RECOVERY_TIMEOUT: Duration = Duration::from_secs(20);
+
+const STOCK: i64 = 1000;
+const FUNDS: i64 = 100_000;
+const PRICE: i64 = 3;
+
+fn orders_env(persistence: Persistence) -> TestEnv {
+    TestEnv::start_with(
+        &["orders", "ledger"],
+        &[
+            ParticipantSpec::example("inventory", "inventory", "orders", "inventory:"),
+            ParticipantSpec::example("payments", "payments", "ledger", "payments:"),
+        ],
+        FAST,
+        persistence,
+    )
+}
+
+/// One order: 1 x A1 for PRICE, paid by alice to shop.
+fn order() -> Value {
+    json!([
+        step("inventory", json!({"op": "deduct", "sku": "A1", "qty": 1})),
+        step(
+            "payments",
+            json!({"op": "transfer", "from": "alice", "to": "shop", "amount": PRICE})
+        ),
+    ])
+}
+
+async fn seed(env: &TestEnv) {
+    let r = env
+        .run(json!([
+            step(
+                "inventory",
+                json!({"op": "restock", "sku": "A1", "qty": STOCK})
+            ),
+            step(
+                "payments",
+                json!({"op": "deposit", "account": "alice", "amount": FUNDS})
+            ),
+        ]))
+        .await;
+    assert_eq!(r.status, Status::Committed, "{r:?}");
+}
+
+fn int(env: &TestEnv, store: &str, key: &str) -> i64 {
+    env.get(store, key)
+        .map_or(0, |v| v.parse().expect("integer value"))
+}
+
+/// The orders applied, checked to be whole: every unit of stock that left
+/// was paid for, and no money appeared or vanished.
+fn orders_applied(env: &TestEnv) -> i64 {
+    let sold = STOCK - int(env, "orders", "inventory:stock:A1");
+    let alice = int(env, "ledger", "payments:balance:alice");
+    let shop = int(env, "ledger", "payments:balance:shop");
+    assert_eq!(alice + shop, FUNDS, "money was created or lost");
+    assert_eq!(
+        shop,
+        sold * PRICE,
+        "stock and payments disagree: {sold} sold, {shop} paid"
+    );
+    assert!(alice >= 0 && sold >= 0);
+    sold
+}
+
+/// Waits until no lock or staged value is left on any store.
+async fn settled(env: &TestEnv) {
+    let started = Instant::now();
+    loop {
+        let left = env.leftovers();
+        if left.is_empty() {
+            return;
+        }
+        assert!(
+            started.elapsed() < RECOVERY_TIMEOUT,
+            "recovery left {left:?}"
+        );
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+}
+
+/// Transaction ids holding locks on any store, from the lock indexes.
+fn lock_holders(env: &TestEnv) -> Vec<String> {
+    let mut ids: Vec<String> = env
+        .servers
+        .iter()
+        .flat_map(|(store, _)| {
+            let entries: Vec<String> = redis::cmd("ZRANGE")
+                .arg("rs:locks")
+                .arg(0)
+                .arg(-1)
+                .query(&mut env.redis(store))
+                .expect("ZRANGE");
+            entries
+        })
+        .map(|e| e.split('\n').next().expect("txn id").to_owned())
+        .collect();
+    ids.sort();
+    ids.dedup();
+    ids
+}
+
+async fn post_order(addr: std::net::SocketAddr) -> (u16, Value) {
+    let body = json!({ "steps": order() }).to_string();
+    http::post(addr, "/v1/transactions", body.as_bytes()).await
+}
+
+/// An order sent to a host that is going to be killed before it answers.
+async fn post_order_unanswered(addr: std::net::SocketAddr) {
+    let body = json!({ "steps": order() }).to_string();
+    let reply = http::try_request(addr, "POST", "/v1/transactions", body.as_bytes()).await;
+    assert!(reply.is_err(), "a killed host answered: {reply:?}");
+}
+
+#[tokio::test]
+async fn crash_at_every_fault_point_then_recover() {
+    // (point, whether the order must end up applied)
+    let points = [
+        ("prepare-partial", false),
+        ("after-prepare", false),
+        ("after-decide", true),
+        ("commit-partial", true),
+        ("before-reply", true),
+    ];
+    for (point, applied) in points {
+        let env = orders_env(Persistence::None);
+        seed(&env).await;
+        let mut host = env.spawn_host(Some(point));
+        let addr = host.addr;
+        let request = tokio::spawn(post_order_unanswered(addr));
+        assert!(
+            host.wait_for(
+                &format!("reached fault point {point}"),
+                Duration::from_secs(20)
+            )
+            .await,
+            "{point}: never reached; {:?}",
+            host.stderr()
+        );
+        let in_doubt = lock_holders(&env);
+        host.kill();
+        request.await.expect("the connection dies with the host");
+
+        // A host that comes back sweeps what the dead one left.
+        let survivor = env.spawn_host(None);
+        settled(&env).await;
+        assert_eq!(orders_applied(&env), i64::from(applied), "{point}");
+        for id in &in_doubt {
+            let (status, found) = http::get(survivor.addr, &format!("/v1/transactions/{id}")).await;
+            assert_eq!(status, 200, "{point}: {found}");
+            let expected = if applied { "committed" } else { "aborted" };
+            assert_eq!(found["status"], expected, "{point}: {found}");
+        }
+        // And the next order goes through on both stores.
+        let (status, reply) = post_order(survivor.addr).await;
+        assert_eq!(
+            (status, reply["status"].as_str()),
+            (200, Some("committed")),
+            "{point}: {reply}"
+        );
+        assert_eq!(orders_applied(&env), i64::from(applied) + 1, "{point}");
+        println!("fault point {point}: recovered, in doubt: {in_doubt:?}");
+    }
+}
+
+#[tokio::test]
+async fn recover_command_finishes_a_crashed_commit() {
+    let env = orders_env(Persistence::None);
+    seed(&env).await;
+    let mut host = env.spawn_host(Some("after-decide"));
+    let request = tokio::spawn(post_order_unanswered(host.addr));
+    assert!(
+        host.wait_for("reached fault point after-decide", Duration::from_secs(20))
+            .await
+    );
+    let in_doubt = lock_holders(&env);
+    assert_eq!(in_doubt.len(), 1, "one transaction holds locks");
+    host.kill();
+    request.await.expect("the connection dies with the host");
+    assert_eq!(
+        env.coordinator
+            .lookup(&in_doubt[0])
+            .await
+            .unwrap()
+            .unwrap()
+            .status,
+        LookupStatus::Committed
+    );
+
+    let out = std::process::Command::new(redstage_tests::workspace().join("target/debug/redstage"))
+        .arg("recover")
+        .arg("--config")
+        .arg(&env.config_path)
+        .args(["--wait", "10"])
+        .output()
+        .expect("run redstage recover");
+    let summary: Value = serde_json::from_slice(&out.stdout).expect("a JSON summary");
+    assert!(
+        out.status.success(),
+        "{summary} {}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    assert_eq!(summary["remaining"], 0);
+    assert!(
+        summary["resolved"].as_u64() >= Some(2),
+        "both stores' locks: {summary}"
+    );
+    assert!(env.leftovers().is_empty());
+    assert_eq!(orders_applied(&env), 1);
+}
+
+/// Runs orders from `clients` tasks for `duration`; returns (committed,
+/// failed) counts. Failures must be clean errors or aborts, never a hang.
+async fn load(env: &TestEnv, clients: usize, duration: Duration) -> (usize, usize) {
+    let deadline = Instant::now() + duration;
+    let tasks: Vec<_> = (0..clients)
+        .map(|_| {
+            let coordinator = env.coordinator.clone();
+            let bound = env.config.txn.store_timeout() * 4 + Duration::from_secs(5);
+            tokio::spawn(async move {
+                let (mut ok, mut failed) = (0, 0);
+                while Instant::now() < deadline {
+                    let started = Instant::now();
+                    match coordinator.run(request(order())).await {
+                        Ok(r) if r.status == Status::Committed => ok += 1,
+                        Ok(r) => {
+                            assert_eq!(r.abort.expect("reason").code, "conflict");
+                            failed += 1;
+                        }
+                        Err(e) => {
+                            assert!(
+                                ["store_unavailable", "outcome_unknown", "store_error"]
+                                    .contains(&e.code()),
+                                "{e}"
+                            );
+                            failed += 1;
+                            tokio::time::sleep(Duration::from_millis(20)).await;
+                        }
+                    }
+                    assert!(
+                        started.elapsed() < bound,
+                        "a transaction hung for {:?}",
+                        started.elapsed()
+                    );
+                }
+                (ok, failed)
+            })
+        })
+        .collect();
+    let mut total = (0, 0);
+    for t in tasks {
+        let (ok, failed) = t.await.expect("client task");
+        total.0 += ok;
+        total.1 += failed;
+    }
+    total
+}
+
+#[tokio::test]
+async fn store_stopped_past_the_lease_then_resumed() {
+    let env = orders_env(Persistence::None);
+    seed(&env).await;
+    let ledger = env.server("ledger").pid().expect("running");
+    let run = load(&env, 4, Duration::from_secs(4));
+    let chaos = async {
+        tokio::time::sleep(Duration::from_millis(800)).await;
+        signal(ledger, "STOP");
+        // Meanwhile, a transaction on the other store alone goes on.
+        let r = env
+            .run(json!([step(
+                "inventory",
+                json!({"op": "restock", "sku": "B2", "qty": 1})
+            )]))
+            .await;
+        assert_eq!(
+            r.status,
+            Status::Committed,
+            "orders-only work stops with the ledger: {r:?}"
+        );
+        tokio::time::sleep(Duration::from_millis(1500)).await; // well past the lease
+        signal(ledger, "CONT");
+    };
+    let ((committed, failed), ()) = tokio::join!(run, chaos);
+    // Let the background sweep of a host finish what the stall left.
+    let _host = env.spawn_host(None);
+    settled(&env).await;
+    assert_eq!(
+        orders_applied(&env),
+        committed as i64 + unknown_commits(&env, committed)
+    );
+    assert!(failed > 0, "the stop should have failed some orders");
+    println!("store stopped: {committed} committed, {failed} failed cleanly");
+}
+
+/// Orders that committed although their client saw an error
+/// (`outcome_unknown`): the difference between what Redis holds and what
+/// was acknowledged. Bounded by the errors, and never negative.
+fn unknown_commits(env: &TestEnv, acknowledged: usize) -> i64 {
+    let applied = orders_applied(env);
+    assert!(
+        applied >= acknowledged as i64,
+        "an acknowledged order was lost: {applied} < {acknowledged}"
+    );
+    applied - acknowledged as i64
+}
+
+#[tokio::test]
+async fn store_killed_and_restarted_with_aof_mid_run() {
+    let mut env = orders_env(Persistence::AofAlways);
+    seed(&env).await;
+    let coordinator = env.coordinator.clone();
+    let run = {
+        let env = &env;
+        async move { load(env, 4, Duration::from_secs(4)).await }
+    };
+    let kill = async {
+        tokio::time::sleep(Duration::from_millis(1000)).await;
+        let pid = env.server("ledger").pid().expect("running");
+        signal(pid, "KILL");
+    };
+    let ((committed, failed), ()) = tokio::join!(run, kill);
+    env.server_mut("ledger")
+        .restart()
+        .expect("restart the ledger with its AOF");
+    let r = coordinator
+        .run(request(order()))
+        .await
+        .expect("runs after the restart");
+    assert_eq!(r.status, Status::Committed, "{r:?}");
+    let _host = env.spawn_host(None);
+    settled(&env).await;
+    let applied = orders_applied(&env);
+    assert!(
+        applied > committed as i64,
+        "acknowledged orders survive the restart: {applied} <= {committed}"
+    );
+    assert!(failed > 0, "the kill should have failed some orders");
+    println!(
+        "store killed: {committed} committed before, {failed} failed cleanly, {applied} applied in all"
+    );
+}
+
+#[tokio::test]
+async fn a_stalled_host_is_fenced_and_commits_nothing_rolled_back() {
+    let env = orders_env(Persistence::None);
+    seed(&env).await;
+    // Host A stalls for 3 s after locking both stores (leases: 400 ms).
+    let host_a: HostProcess = env.spawn_host(Some("after-prepare:3000"));
+    let first = tokio::spawn(post_order(host_a.addr));
+    assert!(
+        host_a
+            .wait_for("reached fault point after-prepare", Duration::from_secs(20))
+            .await
+    );
+    host_a.pause();
+    let stalled = lock_holders(&env);
+    assert_eq!(stalled.len(), 1);
+    tokio::time::sleep(Duration::from_millis(600)).await; // past the lease
+
+    // Host B meets the expired locks, aborts A's transaction and goes on.
+    let host_b = env.second_host();
+    let r = host_b.run(request(order())).await.expect("B runs");
+    assert_eq!(r.status, Status::Committed, "{r:?}");
+    let a = host_b
+        .lookup(&stalled[0])
+        .await
+        .unwrap()
+        .expect("A's record");
+    assert_eq!(
+        a.status,
+        LookupStatus::Aborted,
+        "B must have decided A's fate"
+    );
+
+    host_a.resume();
+    let (status, reply) = first.await.expect("A answers once resumed");
+    assert_eq!(status, 200, "{reply}");
+    // A's first attempt was rolled back; whatever A answers comes from a
+    // later attempt with a new id.
+    assert_ne!(reply["id"].as_str(), Some(stalled[0].as_str()), "{reply}");
+    settled(&env).await;
+    let expected = 1 + i64::from(reply["status"] == "committed");
+    assert_eq!(orders_applied(&env), expected, "{reply}");
+    let a = host_b
+        .lookup(&stalled[0])
+        .await
+        .unwrap()
+        .expect("A's record");
+    assert_eq!(
+        a.status,
+        LookupStatus::Aborted,
+        "A overturned its own rollback"
+    );
+}
