@@ -68,7 +68,7 @@ impl Coordinator {
                     steps: outputs.clone(),
                     abort: None,
                 };
-                (c, idempotency::done_record(&response))
+                (c, c.done_record(&response))
             });
             let decided = self.two_phase(id, &keys, &reads, &writes, outcome).await?;
             return Ok(match decided {

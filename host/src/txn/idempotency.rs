@@ -21,6 +21,12 @@
 //! Outcomes that applied nothing are stored after the fact; `conflict`
 //! aborts and store failures release the claim instead, so that a retry
 //! runs again rather than repeating a transient failure.
+//!
+//! A stored outcome keeps a fingerprint of its request (SHA-256 of every
+//! step's participant and input). A request that reuses a key for different
+//! steps is a client bug, not a retry: it is rejected with
+//! `idempotency_key_reused` instead of answered with an outcome that is not
+//! its own.
 
 use std::sync::Arc;
 use std::time::{Duration, Instant};
@@ -45,6 +51,19 @@ const POLL_MAX: Duration = Duration::from_millis(100);
 pub(super) struct ClaimToken {
     pub key: String,
     pub owner: String,
+    /// The request's fingerprint, see [`fingerprint`].
+    pub request: String,
+}
+
+impl ClaimToken {
+    /// The stored form of the claimed request's outcome.
+    pub fn done_record(&self, response: &TxnResponse) -> Vec<u8> {
+        serde_json::to_vec(&ClaimRecord::Done {
+            response: response.clone(),
+            request: Some(self.request.clone()),
+        })
+        .expect("responses serialize")
+    }
 }
 
 /// What `rs:idem:K` holds once the first request has an outcome. (While it
@@ -52,15 +71,26 @@ pub(super) struct ClaimToken {
 #[derive(Debug, Serialize, Deserialize)]
 #[serde(tag = "state", rename_all = "snake_case")]
 enum ClaimRecord {
-    Done { response: TxnResponse },
+    Done {
+        response: TxnResponse,
+        /// The fingerprint of the request that had this outcome.
+        #[serde(default)]
+        request: Option<String>,
+    },
 }
 
-/// The stored form of a finished request.
-pub(super) fn done_record(response: &TxnResponse) -> Vec<u8> {
-    serde_json::to_vec(&ClaimRecord::Done {
-        response: response.clone(),
-    })
-    .expect("responses serialize")
+/// Hex SHA-256 over each step's participant name and input, each
+/// length-prefixed so that no two different requests share a preimage.
+fn fingerprint(steps: &[(Arc<Participant>, Vec<u8>)]) -> String {
+    use sha2::{Digest, Sha256};
+    let mut hash = Sha256::new();
+    for (participant, input) in steps {
+        for part in [participant.name.as_bytes(), input] {
+            hash.update((part.len() as u64).to_le_bytes());
+            hash.update(part);
+        }
+    }
+    hash.finalize().iter().map(|b| format!("{b:02x}")).collect()
 }
 
 /// The abort of a request whose claim a retry took over.
@@ -93,6 +123,7 @@ impl Coordinator {
         let token = ClaimToken {
             key: key.to_owned(),
             owner: new_txn_id(),
+            request: fingerprint(&steps),
         };
         if let Some(first) = self.claim(&token).await? {
             return Ok(first);
@@ -105,7 +136,7 @@ impl Coordinator {
             {
                 Some(Vec::new())
             }
-            Ok(r) => Some(done_record(r)),
+            Ok(r) => Some(token.done_record(r)),
             // The decision may be written; only its lease may end the claim.
             Err(TxnError::OutcomeUnknown { .. }) => None,
             Err(_) => Some(Vec::new()),
@@ -140,14 +171,24 @@ impl Coordinator {
             match claim {
                 Claim::Claimed => return Ok(None),
                 Claim::Done(bytes) => {
-                    let ClaimRecord::Done { response } =
-                        serde_json::from_slice(&bytes).map_err(|e| StoreError::Protocol {
+                    let ClaimRecord::Done { response, request } = serde_json::from_slice(&bytes)
+                        .map_err(|e| StoreError::Protocol {
                             store: self.log_store.clone(),
                             message: format!(
                                 "unreadable outcome of idempotency key {}: {e}",
                                 token.key
                             ),
                         })?;
+                    if request.is_some_and(|r| r != token.request) {
+                        return Err(TxnError::BadRequest {
+                            code: "idempotency_key_reused",
+                            message: format!(
+                                "idempotency key {} was used before for a different request (other steps or inputs); \
+                                 a retry must repeat its request exactly, a new request needs a new key",
+                                token.key
+                            ),
+                        });
+                    }
                     return Ok(Some(response));
                 }
                 Claim::InFlight if Instant::now() + pause > deadline => {

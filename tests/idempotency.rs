@@ -1,0 +1,388 @@
+//! Idempotency keys and lookups by id: a request repeated with the same
+//! `idempotency_key` answers the first outcome and applies nothing twice,
+//! whether the first finished, is still running, or died on the way; and
+//! `GET /v1/transactions/{id}` tells committed, aborted and in-doubt apart.
+
+use std::time::Duration;
+
+use redstage::txn::types::{Status, TxnRequest, TxnResponse};
+use redstage::txn::{Coordinator, TxnError};
+use redstage_tests::{ParticipantSpec, Persistence, TestEnv, http, request, step};
+use serde_json::{Value, json};
+
+/// Short leases, so that a dead host's claim and locks end within a test.
+const FAST: &str = "[txn]\nlease_ms = 400\nsweep_interval_ms = 100\nidempotency_lease_ms = 800\n";
+
+fn env(extra: &str) -> TestEnv {
+    TestEnv::start_with(
+        &["orders", "ledger"],
+        &[
+            ParticipantSpec::example("inventory", "inventory", "orders", "inventory:"),
+            ParticipantSpec::example("payments", "payments", "ledger", "payments:"),
+        ],
+        extra,
+        Persistence::None,
+    )
+}
+
+/// Funds alice with 100 and stocks 10 of A1.
+async fn seed(env: &TestEnv) {
+    let r = env
+        .run(json!([
+            step(
+                "inventory",
+                json!({"op": "restock", "sku": "A1", "qty": 10})
+            ),
+            step(
+                "payments",
+                json!({"op": "deposit", "account": "alice", "amount": 100})
+            ),
+        ]))
+        .await;
+    assert_eq!(r.status, Status::Committed, "{r:?}");
+}
+
+/// One order: 1 x A1 for 30, paid by alice to shop.
+fn order() -> Value {
+    json!([
+        step("inventory", json!({"op": "deduct", "sku": "A1", "qty": 1})),
+        step(
+            "payments",
+            json!({"op": "transfer", "from": "alice", "to": "shop", "amount": 30})
+        ),
+    ])
+}
+
+fn keyed(steps: Value, key: &str) -> TxnRequest {
+    TxnRequest {
+        idempotency_key: Some(key.to_owned()),
+        ..request(steps)
+    }
+}
+
+async fn run_keyed(host: &Coordinator, steps: Value, key: &str) -> TxnResponse {
+    host.run(keyed(steps, key))
+        .await
+        .expect("the transaction ran to a decision")
+}
+
+/// (stock of A1, alice, shop)
+fn state(env: &TestEnv) -> (Option<String>, Option<String>, Option<String>) {
+    (
+        env.get("orders", "inventory:stock:A1"),
+        env.get("ledger", "payments:balance:alice"),
+        env.get("ledger", "payments:balance:shop"),
+    )
+}
+
+/// The one transaction holding locks on the orders store.
+fn lock_holder(env: &TestEnv) -> String {
+    let entries: Vec<String> = redis::cmd("ZRANGE")
+        .arg("rs:locks")
+        .arg(0)
+        .arg(-1)
+        .query(&mut env.redis("orders"))
+        .expect("ZRANGE");
+    let first = entries.first().expect("a lock is held");
+    first.split('\n').next().expect("txn id").to_owned()
+}
+
+fn after_orders(n: i64) -> (Option<String>, Option<String>, Option<String>) {
+    (
+        Some((10 - n).to_string()),
+        Some((100 - 30 * n).to_string()),
+        (n > 0).then(|| (30 * n).to_string()),
+    )
+}
+
+#[tokio::test]
+async fn a_repeated_request_answers_the_first_outcome_and_applies_once() {
+    let env = env("");
+    seed(&env).await;
+    let first = run_keyed(&env.coordinator, order(), "order-1").await;
+    assert_eq!(first.status, Status::Committed, "{first:?}");
+    // Again, from the same host and from another one.
+    let again = run_keyed(&env.coordinator, order(), "order-1").await;
+    let elsewhere = run_keyed(&env.second_host(), order(), "order-1").await;
+    assert_eq!(again, first);
+    assert_eq!(elsewhere, first);
+    assert_eq!(state(&env), after_orders(1));
+
+    // A different key is a different order.
+    let second = run_keyed(&env.coordinator, order(), "order-2").await;
+    assert_eq!(second.status, Status::Committed, "{second:?}");
+    assert_ne!(second.id, first.id);
+    assert_eq!(state(&env), after_orders(2));
+
+    // Through HTTP, the same.
+    let addr = http::serve(env.coordinator.clone()).await;
+    let body = json!({"steps": order(), "idempotency_key": "order-1"}).to_string();
+    let (status, reply) = http::post(addr, "/v1/transactions", body.as_bytes()).await;
+    assert_eq!(status, 200, "{reply}");
+    assert_eq!(reply["id"], first.id.as_str(), "{reply}");
+    assert_eq!(state(&env), after_orders(2));
+
+    // The same key for another request is a client bug, not a retry.
+    let other = json!([step(
+        "payments",
+        json!({"op": "deposit", "account": "alice", "amount": 1})
+    )]);
+    let err = env
+        .coordinator
+        .run(keyed(other, "order-1"))
+        .await
+        .expect_err("a reused key is rejected");
+    assert_eq!(err.code(), "idempotency_key_reused", "{err}");
+    assert_eq!(state(&env), after_orders(2));
+    assert!(env.leftovers().is_empty());
+}
+
+#[tokio::test]
+async fn a_business_abort_is_the_answer_to_every_retry() {
+    let env = env("");
+    seed(&env).await;
+    let too_much = json!([step(
+        "payments",
+        json!({"op": "withdraw", "account": "alice", "amount": 500})
+    )]);
+    let first = run_keyed(&env.coordinator, too_much.clone(), "big").await;
+    assert_eq!(first.status, Status::Aborted);
+    assert_eq!(
+        first.abort.as_ref().expect("abort").code,
+        "insufficient_funds"
+    );
+    // Funds arrive; the retry still answers the first outcome rather than
+    // running again.
+    let r = env
+        .run(json!([step(
+            "payments",
+            json!({"op": "deposit", "account": "alice", "amount": 1000})
+        )]))
+        .await;
+    assert_eq!(r.status, Status::Committed);
+    let retry = run_keyed(&env.coordinator, too_much, "big").await;
+    assert_eq!(retry, first);
+    assert_eq!(
+        env.get("ledger", "payments:balance:alice").as_deref(),
+        Some("1100")
+    );
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn concurrent_duplicates_from_two_hosts_apply_once() {
+    const DUPLICATES: usize = 8;
+    let env = env("");
+    seed(&env).await;
+    let hosts = [env.coordinator.clone(), env.second_host()];
+    let tasks: Vec<_> = (0..DUPLICATES)
+        .map(|i| {
+            let host = hosts[i % 2].clone();
+            tokio::spawn(async move { run_keyed(&host, order(), "dup").await })
+        })
+        .collect();
+    let mut replies = Vec::new();
+    for task in tasks {
+        replies.push(task.await.expect("duplicate task"));
+    }
+    assert_eq!(replies[0].status, Status::Committed, "{:?}", replies[0]);
+    for r in &replies {
+        assert_eq!(r, &replies[0], "every duplicate answers the one outcome");
+    }
+    assert_eq!(state(&env), after_orders(1));
+    assert!(env.leftovers().is_empty());
+}
+
+#[tokio::test]
+async fn a_retry_waits_for_the_first_request_still_in_flight() {
+    let env = env(FAST);
+    seed(&env).await;
+    // The first request stalls 1.5 s after locking (its claim lease, 800 ms,
+    // runs out meanwhile: a retry may take over, and the first then must
+    // not commit).
+    let host = env.spawn_host(Some("after-prepare:1500"));
+    let body = json!({"steps": order(), "idempotency_key": "slow"}).to_string();
+    let first =
+        tokio::spawn(
+            async move { http::post(host.addr, "/v1/transactions", body.as_bytes()).await },
+        );
+    tokio::time::sleep(Duration::from_millis(100)).await;
+    let retry = run_keyed(&env.coordinator, order(), "slow").await;
+    let (status, first) = first.await.expect("the first request answers");
+    assert_eq!(status, 200, "{first}");
+    assert_eq!(retry.status, Status::Committed, "{retry:?}");
+    // Either the first committed and the retry waited for it, or the retry
+    // took the claim over and the first was superseded: one order either way.
+    if first["status"] == "committed" {
+        assert_eq!(first["id"], retry.id.as_str(), "{first}");
+    } else {
+        assert_eq!(first["abort"]["code"], "superseded", "{first}");
+    }
+    assert_eq!(state(&env), after_orders(1));
+}
+
+#[tokio::test]
+async fn a_retry_past_the_wait_bound_is_told_the_request_is_in_flight() {
+    let env = env("[txn]\nidempotency_wait_ms = 200\n");
+    seed(&env).await;
+    let host = env.spawn_host(Some("after-prepare"));
+    let body = json!({"steps": order(), "idempotency_key": "stuck"}).to_string();
+    let addr = host.addr;
+    let _first = tokio::spawn(async move {
+        http::try_request(addr, "POST", "/v1/transactions", body.as_bytes()).await
+    });
+    assert!(
+        host.wait_for("reached fault point after-prepare", Duration::from_secs(20))
+            .await
+    );
+    let err = env
+        .coordinator
+        .run(keyed(order(), "stuck"))
+        .await
+        .expect_err("the first request holds the key");
+    assert!(matches!(err, TxnError::InFlight { .. }), "{err}");
+    assert_eq!(err.code(), "in_flight");
+    // HTTP says 409.
+    let api = http::serve(env.coordinator.clone()).await;
+    let body = json!({"steps": order(), "idempotency_key": "stuck"}).to_string();
+    let (status, reply) = http::post(api, "/v1/transactions", body.as_bytes()).await;
+    assert_eq!(
+        (status, reply["error"]["code"].as_str()),
+        (409, Some("in_flight")),
+        "{reply}"
+    );
+}
+
+#[tokio::test]
+async fn a_retry_after_a_crash_applies_the_order_once() {
+    // Killed before the decision: the retry runs the order again. Killed
+    // after it: the retry answers the committed outcome the dead host wrote.
+    for (point, same_id) in [("after-prepare", false), ("after-decide", true)] {
+        let env = env(FAST);
+        seed(&env).await;
+        let mut host = env.spawn_host(Some(point));
+        let body = json!({"steps": order(), "idempotency_key": "crash"}).to_string();
+        let addr = host.addr;
+        let first = tokio::spawn(async move {
+            http::try_request(addr, "POST", "/v1/transactions", body.as_bytes()).await
+        });
+        assert!(
+            host.wait_for(
+                &format!("reached fault point {point}"),
+                Duration::from_secs(20)
+            )
+            .await,
+            "{point}"
+        );
+        let holder = lock_holder(&env);
+        host.kill();
+        assert!(
+            first.await.expect("task").is_err(),
+            "{point}: a killed host answered"
+        );
+
+        let retry = run_keyed(&env.coordinator, order(), "crash").await;
+        assert_eq!(retry.status, Status::Committed, "{point}: {retry:?}");
+        assert_eq!(
+            holder == retry.id,
+            same_id,
+            "{point}: {holder} vs {}",
+            retry.id
+        );
+        // The sweep of a live host cleans up what the dead one left.
+        let _survivor = env.spawn_host(None);
+        let started = std::time::Instant::now();
+        while !env.leftovers().is_empty() {
+            assert!(
+                started.elapsed() < Duration::from_secs(20),
+                "{:?}",
+                env.leftovers()
+            );
+            tokio::time::sleep(Duration::from_millis(50)).await;
+        }
+        assert_eq!(state(&env), after_orders(1), "{point}");
+    }
+}
+
+#[tokio::test]
+async fn bad_idempotency_keys_are_rejected() {
+    let env = env("");
+    for key in [String::new(), "k".repeat(257)] {
+        let err = env
+            .coordinator
+            .run(keyed(order(), &key))
+            .await
+            .expect_err("rejected");
+        assert_eq!(err.code(), "bad_idempotency_key", "{err}");
+    }
+    assert!(env.dump("orders").is_empty());
+}
+
+#[tokio::test]
+async fn lookups_tell_committed_aborted_in_doubt_and_unknown_apart() {
+    let env = env(FAST);
+    seed(&env).await;
+    let api = http::serve(env.coordinator.clone()).await;
+    let lookup =
+        |id: String| async move { http::get(api, &format!("/v1/transactions/{id}")).await };
+
+    let committed = env.run(order()).await;
+    assert_eq!(committed.status, Status::Committed);
+    let (status, found) = lookup(committed.id.clone()).await;
+    assert_eq!(
+        (status, found["status"].as_str()),
+        (200, Some("committed")),
+        "{found}"
+    );
+
+    let aborted = env
+        .run(json!([step(
+            "inventory",
+            json!({"op": "deduct", "sku": "A1", "qty": 99})
+        )]))
+        .await;
+    assert_eq!(aborted.status, Status::Aborted);
+    let (status, found) = lookup(aborted.id.clone()).await;
+    assert_eq!(
+        (status, found["status"].as_str()),
+        (200, Some("aborted")),
+        "{found}"
+    );
+    assert_eq!(found["abort"]["code"], "insufficient_stock", "{found}");
+
+    let (status, found) = lookup("no-such-transaction".into()).await;
+    assert_eq!(status, 404, "{found}");
+    assert_eq!(found["error"]["code"], "unknown_transaction", "{found}");
+
+    // A host stopped between prepare and decision: in doubt while its locks
+    // are held, aborted once another host's sweep resolves them.
+    let host = env.spawn_host(Some("after-prepare"));
+    let addr = host.addr;
+    let _stuck = tokio::spawn(async move {
+        let body = json!({ "steps": order() }).to_string();
+        http::try_request(addr, "POST", "/v1/transactions", body.as_bytes()).await
+    });
+    assert!(
+        host.wait_for("reached fault point after-prepare", Duration::from_secs(20))
+            .await
+    );
+    let id = lock_holder(&env);
+    let (status, found) = lookup(id.clone()).await;
+    assert_eq!(
+        (status, found["status"].as_str()),
+        (200, Some("in_doubt")),
+        "{found}"
+    );
+    drop(host);
+    let started = std::time::Instant::now();
+    loop {
+        env.coordinator.sweep().await;
+        let (_, found) = lookup(id.clone()).await;
+        if found["status"] == "aborted" {
+            break;
+        }
+        assert!(started.elapsed() < Duration::from_secs(10), "{found}");
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+    assert!(env.leftovers().is_empty());
+    assert_eq!(state(&env), after_orders(1));
+}
