@@ -29,7 +29,8 @@ pub struct Cli {
 
 #[derive(Debug, Subcommand)]
 enum Command {
-    /// Serve the HTTP API (POST /v1/transactions, GET /v1/health, GET /v1/ready).
+    /// Serve the HTTP API (POST /v1/transactions, GET /v1/transactions/{id},
+    /// GET /v1/health, GET /v1/ready), with the background recovery sweep.
     Serve {
         /// The TOML config: stores, log store, participants, limits.
         #[arg(long)]
