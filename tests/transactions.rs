@@ -314,3 +314,96 @@ async fn components_built_for_wasm32_wasip2_run_too() {
         Some("9")
     );
 }
+
+#[tokio::test]
+async fn a_restart_with_a_warm_cache_does_not_recompile() {
+    use std::sync::atomic::Ordering::Relaxed;
+    let cache = tempfile::tempdir().expect("temp dir");
+    let dir = cache.path().display().to_string();
+    let env = TestEnv::start_with(
+        &["orders", "ledger"],
+        &[
+            redstage_tests::ParticipantSpec::example(
+                "inventory",
+                "inventory",
+                "orders",
+                "inventory:",
+            ),
+            redstage_tests::ParticipantSpec::example("payments", "payments", "ledger", "payments:"),
+        ],
+        &format!("[cache]\ndir = {dir:?}\n"),
+        redstage_tests::Persistence::None,
+    );
+    let counts = |host: &redstage::txn::Coordinator| {
+        let stats = host.registry().runtime().cache().expect("a cache").stats();
+        (stats.compiled.load(Relaxed), stats.hits.load(Relaxed))
+    };
+    assert_eq!(counts(&env.coordinator), (2, 0), "a cold cache compiles");
+    assert_eq!(counts(&env.second_host()), (0, 2), "a warm one does not");
+
+    // A restarted server says so in its log.
+    let host = env.spawn_host(None);
+    let log = host.stderr();
+    let said = |needle: &str| log.iter().filter(|l| l.contains(needle)).count();
+    assert_eq!(
+        said("loaded a compiled component from the cache"),
+        2,
+        "{log:?}"
+    );
+    assert_eq!(said("compiled a component"), 0, "{log:?}");
+    drop(host);
+
+    // A damaged entry is compiled again and replaced, not trusted.
+    let entry = std::fs::read_dir(cache.path())
+        .expect("cache dir")
+        .map(|e| e.expect("entry").path())
+        .find(|p| p.extension().is_some_and(|x| x == "cwasm"))
+        .expect("a cache entry");
+    std::fs::write(&entry, b"not machine code").expect("damage the entry");
+    let host = env.second_host();
+    assert_eq!(counts(&host), (1, 1));
+    let r = host
+        .run(request(json!([restock("A1", 1), deposit("alice", 1)])))
+        .await;
+    assert_eq!(r.expect("runs").status, Status::Committed);
+    assert_eq!(counts(&env.second_host()), (0, 2), "the entry was replaced");
+}
+
+#[tokio::test]
+async fn metrics_count_decisions_and_participant_calls() {
+    let env = stocked().await;
+    let api = http::serve(env.coordinator.clone()).await;
+    let r = env
+        .run(json!([deduct("A1", 1), transfer("alice", "shop", 5)]))
+        .await;
+    assert_eq!(r.status, Status::Committed);
+    let r = env.run(json!([deduct("A1", 99)])).await;
+    assert_eq!(r.status, Status::Aborted);
+    let (status, text) = http::get(api, "/metrics").await;
+    assert_eq!(status, 200);
+    let text = text.as_str().expect("plain text");
+    let value = |series: &str| -> f64 {
+        text.lines()
+            .find_map(|l| l.strip_prefix(series)?.strip_prefix(' ')?.parse().ok())
+            .unwrap_or_else(|| panic!("no {series} in\n{text}"))
+    };
+    // The seeding order, the order, the abort.
+    assert_eq!(
+        value(r#"redstage_transactions_total{status="committed"}"#),
+        2.0
+    );
+    assert_eq!(
+        value(r#"redstage_transactions_total{status="aborted",code="insufficient_stock"}"#),
+        1.0
+    );
+    assert_eq!(value("redstage_transaction_duration_seconds_count"), 3.0);
+    assert_eq!(
+        value(r#"redstage_participant_calls_total{participant="inventory",call="execute"}"#),
+        3.0
+    );
+    assert!(
+        value(
+            r#"redstage_participant_call_seconds_total{participant="inventory",call="instantiate"}"#
+        ) > 0.0
+    );
+}

@@ -11,10 +11,16 @@
 //! component = "path/to/inventory.wasm"
 //! store = "orders"
 //! prefix = "inventory:"
+//! [participants.inventory.limits]       # this participant's own (optional)
+//! call_time_ms = 50
 //! [limits]                              # every participant call (optional)
 //! call_time_ms = 200
 //! [txn]                                 # the protocol's bounds (optional)
 //! lease_ms = 5000
+//! [cache]                               # compiled components (optional)
+//! dir = "/var/cache/redstage"
+//! [deploy]                              # participants deployed at run time (optional)
+//! folder = "participants"
 //! ```
 
 use std::collections::BTreeMap;
@@ -24,7 +30,7 @@ use std::time::Duration;
 
 use serde::{Deserialize, Serialize};
 
-use crate::runtime::CallLimits;
+use crate::runtime::{CallLimits, LimitOverrides};
 use crate::store::keys::RESERVED_PREFIX;
 
 /// The address `serve` listens on when the config names none.
@@ -41,11 +47,15 @@ pub struct Config {
     pub stores: BTreeMap<String, String>,
     #[serde(default)]
     pub participants: BTreeMap<String, ParticipantConfig>,
-    /// Limits on every participant call.
+    /// Limits on every participant call, unless a participant overrides them.
     #[serde(default)]
     pub limits: CallLimits,
     #[serde(default)]
     pub txn: TxnConfig,
+    #[serde(default)]
+    pub cache: CacheConfig,
+    #[serde(default)]
+    pub deploy: DeployConfig,
 }
 
 fn default_listen() -> SocketAddr {
@@ -60,6 +70,11 @@ pub struct ParticipantConfig {
     pub store: String,
     /// Every key the participant names is stored under `prefix + key`.
     pub prefix: String,
+    /// Keys of the global `[limits]` this participant's calls run under
+    /// instead (a tighter bound for an untrusted one, a looser one for a
+    /// participant that needs it); every key left out keeps the global value.
+    #[serde(default, skip_serializing_if = "LimitOverrides::is_empty")]
+    pub limits: LimitOverrides,
 }
 
 /// Bounds of the protocol itself.
@@ -133,6 +148,73 @@ impl TxnConfig {
     }
 }
 
+/// Participants deployed at run time (see `participants::folder`).
+#[derive(Debug, Clone, PartialEq, Eq, Deserialize, Serialize)]
+#[serde(default, deny_unknown_fields)]
+pub struct DeployConfig {
+    /// A folder of `NAME.wasm` + `NAME.toml` participants: loaded at start,
+    /// watched for changes, and written by deploys. Without it, only the
+    /// participants of this file exist and deploys are refused.
+    pub folder: Option<PathBuf>,
+    /// How often `serve` looks for changes in the folder.
+    pub poll_ms: u64,
+    /// The largest component a deploy accepts. Guards memory and compile
+    /// time against an oversized upload.
+    pub component_bytes_max: usize,
+}
+
+impl Default for DeployConfig {
+    fn default() -> Self {
+        DeployConfig {
+            folder: None,
+            poll_ms: 1_000,
+            component_bytes_max: 16 << 20,
+        }
+    }
+}
+
+impl DeployConfig {
+    pub fn poll(&self) -> Duration {
+        Duration::from_millis(self.poll_ms)
+    }
+}
+
+/// Where compiled components are kept (see `runtime::CompileCache`).
+#[derive(Debug, Clone, PartialEq, Eq, Deserialize, Serialize)]
+#[serde(default, deny_unknown_fields)]
+pub struct CacheConfig {
+    /// Without the cache every start compiles every component.
+    pub enabled: bool,
+    /// The folder; by default `$XDG_CACHE_HOME/redstage`, else
+    /// `$HOME/.cache/redstage`, else no cache.
+    pub dir: Option<PathBuf>,
+}
+
+impl Default for CacheConfig {
+    fn default() -> Self {
+        CacheConfig {
+            enabled: true,
+            dir: None,
+        }
+    }
+}
+
+impl CacheConfig {
+    /// The folder to use, if any.
+    pub fn folder(&self) -> Option<PathBuf> {
+        if !self.enabled {
+            return None;
+        }
+        self.dir.clone().or_else(|| {
+            let xdg = std::env::var_os("XDG_CACHE_HOME").map(PathBuf::from);
+            let home = || std::env::var_os("HOME").map(|h| PathBuf::from(h).join(".cache"));
+            xdg.filter(|p| p.is_absolute())
+                .or_else(home)
+                .map(|base| base.join("redstage"))
+        })
+    }
+}
+
 /// A configuration that cannot be used, and why.
 #[derive(Debug, thiserror::Error)]
 pub enum ConfigError {
@@ -165,6 +247,12 @@ impl Config {
         for p in config.participants.values_mut() {
             p.component = base.join(&p.component);
         }
+        for dir in [&mut config.cache.dir, &mut config.deploy.folder]
+            .into_iter()
+            .flatten()
+        {
+            *dir = base.join(&*dir);
+        }
         Ok(config)
     }
 
@@ -178,29 +266,27 @@ impl Config {
         Ok(config)
     }
 
+    /// The limits participant `name`'s calls run under: the global
+    /// `[limits]`, with the keys of its own `limits` table replaced.
+    pub fn limits_of(&self, name: &str, p: &ParticipantConfig) -> Result<CallLimits, ConfigError> {
+        p.limits
+            .apply(&self.limits)
+            .map_err(|m| ConfigError::Invalid(format!("[participants.{name}.limits]: {m}")))
+    }
+
     fn check(&self) -> Result<(), ConfigError> {
         let invalid = |m: String| Err(ConfigError::Invalid(m));
         if !self.stores.contains_key(&self.log_store) {
             return invalid(format!("log_store `{}` is not in [stores]", self.log_store));
         }
         for (name, p) in &self.participants {
-            if !self.stores.contains_key(&p.store) {
-                return invalid(format!(
-                    "participant `{name}`: store `{}` is not in [stores]",
-                    p.store
-                ));
-            }
-            check_prefix(name, &p.prefix)?;
-            for (other, q) in &self.participants {
-                let overlap = q.prefix.starts_with(&p.prefix) || p.prefix.starts_with(&q.prefix);
-                if other != name && q.store == p.store && overlap {
-                    return invalid(format!(
-                        "participants `{name}` and `{other}` share store `{}` with overlapping \
-                         prefixes `{}` and `{}`: one could read and write the other's keys",
-                        p.store, p.prefix, q.prefix
-                    ));
-                }
-            }
+            self.limits_of(name, p)?;
+            let others = self
+                .participants
+                .iter()
+                .map(|(n, q)| (n.as_str(), q.store.as_str(), q.prefix.as_str()));
+            self.check_placement(name, &p.store, &p.prefix, others)
+                .map_err(ConfigError::Invalid)?;
         }
         if self.txn.attempts_max == 0 || self.txn.lease_ms == 0 || self.txn.steps_max == 0 {
             return invalid(
@@ -214,19 +300,45 @@ impl Config {
     }
 }
 
-/// A prefix must be non-empty and stay clear of redstage's own keys.
-fn check_prefix(name: &str, prefix: &str) -> Result<(), ConfigError> {
-    if prefix.is_empty() {
-        return Err(ConfigError::Invalid(format!(
-            "participant `{name}`: prefix must not be empty (it confines the participant's keys)"
-        )));
+impl Config {
+    /// Whether participant `name` may live on `store` under `prefix`, next
+    /// to `others` (name, store, prefix; `name` itself is skipped): the
+    /// store must exist, and the prefix must be non-empty, clear of
+    /// redstage's own keys and of every other prefix on the store, so that
+    /// no participant can reach another's keys.
+    pub fn check_placement<'a>(
+        &self,
+        name: &str,
+        store: &str,
+        prefix: &str,
+        others: impl IntoIterator<Item = (&'a str, &'a str, &'a str)>,
+    ) -> Result<(), String> {
+        if !self.stores.contains_key(store) {
+            return Err(format!(
+                "participant `{name}`: store `{store}` is not in [stores]"
+            ));
+        }
+        if prefix.is_empty() {
+            return Err(format!(
+                "participant `{name}`: prefix must not be empty (it confines the participant's keys)"
+            ));
+        }
+        if prefix.starts_with(RESERVED_PREFIX) || RESERVED_PREFIX.starts_with(prefix) {
+            return Err(format!(
+                "participant `{name}`: prefix `{prefix}` overlaps `{RESERVED_PREFIX}`, reserved for redstage's own keys"
+            ));
+        }
+        for (other, other_store, other_prefix) in others {
+            let overlap = other_prefix.starts_with(prefix) || prefix.starts_with(other_prefix);
+            if other != name && other_store == store && overlap {
+                return Err(format!(
+                    "participants `{name}` and `{other}` share store `{store}` with overlapping \
+                     prefixes `{prefix}` and `{other_prefix}`: one could read and write the other's keys"
+                ));
+            }
+        }
+        Ok(())
     }
-    if prefix.starts_with(RESERVED_PREFIX) || RESERVED_PREFIX.starts_with(prefix) {
-        return Err(ConfigError::Invalid(format!(
-            "participant `{name}`: prefix `{prefix}` overlaps `{RESERVED_PREFIX}`, reserved for redstage's own keys"
-        )));
-    }
-    Ok(())
 }
 
 #[cfg(test)]
@@ -256,6 +368,22 @@ mod tests {
     }
 
     #[test]
+    fn participant_limits_fall_back_to_the_global_ones_key_by_key() {
+        let c = with(
+            "[limits]\ncall_time_ms = 100\nwrites_max = 10\n\
+             [participants.a]\ncomponent = \"a.wasm\"\nstore = \"orders\"\nprefix = \"a:\"\n\
+             [participants.a.limits]\nwrites_max = 3\n\
+             [participants.b]\ncomponent = \"b.wasm\"\nstore = \"orders\"\nprefix = \"b:\"\n",
+        )
+        .unwrap();
+        let a = c.limits_of("a", &c.participants["a"]).unwrap();
+        assert_eq!((a.call_time_ms, a.writes_max), (100, 3));
+        assert_eq!(a.keys_max, CallLimits::default().keys_max);
+        let b = c.limits_of("b", &c.participants["b"]).unwrap();
+        assert_eq!(b, c.limits);
+    }
+
+    #[test]
     fn rejects_unusable_configs() {
         let p = |store: &str, prefix: &str| {
             format!("component = \"x.wasm\"\nstore = \"{store}\"\nprefix = \"{prefix}\"\n")
@@ -272,10 +400,28 @@ mod tests {
             ),
             "[participants.a]\nstore = \"orders\"\nprefix = \"a:\"".to_string(),
             "typo = 1".to_string(),
+            format!(
+                "[participants.a]\n{}[participants.a.limits]\nmemory_max = 1",
+                p("orders", "a:")
+            ),
+            format!(
+                "[participants.a]\n{}[participants.a.limits]\ncall_time_ms = -1",
+                p("orders", "a:")
+            ),
         ];
         for case in cases {
             assert!(with(&case).is_err(), "accepted:\n{case}");
         }
+        let err = with(&format!(
+            "[participants.a]\n{}[participants.a.limits]\nmemory_max = 1",
+            p("orders", "a:")
+        ))
+        .unwrap_err()
+        .to_string();
+        assert!(
+            err.contains("[participants.a.limits]") && err.contains("memory_max"),
+            "{err}"
+        );
         // The same prefix on different stores is fine.
         with(&format!(
             "[participants.a]\n{}[participants.b]\n{}",

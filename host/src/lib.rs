@@ -9,12 +9,13 @@
 //! - [`config`]: the TOML file: stores, log store, participants, limits.
 //! - [`runtime`]: the wasmtime engine, compiled components, per-step
 //!   instances, call limits, the denied imports.
-//! - [`participants`]: the configured participants, their stores and key
-//!   prefixes.
+//! - [`participants`]: the participants, their stores, key prefixes and
+//!   versions; deploys and the deploy folder.
 //! - [`store`]: Redis connections, the key layout, the Lua scripts.
 //! - [`txn`]: the coordinator: declare, read, execute, prepare, decide,
 //!   commit or roll back, and recovery of expired locks.
 //! - [`api`]: HTTP/JSON over the coordinator.
+//! - [`metrics`]: counters and histograms for `GET /metrics`.
 //! - [`cli`]: the `redstage` command.
 //! - [`embedded`]: local `redis-server` processes for the demo and tests.
 
@@ -22,7 +23,13 @@ pub mod api;
 pub mod cli;
 pub mod config;
 pub mod embedded;
+pub mod metrics;
 pub mod participants;
 pub mod runtime;
 pub mod store;
 pub mod txn;
+
+/// Lower-case hex of `bytes` (digests in keys, file names and listings).
+pub(crate) fn hex(bytes: &[u8]) -> String {
+    bytes.iter().map(|b| format!("{b:02x}")).collect()
+}

@@ -48,10 +48,32 @@ impl Toolchain {
     }
 }
 
-/// The participant components the harness builds: the examples, and the
-/// test-only components under `tests/components/`. All of them in one cargo
+/// The participant components the harness builds, by package name: the
+/// examples, and the test-only components under `tests/components/` (the
+/// hostile ones each named for what they do wrong). All of them in one cargo
 /// invocation per toolchain.
-pub const COMPONENTS: &[&str] = &["inventory", "payments", "oncall"];
+pub const COMPONENTS: &[&str] = &[
+    "inventory",
+    "payments",
+    "oncall",
+    "infinite-loop",
+    "memory-bomb",
+    "deep-recursion",
+    "panics",
+    "huge-output",
+    "many-writes",
+    "undeclared-write",
+    "odd-keys",
+    "wasi-access",
+    "counter-v1",
+    "counter-v2",
+];
+
+/// The file a component of [`COMPONENTS`] is built to, in `components()`'s
+/// folder: cargo names it after the library, `-` becoming `_`.
+pub fn component_file(package: &str) -> String {
+    format!("{}.wasm", package.replace('-', "_"))
+}
 
 /// Builds every component of [`COMPONENTS`] with `toolchain`, once per test
 /// process, and returns the folder holding `<name>.wasm`.
@@ -98,7 +120,7 @@ impl ParticipantSpec {
     pub fn example(name: &str, example: &str, store: &str, prefix: &str) -> ParticipantSpec {
         ParticipantSpec {
             name: name.into(),
-            component: components(Toolchain::CargoComponent).join(format!("{example}.wasm")),
+            component: components(Toolchain::CargoComponent).join(component_file(example)),
             store: store.into(),
             prefix: prefix.into(),
         }
@@ -276,6 +298,13 @@ pub fn step(participant: &str, input: Value) -> Value {
     json!({"participant": participant, "input": input})
 }
 
+/// Where test hosts keep compiled components, unless a test's own `[cache]`
+/// says otherwise: shared by every test, so each component version is
+/// compiled once per machine rather than once per host.
+pub fn shared_cache_dir() -> PathBuf {
+    workspace().join("target/redstage-test-cache")
+}
+
 /// The config text for `servers` and `participants`, with `extra` TOML
 /// appended. The first server keeps the log.
 pub fn config_text(
@@ -294,6 +323,12 @@ pub fn config_text(
             p.component.display().to_string(),
             p.store,
             p.prefix
+        );
+    }
+    if !extra.contains("[cache]") {
+        text += &format!(
+            "[cache]\ndir = {:?}\n",
+            shared_cache_dir().display().to_string()
         );
     }
     text + extra

@@ -4,8 +4,12 @@
 //! |---------------------------|---------------------------------------------|
 //! | `POST /v1/transactions`   | run a transaction; answers its outcome      |
 //! | `GET /v1/transactions/{id}` | committed, aborted or in doubt            |
+//! | `GET /v1/participants`    | participants, versions, broken deploys      |
+//! | `PUT /v1/participants/{name}?store=&prefix=&limits=` | deploy a component (the body) |
+//! | `DELETE /v1/participants/{name}` | remove a deployed participant        |
 //! | `GET /v1/health`          | the process is up                           |
 //! | `GET /v1/ready`           | every store answers                         |
+//! | `GET /metrics`            | Prometheus metrics (see `metrics`)          |
 //!
 //! A transaction that ran answers 200 whether it committed or aborted: the
 //! body says which. Anything else is an error with a stable code:
@@ -21,18 +25,26 @@
 //! 413 for a body over the limit, 503 for a store failure
 //! (`store_unavailable`: nothing was applied, send it again;
 //! `outcome_unknown`: look the id up later).
+//!
+//! Deploys answer the new version (`200`), or `400` (`bad_participant_name`,
+//! `bad_manifest`), `404` (`unknown_participant`), `409`
+//! (`deploy_disabled`, `configured_in_file`), `413` (`component_too_large`),
+//! `422` (`invalid_component`: does not compile, is not a component of the
+//! participant world, or imports what it may not).
 
 use std::sync::Arc;
 
 use axum::body::Bytes;
-use axum::extract::rejection::BytesRejection;
-use axum::extract::{DefaultBodyLimit, Path, State};
+use axum::extract::rejection::{BytesRejection, QueryRejection};
+use axum::extract::{DefaultBodyLimit, Path, Query, State};
 use axum::http::StatusCode;
 use axum::response::{IntoResponse, Response};
-use axum::routing::{get, post};
+use axum::routing::{get, post, put};
 use axum::{Json, Router};
 use serde_json::json;
 
+use crate::participants::DeployError;
+use crate::participants::folder::Manifest;
 use crate::txn::types::TxnRequest;
 use crate::txn::{Coordinator, TxnError};
 
@@ -42,14 +54,23 @@ pub const BODY_BYTES_MAX: usize = 4 << 20;
 
 /// The service's routes over a coordinator.
 pub fn router(coordinator: Arc<Coordinator>) -> Router {
+    let component_bytes_max = coordinator.registry().component_bytes_max();
     Router::new()
         .route("/v1/transactions", post(submit))
         .route("/v1/transactions/{id}", get(lookup))
+        .route("/v1/participants", get(participants))
+        .route(
+            "/v1/participants/{name}",
+            put(deploy)
+                .delete(remove)
+                .layer(DefaultBodyLimit::max(component_bytes_max)),
+        )
         .route(
             "/v1/health",
             get(|| async { Json(json!({"status": "ok"})) }),
         )
         .route("/v1/ready", get(ready))
+        .route("/metrics", get(metrics))
         .layer(DefaultBodyLimit::max(BODY_BYTES_MAX))
         .with_state(coordinator)
 }
@@ -93,6 +114,141 @@ async fn lookup(State(coordinator): State<Arc<Coordinator>>, Path(id): Path<Stri
         ),
         Err(e) => txn_error(&e),
     }
+}
+
+async fn metrics(State(coordinator): State<Arc<Coordinator>>) -> Response {
+    let mut out = String::new();
+    coordinator.metrics().render(&mut out);
+    crate::metrics::call_headers(&mut out);
+    let registry = coordinator.registry();
+    for name in registry.names() {
+        if let Some(p) = registry.get(&name) {
+            p.calls.render(&mut out, &name);
+        }
+    }
+    if let Some(cache) = registry.runtime().cache() {
+        let stats = cache.stats();
+        for (name, help, value) in [
+            (
+                "redstage_components_compiled_total",
+                "components compiled",
+                &stats.compiled,
+            ),
+            (
+                "redstage_compile_cache_hits_total",
+                "components loaded from the compile cache",
+                &stats.hits,
+            ),
+        ] {
+            crate::metrics::header(&mut out, name, "counter", help);
+            crate::metrics::sample(
+                &mut out,
+                name,
+                &[],
+                value.load(std::sync::atomic::Ordering::Relaxed),
+            );
+        }
+    }
+    (
+        [(
+            axum::http::header::CONTENT_TYPE,
+            "text/plain; version=0.0.4",
+        )],
+        out,
+    )
+        .into_response()
+}
+
+async fn participants(State(coordinator): State<Arc<Coordinator>>) -> Response {
+    Json(coordinator.registry().list()).into_response()
+}
+
+/// The manifest fields of a deploy, as query parameters.
+#[derive(Debug, serde::Deserialize)]
+#[serde(deny_unknown_fields)]
+struct DeployQuery {
+    store: String,
+    prefix: String,
+    /// JSON object of `[limits]` keys to override, e.g. `{"call_time_ms":50}`.
+    limits: Option<String>,
+}
+
+async fn deploy(
+    State(coordinator): State<Arc<Coordinator>>,
+    Path(name): Path<String>,
+    query: Result<Query<DeployQuery>, QueryRejection>,
+    body: Result<Bytes, BytesRejection>,
+) -> Response {
+    let body = match body {
+        Ok(body) => body,
+        Err(rejection) if rejection.status() == StatusCode::PAYLOAD_TOO_LARGE => {
+            let message = format!(
+                "the component is larger than deploy.component_bytes_max ({} bytes)",
+                coordinator.registry().component_bytes_max()
+            );
+            return error(rejection.status(), "component_too_large", &message, None);
+        }
+        Err(rejection) => {
+            return error(rejection.status(), "bad_body", &rejection.body_text(), None);
+        }
+    };
+    let query = match query {
+        Ok(Query(query)) => query,
+        Err(rejection) => {
+            let message = format!(
+                "{}; expected ?store=STORE&prefix=PREFIX[&limits={{\"call_time_ms\":50}}]",
+                rejection.body_text()
+            );
+            return error(StatusCode::BAD_REQUEST, "bad_manifest", &message, None);
+        }
+    };
+    let limits = match query
+        .limits
+        .as_deref()
+        .map(serde_json::from_str)
+        .transpose()
+    {
+        Ok(limits) => limits.unwrap_or_default(),
+        Err(e) => {
+            let message = format!("limits must be a JSON object of [limits] keys: {e}");
+            return error(StatusCode::BAD_REQUEST, "bad_manifest", &message, None);
+        }
+    };
+    let manifest = Manifest {
+        store: query.store,
+        prefix: query.prefix,
+        sha256: None,
+        limits,
+    };
+    let registry = coordinator.registry().clone();
+    // Compiling takes a while: keep it off the async workers.
+    let deployed =
+        tokio::task::spawn_blocking(move || registry.deploy(&name, manifest, &body)).await;
+    match deployed.expect("the deploy task does not panic") {
+        Ok(participant) => Json(crate::participants::Listed::from(&*participant)).into_response(),
+        Err(e) => deploy_error(&e),
+    }
+}
+
+async fn remove(State(coordinator): State<Arc<Coordinator>>, Path(name): Path<String>) -> Response {
+    let registry = coordinator.registry().clone();
+    let removed = tokio::task::spawn_blocking(move || registry.remove(&name)).await;
+    match removed.expect("the removal task does not panic") {
+        Ok(()) => Json(json!({"status": "removed"})).into_response(),
+        Err(e) => deploy_error(&e),
+    }
+}
+
+fn deploy_error(e: &DeployError) -> Response {
+    let status = match e {
+        DeployError::BadName(_) | DeployError::BadManifest(_) => StatusCode::BAD_REQUEST,
+        DeployError::Unknown(_) => StatusCode::NOT_FOUND,
+        DeployError::Disabled | DeployError::ConfiguredInFile(_) => StatusCode::CONFLICT,
+        DeployError::TooLarge { .. } => StatusCode::PAYLOAD_TOO_LARGE,
+        DeployError::InvalidComponent(_) => StatusCode::UNPROCESSABLE_ENTITY,
+        DeployError::Io(_) => StatusCode::INTERNAL_SERVER_ERROR,
+    };
+    error(status, e.code(), &e.to_string(), None)
 }
 
 fn txn_error(e: &TxnError) -> Response {

@@ -1,10 +1,12 @@
-//! The `redstage` command line: `serve`, `run`, `recover`, `demo`.
+//! The `redstage` command line: `serve`, `run`, `status`, `recover`,
+//! `deploy`, `demo`.
 //!
 //! Every command reads the same TOML config (see `config`); `demo` can do
 //! without one by starting local `redis-server` processes itself. Errors
 //! reach the user through `anyhow` with the cause chain; logs go to stderr
 //! through `tracing` (`RUST_LOG=debug` for more).
 
+mod client;
 mod demo;
 
 use std::path::PathBuf;
@@ -49,6 +51,18 @@ enum Command {
         /// The transaction: {"steps":[{"participant":"...","input":{...}}]}
         transaction: String,
     },
+    /// Print what is known of a transaction: committed, aborted or in doubt,
+    /// as `GET /v1/transactions/{id}` answers it.
+    ///
+    /// Exit status: 0 known, 2 unknown (never ran, or its record is past
+    /// txn.record_retention_s), 1 error.
+    Status {
+        #[arg(long)]
+        config: PathBuf,
+        /// The transaction id, as a response or an `outcome_unknown` error
+        /// named it.
+        id: String,
+    },
     /// Finish every in-doubt transaction: resolve each lock whose lease has
     /// run out (roll forward if its transaction committed, else roll back),
     /// sweeping until nothing is left. Prints a JSON summary.
@@ -62,6 +76,29 @@ enum Command {
         /// Seconds to wait for live leases to expire.
         #[arg(long, default_value_t = 0)]
         wait: u64,
+    },
+    /// Deploy a participant component to a running server: it is compiled
+    /// and checked there, written to the server's deploy folder, and used
+    /// by every transaction that starts afterwards. Prints the new version.
+    ///
+    /// Exit status: 0 deployed, 1 refused (the message says why).
+    Deploy {
+        /// The server, e.g. http://127.0.0.1:7878
+        #[arg(long, default_value = "http://127.0.0.1:7878")]
+        server: String,
+        /// The store the participant's keys live on.
+        #[arg(long)]
+        store: String,
+        /// The prefix of its keys on that store.
+        #[arg(long)]
+        prefix: String,
+        /// Limits to override, as JSON: '{"call_time_ms":50}'.
+        #[arg(long)]
+        limits: Option<String>,
+        /// The participant's name.
+        name: String,
+        /// The component (.wasm) file.
+        component: PathBuf,
     },
     /// Run the order demo: inventory and payments on two Redis instances,
     /// one order committed, one aborted for insufficient funds.
@@ -87,7 +124,20 @@ impl Cli {
                 config,
                 transaction,
             } => run(config, &transaction).await,
+            Command::Status { config, id } => status(config, &id).await,
             Command::Recover { config, wait } => recover(config, wait).await,
+            Command::Deploy {
+                server,
+                store,
+                prefix,
+                limits,
+                name,
+                component,
+            } => {
+                let mut query = vec![("store", store), ("prefix", prefix)];
+                query.extend(limits.map(|l| ("limits", l)));
+                client::deploy(&server, &name, &query, &component).await
+            }
             Command::Demo { config, components } => demo::run(config, components).await,
         }
     }
@@ -95,7 +145,12 @@ impl Cli {
 
 /// Loads a config and builds the coordinator it describes.
 pub fn coordinator(config: &Config) -> anyhow::Result<Coordinator> {
-    let runtime = crate::runtime::Runtime::new().context("starting the WebAssembly runtime")?;
+    use crate::runtime::{CompileCache, Runtime};
+    let runtime = match config.cache.folder() {
+        Some(dir) => Runtime::with_cache(CompileCache::new(dir)),
+        None => Runtime::new(),
+    }
+    .context("starting the WebAssembly runtime")?;
     let registry = crate::participants::Registry::load(&runtime, config)?;
     Ok(Coordinator::new(config, Arc::new(registry))?)
 }
@@ -116,10 +171,15 @@ async fn serve(path: PathBuf, listen: Option<std::net::SocketAddr>) -> anyhow::R
         coordinator.clone(),
         config.txn.sweep_interval(),
     ));
+    let watcher = tokio::spawn(watch_folder(
+        coordinator.registry().clone(),
+        config.deploy.poll(),
+    ));
     axum::serve(listener, crate::api::router(coordinator))
         .with_graceful_shutdown(shutdown())
         .await?;
     sweeper.abort();
+    watcher.abort();
     Ok(ExitCode::SUCCESS)
 }
 
@@ -130,6 +190,36 @@ async fn sweep_forever(coordinator: Arc<Coordinator>, interval: std::time::Durat
         let report = coordinator.sweep().await;
         if report.resolved > 0 || report.failed > 0 {
             tracing::info!(?report, "recovery sweep");
+        }
+    }
+}
+
+/// The deploy-folder watch of `serve`: loads what other hosts deployed, or
+/// an operator copied in, and drops what was removed.
+async fn watch_folder(registry: Arc<crate::participants::Registry>, interval: std::time::Duration) {
+    if !registry.has_folder() {
+        return;
+    }
+    loop {
+        tokio::time::sleep(interval).await;
+        let registry = registry.clone();
+        if let Err(e) = tokio::task::spawn_blocking(move || registry.scan()).await {
+            tracing::error!(error = %e, "the deploy folder scan failed");
+        }
+    }
+}
+
+async fn status(path: PathBuf, id: &str) -> anyhow::Result<ExitCode> {
+    let config = load(&path)?;
+    let coordinator = coordinator(&config)?;
+    match coordinator.lookup(id).await? {
+        Some(found) => {
+            println!("{}", serde_json::to_string_pretty(&found)?);
+            Ok(ExitCode::SUCCESS)
+        }
+        None => {
+            eprintln!("redstage: no record and no lock of transaction {id}");
+            Ok(ExitCode::from(2))
         }
     }
 }

@@ -1,19 +1,38 @@
-//! Participants: the configured components, each bound to a store and a key
-//! prefix, compiled once and looked up by name for every step.
+//! Participants: components, each bound to a store and a key prefix,
+//! compiled once and looked up by name for every step.
 //!
 //! A participant only ever names relative keys; [`Participant::key`] is the
 //! one place a relative key becomes a Redis key, by prefixing it. Prefixes are
-//! checked at load (non-empty, clear of `rs:`, not overlapping another
-//! participant's on the same store), so a participant can neither reach
-//! another's data nor redstage's locks and records.
+//! checked whenever a participant is loaded (non-empty, clear of `rs:`, not
+//! overlapping another participant's on the same store), so a participant can
+//! neither reach another's data nor redstage's locks and records.
+//!
+//! # Versions
+//!
+//! Participants come from the config file, and from the deploy folder
+//! (`[deploy] folder`, see [`folder`]), where deploys write them and from
+//! which every host sharing the folder loads them. A new version is
+//! compiled and checked (world, limits, placement) before it replaces the
+//! old one, which keeps running meanwhile. The registry hands out
+//! `Arc<Participant>`s: a transaction holds the versions it resolved at its
+//! start for all its steps and attempts, so a transaction in flight finishes
+//! on the version it started with while new ones get the new version.
+
+pub mod folder;
 
 use std::collections::BTreeMap;
-use std::sync::Arc;
+use std::sync::{Arc, Mutex, RwLock};
+use std::time::{SystemTime, UNIX_EPOCH};
+
+use serde::Serialize;
+use sha2::{Digest, Sha256};
 
 use crate::config::Config;
-use crate::runtime::{Component, LoadError, Runtime};
+use crate::metrics::CallStats;
+use crate::runtime::{CallError, CallLimits, Component, Instance, Runtime};
+use folder::{EntryError, Folder, Manifest};
 
-/// One loaded participant.
+/// One loaded participant: one version of it.
 #[derive(Debug)]
 pub struct Participant {
     pub name: String,
@@ -21,12 +40,46 @@ pub struct Participant {
     pub store: String,
     pub prefix: String,
     pub component: Component,
+    pub version: Version,
+    /// Calls into this version, and their time.
+    pub calls: CallStats,
+}
+
+/// Which version of a participant this is, and where it came from.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize)]
+pub struct Version {
+    /// `sha256:<hex>` of the component bytes.
+    pub digest: String,
+    pub source: Source,
+    pub component_bytes: usize,
+    /// When this version was loaded, in milliseconds since the Unix epoch.
+    pub loaded_at_ms: u64,
+}
+
+/// Where a participant is defined.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize)]
+#[serde(rename_all = "snake_case")]
+pub enum Source {
+    /// `[participants.NAME]` of the config file: changed by editing it and
+    /// restarting.
+    Config,
+    /// `NAME.wasm` + `NAME.toml` in the deploy folder.
+    Folder,
 }
 
 impl Participant {
     /// The Redis key of a relative key.
     pub fn key(&self, relative: &str) -> String {
         format!("{}{relative}", self.prefix)
+    }
+
+    /// A fresh instance for one step (see [`Component::instantiate`]),
+    /// counted in [`Participant::calls`].
+    pub async fn instantiate(&self) -> Result<Instance, CallError> {
+        let started = std::time::Instant::now();
+        let instance = self.component.instantiate().await;
+        self.calls.instantiate.record(started.elapsed());
+        instance
     }
 
     /// The relative key of a Redis key of this participant.
@@ -36,12 +89,20 @@ impl Participant {
     }
 }
 
-/// Participants by name.
+/// Participants by name, current versions.
 #[derive(Debug)]
 pub struct Registry {
     /// Kept here so its epoch thread lives as long as the components need it.
-    _runtime: Runtime,
-    participants: BTreeMap<String, Arc<Participant>>,
+    runtime: Runtime,
+    config: Config,
+    folder: Option<Folder>,
+    participants: RwLock<BTreeMap<String, Arc<Participant>>>,
+    /// Folder entries that could not be loaded, and why (the previous
+    /// version, if any, still runs).
+    broken: RwLock<BTreeMap<String, String>>,
+    /// Serializes changes (deploys, removals, folder scans) so that each
+    /// checks placement against the participants it will sit next to.
+    changing: Mutex<()>,
 }
 
 /// Why a participant could not be loaded.
@@ -52,8 +113,88 @@ pub struct RegistryError {
     pub message: String,
 }
 
+/// Why a deploy or removal was refused. Nothing changed.
+#[derive(Debug, thiserror::Error)]
+pub enum DeployError {
+    #[error("deploys are disabled: the config has no [deploy] folder to keep them in")]
+    Disabled,
+    #[error(
+        "`{0}` is not a participant name: 1 to 64 ASCII letters, digits, `-` or `_`, not starting with `-`"
+    )]
+    BadName(String),
+    #[error("participant `{0}` is defined in the config file; change it there")]
+    ConfiguredInFile(String),
+    #[error("no participant named `{0}`")]
+    Unknown(String),
+    #[error("the component has {bytes} bytes; deploy.component_bytes_max is {max}")]
+    TooLarge { bytes: usize, max: usize },
+    #[error("{0}")]
+    BadManifest(String),
+    #[error("{0}")]
+    InvalidComponent(String),
+    #[error("could not write the deploy folder: {0}")]
+    Io(#[from] std::io::Error),
+}
+
+impl DeployError {
+    /// The stable code of the error, for clients.
+    pub fn code(&self) -> &'static str {
+        match self {
+            DeployError::Disabled => "deploy_disabled",
+            DeployError::BadName(_) => "bad_participant_name",
+            DeployError::ConfiguredInFile(_) => "configured_in_file",
+            DeployError::Unknown(_) => "unknown_participant",
+            DeployError::TooLarge { .. } => "component_too_large",
+            DeployError::BadManifest(_) => "bad_manifest",
+            DeployError::InvalidComponent(_) => "invalid_component",
+            DeployError::Io(_) => "deploy_failed",
+        }
+    }
+}
+
+/// One participant in the listing of `GET /v1/participants`.
+#[derive(Debug, Clone, Serialize)]
+pub struct Listed {
+    pub name: String,
+    pub store: String,
+    pub prefix: String,
+    pub version: Version,
+    pub limits: CallLimits,
+}
+
+impl From<&Participant> for Listed {
+    fn from(p: &Participant) -> Listed {
+        Listed {
+            name: p.name.clone(),
+            store: p.store.clone(),
+            prefix: p.prefix.clone(),
+            version: p.version.clone(),
+            limits: p.component.limits().clone(),
+        }
+    }
+}
+
+/// Everything the registry holds, for `GET /v1/participants`.
+#[derive(Debug, Clone, Serialize)]
+pub struct Listing {
+    pub participants: Vec<Listed>,
+    /// Folder entries that failed to load, by name: why.
+    pub errors: BTreeMap<String, String>,
+}
+
+/// What a scan of the folder changed.
+#[derive(Debug, Default, Clone, PartialEq, Eq)]
+pub struct ScanReport {
+    pub loaded: Vec<String>,
+    pub removed: Vec<String>,
+    pub failed: Vec<String>,
+}
+
 impl Registry {
-    /// Loads and compiles every participant of `config`.
+    /// Loads and compiles every participant of `config`, then those of its
+    /// deploy folder. A config participant that fails to load is an error;
+    /// a folder entry that does is logged and listed, so that one team's
+    /// broken upload cannot keep the service from starting.
     pub fn load(runtime: &Runtime, config: &Config) -> Result<Registry, RegistryError> {
         let mut participants = BTreeMap::new();
         for (name, p) in &config.participants {
@@ -63,31 +204,257 @@ impl Registry {
             };
             let bytes = std::fs::read(&p.component)
                 .map_err(|e| error(format!("cannot read {}: {e}", p.component.display())))?;
-            let component =
-                runtime
-                    .load(&bytes, config.limits.clone())
-                    .map_err(|LoadError::Invalid(m)| {
-                        error(format!("{}: {m}", p.component.display()))
-                    })?;
+            let limits = config
+                .limits_of(name, p)
+                .map_err(|e| error(e.to_string()))?;
+            let component = runtime
+                .load(&bytes, limits)
+                .map_err(|e| error(format!("{}: {e}", p.component.display())))?;
             let participant = Participant {
                 name: name.clone(),
                 store: p.store.clone(),
                 prefix: p.prefix.clone(),
                 component,
+                version: Version::of(&bytes, Source::Config),
+                calls: CallStats::default(),
             };
             participants.insert(name.clone(), Arc::new(participant));
         }
-        Ok(Registry {
-            _runtime: runtime.clone(),
+        let registry = Registry {
+            runtime: runtime.clone(),
+            config: config.clone(),
+            folder: config.deploy.folder.clone().map(Folder::new),
+            participants: RwLock::new(participants),
+            broken: RwLock::default(),
+            changing: Mutex::default(),
+        };
+        registry.scan();
+        Ok(registry)
+    }
+
+    /// The runtime the participants were loaded by (and its compile cache).
+    pub fn runtime(&self) -> &Runtime {
+        &self.runtime
+    }
+
+    /// The current version of participant `name`.
+    pub fn get(&self, name: &str) -> Option<Arc<Participant>> {
+        self.read().get(name).cloned()
+    }
+
+    pub fn names(&self) -> Vec<String> {
+        self.read().keys().cloned().collect()
+    }
+
+    /// The largest component a deploy accepts.
+    pub fn component_bytes_max(&self) -> usize {
+        self.config.deploy.component_bytes_max
+    }
+
+    /// Whether participants are loaded from a deploy folder.
+    pub fn has_folder(&self) -> bool {
+        self.folder.is_some()
+    }
+
+    pub fn list(&self) -> Listing {
+        let participants = self.read().values().map(|p| Listed::from(&**p)).collect();
+        Listing {
             participants,
+            errors: self.broken.read().expect("registry lock").clone(),
+        }
+    }
+
+    /// Deploys `bytes` as the new version of participant `name` (a new one,
+    /// or one of the folder), placed as `manifest` says. The component is
+    /// compiled and checked first; only then is it written to the folder and
+    /// swapped in. Blocks while compiling: call it off the async workers.
+    pub fn deploy(
+        &self,
+        name: &str,
+        manifest: Manifest,
+        bytes: &[u8],
+    ) -> Result<Arc<Participant>, DeployError> {
+        let folder = self.folder.as_ref().ok_or(DeployError::Disabled)?;
+        folder::check_name(name)?;
+        let _changing = self.changing.lock().expect("registry lock");
+        if self.config.participants.contains_key(name) {
+            return Err(DeployError::ConfiguredInFile(name.to_owned()));
+        }
+        let max = self.config.deploy.component_bytes_max;
+        if bytes.len() > max {
+            return Err(DeployError::TooLarge {
+                bytes: bytes.len(),
+                max,
+            });
+        }
+        let participant = Arc::new(self.build(name, &manifest, bytes)?);
+        folder.write(name, &manifest, bytes)?;
+        self.install(participant.clone());
+        tracing::info!(participant = name, version = %participant.version.digest, "deployed");
+        Ok(participant)
+    }
+
+    /// Removes folder participant `name`. Transactions that already hold it
+    /// finish; new ones no longer find it.
+    pub fn remove(&self, name: &str) -> Result<(), DeployError> {
+        let folder = self.folder.as_ref().ok_or(DeployError::Disabled)?;
+        folder::check_name(name)?;
+        let _changing = self.changing.lock().expect("registry lock");
+        if self.config.participants.contains_key(name) {
+            return Err(DeployError::ConfiguredInFile(name.to_owned()));
+        }
+        let known = self.read().contains_key(name) || self.is_broken(name);
+        if !known {
+            return Err(DeployError::Unknown(name.to_owned()));
+        }
+        folder.remove(name)?;
+        self.write().remove(name);
+        self.broken.write().expect("registry lock").remove(name);
+        tracing::info!(participant = name, "removed");
+        Ok(())
+    }
+
+    /// Brings the folder participants in line with the folder: loads new and
+    /// changed entries, drops removed ones. An entry that fails to load is
+    /// listed with its error; its previous version, if any, keeps running.
+    /// Blocks while compiling: call it off the async workers.
+    pub fn scan(&self) -> ScanReport {
+        let mut report = ScanReport::default();
+        let Some(folder) = &self.folder else {
+            return report;
+        };
+        let _changing = self.changing.lock().expect("registry lock");
+        let entries = match folder.entries() {
+            Ok(entries) => entries,
+            Err(e) => {
+                tracing::warn!(folder = %folder.path().display(), error = %e, "cannot read the deploy folder");
+                return report;
+            }
+        };
+        let gone: Vec<String> = self
+            .read()
+            .values()
+            .filter(|p| p.version.source == Source::Folder && !entries.contains_key(&p.name))
+            .map(|p| p.name.clone())
+            .collect();
+        for name in gone {
+            self.write().remove(&name);
+            tracing::info!(participant = %name, "removed from the deploy folder");
+            report.removed.push(name);
+        }
+        self.broken
+            .write()
+            .expect("registry lock")
+            .retain(|name, _| entries.contains_key(name));
+        for (name, entry) in entries {
+            if !folder.changed(&name, &entry) {
+                continue;
+            }
+            let loaded = if self.config.participants.contains_key(&name) {
+                Err(EntryError::Broken(format!(
+                    "`{name}` is defined in the config file too; the folder entry is ignored"
+                )))
+            } else {
+                folder.read(&name).and_then(|(manifest, bytes)| {
+                    self.build(&name, &manifest, &bytes)
+                        .map_err(|e| EntryError::Broken(e.to_string()))
+                })
+            };
+            match loaded {
+                Ok(participant) => {
+                    tracing::info!(participant = %name, version = %participant.version.digest, "loaded from the deploy folder");
+                    self.install(Arc::new(participant));
+                    report.loaded.push(name.clone());
+                }
+                // Being written by a deploy: look again next time.
+                Err(EntryError::InProgress) => continue,
+                Err(EntryError::Broken(e)) => {
+                    tracing::error!(participant = %name, error = %e, "cannot load from the deploy folder");
+                    self.broken
+                        .write()
+                        .expect("registry lock")
+                        .insert(name.clone(), e);
+                    report.failed.push(name.clone());
+                }
+            }
+            folder.seen(&name, entry);
+        }
+        report
+    }
+
+    /// Compiles and checks a folder participant, without installing it.
+    fn build(
+        &self,
+        name: &str,
+        manifest: &Manifest,
+        bytes: &[u8],
+    ) -> Result<Participant, DeployError> {
+        let others: Vec<_> = self
+            .read()
+            .values()
+            .map(|p| (p.name.clone(), p.store.clone(), p.prefix.clone()))
+            .collect();
+        self.config
+            .check_placement(
+                name,
+                &manifest.store,
+                &manifest.prefix,
+                others
+                    .iter()
+                    .map(|(n, s, p)| (n.as_str(), s.as_str(), p.as_str())),
+            )
+            .map_err(DeployError::BadManifest)?;
+        let limits = manifest
+            .limits
+            .apply(&self.config.limits)
+            .map_err(|e| DeployError::BadManifest(format!("limits: {e}")))?;
+        let component = self
+            .runtime
+            .load(bytes, limits)
+            .map_err(|e| DeployError::InvalidComponent(e.to_string()))?;
+        Ok(Participant {
+            name: name.to_owned(),
+            store: manifest.store.clone(),
+            prefix: manifest.prefix.clone(),
+            component,
+            version: Version::of(bytes, Source::Folder),
+            calls: CallStats::default(),
         })
     }
 
-    pub fn get(&self, name: &str) -> Option<&Arc<Participant>> {
-        self.participants.get(name)
+    fn install(&self, participant: Arc<Participant>) {
+        self.broken
+            .write()
+            .expect("registry lock")
+            .remove(&participant.name);
+        self.write().insert(participant.name.clone(), participant);
     }
 
-    pub fn names(&self) -> impl Iterator<Item = &str> {
-        self.participants.keys().map(String::as_str)
+    fn is_broken(&self, name: &str) -> bool {
+        self.broken
+            .read()
+            .expect("registry lock")
+            .contains_key(name)
+    }
+
+    fn read(&self) -> std::sync::RwLockReadGuard<'_, BTreeMap<String, Arc<Participant>>> {
+        self.participants.read().expect("registry lock")
+    }
+
+    fn write(&self) -> std::sync::RwLockWriteGuard<'_, BTreeMap<String, Arc<Participant>>> {
+        self.participants.write().expect("registry lock")
+    }
+}
+
+impl Version {
+    fn of(bytes: &[u8], source: Source) -> Version {
+        Version {
+            digest: format!("sha256:{}", crate::hex(&Sha256::digest(bytes))),
+            source,
+            component_bytes: bytes.len(),
+            loaded_at_ms: SystemTime::now()
+                .duration_since(UNIX_EPOCH)
+                .map_or(0, |d| d.as_millis() as u64),
+        }
     }
 }

@@ -6,6 +6,7 @@ use wasmtime::component::Linker;
 use wasmtime::{ResourceLimiter, Store, UpdateDeadline};
 
 use super::bindings::{Participant, ParticipantPre};
+use super::imports::{self, DeniedImport};
 use super::{
     AccessSet, CallError, CallLimits, Entry, GuestAbort, Limit, LoadError, Outcome, Write,
 };
@@ -25,21 +26,23 @@ impl std::fmt::Debug for Component {
 }
 
 impl Component {
-    pub(super) fn new(
-        engine: &wasmtime::Engine,
-        bytes: &[u8],
+    /// Links a compiled component, checking that it exports the
+    /// `participant` world.
+    pub(super) fn link(
+        component: &wasmtime::component::Component,
         limits: CallLimits,
     ) -> Result<Component, LoadError> {
         let invalid = |e: wasmtime::Error| LoadError::Invalid(format!("{e:#}"));
-        let component = wasmtime::component::Component::new(engine, bytes).map_err(invalid)?;
-        let mut linker = Linker::new(engine);
-        // Nothing ambient: whatever the component imports traps when called.
-        linker
-            .define_unknown_imports_as_traps(&component)
-            .map_err(invalid)?;
-        let pre = linker.instantiate_pre(&component).map_err(invalid)?;
-        // Type-checks the exports against the participant world.
-        let pre = ParticipantPre::new(pre).map_err(invalid)?;
+        let mut linker = Linker::new(component.engine());
+        // Nothing ambient: see `imports`.
+        imports::link(&mut linker, component).map_err(LoadError::Invalid)?;
+        let pre = linker.instantiate_pre(component).map_err(invalid)?;
+        let pre = ParticipantPre::new(pre).map_err(|e| {
+            LoadError::Invalid(format!(
+                "does not export the `redstage:participant/participant` world \
+                 (`declare` and `execute`): {e:#}"
+            ))
+        })?;
         Ok(Component { pre, limits })
     }
 
@@ -53,6 +56,8 @@ impl Component {
             limits: self.limits.clone(),
             hit: None,
             deadline: Instant::now() + self.limits.call_time(),
+            memory_bytes: 0,
+            console: Vec::new(),
         };
         let mut store = Store::new(self.pre.engine(), state);
         store.limiter(|s| s);
@@ -61,7 +66,13 @@ impl Component {
                 ctx.data_mut().hit = Some(Limit::Time);
                 Ok(UpdateDeadline::Interrupt)
             } else {
-                Ok(UpdateDeadline::Yield(1))
+                // Tokio's own yield, not a plain wake-up: it lets the
+                // runtime poll its timers and sockets before the guest runs
+                // on, so a busy participant cannot starve I/O on its worker.
+                Ok(UpdateDeadline::YieldCustom(
+                    1,
+                    Box::pin(tokio::task::yield_now()),
+                ))
             }
         });
         store.set_epoch_deadline(1);
@@ -75,27 +86,60 @@ impl Component {
     }
 }
 
-/// What a store carries: the limits, and which one was hit.
-struct StepState {
+/// Rejects, before wasmtime parses them, the files that are not components
+/// at all, with a message that says what they are instead.
+pub(super) fn check_header(bytes: &[u8]) -> Result<(), LoadError> {
+    // `\0asm`, then a 16-bit version and a 16-bit layer: 0 for a core
+    // module, 1 for a component.
+    let layer = bytes.get(6..8);
+    if !bytes.starts_with(b"\0asm") || layer.is_none() {
+        return Err(LoadError::Invalid(
+            "this is not WebAssembly: the file does not start with the `\\0asm` header".into(),
+        ));
+    }
+    if layer == Some(&[0, 0]) {
+        return Err(LoadError::Invalid(
+            "this is a core WebAssembly module, not a component: build the participant with \
+             `cargo component build` or for the `wasm32-wasip2` target"
+                .into(),
+        ));
+    }
+    Ok(())
+}
+
+/// What a store carries: the limits, which one was hit, and what the
+/// participant wrote to its console.
+pub(super) struct StepState {
     limits: CallLimits,
     /// Set by the limiter or the epoch callback, so that the trap that
     /// follows is reported as the limit it is.
     hit: Option<Limit>,
     /// When the current call runs out of time.
     deadline: Instant,
+    /// Linear memory of every memory of the instance together, as granted
+    /// (growth that then fails still counts: the bound errs on the safe side).
+    memory_bytes: usize,
+    /// The first bytes written to stdout and stderr (see `imports`): a
+    /// panic's message, for the trap that follows it.
+    pub(super) console: Vec<u8>,
 }
 
 impl ResourceLimiter for StepState {
     fn memory_growing(
         &mut self,
-        _current: usize,
+        current: usize,
         desired: usize,
         _maximum: Option<usize>,
     ) -> wasmtime::Result<bool> {
-        if desired > self.limits.memory_bytes_max {
+        let total = self
+            .memory_bytes
+            .saturating_sub(current)
+            .saturating_add(desired);
+        if total > self.limits.memory_bytes_max {
             self.hit = Some(Limit::Memory);
             return Ok(false);
         }
+        self.memory_bytes = total;
         Ok(true)
     }
 
@@ -112,10 +156,18 @@ impl ResourceLimiter for StepState {
         Ok(true)
     }
 
+    // A participant component nests a handful of core instances, each with
+    // a memory and a table or two; more is a component multiplying itself.
     fn instances(&self) -> usize {
-        // A participant component nests a handful of core instances; more
-        // is a component trying to multiply itself.
-        64
+        self.limits.instances_max
+    }
+
+    fn memories(&self) -> usize {
+        self.limits.instances_max
+    }
+
+    fn tables(&self) -> usize {
+        self.limits.instances_max
     }
 }
 
@@ -216,9 +268,83 @@ impl Instance {
 
     /// Turns a wasmtime error into the limit that caused it, or a trap.
     fn settle<T>(&self, result: wasmtime::Result<T>) -> Result<T, CallError> {
-        result.map_err(|e| match self.store.data().hit {
-            Some(limit) => self.limit_error(limit),
-            None => CallError::Trap(format!("{e:#}")),
+        result.map_err(|e| {
+            let state = self.store.data();
+            match state.hit.or_else(|| count_limit(&e)) {
+                Some(limit) => self.limit_error(limit),
+                None => {
+                    tracing::debug!(error = ?e, "participant trapped");
+                    CallError::Trap(describe_trap(&e, &state.console))
+                }
+            }
         })
+    }
+}
+
+/// Wasmtime checks the count of instances, memories and tables against the
+/// limiter without telling it; its error is the only sign.
+fn count_limit(e: &wasmtime::Error) -> Option<Limit> {
+    let message = e.root_cause().to_string();
+    (message.starts_with("resource limit exceeded") && message.contains("count too high"))
+        .then_some(Limit::Instances)
+}
+
+/// What a trap means, in a sentence: the participant's own panic message
+/// when its standard library reported one, the import it was denied, or
+/// the kind of trap.
+fn describe_trap(e: &wasmtime::Error, console: &[u8]) -> String {
+    if let Some(denied) = e.downcast_ref::<DeniedImport>() {
+        return denied.to_string();
+    }
+    let console = String::from_utf8_lossy(console);
+    if let Some((_, panic)) = console.split_once("panicked at ") {
+        // `src/lib.rs:9:5:\nboom\nnote: run with `RUST_BACKTRACE=1` ...`
+        let panic = panic.split("\nnote: ").next().unwrap_or_default();
+        return format!("panicked at {}", panic.trim_end().replace(":\n", ": "));
+    }
+    match e.downcast_ref::<wasmtime::Trap>() {
+        Some(wasmtime::Trap::StackOverflow) => {
+            "stack overflow: recursion too deep for the call stack".into()
+        }
+        Some(wasmtime::Trap::UnreachableCodeReached) => {
+            "aborted: reached an `unreachable` instruction".into()
+        }
+        Some(trap) => trap.to_string(),
+        None => e.root_cause().to_string(),
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn a_trap_after_a_panic_report_says_what_panicked() {
+        let trap = wasmtime::Error::new(wasmtime::Trap::UnreachableCodeReached);
+        let console = b"\nthread '<unnamed>' panicked at src/lib.rs:9:5:\nboom\n\
+            note: run with `RUST_BACKTRACE=1` environment variable to display a backtrace\n";
+        assert_eq!(
+            describe_trap(&trap, console),
+            "panicked at src/lib.rs:9:5: boom"
+        );
+        assert_eq!(
+            describe_trap(&trap, b""),
+            "aborted: reached an `unreachable` instruction"
+        );
+        let denied = wasmtime::Error::new(DeniedImport("wasi:random/random#get-random-u64".into()));
+        assert!(describe_trap(&denied, console).starts_with("called `wasi:random/random"));
+    }
+
+    #[test]
+    fn headers_tell_files_that_are_no_component() {
+        let message = |bytes: &[u8]| match check_header(bytes) {
+            Err(LoadError::Invalid(m)) => m,
+            Ok(()) => "ok".into(),
+        };
+        assert!(message(b"").contains("not WebAssembly"));
+        assert!(message(b"\0asm\x01").contains("not WebAssembly"));
+        assert!(message(b"\x7fELF\x02\x01\x01\0").contains("not WebAssembly"));
+        assert!(message(b"\0asm\x01\0\0\0").contains("core WebAssembly module"));
+        assert_eq!(message(b"\0asm\x0d\0\x01\0"), "ok");
     }
 }

@@ -1,4 +1,5 @@
-//! The limits every participant call runs under.
+//! The limits every participant call runs under, and how one participant's
+//! configuration overrides some of them.
 
 use std::time::Duration;
 
@@ -9,10 +10,15 @@ use serde::{Deserialize, Serialize};
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
 #[serde(default, deny_unknown_fields)]
 pub struct CallLimits {
-    /// Linear memory per instance. Guards host memory against a memory bomb.
+    /// Linear memory of one step's instance, all its memories together.
+    /// Guards host memory against a memory bomb.
     pub memory_bytes_max: usize,
     /// Table elements per table. Guards against table growth bombs.
     pub table_elements_max: usize,
+    /// Core instances one step's component may create (and, as bounds of
+    /// their own, memories and tables). Guards against a component that
+    /// multiplies itself to multiply its memory.
+    pub instances_max: usize,
     /// Wall time of one call (declare or execute). Guards workers against
     /// loops; measured with epoch ticks, so it is exact to a tick.
     pub call_time_ms: u64,
@@ -35,6 +41,7 @@ impl Default for CallLimits {
         CallLimits {
             memory_bytes_max: 64 << 20,
             table_elements_max: 20_000,
+            instances_max: 64,
             call_time_ms: 200,
             input_bytes_max: 64 << 10,
             output_bytes_max: 1 << 20,
@@ -57,6 +64,7 @@ impl CallLimits {
 pub enum Limit {
     Memory,
     Table,
+    Instances,
     Time,
     Input,
     Output,
@@ -72,6 +80,7 @@ impl Limit {
         match self {
             Limit::Memory => "memory",
             Limit::Table => "table",
+            Limit::Instances => "instances",
             Limit::Time => "time",
             Limit::Input => "input",
             Limit::Output => "output",
@@ -87,6 +96,10 @@ impl Limit {
         match self {
             Limit::Memory => format!("{} bytes of linear memory", limits.memory_bytes_max),
             Limit::Table => format!("{} table elements", limits.table_elements_max),
+            Limit::Instances => format!(
+                "{} core instances, memories and tables each",
+                limits.instances_max
+            ),
             Limit::Time => format!("{} ms per call", limits.call_time_ms),
             Limit::Input => format!("{} bytes of input", limits.input_bytes_max),
             Limit::Output => format!("{} bytes of output", limits.output_bytes_max),
@@ -95,5 +108,71 @@ impl Limit {
             Limit::Writes => format!("{} writes", limits.writes_max),
             Limit::ValueBytes => format!("{} bytes per value", limits.value_bytes_max),
         }
+    }
+}
+
+/// One participant's `[participants.NAME.limits]`: any keys of
+/// [`CallLimits`], each replacing the global value of that key alone.
+///
+/// Kept as the table that was written, so that a key left out means "the
+/// global value" rather than "the default", and merged over the global
+/// limits by [`LimitOverrides::apply`], which rejects unknown keys.
+#[derive(Debug, Clone, Default, PartialEq, Serialize, Deserialize)]
+#[serde(transparent)]
+pub struct LimitOverrides(serde_json::Map<String, serde_json::Value>);
+
+impl LimitOverrides {
+    pub fn is_empty(&self) -> bool {
+        self.0.is_empty()
+    }
+
+    /// `global`, with every key set here replaced.
+    pub fn apply(&self, global: &CallLimits) -> Result<CallLimits, String> {
+        let mut merged = serde_json::to_value(global).expect("limits serialize");
+        let table = merged.as_object_mut().expect("limits are a table");
+        table.extend(self.0.clone());
+        serde_json::from_value(merged).map_err(|e| e.to_string())
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn overrides(json: serde_json::Value) -> LimitOverrides {
+        serde_json::from_value(json).expect("a table")
+    }
+
+    #[test]
+    fn overrides_replace_only_the_keys_they_set() {
+        let global = CallLimits {
+            call_time_ms: 50,
+            writes_max: 7,
+            ..CallLimits::default()
+        };
+        let merged = overrides(serde_json::json!({"writes_max": 9}))
+            .apply(&global)
+            .unwrap();
+        assert_eq!(
+            merged,
+            CallLimits {
+                writes_max: 9,
+                ..global.clone()
+            }
+        );
+        assert_eq!(LimitOverrides::default().apply(&global).unwrap(), global);
+    }
+
+    #[test]
+    fn overrides_reject_unknown_keys_and_bad_values() {
+        let global = CallLimits::default();
+        let err = overrides(serde_json::json!({"memory_max": 1}))
+            .apply(&global)
+            .unwrap_err();
+        assert!(err.contains("memory_max"), "{err}");
+        let err = overrides(serde_json::json!({"call_time_ms": "fast"}))
+            .apply(&global)
+            .unwrap_err();
+        assert!(err.contains("fast"), "{err}");
     }
 }

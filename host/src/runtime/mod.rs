@@ -4,11 +4,16 @@
 //! # Isolation
 //!
 //! A participant is a pure function; the host gives it nothing to reach the
-//! world with. Its component is linked against an empty linker in which every
-//! import it declares (a Rust guest built with `std` imports `wasi:cli` and
-//! `wasi:io` even if it never calls them) is a function that traps when
-//! called: no files, sockets, clocks, randomness or environment. Keys it names
-//! are relative; the coordinator adds the participant's prefix.
+//! world with. Every import it declares (a Rust guest built with `std`
+//! imports `wasi:cli`, `wasi:io` and more even if it never calls them) is
+//! linked to a function that traps when called, naming the import (see
+//! `imports`): no files, sockets, clocks, randomness or environment. The
+//! exceptions give nothing away: an empty environment, no preopened
+//! directories, and a stdout/stderr whose first bytes are kept so that a
+//! panic's trap carries the panic's message. A component whose imports
+//! cannot be linked that way, or that is not a component of the
+//! `participant` world, is refused at load, saying why. Keys it names are
+//! relative; the coordinator adds the participant's prefix.
 //!
 //! # Lifecycle
 //!
@@ -24,19 +29,27 @@
 //!
 //! # Limits
 //!
-//! Every call runs under [`CallLimits`]: linear memory and table growth go
-//! through a resource limiter, wall time through epoch interruption. Calls
-//! run as async fibers that yield to tokio at every epoch tick, so a
-//! participant that loops never holds a tokio worker for longer than
-//! [`EPOCH_TICK`]. What a call returns is bounded too (keys, writes, output),
-//! before the coordinator looks at it. A broken limit becomes
-//! [`CallError::Limit`] naming the limit; a trap becomes [`CallError::Trap`].
+//! Every call runs under [`CallLimits`] (the global `[limits]`, with a
+//! participant's [`LimitOverrides`] applied): linear memory, table growth
+//! and instance counts go through a resource limiter, wall time through
+//! epoch interruption. Calls run as async fibers that yield to tokio (with
+//! `tokio::task::yield_now`, so the runtime polls its I/O in between) at
+//! every epoch tick, so a participant that loops never holds a tokio worker
+//! for longer than [`EPOCH_TICK`]. What a call takes and returns is bounded
+//! too (input, keys, writes, output), before the coordinator looks at it. A
+//! broken limit becomes [`CallError::Limit`] naming the limit; a trap
+//! becomes [`CallError::Trap`], saying what happened: the panic's message,
+//! the denied import, or the kind of trap (a stack overflow, say).
 
+mod cache;
 mod component;
+mod imports;
 mod limits;
 
+pub use cache::{CacheStats, CompileCache};
 pub use component::{Component, Instance};
-pub use limits::{CallLimits, Limit};
+pub use imports::CONSOLE_BYTES_MAX;
+pub use limits::{CallLimits, Limit, LimitOverrides};
 
 use std::sync::Arc;
 use std::sync::atomic::{AtomicBool, Ordering};
@@ -84,6 +97,8 @@ pub enum CallError {
 #[derive(Clone)]
 pub struct Runtime {
     engine: wasmtime::Engine,
+    /// Compiled code on disk; without it every load compiles.
+    cache: Option<Arc<CompileCache>>,
     /// Stops the epoch thread when the last clone of the runtime is dropped.
     _ticker: Arc<EpochTicker>,
 }
@@ -106,14 +121,35 @@ impl Runtime {
         let ticker = Arc::new(EpochTicker::start(engine.clone()));
         Ok(Runtime {
             engine,
+            cache: None,
             _ticker: ticker,
         })
     }
 
-    /// Compiles and links a participant component, checking that it exports
-    /// the `participant` world.
+    /// A runtime that keeps compiled components in `cache` (see
+    /// [`CompileCache`]).
+    pub fn with_cache(cache: CompileCache) -> Result<Runtime, LoadError> {
+        Ok(Runtime {
+            cache: Some(Arc::new(cache)),
+            ..Runtime::new()?
+        })
+    }
+
+    /// The compile cache, if this runtime has one.
+    pub fn cache(&self) -> Option<&CompileCache> {
+        self.cache.as_deref()
+    }
+
+    /// Compiles (or finds in the cache) and links a participant component,
+    /// checking that it exports the `participant` world.
     pub fn load(&self, bytes: &[u8], limits: CallLimits) -> Result<Component, LoadError> {
-        Component::new(&self.engine, bytes, limits)
+        component::check_header(bytes)?;
+        let compiled = match &self.cache {
+            Some(cache) => cache.load(&self.engine, bytes),
+            None => wasmtime::component::Component::new(&self.engine, bytes),
+        }
+        .map_err(|e| LoadError::Invalid(format!("{e:#}")))?;
+        Component::link(&compiled, limits)
     }
 }
 

@@ -132,7 +132,7 @@ impl Coordinator {
                 .filter(|k| !writes.contains_key(*k))
                 .map(|k| (k.as_str(), reads[k].ver.as_str()))
                 .collect();
-            (!checks.is_empty()).then(|| async move {
+            (!checks.is_empty()).then_some(async move {
                 let reply = self.store(store).validate(id, &checks).await;
                 (store, checks, reply)
             })
@@ -396,7 +396,6 @@ async fn execute(
             Some(instance) => instance,
             None => step
                 .participant
-                .component
                 .instantiate()
                 .await
                 .map_err(|e| step.call_failed(e))?,
@@ -410,7 +409,10 @@ async fn execute(
                 value: view[k.as_str()].clone(),
             })
             .collect();
-        let outcome = match instance.execute(&step.input, &snapshot).await {
+        let started = std::time::Instant::now();
+        let executed = instance.execute(&step.input, &snapshot).await;
+        p.calls.execute.record(started.elapsed());
+        let outcome = match executed {
             Ok(Ok(outcome)) => outcome,
             Ok(Err(abort)) => return Err(step.guest_abort(abort)),
             Err(e) => return Err(step.call_failed(e)),

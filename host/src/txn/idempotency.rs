@@ -28,14 +28,12 @@
 //! `idempotency_key_reused` instead of answered with an outcome that is not
 //! its own.
 
-use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 use serde::{Deserialize, Serialize};
 
 use super::types::{AbortInfo, Status, TxnResponse};
-use super::{CONFLICT, Coordinator, TxnError, new_txn_id};
-use crate::participants::Participant;
+use super::{CONFLICT, CheckedSteps, Coordinator, TxnError, new_txn_id};
 use crate::store::{Claim, StoreError};
 
 /// Longest a client key may be. Guards the log store against key bloat.
@@ -81,7 +79,7 @@ enum ClaimRecord {
 
 /// Hex SHA-256 over each step's participant name and input, each
 /// length-prefixed so that no two different requests share a preimage.
-fn fingerprint(steps: &[(Arc<Participant>, Vec<u8>)]) -> String {
+fn fingerprint(steps: &CheckedSteps) -> String {
     use sha2::{Digest, Sha256};
     let mut hash = Sha256::new();
     for (participant, input) in steps {
@@ -90,7 +88,7 @@ fn fingerprint(steps: &[(Arc<Participant>, Vec<u8>)]) -> String {
             hash.update(part);
         }
     }
-    hash.finalize().iter().map(|b| format!("{b:02x}")).collect()
+    crate::hex(&hash.finalize())
 }
 
 /// The abort of a request whose claim a retry took over.
@@ -110,7 +108,7 @@ impl Coordinator {
     pub(super) async fn run_claimed(
         &self,
         key: &str,
-        steps: Vec<(Arc<Participant>, Vec<u8>)>,
+        steps: CheckedSteps,
     ) -> Result<TxnResponse, TxnError> {
         if key.is_empty() || key.len() > IDEMPOTENCY_KEY_BYTES_MAX {
             return Err(TxnError::BadRequest {

@@ -73,12 +73,16 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use crate::config::{Config, TxnConfig};
+use crate::metrics::Metrics;
 use crate::participants::{Participant, Registry};
 use crate::runtime::{CallError, GuestAbort, Instance};
 use crate::store::{Store, StoreError};
 use idempotency::ClaimToken;
 pub use recovery::SweepReport;
 use types::{AbortInfo, Lookup, LookupStatus, Record, Status, TxnRequest, TxnResponse};
+
+/// A request's steps once checked: each participant with its input bytes.
+type CheckedSteps = Vec<(Arc<Participant>, Vec<u8>)>;
 
 /// The abort code of a transaction that lost every race it ran.
 pub const CONFLICT: &str = "conflict";
@@ -131,6 +135,7 @@ pub struct Coordinator {
     /// Name of the store holding decision records.
     log_store: String,
     config: TxnConfig,
+    metrics: Metrics,
 }
 
 /// One step, declared.
@@ -199,10 +204,11 @@ impl Coordinator {
             stores,
             log_store: config.log_store.clone(),
             config: config.txn.clone(),
+            metrics: Metrics::default(),
         })
     }
 
-    pub fn registry(&self) -> &Registry {
+    pub fn registry(&self) -> &Arc<Registry> {
         &self.registry
     }
 
@@ -224,20 +230,35 @@ impl Coordinator {
     /// With an idempotency key, a request already decided returns its first
     /// outcome instead (see `idempotency`).
     pub async fn run(&self, request: TxnRequest) -> Result<TxnResponse, TxnError> {
-        let steps = self.check(&request)?;
-        let response = match &request.idempotency_key {
-            Some(key) => self.run_claimed(key, steps).await?,
-            None => self.run_steps(steps, None).await?,
+        let started = std::time::Instant::now();
+        let result = match self.check(&request) {
+            Ok(steps) => match &request.idempotency_key {
+                Some(key) => self.run_claimed(key, steps).await,
+                None => self.run_steps(steps, None).await,
+            },
+            Err(e) => Err(e),
         };
+        match &result {
+            Ok(r) => {
+                let code = r.abort.as_ref().map(|a| a.code.as_str());
+                self.metrics.decided(code, r.attempts, started.elapsed());
+            }
+            Err(e) => self.metrics.failed(e.code()),
+        }
         faults::point("before-reply").await;
-        Ok(response)
+        result
+    }
+
+    /// The coordinator's counters, for `GET /metrics`.
+    pub fn metrics(&self) -> &Metrics {
+        &self.metrics
     }
 
     /// Declares, then attempts until a decision or `attempts_max`, and
     /// leaves a record of the outcome for lookups.
     async fn run_steps(
         &self,
-        steps: Vec<(Arc<Participant>, Vec<u8>)>,
+        steps: CheckedSteps,
         claim: Option<&ClaimToken>,
     ) -> Result<TxnResponse, TxnError> {
         let mut steps = match self.declare(steps).await {
@@ -338,7 +359,7 @@ impl Coordinator {
     }
 
     /// Resolves the participants and encodes the inputs.
-    fn check(&self, request: &TxnRequest) -> Result<Vec<(Arc<Participant>, Vec<u8>)>, TxnError> {
+    fn check(&self, request: &TxnRequest) -> Result<CheckedSteps, TxnError> {
         if request.steps.is_empty() {
             return Err(TxnError::bad_request(
                 "empty_transaction",
@@ -361,7 +382,7 @@ impl Coordinator {
             .enumerate()
             .map(|(i, s)| {
                 let p = self.registry.get(&s.participant).ok_or_else(|| {
-                    let known: Vec<_> = self.registry.names().collect();
+                    let known = self.registry.names();
                     TxnError::bad_request(
                         "unknown_participant",
                         format!(
@@ -372,16 +393,13 @@ impl Coordinator {
                     )
                 })?;
                 let input = serde_json::to_vec(&s.input).expect("JSON values serialize");
-                Ok((p.clone(), input))
+                Ok((p, input))
             })
             .collect()
     }
 
     /// Runs `declare` for every step, each on a fresh instance.
-    async fn declare(
-        &self,
-        steps: Vec<(Arc<Participant>, Vec<u8>)>,
-    ) -> Result<Vec<Step>, AbortInfo> {
+    async fn declare(&self, steps: CheckedSteps) -> Result<Vec<Step>, AbortInfo> {
         let mut declared = Vec::with_capacity(steps.len());
         for (index, (participant, input)) in steps.into_iter().enumerate() {
             let mut step = Step {
@@ -394,11 +412,13 @@ impl Coordinator {
             };
             let mut instance = step
                 .participant
-                .component
                 .instantiate()
                 .await
                 .map_err(|e| step.call_failed(e))?;
-            let access = match instance.declare(&step.input).await {
+            let started = std::time::Instant::now();
+            let reply = instance.declare(&step.input).await;
+            step.participant.calls.declare.record(started.elapsed());
+            let access = match reply {
                 Ok(Ok(access)) => access,
                 Ok(Err(abort)) => return Err(step.guest_abort(abort)),
                 Err(e) => return Err(step.call_failed(e)),

@@ -74,6 +74,9 @@ impl Coordinator {
                 tracing::info!(txn = holder, key, "rolled back an expired lock");
             }
         }
+        self.metrics
+            .recovered_locks
+            .fetch_add(1, std::sync::atomic::Ordering::Relaxed);
         Ok(())
     }
 

@@ -1,0 +1,270 @@
+//! The deploy folder: one participant per `NAME.wasm` + `NAME.toml`.
+//!
+//! ```text
+//!  participants/
+//!    wallet.wasm     the component
+//!    wallet.toml     store = "ledger"
+//!                    prefix = "wallet:"
+//!                    sha256 = "<hex of wallet.wasm>"   (optional)
+//!                    [limits]                          (optional, as [participants.NAME.limits])
+//!                    call_time_ms = 50
+//! ```
+//!
+//! Deploys write the manifest first, then the component, each to a
+//! temporary file renamed into place; a manifest written by a deploy names
+//! the SHA-256 of its component. A reader that finds a manifest whose
+//! `sha256` does not match the component (or no component yet) is looking
+//! at a deploy in progress and waits for the next scan, so no host ever
+//! runs a component with another version's manifest. Removal deletes the
+//! component first, then the manifest. Several hosts may share one folder:
+//! each loads what the others deployed on its next scan.
+
+use std::collections::BTreeMap;
+use std::io::Write as _;
+use std::path::{Path, PathBuf};
+use std::sync::Mutex;
+use std::time::SystemTime;
+
+use serde::{Deserialize, Serialize};
+use sha2::{Digest, Sha256};
+
+use super::DeployError;
+use crate::hex;
+use crate::runtime::LimitOverrides;
+
+/// Longest participant name: it becomes a file name.
+pub const NAME_BYTES_MAX: usize = 64;
+
+/// `NAME.toml`: where a folder participant lives and what it may use.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct Manifest {
+    pub store: String,
+    pub prefix: String,
+    /// SHA-256 (hex) of the component this manifest was written for.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub sha256: Option<String>,
+    /// Overrides of the global `[limits]`, key by key.
+    #[serde(default, skip_serializing_if = "LimitOverrides::is_empty")]
+    pub limits: LimitOverrides,
+}
+
+/// The deploy folder, and what was last seen in it.
+#[derive(Debug)]
+pub struct Folder {
+    path: PathBuf,
+    seen: Mutex<BTreeMap<String, Stamp>>,
+}
+
+/// Sizes and modification times of an entry's two files: what tells a
+/// changed entry from an unchanged one without reading it.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Stamp {
+    component: Option<(u64, SystemTime)>,
+    manifest: Option<(u64, SystemTime)>,
+}
+
+/// Why an entry could not be read.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum EntryError {
+    /// A deploy is writing it: look again later.
+    InProgress,
+    /// It is broken, for this reason.
+    Broken(String),
+}
+
+/// Participant names become file names: ASCII letters, digits, `-`, `_`.
+pub fn check_name(name: &str) -> Result<(), DeployError> {
+    let ok = !name.is_empty()
+        && name.len() <= NAME_BYTES_MAX
+        && !name.starts_with('-')
+        && name
+            .bytes()
+            .all(|b| b.is_ascii_alphanumeric() || b == b'-' || b == b'_');
+    if ok {
+        Ok(())
+    } else {
+        Err(DeployError::BadName(name.to_owned()))
+    }
+}
+
+impl Folder {
+    pub fn new(path: PathBuf) -> Folder {
+        Folder {
+            path,
+            seen: Mutex::default(),
+        }
+    }
+
+    pub fn path(&self) -> &Path {
+        &self.path
+    }
+
+    fn file(&self, name: &str, extension: &str) -> PathBuf {
+        self.path.join(format!("{name}.{extension}"))
+    }
+
+    /// Every entry in the folder (a name with a component, a manifest or
+    /// both), with its stamp. A folder that does not exist is empty.
+    pub fn entries(&self) -> std::io::Result<BTreeMap<String, Stamp>> {
+        let mut names = std::collections::BTreeSet::new();
+        let listing = match std::fs::read_dir(&self.path) {
+            Ok(listing) => listing,
+            Err(e) if e.kind() == std::io::ErrorKind::NotFound => return Ok(BTreeMap::new()),
+            Err(e) => return Err(e),
+        };
+        for entry in listing {
+            let path = entry?.path();
+            let (Some(stem), Some(ext)) = (
+                path.file_stem().and_then(|s| s.to_str()),
+                path.extension().and_then(|s| s.to_str()),
+            ) else {
+                continue;
+            };
+            if (ext == "wasm" || ext == "toml") && check_name(stem).is_ok() {
+                names.insert(stem.to_owned());
+            }
+        }
+        Ok(names
+            .into_iter()
+            .map(|name| {
+                let stamp = self.stamp(&name);
+                (name, stamp)
+            })
+            .collect())
+    }
+
+    fn stamp(&self, name: &str) -> Stamp {
+        let of = |path: PathBuf| {
+            let meta = std::fs::metadata(path).ok()?;
+            Some((meta.len(), meta.modified().ok()?))
+        };
+        Stamp {
+            component: of(self.file(name, "wasm")),
+            manifest: of(self.file(name, "toml")),
+        }
+    }
+
+    /// Whether `name` looks different from when it was last loaded.
+    pub fn changed(&self, name: &str, stamp: &Stamp) -> bool {
+        self.seen.lock().expect("folder lock").get(name) != Some(stamp)
+    }
+
+    /// Remembers `name` as loaded (or failed) at `stamp`.
+    pub fn seen(&self, name: &str, stamp: Stamp) {
+        self.seen
+            .lock()
+            .expect("folder lock")
+            .insert(name.to_owned(), stamp);
+    }
+
+    /// Reads an entry's manifest and component.
+    pub fn read(&self, name: &str) -> Result<(Manifest, Vec<u8>), EntryError> {
+        let broken = |what: &str, e: &dyn std::fmt::Display| {
+            EntryError::Broken(format!("{}: {what}: {e}", self.path.display()))
+        };
+        let text = std::fs::read_to_string(self.file(name, "toml"))
+            .map_err(|e| broken(&format!("cannot read {name}.toml"), &e))?;
+        let manifest: Manifest =
+            toml::from_str(&text).map_err(|e| broken(&format!("{name}.toml"), &e))?;
+        let bytes = match std::fs::read(self.file(name, "wasm")) {
+            Ok(bytes) => bytes,
+            Err(_) if manifest.sha256.is_some() => return Err(EntryError::InProgress),
+            Err(e) => return Err(broken(&format!("cannot read {name}.wasm"), &e)),
+        };
+        match &manifest.sha256 {
+            Some(sha) if *sha != hex(&Sha256::digest(&bytes)) => Err(EntryError::InProgress),
+            _ => Ok((manifest, bytes)),
+        }
+    }
+
+    /// Writes an entry for a deploy: the manifest (naming the component's
+    /// digest), then the component, each atomically; and remembers it as
+    /// seen, so that the next scan does not load it again.
+    pub fn write(&self, name: &str, manifest: &Manifest, bytes: &[u8]) -> std::io::Result<()> {
+        std::fs::create_dir_all(&self.path)?;
+        let manifest = Manifest {
+            sha256: Some(hex(&Sha256::digest(bytes))),
+            ..manifest.clone()
+        };
+        let text = toml::to_string(&manifest).map_err(std::io::Error::other)?;
+        self.replace(&self.file(name, "toml"), text.as_bytes())?;
+        self.replace(&self.file(name, "wasm"), bytes)?;
+        self.seen(name, self.stamp(name));
+        Ok(())
+    }
+
+    /// Deletes an entry: the component, then the manifest.
+    pub fn remove(&self, name: &str) -> std::io::Result<()> {
+        for extension in ["wasm", "toml"] {
+            match std::fs::remove_file(self.file(name, extension)) {
+                Err(e) if e.kind() != std::io::ErrorKind::NotFound => return Err(e),
+                _ => {}
+            }
+        }
+        self.seen.lock().expect("folder lock").remove(name);
+        Ok(())
+    }
+
+    fn replace(&self, path: &Path, bytes: &[u8]) -> std::io::Result<()> {
+        let mut tmp = tempfile::NamedTempFile::new_in(&self.path)?;
+        tmp.write_all(bytes)?;
+        tmp.as_file().sync_all()?;
+        tmp.persist(path).map_err(|e| e.error)?;
+        Ok(())
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn names_are_file_names_and_nothing_else() {
+        for good in ["wallet", "ledger-0", "A_b", &"x".repeat(NAME_BYTES_MAX)] {
+            assert!(check_name(good).is_ok(), "{good}");
+        }
+        for bad in [
+            "",
+            "-x",
+            "../x",
+            "a/b",
+            "a.b",
+            "a b",
+            "ä",
+            &"x".repeat(NAME_BYTES_MAX + 1),
+        ] {
+            assert!(check_name(bad).is_err(), "{bad}");
+        }
+    }
+
+    #[test]
+    fn a_manifest_for_other_bytes_is_a_deploy_in_progress() {
+        let dir = tempfile::tempdir().unwrap();
+        let folder = Folder::new(dir.path().to_owned());
+        let manifest = Manifest {
+            store: "s".into(),
+            prefix: "p:".into(),
+            sha256: None,
+            limits: LimitOverrides::default(),
+        };
+        folder.write("a", &manifest, b"version 1").unwrap();
+        let (read, bytes) = folder.read("a").unwrap();
+        assert_eq!(bytes, b"version 1");
+        assert_eq!(read.prefix, "p:");
+        // The component of the next version, not yet its manifest.
+        std::fs::write(dir.path().join("a.wasm"), b"version 2").unwrap();
+        assert_eq!(folder.read("a").unwrap_err(), EntryError::InProgress);
+        // A hand-written manifest names no digest: whatever is there goes.
+        std::fs::write(
+            dir.path().join("a.toml"),
+            "store = \"s\"\nprefix = \"q:\"\n",
+        )
+        .unwrap();
+        assert_eq!(folder.read("a").unwrap().1, b"version 2");
+        std::fs::write(dir.path().join("a.toml"), "store = 1").unwrap();
+        assert!(matches!(folder.read("a"), Err(EntryError::Broken(m)) if m.contains("a.toml")));
+        folder.remove("a").unwrap();
+        assert!(folder.entries().unwrap().is_empty());
+    }
+}

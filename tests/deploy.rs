@@ -1,0 +1,383 @@
+//! Deploys: a participant shipped to a running server over HTTP, checked
+//! before it replaces anything, listed with its version, kept in the deploy
+//! folder across restarts, swapped under load without failing a
+//! transaction, and loaded by hosts that watch the same folder.
+
+use std::net::SocketAddr;
+use std::path::{Path, PathBuf};
+use std::sync::Arc;
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::time::{Duration, Instant};
+
+use redstage::txn::types::Status;
+use redstage_tests::{
+    ParticipantSpec, Persistence, TestEnv, Toolchain, component_file, components, http, request,
+    step,
+};
+use serde_json::{Value, json};
+
+/// The orders environment, with a deploy folder (returned) watched often.
+fn env_with_folder() -> (TestEnv, tempfile::TempDir) {
+    let folder = tempfile::tempdir().expect("temp dir");
+    let env = TestEnv::start_with(
+        &["orders", "ledger"],
+        &[
+            ParticipantSpec::example("inventory", "inventory", "orders", "inventory:"),
+            ParticipantSpec::example("payments", "payments", "ledger", "payments:"),
+        ],
+        &format!(
+            "[deploy]\nfolder = {:?}\npoll_ms = 100\ncomponent_bytes_max = 4194304\n",
+            folder.path().display().to_string()
+        ),
+        Persistence::None,
+    );
+    (env, folder)
+}
+
+fn counter(version: u32) -> Vec<u8> {
+    let path =
+        components(Toolchain::CargoComponent).join(component_file(&format!("counter-v{version}")));
+    std::fs::read(&path).unwrap_or_else(|e| panic!("{}: {e}", path.display()))
+}
+
+const COUNTER_AT: &str = "store=orders&prefix=counter%3A";
+
+async fn put(addr: SocketAddr, name: &str, query: &str, bytes: &[u8]) -> (u16, Value) {
+    http::request(
+        addr,
+        "PUT",
+        &format!("/v1/participants/{name}?{query}"),
+        bytes,
+    )
+    .await
+}
+
+fn bump(counter: &str) -> Value {
+    step("counter", json!({"op": "bump", "counter": counter}))
+}
+
+/// The version each step of a committed transaction ran, checked to be one.
+fn version_of(r: &redstage::txn::types::TxnResponse) -> i64 {
+    assert_eq!(r.status, Status::Committed, "{r:?}");
+    let versions: Vec<i64> = r
+        .steps
+        .iter()
+        .map(|s| s.output["version"].as_i64().expect("a version"))
+        .collect();
+    assert!(
+        versions.windows(2).all(|w| w[0] == w[1]),
+        "one transaction ran two versions: {r:?}"
+    );
+    versions[0]
+}
+
+fn files(folder: &Path) -> Vec<String> {
+    let mut names: Vec<String> = std::fs::read_dir(folder)
+        .map(|d| {
+            d.map(|e| e.expect("entry").file_name().to_string_lossy().into_owned())
+                .collect()
+        })
+        .unwrap_or_default();
+    names.sort();
+    names
+}
+
+#[tokio::test]
+async fn a_deploy_is_checked_listed_used_kept_and_removed() {
+    let (env, folder) = env_with_folder();
+    let api = http::serve(env.coordinator.clone()).await;
+
+    let (status, listing) = http::get(api, "/v1/participants").await;
+    assert_eq!(status, 200, "{listing}");
+    let names: Vec<&str> = listing["participants"]
+        .as_array()
+        .expect("a list")
+        .iter()
+        .map(|p| p["name"].as_str().expect("a name"))
+        .collect();
+    assert_eq!(names, ["inventory", "payments"]);
+    assert_eq!(listing["participants"][0]["version"]["source"], "config");
+
+    // Refusals, each with its code; none leaves anything behind.
+    let v1 = counter(1);
+    let truncated = &v1[..v1.len() / 2];
+    let refusals: [(&str, &str, &[u8], u16, &str); 8] = [
+        (
+            "counter",
+            COUNTER_AT,
+            b"\0asm but not really",
+            422,
+            "invalid_component",
+        ),
+        ("counter", COUNTER_AT, truncated, 422, "invalid_component"),
+        (
+            "counter",
+            "store=nowhere&prefix=c%3A",
+            &v1,
+            400,
+            "bad_manifest",
+        ),
+        (
+            "counter",
+            "store=orders&prefix=inventory%3Ax",
+            &v1,
+            400,
+            "bad_manifest",
+        ),
+        (
+            "counter",
+            "store=orders&prefix=rs%3A",
+            &v1,
+            400,
+            "bad_manifest",
+        ),
+        ("counter", "store=orders", &v1, 400, "bad_manifest"),
+        ("bad.name", COUNTER_AT, &v1, 400, "bad_participant_name"),
+        ("inventory", COUNTER_AT, &v1, 409, "configured_in_file"),
+    ];
+    for (name, query, bytes, status, code) in refusals {
+        let (got, reply) = put(api, name, query, bytes).await;
+        assert_eq!(
+            (got, reply["error"]["code"].as_str()),
+            (status, Some(code)),
+            "{name}?{query}: {reply}"
+        );
+    }
+    let (status, reply) = put(api, "counter", COUNTER_AT, &vec![0; 4 * 1024 * 1024 + 1]).await;
+    assert_eq!(
+        (status, reply["error"]["code"].as_str()),
+        (413, Some("component_too_large")),
+        "{reply}"
+    );
+    let limits = "&limits=%7B%22memory_max%22%3A1%7D"; // {"memory_max":1}
+    let (status, reply) = put(api, "counter", &format!("{COUNTER_AT}{limits}"), &v1).await;
+    assert_eq!(
+        (status, reply["error"]["code"].as_str()),
+        (400, Some("bad_manifest")),
+        "{reply}"
+    );
+    assert!(
+        files(folder.path()).is_empty(),
+        "{:?}",
+        files(folder.path())
+    );
+
+    // The deploy, with a limit of its own.
+    let limits = "&limits=%7B%22call_time_ms%22%3A50%7D"; // {"call_time_ms":50}
+    let (status, deployed) = put(api, "counter", &format!("{COUNTER_AT}{limits}"), &v1).await;
+    assert_eq!(status, 200, "{deployed}");
+    assert_eq!(deployed["name"], "counter");
+    assert_eq!(deployed["version"]["source"], "folder");
+    assert_eq!(deployed["limits"]["call_time_ms"], 50);
+    let digest = deployed["version"]["digest"]
+        .as_str()
+        .expect("a digest")
+        .to_owned();
+    assert!(digest.starts_with("sha256:"), "{digest}");
+    assert_eq!(files(folder.path()), ["counter.toml", "counter.wasm"]);
+    let r = env.run(json!([bump("a")])).await;
+    assert_eq!(version_of(&r), 1);
+    assert_eq!(env.get("orders", "counter:count:a").as_deref(), Some("1"));
+
+    // Another host (a restart, as far as it knows) loads it from the folder.
+    let other = env.second_host();
+    let r = other.run(request(json!([bump("a")]))).await.expect("runs");
+    assert_eq!(version_of(&r), 1);
+    let listed = other.registry().list();
+    let counter_entry = listed
+        .participants
+        .iter()
+        .find(|p| p.name == "counter")
+        .expect("listed");
+    assert_eq!(counter_entry.version.digest, digest);
+    assert!(listed.errors.is_empty(), "{:?}", listed.errors);
+
+    // Removal.
+    let (status, reply) = http::request(api, "DELETE", "/v1/participants/counter", b"").await;
+    assert_eq!(status, 200, "{reply}");
+    let err = env
+        .coordinator
+        .run(request(json!([bump("a")])))
+        .await
+        .expect_err("gone");
+    assert_eq!(err.code(), "unknown_participant");
+    let (status, reply) = http::request(api, "DELETE", "/v1/participants/counter", b"").await;
+    assert_eq!(
+        (status, reply["error"]["code"].as_str()),
+        (404, Some("unknown_participant"))
+    );
+    let (status, reply) = http::request(api, "DELETE", "/v1/participants/payments", b"").await;
+    assert_eq!(
+        (status, reply["error"]["code"].as_str()),
+        (409, Some("configured_in_file"))
+    );
+    assert!(files(folder.path()).is_empty());
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn a_new_version_swapped_in_under_load_fails_no_transaction() {
+    const TASKS: usize = 4;
+    let (env, _folder) = env_with_folder();
+    let api = http::serve(env.coordinator.clone()).await;
+    let (status, reply) = put(api, "counter", COUNTER_AT, &counter(1)).await;
+    assert_eq!(status, 200, "{reply}");
+
+    let stop = Arc::new(AtomicBool::new(false));
+    let deployed_at: Arc<std::sync::Mutex<Option<Instant>>> = Arc::default();
+    let tasks: Vec<_> = (0..TASKS)
+        .map(|t| {
+            let (host, stop, deployed_at) =
+                (env.coordinator.clone(), stop.clone(), deployed_at.clone());
+            tokio::spawn(async move {
+                let name = format!("c{t}");
+                let mut versions = Vec::new();
+                while !stop.load(Ordering::Relaxed) {
+                    let started = Instant::now();
+                    // Two steps on one counter: both must run one version.
+                    let r = host
+                        .run(request(json!([bump(&name), bump(&name)])))
+                        .await
+                        .expect("runs");
+                    let version = version_of(&r);
+                    let after_deploy = deployed_at
+                        .lock()
+                        .expect("lock")
+                        .is_some_and(|at| started > at);
+                    if after_deploy {
+                        assert_eq!(version, 2, "started after the deploy, ran the old version");
+                    }
+                    versions.push(version);
+                }
+                (name, versions)
+            })
+        })
+        .collect();
+    tokio::time::sleep(Duration::from_millis(500)).await;
+    let (status, reply) = put(api, "counter", COUNTER_AT, &counter(2)).await;
+    assert_eq!(status, 200, "{reply}");
+    *deployed_at.lock().expect("lock") = Some(Instant::now());
+    tokio::time::sleep(Duration::from_millis(500)).await;
+    stop.store(true, Ordering::Relaxed);
+
+    let (mut old, mut new) = (0, 0);
+    for task in tasks {
+        let (name, versions) = task.await.expect("task");
+        // Once a task saw the new version, it never saw the old one again.
+        let first_new = versions
+            .iter()
+            .position(|&v| v == 2)
+            .expect("saw version 2");
+        assert!(
+            versions[first_new..].iter().all(|&v| v == 2),
+            "{versions:?}"
+        );
+        let ones = versions.iter().filter(|&&v| v == 1).count() as i64;
+        let twos = versions.len() as i64 - ones;
+        // And the counter holds exactly what the versions reported adding.
+        assert_eq!(
+            env.get("orders", &format!("counter:count:{name}")),
+            Some((2 * ones + 2000 * twos).to_string())
+        );
+        old += ones;
+        new += twos;
+    }
+    assert!(old > 0 && new > 0, "old {old}, new {new}");
+    println!("swap under load: {old} transactions on version 1, {new} on version 2, none failed");
+}
+
+/// Waits until `check` holds for the host's listing.
+async fn listing_until(addr: SocketAddr, check: impl Fn(&Value) -> bool) -> Value {
+    let started = Instant::now();
+    loop {
+        let (_, listing) = http::get(addr, "/v1/participants").await;
+        if check(&listing) {
+            return listing;
+        }
+        assert!(started.elapsed() < Duration::from_secs(20), "{listing}");
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+}
+
+fn version_named(listing: &Value, name: &str) -> Option<String> {
+    listing["participants"]
+        .as_array()?
+        .iter()
+        .find(|p| p["name"] == name)
+        .map(|p| p["version"]["digest"].as_str().expect("digest").to_owned())
+}
+
+#[tokio::test]
+async fn a_server_watches_its_folder() {
+    let (env, folder) = env_with_folder();
+    let host = env.spawn_host(None);
+    let write = |name: &str, bytes: &[u8]| {
+        let path: PathBuf = folder.path().join(name);
+        std::fs::write(&path, bytes).expect("write into the folder");
+    };
+
+    // An operator copies a participant in, by hand (no digest in the
+    // manifest).
+    write(
+        "counter.toml",
+        b"store = \"orders\"\nprefix = \"counter:\"\n",
+    );
+    write("counter.wasm", &counter(1));
+    let listing = listing_until(host.addr, |l| version_named(l, "counter").is_some()).await;
+    let v1 = version_named(&listing, "counter").expect("listed");
+    let body = json!({"steps": [bump("x")]}).to_string();
+    let (_, reply) = http::post(host.addr, "/v1/transactions", body.as_bytes()).await;
+    assert_eq!(reply["steps"][0]["output"]["version"], 1, "{reply}");
+
+    // A broken manifest is listed as an error; the loaded version runs on.
+    write("counter.toml", b"store = \"orders\"\nprefix = 7\n");
+    let listing = listing_until(host.addr, |l| l["errors"]["counter"].is_string()).await;
+    assert!(
+        listing["errors"]["counter"]
+            .as_str()
+            .is_some_and(|e| e.contains("counter.toml")),
+        "{listing}"
+    );
+    assert_eq!(version_named(&listing, "counter").as_deref(), Some(&*v1));
+
+    // Fixed, with a new component: the new version, no error.
+    write("counter.wasm", &counter(2));
+    write(
+        "counter.toml",
+        b"store = \"orders\"\nprefix = \"counter:\"\n",
+    );
+    let listing = listing_until(host.addr, |l| {
+        version_named(l, "counter").is_some_and(|v| v != v1) && l["errors"] == json!({})
+    })
+    .await;
+    assert!(version_named(&listing, "counter").is_some());
+    let (_, reply) = http::post(host.addr, "/v1/transactions", body.as_bytes()).await;
+    assert_eq!(reply["steps"][0]["output"]["version"], 2, "{reply}");
+    assert_eq!(
+        env.get("orders", "counter:count:x").as_deref(),
+        Some("1001")
+    );
+
+    // Deleted: gone.
+    std::fs::remove_file(folder.path().join("counter.wasm")).expect("remove");
+    std::fs::remove_file(folder.path().join("counter.toml")).expect("remove");
+    listing_until(host.addr, |l| version_named(l, "counter").is_none()).await;
+
+    // `redstage deploy`, the command line client.
+    let deploy = |name: &str, prefix: &str| {
+        std::process::Command::new(redstage_tests::workspace().join("target/debug/redstage"))
+            .args(["deploy", "--server", &format!("http://{}", host.addr)])
+            .args(["--store", "orders", "--prefix", prefix, name])
+            .arg(components(Toolchain::CargoComponent).join(component_file("counter-v2")))
+            .output()
+            .expect("run redstage deploy")
+    };
+    let out = deploy("tally", "tally:");
+    assert!(out.status.success(), "{out:?}");
+    let deployed: Value = serde_json::from_slice(&out.stdout).expect("the new version as JSON");
+    assert_eq!(deployed["name"], "tally");
+    let out = deploy("tally2", "inventory:");
+    assert_eq!(out.status.code(), Some(1), "{out:?}");
+    let refusal: Value = serde_json::from_slice(&out.stdout).expect("the refusal as JSON");
+    assert_eq!(refusal["error"]["code"], "bad_manifest", "{refusal}");
+    assert!(std::fs::exists(folder.path().join("tally.wasm")).expect("stat"));
+}
