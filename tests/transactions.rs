@@ -407,3 +407,49 @@ async fn metrics_count_decisions_and_participant_calls() {
         ) > 0.0
     );
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn a_full_instance_pool_makes_steps_wait_not_fail() {
+    // Two slots, transactions of two steps: each transaction needs the
+    // whole pool, so they must take turns (and must not deadlock, each
+    // holding one slot and waiting for the other).
+    let env = TestEnv::start_with(
+        &["orders", "ledger"],
+        &[
+            redstage_tests::ParticipantSpec::example(
+                "inventory",
+                "inventory",
+                "orders",
+                "inventory:",
+            ),
+            redstage_tests::ParticipantSpec::example("payments", "payments", "ledger", "payments:"),
+        ],
+        "[runtime]\ninstance_pool = 2\n[txn]\nsteps_max = 2\n",
+        redstage_tests::Persistence::None,
+    );
+    let r = env
+        .run(json!([restock("A1", 100), deposit("alice", 100)]))
+        .await;
+    assert_eq!(r.status, Status::Committed, "{r:?}");
+    let orders: Vec<_> = (0..8)
+        .map(|_| {
+            let host = env.coordinator.clone();
+            tokio::spawn(async move {
+                host.run(request(json!([
+                    deduct("A1", 1),
+                    transfer("alice", "shop", 1)
+                ])))
+                .await
+                .expect("runs")
+            })
+        })
+        .collect();
+    for order in orders {
+        let r = order.await.expect("order task");
+        assert_eq!(r.status, Status::Committed, "{r:?}");
+    }
+    assert_eq!(
+        env.get("orders", "inventory:stock:A1").as_deref(),
+        Some("92")
+    );
+}

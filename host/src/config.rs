@@ -30,7 +30,7 @@ use std::time::Duration;
 
 use serde::{Deserialize, Serialize};
 
-use crate::runtime::{CallLimits, LimitOverrides};
+use crate::runtime::{CallLimits, LimitOverrides, RuntimeSettings};
 use crate::store::keys::RESERVED_PREFIX;
 
 /// The address `serve` listens on when the config names none.
@@ -56,6 +56,9 @@ pub struct Config {
     pub cache: CacheConfig,
     #[serde(default)]
     pub deploy: DeployConfig,
+    /// The instance pool every participant call runs in.
+    #[serde(default)]
+    pub runtime: RuntimeSettings,
 }
 
 fn default_listen() -> SocketAddr {
@@ -279,8 +282,33 @@ impl Config {
         if !self.stores.contains_key(&self.log_store) {
             return invalid(format!("log_store `{}` is not in [stores]", self.log_store));
         }
+        let fits = |what: &str, limits: &CallLimits| {
+            let (memory, table) = (
+                self.runtime.memory_slot_bytes,
+                self.runtime.table_slot_elements,
+            );
+            if limits.memory_bytes_max > memory || limits.table_elements_max > table {
+                return invalid(format!(
+                    "{what}: memory_bytes_max and table_elements_max must fit the instance pool's \
+                     slots (runtime.memory_slot_bytes = {memory}, runtime.table_slot_elements = \
+                     {table}); raise those to grant more"
+                ));
+            }
+            Ok(())
+        };
+        fits("[limits]", &self.limits)?;
+        if (self.runtime.instance_pool as usize) < self.txn.steps_max {
+            return invalid(format!(
+                "runtime.instance_pool ({}) must hold txn.steps_max ({}) instances: a transaction \
+                 reserves one per step",
+                self.runtime.instance_pool, self.txn.steps_max
+            ));
+        }
         for (name, p) in &self.participants {
-            self.limits_of(name, p)?;
+            fits(
+                &format!("[participants.{name}.limits]"),
+                &self.limits_of(name, p)?,
+            )?;
             let others = self
                 .participants
                 .iter()
@@ -408,6 +436,14 @@ mod tests {
                 "[participants.a]\n{}[participants.a.limits]\ncall_time_ms = -1",
                 p("orders", "a:")
             ),
+            // Limits that do not fit the instance pool's slots, a pool
+            // smaller than a transaction.
+            "[limits]\nmemory_bytes_max = 134217728".to_string(),
+            format!(
+                "[participants.a]\n{}[participants.a.limits]\ntable_elements_max = 30000",
+                p("orders", "a:")
+            ),
+            "[runtime]\ninstance_pool = 8".to_string(),
         ];
         for case in cases {
             assert!(with(&case).is_err(), "accepted:\n{case}");

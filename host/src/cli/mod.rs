@@ -146,11 +146,9 @@ impl Cli {
 /// Loads a config and builds the coordinator it describes.
 pub fn coordinator(config: &Config) -> anyhow::Result<Coordinator> {
     use crate::runtime::{CompileCache, Runtime};
-    let runtime = match config.cache.folder() {
-        Some(dir) => Runtime::with_cache(CompileCache::new(dir)),
-        None => Runtime::new(),
-    }
-    .context("starting the WebAssembly runtime")?;
+    let cache = config.cache.folder().map(CompileCache::new);
+    let runtime =
+        Runtime::with(config.runtime.clone(), cache).context("starting the WebAssembly runtime")?;
     let registry = crate::participants::Registry::load(&runtime, config)?;
     Ok(Coordinator::new(config, Arc::new(registry))?)
 }

@@ -408,6 +408,9 @@ impl Registry {
             .limits
             .apply(&self.config.limits)
             .map_err(|e| DeployError::BadManifest(format!("limits: {e}")))?;
+        self.runtime
+            .check_limits(&limits)
+            .map_err(|e| DeployError::BadManifest(format!("limits: {e}")))?;
         let component = self
             .runtime
             .load(bytes, limits)

@@ -97,6 +97,10 @@ pub enum CallError {
 #[derive(Clone)]
 pub struct Runtime {
     engine: wasmtime::Engine,
+    settings: RuntimeSettings,
+    /// One permit per instance slot of the pool, reserved by transactions
+    /// (see [`Runtime::reserve`]).
+    slots: Arc<tokio::sync::Semaphore>,
     /// Compiled code on disk; without it every load compiles.
     cache: Option<Arc<CompileCache>>,
     /// Stops the epoch thread when the last clone of the runtime is dropped.
@@ -109,30 +113,133 @@ impl std::fmt::Debug for Runtime {
     }
 }
 
+/// How the runtime's instance pool is sized (`[runtime]` in the config).
+#[derive(Debug, Clone, PartialEq, Eq, serde::Deserialize, serde::Serialize)]
+#[serde(default, deny_unknown_fields)]
+pub struct RuntimeSettings {
+    /// Participant instances alive at once, across all transactions: each
+    /// transaction reserves one per step, and waits while they are taken.
+    /// Each slot reserves address space for its memories up front.
+    pub instance_pool: u32,
+    /// The largest linear memory any participant may be granted: the size
+    /// of a memory slot of the pool. Every `memory_bytes_max` must fit.
+    pub memory_slot_bytes: usize,
+    /// The largest table any participant may be granted, in elements.
+    /// Every `table_elements_max` must fit.
+    pub table_slot_elements: usize,
+}
+
+impl Default for RuntimeSettings {
+    fn default() -> Self {
+        RuntimeSettings {
+            instance_pool: 1000,
+            memory_slot_bytes: CallLimits::default().memory_bytes_max,
+            table_slot_elements: CallLimits::default().table_elements_max,
+        }
+    }
+}
+
+/// Pool slots per component instance: what the Rust components built by
+/// either toolchain use (3 or 4 core instances, 1 memory, 2 tables), with
+/// room to spare. A component that needs more is refused at load (wasmtime
+/// checks a component against the pool when it is compiled or loaded).
+const CORE_INSTANCES_PER_SLOT: u32 = 16;
+const MEMORIES_PER_SLOT: u32 = 2;
+const TABLES_PER_SLOT: u32 = 4;
+
+/// Freed slots decommitted together (see `decommit_batch_size`).
+const DECOMMIT_BATCH: usize = 64;
+
 impl Runtime {
+    /// A runtime with the default [`RuntimeSettings`] and no compile cache.
     pub fn new() -> Result<Runtime, LoadError> {
+        Runtime::with(RuntimeSettings::default(), None)
+    }
+
+    /// A runtime whose instances come from a pool sized by `settings`,
+    /// keeping compiled components in `cache` if given (see
+    /// [`CompileCache`]).
+    ///
+    /// Pooling is what makes a fresh instance per step cheap: memories,
+    /// tables and fiber stacks are reserved once and reused, instead of
+    /// mapped and unmapped for every step (which costs system calls, page
+    /// faults and TLB shootdowns across threads).
+    pub fn with(
+        settings: RuntimeSettings,
+        cache: Option<CompileCache>,
+    ) -> Result<Runtime, LoadError> {
+        let slots = settings.instance_pool.max(1);
+        let mut pool = wasmtime::PoolingAllocationConfig::default();
+        pool.total_component_instances(slots)
+            .total_core_instances(slots * CORE_INSTANCES_PER_SLOT)
+            .max_core_instances_per_component(CORE_INSTANCES_PER_SLOT)
+            .total_memories(slots * MEMORIES_PER_SLOT)
+            .max_memories_per_component(MEMORIES_PER_SLOT)
+            .total_tables(slots * TABLES_PER_SLOT)
+            .max_tables_per_component(TABLES_PER_SLOT)
+            .total_stacks(slots)
+            .max_memory_size(settings.memory_slot_bytes)
+            .table_elements(settings.table_slot_elements)
+            // Give freed slots back to the kernel in batches: one system
+            // call (and one TLB shootdown) per batch, not per step.
+            .decommit_batch_size(DECOMMIT_BATCH);
         let mut config = wasmtime::Config::new();
         config.epoch_interruption(true);
         // Plain fibers: participants are synchronous functions; the
         // concurrent (component-model-async) call path buys nothing here.
         config.concurrency_support(false);
-        let engine =
-            wasmtime::Engine::new(&config).map_err(|e| LoadError::Invalid(e.to_string()))?;
+        config.allocation_strategy(wasmtime::InstanceAllocationStrategy::Pooling(pool));
+        // Reserve what a slot may grow to, not the 4 GiB that would let
+        // wasmtime drop bounds checks: thousands of slots stay affordable.
+        config.memory_reservation(settings.memory_slot_bytes as u64);
+        config.memory_reservation_for_growth(0);
+        let engine = wasmtime::Engine::new(&config)
+            .map_err(|e| LoadError::Invalid(format!("cannot start the engine: {e:#}")))?;
         let ticker = Arc::new(EpochTicker::start(engine.clone()));
         Ok(Runtime {
             engine,
-            cache: None,
+            slots: Arc::new(tokio::sync::Semaphore::new(slots as usize)),
+            settings,
+            cache: cache.map(Arc::new),
             _ticker: ticker,
         })
     }
 
-    /// A runtime that keeps compiled components in `cache` (see
-    /// [`CompileCache`]).
-    pub fn with_cache(cache: CompileCache) -> Result<Runtime, LoadError> {
-        Ok(Runtime {
-            cache: Some(Arc::new(cache)),
-            ..Runtime::new()?
-        })
+    /// Reserves `steps` instance slots, waiting while the pool is full. A
+    /// transaction reserves one per step before it instantiates anything
+    /// and holds them to its end: it never has more instances alive than
+    /// steps, and reserving all at once (the semaphore is fair) means no
+    /// two transactions can each hold part of what the other waits for.
+    /// `steps` must not exceed the pool (the config checks
+    /// `txn.steps_max` against it).
+    pub async fn reserve(&self, steps: usize) -> tokio::sync::OwnedSemaphorePermit {
+        let steps = u32::try_from(steps).expect("steps are bounded by txn.steps_max");
+        self.slots
+            .clone()
+            .acquire_many_owned(steps)
+            .await
+            .expect("the slot semaphore is never closed")
+    }
+
+    pub fn settings(&self) -> &RuntimeSettings {
+        &self.settings
+    }
+
+    /// Whether `limits` fit the pool's slots; else why not.
+    pub fn check_limits(&self, limits: &CallLimits) -> Result<(), String> {
+        if limits.memory_bytes_max > self.settings.memory_slot_bytes {
+            return Err(format!(
+                "memory_bytes_max {} exceeds runtime.memory_slot_bytes {}",
+                limits.memory_bytes_max, self.settings.memory_slot_bytes
+            ));
+        }
+        if limits.table_elements_max > self.settings.table_slot_elements {
+            return Err(format!(
+                "table_elements_max {} exceeds runtime.table_slot_elements {}",
+                limits.table_elements_max, self.settings.table_slot_elements
+            ));
+        }
+        Ok(())
     }
 
     /// The compile cache, if this runtime has one.
@@ -143,6 +250,7 @@ impl Runtime {
     /// Compiles (or finds in the cache) and links a participant component,
     /// checking that it exports the `participant` world.
     pub fn load(&self, bytes: &[u8], limits: CallLimits) -> Result<Component, LoadError> {
+        self.check_limits(&limits).map_err(LoadError::Invalid)?;
         component::check_header(bytes)?;
         let compiled = match &self.cache {
             Some(cache) => cache.load(&self.engine, bytes),

@@ -261,6 +261,8 @@ impl Coordinator {
         steps: CheckedSteps,
         claim: Option<&ClaimToken>,
     ) -> Result<TxnResponse, TxnError> {
+        // Instance slots for every step, before the first instance.
+        let _slots = self.registry.runtime().reserve(steps.len()).await;
         let mut steps = match self.declare(steps).await {
             Ok(steps) => steps,
             Err(abort) => return self.finish(aborted(new_txn_id(), 1, abort)).await,

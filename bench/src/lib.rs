@@ -1,0 +1,168 @@
+//! redstage-bench: redstage against the ways people already move stock and
+//! money on Redis, side by side in one run, on the same Redis processes and
+//! the same keys.
+//!
+//! # What runs
+//!
+//! ```text
+//!  system         how one transaction runs                        where the keys are
+//!  -------------  ----------------------------------------------  -------------------------
+//!  redstage       Coordinator::run (library): declare, read,      inventory on `orders`,
+//!                 execute the wasm participants, 2PC / 1PC        payments on `ledger`
+//!  redstage-http  the same, as POST /v1/transactions over a       same
+//!                 keep-alive HTTP/1.1 connection per client
+//!  lua            one EVALSHA doing all the business logic        all on `orders`: the floor
+//!                                                                 no distributed protocol beats
+//!  watch          WATCH, MGET, check, MULTI/SET/EXEC; retried      all on `orders`
+//!                 whenever EXEC answers nil
+//!  naive          GET, SET temp keys, SET a lock key (no checks), inventory on `orders`,
+//!                 RENAME temp keys over the data, DEL the lock    payments on `ledger`
+//! ```
+//!
+//! Every system runs the same business logic on the same key space: deduct
+//! the stock if there is enough, move the money if the balance covers it,
+//! else abort and change nothing.
+//!
+//! # One cell
+//!
+//! A cell is one (workload, concurrency, system). Before it: `FLUSHALL` on
+//! every store, the same stock and balances seeded, `CONFIG RESETSTAT`.
+//! During it: `concurrency` clients, each running transactions back to back
+//! for `--duration`, drawn from a generator seeded by (workload,
+//! concurrency, client), so every system sees the same sequence. After it:
+//! `INFO commandstats` and `INFO cpu` on every store, then an audit of the
+//! stock and the money against what the clients were told committed
+//! ([`workload::Audit`]): a system that loses updates shows it there.
+//!
+//! # Layout
+//!
+//! - [`options`]: the command line.
+//! - [`workload`]: workloads, key space, seeding, the audit.
+//! - [`stores`]: the Redis processes: start, flush, seed, statistics.
+//! - [`systems`]: the five ways of running a transaction.
+//! - [`measure`]: one cell: clients, latencies, counts.
+//! - [`wasm`]: the cost of one participant call, measured apart.
+//! - [`report`]: rows, the table, the JSON file.
+//! - [`chart`]: the SVG of throughput and p99 against concurrency.
+
+pub mod chart;
+pub mod measure;
+pub mod options;
+pub mod report;
+pub mod stores;
+pub mod systems;
+pub mod wasm;
+pub mod workload;
+
+use std::sync::Arc;
+
+use anyhow::Context;
+use indicatif::{ProgressBar, ProgressStyle};
+
+use options::Options;
+use report::{Machine, Report, Row};
+use stores::Stores;
+use systems::{Driver, SystemKind};
+
+/// Runs every cell the options ask for and returns the report (also
+/// printed, and written to `--out` and `--svg`).
+pub async fn run(options: Options, command: String) -> anyhow::Result<Report> {
+    let stores = Stores::open(&options.stores).await?;
+    for (name, url) in ["orders", "ledger"].iter().zip(stores.urls()) {
+        eprintln!("store `{name}`: {url}");
+    }
+    let coordinator = Arc::new(
+        redstage::cli::coordinator(&systems::library::config(
+            stores.urls(),
+            &options.components,
+        )?)
+        .context("loading the inventory and payments components")?,
+    );
+    eprintln!(
+        "timing {} participant calls of each component",
+        options.wasm_calls
+    );
+    let wasm = wasm::calibrate(&coordinator, options.wasm_calls).await?;
+    let http = match options.systems.contains(&SystemKind::RedstageHttp) {
+        true => Some(systems::http::serve(coordinator.clone()).await?),
+        false => None,
+    };
+
+    let cells = options.cells();
+    let progress = progress_bar(cells.len() as u64);
+    let mut rows = Vec::with_capacity(cells.len());
+    for (workload, concurrency, system) in cells {
+        progress.set_message(format!("{workload} x{concurrency} {system}"));
+        let driver = Driver::new(system, &stores, &coordinator, http).await?;
+        let row = run_cell(&stores, &driver, &options, workload, concurrency, &wasm).await?;
+        rows.push(row);
+        progress.inc(1);
+    }
+    progress.finish_and_clear();
+
+    let report = Report {
+        machine: Machine::probe(&stores).await,
+        command,
+        duration_s: options.duration.as_secs_f64(),
+        skus: options.skus,
+        accounts: options.accounts,
+        wasm,
+        rows,
+    };
+    print!("{}", report::table(&report));
+    std::fs::write(&options.out, serde_json::to_vec_pretty(&report)?)
+        .with_context(|| format!("writing {}", options.out.display()))?;
+    std::fs::write(&options.svg, chart::svg(&report))
+        .with_context(|| format!("writing {}", options.svg.display()))?;
+    eprintln!(
+        "wrote {} and {}",
+        options.out.display(),
+        options.svg.display()
+    );
+    Ok(report)
+}
+
+/// One cell: reset, seed, run, measure, audit.
+async fn run_cell(
+    stores: &Stores,
+    driver: &Driver,
+    options: &Options,
+    workload: workload::Workload,
+    concurrency: usize,
+    wasm: &wasm::Calibration,
+) -> anyhow::Result<Row> {
+    let system = driver.kind();
+    let space = options.key_space();
+    let placement = system.placement();
+    stores.reset().await?;
+    stores.seed(&space, placement).await?;
+    stores.reset_stats().await?;
+    let before = stores.stats().await?;
+    let cell = measure::run_cell(driver, workload, &space, concurrency, options.duration).await?;
+    let after = stores.stats().await?;
+    let levels = stores.levels(&space, placement).await?;
+    let leftovers = stores.leftovers().await?;
+    let audit = workload::Audit::new(workload, &space, &levels, &cell.tally, leftovers);
+    let wasm_us = (system.runs_wasm()).then(|| wasm.per_call_us(workload));
+    Ok(Row::new(
+        system,
+        workload,
+        concurrency,
+        &cell,
+        &after.since(&before),
+        wasm_us,
+        audit,
+    ))
+}
+
+fn progress_bar(cells: u64) -> ProgressBar {
+    let bar = ProgressBar::new(cells);
+    bar.set_style(
+        ProgressStyle::with_template(
+            "{spinner} [{elapsed_precise}] {bar:30} {pos}/{len} cells  {msg}  (eta {eta})",
+        )
+        .expect("a valid template"),
+    );
+    bar.enable_steady_tick(std::time::Duration::from_millis(200));
+    bar
+}

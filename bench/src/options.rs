@@ -1,0 +1,160 @@
+//! The command line.
+
+use std::path::PathBuf;
+use std::time::Duration;
+
+use clap::{ArgAction, Parser};
+
+use crate::systems::SystemKind;
+use crate::workload::{KeySpace, Workload};
+
+/// redstage against a single Lua script, WATCH/MULTI and naive staging, on
+/// the same Redis processes and the same keys, in one run.
+///
+/// For each workload, each concurrency and each system: committed txn/s,
+/// p50/p99/p99.9 latency, aborts and retries, Redis commands per committed
+/// transaction (INFO commandstats, script-internal calls included), the wasm
+/// cost of one participant call, and an audit of stock and money (what each
+/// system lost). Prints a table; writes JSON and an SVG chart.
+#[derive(Debug, Clone, Parser)]
+#[command(name = "redstage-bench", version, args_override_self = true)]
+pub struct Options {
+    /// Two Redis URLs, `orders,ledger`. Every key on them is deleted
+    /// (FLUSHALL) before each cell. Without this, two local redis-server
+    /// processes are started on free ports and stopped at the end.
+    #[arg(long, value_delimiter = ',', action = ArgAction::Set)]
+    pub stores: Vec<String>,
+    /// How long each cell runs: `3s`, `500ms`.
+    #[arg(long, default_value = "3s", value_parser = parse_duration)]
+    pub duration: Duration,
+    /// Concurrent clients, one cell for each value.
+    #[arg(long, value_delimiter = ',', action = ArgAction::Set, default_value = "1,4,16,64")]
+    pub concurrency: Vec<usize>,
+    /// `order`: inventory deduct on `orders` + payment on `ledger`;
+    /// `transfer`: one payment, one store; `hot`: orders all paying `shop`.
+    #[arg(
+        long,
+        value_delimiter = ',',
+        action = ArgAction::Set,
+        default_value = "order,transfer,hot"
+    )]
+    pub workloads: Vec<Workload>,
+    /// The systems to compare.
+    #[arg(
+        long,
+        value_delimiter = ',',
+        action = ArgAction::Set,
+        default_value = "redstage,redstage-http,lua,watch,naive"
+    )]
+    pub systems: Vec<SystemKind>,
+    /// The JSON report.
+    #[arg(long, default_value = "bench.json")]
+    pub out: PathBuf,
+    /// The chart: throughput and p99 against concurrency.
+    #[arg(long, default_value = "bench.svg")]
+    pub svg: PathBuf,
+    /// Folder with inventory.wasm and payments.wasm (build them with
+    /// `cargo component build --release -p inventory -p payments`).
+    #[arg(long, default_value = "target/wasm32-wasip1/release")]
+    pub components: PathBuf,
+    /// SKUs in stock.
+    #[arg(long, default_value_t = 1000)]
+    pub skus: usize,
+    /// Customer accounts (and as many merchants, paid by `order`).
+    #[arg(long, default_value_t = 1000)]
+    pub accounts: usize,
+    /// Participant calls timed, per component, for the wasm cost.
+    #[arg(long, default_value_t = 2000)]
+    pub wasm_calls: usize,
+}
+
+impl Options {
+    /// Every cell, in run order: systems side by side within each
+    /// (workload, concurrency), so they meet the same machine conditions.
+    pub fn cells(&self) -> Vec<(Workload, usize, SystemKind)> {
+        let mut cells = Vec::new();
+        for &workload in &self.workloads {
+            for &concurrency in &self.concurrency {
+                for &system in &self.systems {
+                    cells.push((workload, concurrency, system));
+                }
+            }
+        }
+        cells
+    }
+
+    pub fn key_space(&self) -> KeySpace {
+        KeySpace::new(self.skus, self.accounts)
+    }
+}
+
+/// `3s`, `250ms`, `1.5s`, or plain seconds.
+pub fn parse_duration(text: &str) -> Result<Duration, String> {
+    let bad = || format!("`{text}` is not a duration: write `3s` or `500ms`");
+    let (number, scale) = if let Some(ms) = text.strip_suffix("ms") {
+        (ms, 1e-3)
+    } else {
+        (text.strip_suffix('s').unwrap_or(text), 1.0)
+    };
+    let value: f64 = number.trim().parse().map_err(|_| bad())?;
+    if !(value.is_finite() && value > 0.0) {
+        return Err(bad());
+    }
+    Ok(Duration::from_secs_f64(value * scale))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn durations_parse() {
+        assert_eq!(parse_duration("3s"), Ok(Duration::from_secs(3)));
+        assert_eq!(parse_duration("200ms"), Ok(Duration::from_millis(200)));
+        assert_eq!(parse_duration("1.5"), Ok(Duration::from_millis(1500)));
+        assert!(parse_duration("fast").is_err());
+        assert!(parse_duration("0s").is_err());
+    }
+
+    #[test]
+    fn a_later_flag_overrides_an_earlier_one() {
+        let options = Options::parse_from([
+            "redstage-bench",
+            "--out",
+            "a.json",
+            "--concurrency",
+            "1,2",
+            "--out",
+            "b.json",
+            "--concurrency",
+            "8",
+            "--stores",
+            "redis://127.0.0.1:1,redis://127.0.0.1:2",
+        ]);
+        assert_eq!(options.stores.len(), 2);
+        assert_eq!(options.out, PathBuf::from("b.json"));
+        assert_eq!(options.concurrency, [8]);
+    }
+
+    #[test]
+    fn cells_put_systems_side_by_side() {
+        let options = Options::parse_from([
+            "redstage-bench",
+            "--concurrency",
+            "1,2",
+            "--workloads",
+            "order",
+            "--systems",
+            "lua,naive",
+        ]);
+        assert_eq!(
+            options.cells(),
+            [
+                (Workload::Order, 1, SystemKind::Lua),
+                (Workload::Order, 1, SystemKind::Naive),
+                (Workload::Order, 2, SystemKind::Lua),
+                (Workload::Order, 2, SystemKind::Naive),
+            ]
+        );
+    }
+}

@@ -1,0 +1,80 @@
+//! redstage through the library: `Coordinator::run` with the example
+//! participants, inventory on `orders` and payments on `ledger`.
+
+use std::path::Path;
+
+use anyhow::Context;
+use redstage::config::Config;
+use redstage::txn::types::{Status, StepRequest, TxnRequest, TxnResponse};
+use redstage::txn::{CONFLICT, Coordinator};
+use serde_json::json;
+
+use super::{Done, Ending};
+use crate::workload::Txn;
+
+/// The config of the bench's coordinator: two stores, the two example
+/// participants from `components`, defaults for everything else, and no
+/// compile cache (the components are compiled once per run).
+pub fn config(urls: &[String], components: &Path) -> anyhow::Result<Config> {
+    let component = |name: &str| -> anyhow::Result<String> {
+        let path = components.join(format!("{name}.wasm"));
+        let path = path.canonicalize().with_context(|| {
+            format!(
+                "no component at {}: build them with \
+                 `cargo component build --release -p inventory -p payments`",
+                path.display()
+            )
+        })?;
+        Ok(path.display().to_string())
+    };
+    let text = format!(
+        "log_store = \"orders\"\n\
+         [stores]\norders = {:?}\nledger = {:?}\n\
+         [participants.inventory]\ncomponent = {:?}\nstore = \"orders\"\nprefix = \"inventory:\"\n\
+         [participants.payments]\ncomponent = {:?}\nstore = \"ledger\"\nprefix = \"payments:\"\n\
+         [cache]\nenabled = false\n",
+        urls[0],
+        urls[1],
+        component("inventory")?,
+        component("payments")?,
+    );
+    Ok(Config::parse(&text)?)
+}
+
+/// The request for `txn`: an inventory deduct step when it has an item,
+/// then a payments transfer.
+pub fn request(txn: &Txn) -> TxnRequest {
+    let mut steps = Vec::with_capacity(2);
+    if let Some((sku, qty)) = &txn.item {
+        steps.push(StepRequest {
+            participant: "inventory".into(),
+            input: json!({"op": "deduct", "sku": sku, "qty": qty}),
+        });
+    }
+    steps.push(StepRequest {
+        participant: "payments".into(),
+        input: json!({"op": "transfer", "from": txn.from, "to": txn.to, "amount": txn.amount}),
+    });
+    TxnRequest {
+        steps,
+        idempotency_key: None,
+    }
+}
+
+pub async fn run(coordinator: &Coordinator, txn: &Txn) -> anyhow::Result<Done> {
+    let response = coordinator.run(request(txn)).await?;
+    Ok(done(&response))
+}
+
+/// What a response says, whichever way it came.
+pub fn done(response: &TxnResponse) -> Done {
+    let ending = match (&response.status, &response.abort) {
+        (Status::Committed, _) => Ending::Committed,
+        (Status::Aborted, Some(abort)) if abort.code == CONFLICT => Ending::Conflict,
+        (Status::Aborted, _) => Ending::Aborted,
+    };
+    Done {
+        ending,
+        retries: response.attempts.saturating_sub(1),
+    }
+}

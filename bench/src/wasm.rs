@@ -1,0 +1,178 @@
+//! The cost of one participant call, measured around the host's public
+//! runtime API: `Component::instantiate`, then `declare`, then `execute`,
+//! then dropping the instance: what the coordinator does for each step of
+//! each transaction.
+//!
+//! The host keeps no counter of time spent in wasm, so the bench times calls
+//! of its own on the same compiled components, before the cells run (a quiet
+//! machine: a floor for what a call costs under load). The criterion
+//! micro-benchmark (`benches/participant_call.rs`) uses the same calls.
+
+use std::time::{Duration, Instant};
+
+use anyhow::{Context, anyhow};
+use redstage::runtime::{Component, Entry, GuestAbort};
+use redstage::txn::Coordinator;
+use serde::Serialize;
+
+use crate::measure::percentile;
+use crate::workload::Workload;
+
+/// Calls made before timing starts: the first ones fault in the code pages.
+const WARM_UP_CALLS: usize = 50;
+
+/// An input and the snapshot its `execute` gets, as the coordinator would
+/// hand them over.
+#[derive(Debug, Clone)]
+pub struct Sample {
+    pub participant: &'static str,
+    pub input: Vec<u8>,
+    pub snapshot: Vec<Entry>,
+}
+
+/// An order's inventory step: deduct 2 of a SKU that has 1000.
+pub fn inventory_sample() -> Sample {
+    Sample {
+        participant: "inventory",
+        input: br#"{"op":"deduct","sku":"sku7","qty":2}"#.to_vec(),
+        snapshot: vec![entry("stock:sku7", "1000")],
+    }
+}
+
+/// An order's payment step: move 30 from a customer to a merchant.
+pub fn payments_sample() -> Sample {
+    Sample {
+        participant: "payments",
+        input: br#"{"op":"transfer","from":"c1","to":"m1","amount":30}"#.to_vec(),
+        snapshot: vec![entry("balance:c1", "1000000"), entry("balance:m1", "0")],
+    }
+}
+
+fn entry(key: &str, value: &str) -> Entry {
+    Entry {
+        key: key.to_owned(),
+        value: Some(value.as_bytes().to_vec()),
+    }
+}
+
+/// The parts of one call.
+#[derive(Debug, Clone, Copy)]
+pub struct CallTimes {
+    pub instantiate: Duration,
+    pub declare: Duration,
+    pub execute: Duration,
+    /// Dropping the instance (its store, memories and stack).
+    pub drop: Duration,
+}
+
+impl CallTimes {
+    pub fn total(&self) -> Duration {
+        self.instantiate + self.declare + self.execute + self.drop
+    }
+}
+
+/// One participant call: instantiate, declare, execute, and drop the
+/// instance, as a step does. A business abort or a trap is an error here:
+/// the samples are meant to succeed.
+pub async fn call(component: &Component, sample: &Sample) -> anyhow::Result<CallTimes> {
+    let refused = |a: GuestAbort| anyhow!("{}: {}", a.code, a.message);
+    let started = Instant::now();
+    let mut instance = component.instantiate().await?;
+    let instantiated = Instant::now();
+    instance.declare(&sample.input).await?.map_err(refused)?;
+    let declared = Instant::now();
+    instance
+        .execute(&sample.input, &sample.snapshot)
+        .await?
+        .map_err(refused)?;
+    let executed = Instant::now();
+    drop(instance);
+    Ok(CallTimes {
+        instantiate: instantiated - started,
+        declare: declared - instantiated,
+        execute: executed - declared,
+        drop: executed.elapsed(),
+    })
+}
+
+/// Medians of `calls` calls of one participant, in µs.
+#[derive(Debug, Clone, Copy, Default, Serialize)]
+pub struct CallTiming {
+    pub calls: usize,
+    pub instantiate_us: f64,
+    pub declare_us: f64,
+    pub execute_us: f64,
+    pub drop_us: f64,
+    /// Median and p99 of the whole call.
+    pub total_p50_us: f64,
+    pub total_p99_us: f64,
+}
+
+/// What one call of each example participant costs.
+#[derive(Debug, Clone, Copy, Default, Serialize)]
+pub struct Calibration {
+    pub inventory: CallTiming,
+    pub payments: CallTiming,
+}
+
+impl Calibration {
+    /// Median µs per participant call of a workload's transactions.
+    pub fn per_call_us(&self, workload: Workload) -> f64 {
+        match workload.has_stock() {
+            true => (self.inventory.total_p50_us + self.payments.total_p50_us) / 2.0,
+            false => self.payments.total_p50_us,
+        }
+    }
+}
+
+/// Times `calls` calls of each participant the coordinator has loaded.
+pub async fn calibrate(coordinator: &Coordinator, calls: usize) -> anyhow::Result<Calibration> {
+    let mut timing = [CallTiming::default(); 2];
+    for (slot, sample) in timing
+        .iter_mut()
+        .zip([inventory_sample(), payments_sample()])
+    {
+        let participant = coordinator
+            .registry()
+            .get(sample.participant)
+            .with_context(|| format!("no participant `{}`", sample.participant))?;
+        *slot = time_calls(&participant.component, &sample, calls).await?;
+    }
+    Ok(Calibration {
+        inventory: timing[0],
+        payments: timing[1],
+    })
+}
+
+pub async fn time_calls(
+    component: &Component,
+    sample: &Sample,
+    calls: usize,
+) -> anyhow::Result<CallTiming> {
+    for _ in 0..WARM_UP_CALLS {
+        call(component, sample).await?;
+    }
+    let mut parts: [Vec<u32>; 5] = Default::default();
+    for _ in 0..calls.max(1) {
+        let t = call(component, sample).await?;
+        for (v, d) in parts
+            .iter_mut()
+            .zip([t.instantiate, t.declare, t.execute, t.drop, t.total()])
+        {
+            v.push(d.as_nanos().min(u32::MAX as u128) as u32);
+        }
+    }
+    for v in &mut parts {
+        v.sort_unstable();
+    }
+    let us = |v: &[u32], q: f64| percentile(v, q).unwrap_or(0) as f64 / 1000.0;
+    Ok(CallTiming {
+        calls: calls.max(1),
+        instantiate_us: us(&parts[0], 0.5),
+        declare_us: us(&parts[1], 0.5),
+        execute_us: us(&parts[2], 0.5),
+        drop_us: us(&parts[3], 0.5),
+        total_p50_us: us(&parts[4], 0.5),
+        total_p99_us: us(&parts[4], 0.99),
+    })
+}

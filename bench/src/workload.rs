@@ -1,0 +1,385 @@
+//! Workloads, the key space every system shares, and the audit that tells
+//! what a system lost.
+//!
+//! ```text
+//!  Redis key                    seeded      touched by
+//!  ---------------------------  ----------  --------------------------------
+//!  inventory:stock:sku<i>       1 000 000   order, hot: deduct 1..=3
+//!  payments:balance:c<i>        1 000 000   every workload pays from here
+//!  payments:balance:m<i>        0           order: paid 1..=10 (as many
+//!                                           merchants as customers)
+//!  payments:balance:shop        0           hot: every order pays it
+//! ```
+//!
+//! These are the keys the redstage participants use (`inventory:` and
+//! `payments:` prefixes, `stock:<sku>` and `balance:<account>` relative
+//! keys), and every other system uses the same names, so each one starts
+//! from the same state and is audited the same way.
+
+use std::fmt;
+
+use serde::Serialize;
+
+/// Stock of every SKU at the start of a cell: enough that no run empties it.
+pub const STOCK_SEED: i64 = 1_000_000;
+/// Balance of every customer at the start of a cell.
+pub const BALANCE_SEED: i64 = 1_000_000;
+/// Largest quantity one order takes.
+const QTY_MAX: i64 = 3;
+/// Largest amount one payment moves.
+const AMOUNT_MAX: i64 = 10;
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, clap::ValueEnum, Serialize)]
+#[serde(rename_all = "snake_case")]
+pub enum Workload {
+    /// Inventory deduct on `orders` + payment from a customer to a merchant
+    /// on `ledger`.
+    Order,
+    /// One payment between two customers: one participant, one store.
+    Transfer,
+    /// Orders that all pay the same account, `shop`: one hot key.
+    Hot,
+}
+
+impl Workload {
+    pub fn name(self) -> &'static str {
+        match self {
+            Workload::Order => "order",
+            Workload::Transfer => "transfer",
+            Workload::Hot => "hot",
+        }
+    }
+
+    pub fn has_stock(self) -> bool {
+        self != Workload::Transfer
+    }
+}
+
+impl fmt::Display for Workload {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str(self.name())
+    }
+}
+
+/// How many SKUs and accounts there are.
+#[derive(Debug, Clone, Copy)]
+pub struct KeySpace {
+    pub skus: usize,
+    pub customers: usize,
+    pub merchants: usize,
+}
+
+impl KeySpace {
+    pub fn new(skus: usize, customers: usize) -> KeySpace {
+        KeySpace {
+            skus: skus.max(1),
+            customers: customers.max(2),
+            merchants: customers.max(2),
+        }
+    }
+
+    /// Every account with the balance it starts with.
+    pub fn accounts(&self) -> Vec<(String, i64)> {
+        let customers = (0..self.customers).map(|i| (format!("c{i}"), BALANCE_SEED));
+        let merchants = (0..self.merchants).map(|i| (format!("m{i}"), 0));
+        customers
+            .chain(merchants)
+            .chain([("shop".to_owned(), 0)])
+            .collect()
+    }
+
+    pub fn sku_names(&self) -> Vec<String> {
+        (0..self.skus).map(|i| format!("sku{i}")).collect()
+    }
+
+    pub fn money(&self) -> i64 {
+        self.customers as i64 * BALANCE_SEED
+    }
+
+    pub fn stock(&self) -> i64 {
+        self.skus as i64 * STOCK_SEED
+    }
+}
+
+/// The Redis key of a SKU's stock.
+pub fn stock_key(sku: &str) -> String {
+    format!("inventory:stock:{sku}")
+}
+
+/// The Redis key of an account's balance.
+pub fn balance_key(account: &str) -> String {
+    format!("payments:balance:{account}")
+}
+
+/// One transaction to run.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Txn {
+    /// The SKU and quantity to deduct; none for a plain transfer.
+    pub item: Option<(String, i64)>,
+    pub from: String,
+    pub to: String,
+    pub amount: i64,
+}
+
+impl Txn {
+    /// Applies the business logic to the values read (`stock` is ignored
+    /// by a plain transfer): the new (stock, from, to), or the abort code.
+    pub fn apply(&self, stock: i64, from: i64, to: i64) -> Result<(i64, i64, i64), &'static str> {
+        let stock = match &self.item {
+            Some((_, qty)) if stock < *qty => return Err("insufficient_stock"),
+            Some((_, qty)) => stock - qty,
+            None => stock,
+        };
+        if from < self.amount {
+            return Err("insufficient_funds");
+        }
+        Ok((stock, from - self.amount, to + self.amount))
+    }
+}
+
+/// Draws the transactions of one client: the same sequence for every
+/// system, given the same workload, concurrency and client.
+#[derive(Debug)]
+pub struct Generator {
+    rng: fastrand::Rng,
+    workload: Workload,
+    space: KeySpace,
+}
+
+impl Generator {
+    pub fn new(workload: Workload, space: KeySpace, concurrency: usize, client: usize) -> Self {
+        let seed = (workload as u64) << 48 ^ (concurrency as u64) << 24 ^ client as u64;
+        Generator {
+            rng: fastrand::Rng::with_seed(seed),
+            workload,
+            space,
+        }
+    }
+
+    pub fn next_txn(&mut self) -> Txn {
+        let from = self.rng.usize(..self.space.customers);
+        let amount = self.rng.i64(1..=AMOUNT_MAX);
+        match self.workload {
+            Workload::Transfer => {
+                // Any other customer.
+                let to =
+                    (from + 1 + self.rng.usize(..self.space.customers - 1)) % self.space.customers;
+                Txn {
+                    item: None,
+                    from: format!("c{from}"),
+                    to: format!("c{to}"),
+                    amount,
+                }
+            }
+            Workload::Order | Workload::Hot => {
+                let sku = format!("sku{}", self.rng.usize(..self.space.skus));
+                let to = match self.workload {
+                    Workload::Hot => "shop".to_owned(),
+                    _ => format!("m{}", self.rng.usize(..self.space.merchants)),
+                };
+                Txn {
+                    item: Some((sku, self.rng.i64(1..=QTY_MAX))),
+                    from: format!("c{from}"),
+                    to,
+                    amount,
+                }
+            }
+        }
+    }
+}
+
+/// Which store (0 = `orders`, 1 = `ledger`) holds which keys.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct Placement {
+    pub inventory: usize,
+    pub payments: usize,
+}
+
+/// What the clients were told committed.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Serialize)]
+pub struct Tally {
+    pub committed: u64,
+    /// Units of stock the committed orders took.
+    pub qty: i64,
+    /// Money the committed orders paid to merchants or the shop.
+    pub paid: i64,
+}
+
+impl Tally {
+    pub fn add(&mut self, txn: &Txn) {
+        self.committed += 1;
+        if let Some((_, qty)) = &txn.item {
+            self.qty += qty;
+            self.paid += txn.amount;
+        }
+    }
+
+    pub fn merge(&mut self, other: &Tally) {
+        self.committed += other.committed;
+        self.qty += other.qty;
+        self.paid += other.paid;
+    }
+}
+
+/// The stock and balances found after a cell.
+#[derive(Debug, Clone, Default)]
+pub struct Levels {
+    pub stock: Vec<i64>,
+    /// Per account, in [`KeySpace::accounts`] order.
+    pub balances: Vec<(String, i64)>,
+}
+
+/// What a system lost in one cell, compared with what it acknowledged.
+/// Every field is 0 for a correct system.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Serialize)]
+pub struct Audit {
+    /// Money after minus money before: created (+) or destroyed (-).
+    pub money: i64,
+    /// Stock taken minus stock the committed orders took: more (+) means
+    /// stock left without an acknowledged order, less (-) means committed
+    /// orders whose deduction was lost (overselling).
+    pub stock: i64,
+    /// Money received by merchants and the shop minus what committed orders
+    /// paid.
+    pub paid: i64,
+    /// Stock levels or balances below zero.
+    pub negative: usize,
+    /// Locks or temporary keys left behind.
+    pub leftovers: usize,
+}
+
+impl Audit {
+    pub fn new(
+        workload: Workload,
+        space: &KeySpace,
+        levels: &Levels,
+        tally: &Tally,
+        leftovers: usize,
+    ) -> Audit {
+        let money: i64 = levels.balances.iter().map(|(_, b)| b).sum();
+        let received: i64 = levels
+            .balances
+            .iter()
+            .filter(|(a, _)| !a.starts_with('c'))
+            .map(|(_, b)| b)
+            .sum();
+        let negative = levels.stock.iter().filter(|s| **s < 0).count()
+            + levels.balances.iter().filter(|(_, b)| *b < 0).count();
+        let (stock, paid) = match workload.has_stock() {
+            true => {
+                let taken = space.stock() - levels.stock.iter().sum::<i64>();
+                (taken - tally.qty, received - tally.paid)
+            }
+            false => (0, received),
+        };
+        Audit {
+            money: money - space.money(),
+            stock,
+            paid,
+            negative,
+            leftovers,
+        }
+    }
+
+    pub fn lost(&self) -> bool {
+        *self != Audit::default()
+    }
+}
+
+impl fmt::Display for Audit {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        if !self.lost() {
+            return f.write_str("nothing");
+        }
+        let mut parts = Vec::new();
+        if self.money != 0 {
+            parts.push(format!("money {:+}", self.money));
+        }
+        if self.stock != 0 {
+            parts.push(format!("stock {:+}", self.stock));
+        }
+        if self.paid != 0 {
+            parts.push(format!("paid {:+}", self.paid));
+        }
+        if self.negative != 0 {
+            parts.push(format!("{} negative", self.negative));
+        }
+        if self.leftovers != 0 {
+            parts.push(format!("{} leftover keys", self.leftovers));
+        }
+        f.write_str(&parts.join(", "))
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn the_same_client_draws_the_same_transactions() {
+        let space = KeySpace::new(10, 10);
+        let draw = || {
+            let mut g = Generator::new(Workload::Order, space, 4, 2);
+            (0..50).map(|_| g.next_txn()).collect::<Vec<_>>()
+        };
+        assert_eq!(draw(), draw());
+    }
+
+    #[test]
+    fn transfers_never_pay_the_payer() {
+        let mut g = Generator::new(Workload::Transfer, KeySpace::new(1, 2), 1, 0);
+        for _ in 0..100 {
+            let txn = g.next_txn();
+            assert_ne!(txn.from, txn.to);
+            assert!(txn.item.is_none());
+        }
+    }
+
+    #[test]
+    fn hot_orders_all_pay_the_shop() {
+        let mut g = Generator::new(Workload::Hot, KeySpace::new(5, 5), 1, 0);
+        assert!((0..20).all(|_| g.next_txn().to == "shop"));
+    }
+
+    #[test]
+    fn business_logic_aborts_without_changes() {
+        let txn = Txn {
+            item: Some(("sku1".into(), 2)),
+            from: "c0".into(),
+            to: "m0".into(),
+            amount: 5,
+        };
+        assert_eq!(txn.apply(1, 10, 0), Err("insufficient_stock"));
+        assert_eq!(txn.apply(2, 4, 0), Err("insufficient_funds"));
+        assert_eq!(txn.apply(2, 5, 1), Ok((0, 0, 6)));
+    }
+
+    #[test]
+    fn the_audit_finds_lost_updates() {
+        let space = KeySpace::new(1, 2);
+        let mut tally = Tally::default();
+        let txn = Txn {
+            item: Some(("sku0".into(), 1)),
+            from: "c0".into(),
+            to: "m0".into(),
+            amount: 10,
+        };
+        tally.add(&txn);
+        tally.add(&txn);
+        // Two orders acknowledged, one applied: a lost update.
+        let levels = Levels {
+            stock: vec![STOCK_SEED - 1],
+            balances: vec![
+                ("c0".into(), BALANCE_SEED - 10),
+                ("c1".into(), BALANCE_SEED),
+                ("m0".into(), 10),
+                ("shop".into(), 0),
+            ],
+        };
+        let audit = Audit::new(Workload::Order, &space, &levels, &tally, 0);
+        assert_eq!((audit.money, audit.stock, audit.paid), (0, -1, -10));
+        assert_eq!(audit.to_string(), "stock -1, paid -10");
+        let clean = Audit::new(Workload::Order, &space, &levels, &Tally::default(), 0);
+        assert!(clean.lost(), "nothing acknowledged, yet stock was taken");
+    }
+}

@@ -1,0 +1,102 @@
+//! The bench binary, run for real but tiny: two real redis-server
+//! processes, the real example components, every system and workload at
+//! one and two clients for 200 ms each. Checks the shape of what it writes
+//! and that redstage lost nothing; never a time.
+
+use std::path::Path;
+use std::process::Command;
+
+use serde_json::Value;
+
+const SYSTEMS: [&str; 5] = ["redstage", "redstage-http", "lua", "watch", "naive"];
+const WORKLOADS: [&str; 3] = ["order", "transfer", "hot"];
+
+/// Builds inventory.wasm and payments.wasm; returns their folder.
+fn components() -> std::path::PathBuf {
+    let workspace = Path::new(env!("CARGO_MANIFEST_DIR")).join("..");
+    let status = Command::new(env!("CARGO"))
+        .args(["component", "build", "--release", "--quiet"])
+        .args(["-p", "inventory", "-p", "payments"])
+        .current_dir(&workspace)
+        .status()
+        .expect("run cargo component");
+    assert!(status.success(), "building the example components failed");
+    workspace.join("target/wasm32-wasip1/release")
+}
+
+#[test]
+fn a_tiny_run_covers_every_system_and_redstage_loses_nothing() {
+    let dir = tempfile_dir();
+    let out = dir.join("bench.json");
+    let svg = dir.join("bench.svg");
+    let output = Command::new(env!("CARGO_BIN_EXE_redstage-bench"))
+        .args(["--duration", "200ms", "--concurrency", "1,2"])
+        .args(["--skus", "50", "--accounts", "50", "--wasm-calls", "20"])
+        .arg("--components")
+        .arg(components())
+        .arg("--out")
+        .arg(&out)
+        .arg("--svg")
+        .arg(&svg)
+        .output()
+        .expect("run redstage-bench");
+    let stdout = String::from_utf8_lossy(&output.stdout);
+    assert!(
+        output.status.success(),
+        "redstage-bench failed:\n{stdout}\n{}",
+        String::from_utf8_lossy(&output.stderr)
+    );
+    assert!(
+        stdout.contains("| workload | clients | system |"),
+        "{stdout}"
+    );
+
+    let report: Value =
+        serde_json::from_slice(&std::fs::read(&out).expect("the JSON report")).expect("valid JSON");
+    let rows = report["rows"].as_array().expect("rows");
+    assert_eq!(rows.len(), SYSTEMS.len() * WORKLOADS.len() * 2);
+    for system in SYSTEMS {
+        for workload in WORKLOADS {
+            for clients in [1, 2] {
+                let row = rows
+                    .iter()
+                    .find(|r| {
+                        r["system"] == system
+                            && r["workload"] == workload
+                            && r["concurrency"] == clients
+                    })
+                    .unwrap_or_else(|| panic!("no row for {system} {workload} x{clients}"));
+                assert_eq!(row["errors"], 0, "{row}");
+                assert!(row["committed"].as_u64() > Some(0), "{row}");
+                assert!(row["cmds_per_txn"].as_f64() > Some(0.0), "{row}");
+                if system.starts_with("redstage") {
+                    assert_eq!(row["lost"], "nothing", "{row}");
+                    assert!(row["wasm_us_per_call"].as_f64() > Some(0.0), "{row}");
+                }
+            }
+        }
+    }
+    for system in ["lua", "watch"] {
+        let lost: Vec<&Value> = rows
+            .iter()
+            .filter(|r| r["system"] == system)
+            .map(|r| &r["lost"])
+            .collect();
+        assert!(
+            lost.iter().all(|l| *l == "nothing"),
+            "{system} lost something: {lost:?}"
+        );
+    }
+    let chart = std::fs::read_to_string(&svg).expect("the chart");
+    assert!(
+        chart.starts_with("<svg") && chart.contains("polyline"),
+        "{chart}"
+    );
+    std::fs::remove_dir_all(&dir).ok();
+}
+
+fn tempfile_dir() -> std::path::PathBuf {
+    let dir = std::env::temp_dir().join(format!("redstage-bench-smoke-{}", std::process::id()));
+    std::fs::create_dir_all(&dir).expect("a temp dir");
+    dir
+}

@@ -1,0 +1,22 @@
+#!/usr/bin/env bash
+# The benchmark: redstage (library and HTTP) against a single Lua script,
+# WATCH/MULTI and naive staging, on two local redis-server processes, for
+# the order, transfer and hot workloads at 1, 4, 16 and 64 clients, 3 s
+# each. Prints a Markdown table; writes target/bench/bench.json and
+# target/bench/bench.svg. Arguments go to redstage-bench and override the
+# defaults, e.g. `./scripts/bench.sh --duration 10s --concurrency 8,32`
+# (`--help` lists them all).
+set -euo pipefail
+cd "$(dirname "$0")/.."
+source scripts/setup.sh
+
+say "building the example participants (cargo component build --release)"
+cargo component build --release --quiet -p inventory -p payments
+say "building redstage-bench (cargo build --release)"
+cargo build --release --quiet -p redstage-bench
+mkdir -p target/bench
+say "running the benchmark (starts two local redis-server processes)"
+exec target/release/redstage-bench \
+    --components target/wasm32-wasip1/release \
+    --out target/bench/bench.json --svg target/bench/bench.svg \
+    "$@"
