@@ -11,20 +11,14 @@ use std::time::{Duration, Instant};
 
 use redstage::txn::types::Status;
 use redstage_tests::{
-    ParticipantSpec, Persistence, TestEnv, Toolchain, component_file, components, http, request,
-    step,
+    Persistence, TestEnv, Toolchain, component_file, components, http, request, step,
 };
 use serde_json::{Value, json};
 
 /// The orders environment, with a deploy folder (returned) watched often.
 fn env_with_folder() -> (TestEnv, tempfile::TempDir) {
     let folder = tempfile::tempdir().expect("temp dir");
-    let env = TestEnv::start_with(
-        &["orders", "ledger"],
-        &[
-            ParticipantSpec::example("inventory", "inventory", "orders", "inventory:"),
-            ParticipantSpec::example("payments", "payments", "ledger", "payments:"),
-        ],
+    let env = TestEnv::orders_with(
         &format!(
             "[deploy]\nfolder = {:?}\npoll_ms = 100\ncomponent_bytes_max = 4194304\n",
             folder.path().display().to_string()

@@ -6,9 +6,7 @@
 use std::time::{Duration, Instant};
 
 use redstage::txn::types::{LookupStatus, Status};
-use redstage_tests::{
-    HostProcess, ParticipantSpec, Persistence, TestEnv, http, request, signal, step,
-};
+use redstage_tests::{HostProcess, Persistence, TestEnv, http, request, signal, step};
 use serde_json::{Value, json};
 
 /// Short leases and frequent sweeps, so recovery happens within a test.
@@ -22,15 +20,7 @@ const FUNDS: i64 = 100_000;
 const PRICE: i64 = 3;
 
 fn orders_env(persistence: Persistence) -> TestEnv {
-    TestEnv::start_with(
-        &["orders", "ledger"],
-        &[
-            ParticipantSpec::example("inventory", "inventory", "orders", "inventory:"),
-            ParticipantSpec::example("payments", "payments", "ledger", "payments:"),
-        ],
-        FAST,
-        persistence,
-    )
+    TestEnv::orders_with(FAST, persistence)
 }
 
 /// One order: 1 x A1 for PRICE, paid by alice to shop.

@@ -7,22 +7,14 @@ use std::time::Duration;
 
 use redstage::txn::types::{Status, TxnRequest, TxnResponse};
 use redstage::txn::{Coordinator, TxnError};
-use redstage_tests::{ParticipantSpec, Persistence, TestEnv, http, request, step};
+use redstage_tests::{Persistence, TestEnv, http, request, step};
 use serde_json::{Value, json};
 
 /// Short leases, so that a dead host's claim and locks end within a test.
 const FAST: &str = "[txn]\nlease_ms = 400\nsweep_interval_ms = 100\nidempotency_lease_ms = 800\n";
 
 fn env(extra: &str) -> TestEnv {
-    TestEnv::start_with(
-        &["orders", "ledger"],
-        &[
-            ParticipantSpec::example("inventory", "inventory", "orders", "inventory:"),
-            ParticipantSpec::example("payments", "payments", "ledger", "payments:"),
-        ],
-        extra,
-        Persistence::None,
-    )
+    TestEnv::orders_with(extra, Persistence::None)
 }
 
 /// Funds alice with 100 and stocks 10 of A1.

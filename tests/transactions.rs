@@ -320,17 +320,7 @@ async fn a_restart_with_a_warm_cache_does_not_recompile() {
     use std::sync::atomic::Ordering::Relaxed;
     let cache = tempfile::tempdir().expect("temp dir");
     let dir = cache.path().display().to_string();
-    let env = TestEnv::start_with(
-        &["orders", "ledger"],
-        &[
-            redstage_tests::ParticipantSpec::example(
-                "inventory",
-                "inventory",
-                "orders",
-                "inventory:",
-            ),
-            redstage_tests::ParticipantSpec::example("payments", "payments", "ledger", "payments:"),
-        ],
+    let env = TestEnv::orders_with(
         &format!("[cache]\ndir = {dir:?}\n"),
         redstage_tests::Persistence::None,
     );
@@ -413,17 +403,7 @@ async fn a_full_instance_pool_makes_steps_wait_not_fail() {
     // Two slots, transactions of two steps: each transaction needs the
     // whole pool, so they must take turns (and must not deadlock, each
     // holding one slot and waiting for the other).
-    let env = TestEnv::start_with(
-        &["orders", "ledger"],
-        &[
-            redstage_tests::ParticipantSpec::example(
-                "inventory",
-                "inventory",
-                "orders",
-                "inventory:",
-            ),
-            redstage_tests::ParticipantSpec::example("payments", "payments", "ledger", "payments:"),
-        ],
+    let env = TestEnv::orders_with(
         "[runtime]\ninstance_pool = 2\n[txn]\nsteps_max = 2\n",
         redstage_tests::Persistence::None,
     );

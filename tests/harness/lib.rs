@@ -193,12 +193,20 @@ impl TestEnv {
 
     /// The classic order: inventory on `orders`, payments on `ledger`.
     pub fn orders() -> TestEnv {
-        TestEnv::start(
+        TestEnv::orders_with("", Persistence::None)
+    }
+
+    /// [`TestEnv::orders`] with `extra` config and servers of the given
+    /// persistence.
+    pub fn orders_with(extra: &str, persistence: Persistence) -> TestEnv {
+        TestEnv::start_with(
             &["orders", "ledger"],
             &[
                 ParticipantSpec::example("inventory", "inventory", "orders", "inventory:"),
                 ParticipantSpec::example("payments", "payments", "ledger", "payments:"),
             ],
+            extra,
+            persistence,
         )
     }
 
