@@ -186,12 +186,7 @@ async fn recover_command_finishes_a_crashed_commit() {
     host.kill();
     request.await.expect("the connection dies with the host");
     assert_eq!(
-        env.coordinator
-            .lookup(&in_doubt[0])
-            .await
-            .unwrap()
-            .unwrap()
-            .status,
+        decided(&env.coordinator, &in_doubt[0]).await,
         LookupStatus::Committed
     );
 
@@ -363,6 +358,15 @@ async fn store_killed_and_restarted_with_aof_mid_run() {
     );
 }
 
+/// The decision recorded for transaction `id`, which must have one.
+async fn decided(host: &redstage::txn::Coordinator, id: &str) -> LookupStatus {
+    host.lookup(id)
+        .await
+        .expect("lookup")
+        .expect("a record")
+        .status
+}
+
 #[tokio::test]
 async fn a_stalled_host_is_fenced_and_commits_nothing_rolled_back() {
     let env = orders_env(Persistence::None);
@@ -384,13 +388,8 @@ async fn a_stalled_host_is_fenced_and_commits_nothing_rolled_back() {
     let host_b = env.second_host();
     let r = host_b.run(request(order())).await.expect("B runs");
     assert_eq!(r.status, Status::Committed, "{r:?}");
-    let a = host_b
-        .lookup(&stalled[0])
-        .await
-        .unwrap()
-        .expect("A's record");
     assert_eq!(
-        a.status,
+        decided(&host_b, &stalled[0]).await,
         LookupStatus::Aborted,
         "B must have decided A's fate"
     );
@@ -404,13 +403,8 @@ async fn a_stalled_host_is_fenced_and_commits_nothing_rolled_back() {
     settled(&env).await;
     let expected = 1 + i64::from(reply["status"] == "committed");
     assert_eq!(orders_applied(&env), expected, "{reply}");
-    let a = host_b
-        .lookup(&stalled[0])
-        .await
-        .unwrap()
-        .expect("A's record");
     assert_eq!(
-        a.status,
+        decided(&host_b, &stalled[0]).await,
         LookupStatus::Aborted,
         "A overturned its own rollback"
     );

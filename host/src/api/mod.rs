@@ -121,10 +121,8 @@ async fn metrics(State(coordinator): State<Arc<Coordinator>>) -> Response {
     coordinator.metrics().render(&mut out);
     crate::metrics::call_headers(&mut out);
     let registry = coordinator.registry();
-    for name in registry.names() {
-        if let Some(p) = registry.get(&name) {
-            p.calls.render(&mut out, &name);
-        }
+    for p in registry.all() {
+        p.calls.render(&mut out, &p.name);
     }
     if let Some(cache) = registry.runtime().cache() {
         let stats = cache.stats();

@@ -242,6 +242,11 @@ impl Registry {
         self.read().get(name).cloned()
     }
 
+    /// The current version of every participant.
+    pub fn all(&self) -> Vec<Arc<Participant>> {
+        self.read().values().cloned().collect()
+    }
+
     pub fn names(&self) -> Vec<String> {
         self.read().keys().cloned().collect()
     }
@@ -389,21 +394,14 @@ impl Registry {
         manifest: &Manifest,
         bytes: &[u8],
     ) -> Result<Participant, DeployError> {
-        let others: Vec<_> = self
-            .read()
+        let others = self.read();
+        let placed = others
             .values()
-            .map(|p| (p.name.clone(), p.store.clone(), p.prefix.clone()))
-            .collect();
+            .map(|p| (p.name.as_str(), p.store.as_str(), p.prefix.as_str()));
         self.config
-            .check_placement(
-                name,
-                &manifest.store,
-                &manifest.prefix,
-                others
-                    .iter()
-                    .map(|(n, s, p)| (n.as_str(), s.as_str(), p.as_str())),
-            )
+            .check_placement(name, &manifest.store, &manifest.prefix, placed)
             .map_err(DeployError::BadManifest)?;
+        drop(others);
         let limits = manifest
             .limits
             .apply(&self.config.limits)
