@@ -186,9 +186,15 @@ async fn lost_update() {
         (1..=n1).collect::<Vec<_>>(),
         "committed deposits on s1 did not each see the one before"
     );
-    assert_eq!(env.get("s0", "p0:balance:counter"), Some(n0.to_string()));
-    assert_eq!(env.get("s1", "p1:balance:counter"), Some(n1.to_string()));
-    assert_eq!(env.leftovers(), Vec::<String>::new());
+    assert_eq!(
+        env.get("s0", "p0:balance:counter").await,
+        Some(n0.to_string())
+    );
+    assert_eq!(
+        env.get("s1", "p1:balance:counter").await,
+        Some(n1.to_string())
+    );
+    assert_eq!(env.leftovers().await, Vec::<String>::new());
 }
 
 /// Dirty (aborted) read: writers that abort must never be seen. Each writer
@@ -327,18 +333,18 @@ async fn dirty_read() {
         }
         assert!(good != 0, "round {round}: no writer committed");
         assert_eq!(
-            env.get("s0", &format!("p0:balance:{x}")),
+            env.get("s0", &format!("p0:balance:{x}")).await,
             Some(good.to_string())
         );
         assert_eq!(
-            env.get("s1", &format!("p1:balance:{y}")),
+            env.get("s1", &format!("p1:balance:{y}")).await,
             Some(good.to_string())
         );
         reads_total += reads.len();
         raw_total += raw.len();
         partial += reads.iter().filter(|(v, _)| *v != 0 && *v != good).count();
     }
-    assert_eq!(env.get("s1", "p1:balance:empty"), None);
+    assert_eq!(env.get("s1", "p1:balance:empty").await, None);
     println!(
         "dirty_read: {} writers, {doomed} aborted by their last step, {conflicts} gave up on \
          conflicts; {reads_total} reads ({partial} mid-way), {raw_total} plain GETs",
@@ -352,7 +358,7 @@ async fn dirty_read() {
         partial > 0,
         "no read ran while the writers did: the test saw nothing"
     );
-    assert_eq!(env.leftovers(), Vec::<String>::new());
+    assert_eq!(env.leftovers().await, Vec::<String>::new());
 }
 
 /// Fractured read: transfers between `a` on s0 and `b` on s1, each a
@@ -475,16 +481,18 @@ async fn fractured_read() {
     assert!(!reads.is_empty(), "no read committed");
     let a: i64 = env
         .get("s0", "p0:balance:a")
+        .await
         .expect("a")
         .parse()
         .expect("number");
     let b: i64 = env
         .get("s1", "p1:balance:b")
+        .await
         .expect("b")
         .parse()
         .expect("number");
     assert_eq!(a + b, TOTAL);
-    assert_eq!(env.leftovers(), Vec::<String>::new());
+    assert_eq!(env.leftovers().await, Vec::<String>::new());
 }
 
 /// Write skew: alice and bob are on call; each asks to leave, which is
@@ -589,13 +597,13 @@ async fn write_skew() {
         "the two leaves never overlapped: the test saw no race"
     );
     // Atomicity on the two-phase rounds: a deposit per committed leave.
-    let counted: i64 = ["alice", "bob"]
-        .iter()
-        .map(|d| {
-            env.get("s1", &format!("p1:balance:leaves_{d}"))
-                .map_or(0, |v| v.parse().expect("number"))
-        })
-        .sum();
+    let mut counted = 0i64;
+    for d in ["alice", "bob"] {
+        counted += env
+            .get("s1", &format!("p1:balance:leaves_{d}"))
+            .await
+            .map_or(0, |v| v.parse().expect("number"));
+    }
     assert_eq!(counted, two_phase_leaves as i64);
-    assert_eq!(env.leftovers(), Vec::<String>::new());
+    assert_eq!(env.leftovers().await, Vec::<String>::new());
 }

@@ -281,7 +281,11 @@ async fn bank() {
     for (i, balance) in expected.iter().enumerate() {
         let store = format!("s{}", i % LEDGERS);
         let key = format!("{}:balance:{}", ledger(i), account(i));
-        assert_eq!(env.get(&store, &key), Some(balance.to_string()), "{key}");
+        assert_eq!(
+            env.get(&store, &key).await,
+            Some(balance.to_string()),
+            "{key}"
+        );
     }
     // Each host knows the outcomes the other decided.
     let sample = committed
@@ -304,7 +308,7 @@ async fn bank() {
             );
         }
     }
-    assert_eq!(env.leftovers(), Vec::<String>::new());
+    assert_eq!(env.leftovers().await, Vec::<String>::new());
 
     println!(
         "bank: {} transfers committed, aborted {aborted:?}; {reads} reads ({read_conflicts} gave up \

@@ -171,7 +171,10 @@ async fn a_deploy_is_checked_listed_used_kept_and_removed() {
     assert_eq!(files(folder.path()), ["counter.toml", "counter.wasm"]);
     let r = env.run(json!([bump("a")])).await;
     assert_eq!(version_of(&r), 1);
-    assert_eq!(env.get("orders", "counter:count:a").as_deref(), Some("1"));
+    assert_eq!(
+        env.get("orders", "counter:count:a").await.as_deref(),
+        Some("1")
+    );
 
     // Another host (a restart, as far as it knows) loads it from the folder.
     let other = env.second_host();
@@ -269,7 +272,7 @@ async fn a_new_version_swapped_in_under_load_fails_no_transaction() {
         let twos = versions.len() as i64 - ones;
         // And the counter holds exactly what the versions reported adding.
         assert_eq!(
-            env.get("orders", &format!("counter:count:{name}")),
+            env.get("orders", &format!("counter:count:{name}")).await,
             Some((2 * ones + 2000 * twos).to_string())
         );
         old += ones;
@@ -347,7 +350,7 @@ async fn a_server_watches_its_folder() {
     let (_, reply) = http::post(host.addr, "/v1/transactions", body.as_bytes()).await;
     assert_eq!(reply["steps"][0]["output"]["version"], 2, "{reply}");
     assert_eq!(
-        env.get("orders", "counter:count:x").as_deref(),
+        env.get("orders", "counter:count:x").await.as_deref(),
         Some("1001")
     );
 

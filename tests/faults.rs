@@ -10,7 +10,7 @@ use redstage_tests::{HostProcess, Persistence, TestEnv, http, request, signal, s
 use serde_json::{Value, json};
 
 /// Short leases and frequent sweeps, so recovery happens within a test.
-const FAST: &str = "[txn]\nlease_ms = 400\nsweep_interval_ms = 100\nstore_timeout_ms = 600\n";
+const FAST: &str = "[txn]\nlease_ms = 800\nsweep_interval_ms = 100\nstore_timeout_ms = 400\n";
 
 /// How long recovery may take before a test gives up on it.
 const RECOVERY_TIMEOUT: Duration = Duration::from_secs(20);
@@ -50,17 +50,18 @@ async fn seed(env: &TestEnv) {
     assert_eq!(r.status, Status::Committed, "{r:?}");
 }
 
-fn int(env: &TestEnv, store: &str, key: &str) -> i64 {
+async fn int(env: &TestEnv, store: &str, key: &str) -> i64 {
     env.get(store, key)
+        .await
         .map_or(0, |v| v.parse().expect("integer value"))
 }
 
 /// The orders applied, checked to be whole: every unit of stock that left
 /// was paid for, and no money appeared or vanished.
-fn orders_applied(env: &TestEnv) -> i64 {
-    let sold = STOCK - int(env, "orders", "inventory:stock:A1");
-    let alice = int(env, "ledger", "payments:balance:alice");
-    let shop = int(env, "ledger", "payments:balance:shop");
+async fn orders_applied(env: &TestEnv) -> i64 {
+    let sold = STOCK - int(env, "orders", "inventory:stock:A1").await;
+    let alice = int(env, "ledger", "payments:balance:alice").await;
+    let shop = int(env, "ledger", "payments:balance:shop").await;
     assert_eq!(alice + shop, FUNDS, "money was created or lost");
     assert_eq!(
         shop,
@@ -75,7 +76,7 @@ fn orders_applied(env: &TestEnv) -> i64 {
 async fn settled(env: &TestEnv) {
     let started = Instant::now();
     loop {
-        let left = env.leftovers();
+        let left = env.leftovers().await;
         if left.is_empty() {
             return;
         }
@@ -152,7 +153,7 @@ async fn crash_at_every_fault_point_then_recover() {
         // A host that comes back sweeps what the dead one left.
         let survivor = env.spawn_host(None);
         settled(&env).await;
-        assert_eq!(orders_applied(&env), i64::from(applied), "{point}");
+        assert_eq!(orders_applied(&env).await, i64::from(applied), "{point}");
         for id in &in_doubt {
             let (status, found) = http::get(survivor.addr, &format!("/v1/transactions/{id}")).await;
             assert_eq!(status, 200, "{point}: {found}");
@@ -166,7 +167,11 @@ async fn crash_at_every_fault_point_then_recover() {
             (200, Some("committed")),
             "{point}: {reply}"
         );
-        assert_eq!(orders_applied(&env), i64::from(applied) + 1, "{point}");
+        assert_eq!(
+            orders_applied(&env).await,
+            i64::from(applied) + 1,
+            "{point}"
+        );
         println!("fault point {point}: recovered, in doubt: {in_doubt:?}");
     }
 }
@@ -204,12 +209,15 @@ async fn recover_command_finishes_a_crashed_commit() {
         String::from_utf8_lossy(&out.stderr)
     );
     assert_eq!(summary["remaining"], 0);
+    // One resolution finishes the transaction on every store its record
+    // lists; whether the sweep then still finds an entry of it elsewhere
+    // depends on timing, so only "at least one" is certain.
     assert!(
-        summary["resolved"].as_u64() >= Some(2),
-        "both stores' locks: {summary}"
+        summary["resolved"].as_u64() >= Some(1),
+        "the crashed commit: {summary}"
     );
-    assert!(env.leftovers().is_empty());
-    assert_eq!(orders_applied(&env), 1);
+    assert!(env.leftovers().await.is_empty());
+    assert_eq!(orders_applied(&env).await, 1);
 
     // `redstage status` tells it, and tells an unknown id apart.
     let status = |id: &str| {
@@ -302,7 +310,7 @@ async fn store_stopped_past_the_lease_then_resumed() {
     // Let the background sweep of a host finish what the stall left.
     let _host = env.spawn_host(None);
     settled(&env).await;
-    let unacknowledged = unknown_commits(&env, committed);
+    let unacknowledged = unknown_commits(&env, committed).await;
     assert!(failed > 0, "the stop should have failed some orders");
     println!(
         "store stopped: {committed} committed, {failed} failed cleanly ({unacknowledged} of them \
@@ -313,8 +321,8 @@ async fn store_stopped_past_the_lease_then_resumed() {
 /// Orders that committed although their client saw an error
 /// (`outcome_unknown`): the difference between what Redis holds (checked
 /// whole) and what was acknowledged, which must never be negative.
-fn unknown_commits(env: &TestEnv, acknowledged: usize) -> i64 {
-    let applied = orders_applied(env);
+async fn unknown_commits(env: &TestEnv, acknowledged: usize) -> i64 {
+    let applied = orders_applied(env).await;
     assert!(
         applied >= acknowledged as i64,
         "an acknowledged order was lost: {applied} < {acknowledged}"
@@ -347,7 +355,7 @@ async fn store_killed_and_restarted_with_aof_mid_run() {
     assert_eq!(r.status, Status::Committed, "{r:?}");
     let _host = env.spawn_host(None);
     settled(&env).await;
-    let applied = orders_applied(&env);
+    let applied = orders_applied(&env).await;
     assert!(
         applied > committed as i64,
         "acknowledged orders survive the restart: {applied} <= {committed}"
@@ -382,7 +390,7 @@ async fn a_stalled_host_is_fenced_and_commits_nothing_rolled_back() {
     host_a.pause();
     let stalled = lock_holders(&env);
     assert_eq!(stalled.len(), 1);
-    tokio::time::sleep(Duration::from_millis(600)).await; // past the lease
+    tokio::time::sleep(Duration::from_millis(1000)).await; // past the lease
 
     // Host B meets the expired locks, aborts A's transaction and goes on.
     let host_b = env.second_host();
@@ -402,7 +410,7 @@ async fn a_stalled_host_is_fenced_and_commits_nothing_rolled_back() {
     assert_ne!(reply["id"].as_str(), Some(stalled[0].as_str()), "{reply}");
     settled(&env).await;
     let expected = 1 + i64::from(reply["status"] == "committed");
-    assert_eq!(orders_applied(&env), expected, "{reply}");
+    assert_eq!(orders_applied(&env).await, expected, "{reply}");
     assert_eq!(
         decided(&host_b, &stalled[0]).await,
         LookupStatus::Aborted,

@@ -11,7 +11,7 @@ use redstage_tests::{Persistence, TestEnv, http, request, step};
 use serde_json::{Value, json};
 
 /// Short leases, so that a dead host's claim and locks end within a test.
-const FAST: &str = "[txn]\nlease_ms = 400\nsweep_interval_ms = 100\nidempotency_lease_ms = 800\n";
+const FAST: &str = "[txn]\nlease_ms = 400\nsweep_interval_ms = 100\nstore_timeout_ms = 200\nidempotency_lease_ms = 800\n";
 
 fn env(extra: &str) -> TestEnv {
     TestEnv::orders_with(extra, Persistence::None)
@@ -59,11 +59,11 @@ async fn run_keyed(host: &Coordinator, steps: Value, key: &str) -> TxnResponse {
 }
 
 /// (stock of A1, alice, shop)
-fn state(env: &TestEnv) -> (Option<String>, Option<String>, Option<String>) {
+async fn state(env: &TestEnv) -> (Option<String>, Option<String>, Option<String>) {
     (
-        env.get("orders", "inventory:stock:A1"),
-        env.get("ledger", "payments:balance:alice"),
-        env.get("ledger", "payments:balance:shop"),
+        env.get("orders", "inventory:stock:A1").await,
+        env.get("ledger", "payments:balance:alice").await,
+        env.get("ledger", "payments:balance:shop").await,
     )
 }
 
@@ -98,13 +98,13 @@ async fn a_repeated_request_answers_the_first_outcome_and_applies_once() {
     let elsewhere = run_keyed(&env.second_host(), order(), "order-1").await;
     assert_eq!(again, first);
     assert_eq!(elsewhere, first);
-    assert_eq!(state(&env), after_orders(1));
+    assert_eq!(state(&env).await, after_orders(1));
 
     // A different key is a different order.
     let second = run_keyed(&env.coordinator, order(), "order-2").await;
     assert_eq!(second.status, Status::Committed, "{second:?}");
     assert_ne!(second.id, first.id);
-    assert_eq!(state(&env), after_orders(2));
+    assert_eq!(state(&env).await, after_orders(2));
 
     // Through HTTP, the same.
     let addr = http::serve(env.coordinator.clone()).await;
@@ -112,7 +112,7 @@ async fn a_repeated_request_answers_the_first_outcome_and_applies_once() {
     let (status, reply) = http::post(addr, "/v1/transactions", body.as_bytes()).await;
     assert_eq!(status, 200, "{reply}");
     assert_eq!(reply["id"], first.id.as_str(), "{reply}");
-    assert_eq!(state(&env), after_orders(2));
+    assert_eq!(state(&env).await, after_orders(2));
 
     // The same key for another request is a client bug, not a retry.
     let other = json!([step(
@@ -125,8 +125,8 @@ async fn a_repeated_request_answers_the_first_outcome_and_applies_once() {
         .await
         .expect_err("a reused key is rejected");
     assert_eq!(err.code(), "idempotency_key_reused", "{err}");
-    assert_eq!(state(&env), after_orders(2));
-    assert!(env.leftovers().is_empty());
+    assert_eq!(state(&env).await, after_orders(2));
+    assert!(env.leftovers().await.is_empty());
 }
 
 #[tokio::test]
@@ -155,7 +155,7 @@ async fn a_business_abort_is_the_answer_to_every_retry() {
     let retry = run_keyed(&env.coordinator, too_much, "big").await;
     assert_eq!(retry, first);
     assert_eq!(
-        env.get("ledger", "payments:balance:alice").as_deref(),
+        env.get("ledger", "payments:balance:alice").await.as_deref(),
         Some("1100")
     );
 }
@@ -180,8 +180,8 @@ async fn concurrent_duplicates_from_two_hosts_apply_once() {
     for r in &replies {
         assert_eq!(r, &replies[0], "every duplicate answers the one outcome");
     }
-    assert_eq!(state(&env), after_orders(1));
-    assert!(env.leftovers().is_empty());
+    assert_eq!(state(&env).await, after_orders(1));
+    assert!(env.leftovers().await.is_empty());
 }
 
 #[tokio::test]
@@ -209,7 +209,7 @@ async fn a_retry_waits_for_the_first_request_still_in_flight() {
     } else {
         assert_eq!(first["abort"]["code"], "superseded", "{first}");
     }
-    assert_eq!(state(&env), after_orders(1));
+    assert_eq!(state(&env).await, after_orders(1));
 }
 
 #[tokio::test]
@@ -283,15 +283,15 @@ async fn a_retry_after_a_crash_applies_the_order_once() {
         // The sweep of a live host cleans up what the dead one left.
         let _survivor = env.spawn_host(None);
         let started = std::time::Instant::now();
-        while !env.leftovers().is_empty() {
+        while !env.leftovers().await.is_empty() {
             assert!(
                 started.elapsed() < Duration::from_secs(20),
                 "{:?}",
-                env.leftovers()
+                env.leftovers().await
             );
             tokio::time::sleep(Duration::from_millis(50)).await;
         }
-        assert_eq!(state(&env), after_orders(1), "{point}");
+        assert_eq!(state(&env).await, after_orders(1), "{point}");
     }
 }
 
@@ -306,7 +306,7 @@ async fn bad_idempotency_keys_are_rejected() {
             .expect_err("rejected");
         assert_eq!(err.code(), "bad_idempotency_key", "{err}");
     }
-    assert!(env.dump("orders").is_empty());
+    assert!(env.dump("orders").await.is_empty());
 }
 
 #[tokio::test]
@@ -375,6 +375,6 @@ async fn lookups_tell_committed_aborted_in_doubt_and_unknown_apart() {
         assert!(started.elapsed() < Duration::from_secs(10), "{found}");
         tokio::time::sleep(Duration::from_millis(100)).await;
     }
-    assert!(env.leftovers().is_empty());
-    assert_eq!(state(&env), after_orders(1));
+    assert!(env.leftovers().await.is_empty());
+    assert_eq!(state(&env).await, after_orders(1));
 }

@@ -71,8 +71,9 @@ fn join(doctor: &str) -> Value {
 }
 
 /// Everything in the store but the decision log.
-fn data(env: &TestEnv) -> Vec<(String, String)> {
+async fn data(env: &TestEnv) -> Vec<(String, String)> {
     env.dump(STORE)
+        .await
         .into_iter()
         .filter(|(k, _)| !k.starts_with("rs:txn:"))
         .collect()
@@ -82,21 +83,28 @@ fn data(env: &TestEnv) -> Vec<(String, String)> {
 async fn still_serving(env: &TestEnv) {
     let r = env.run(json!([join("carol")])).await;
     assert_eq!(r.status, Status::Committed, "{r:?}");
-    assert_eq!(env.get(STORE, "doctors:oncall:carol").as_deref(), Some("1"));
+    assert_eq!(
+        env.get(STORE, "doctors:oncall:carol").await.as_deref(),
+        Some("1")
+    );
 }
 
 /// Runs `hostile` as the second step of a transaction whose first step
 /// writes, and checks that it aborts at that step, leaves Redis as it was,
 /// and leaves the host serving. Returns the abort.
 async fn contained(env: &TestEnv, hostile: Value) -> AbortInfo {
-    let before = data(env);
+    let before = data(env).await;
     let r = env.run(json!([join("alice"), hostile])).await;
     assert_eq!(r.status, Status::Aborted, "{r:?}");
     let abort = r.abort.expect("an aborted transaction says why");
     assert_eq!(abort.step, Some(1), "{abort:?}");
-    assert_eq!(data(env), before, "the hostile transaction changed Redis");
-    assert_eq!(env.get(STORE, "doctors:oncall:alice"), None);
-    assert_eq!(env.leftovers(), Vec::<String>::new());
+    assert_eq!(
+        data(env).await,
+        before,
+        "the hostile transaction changed Redis"
+    );
+    assert_eq!(env.get(STORE, "doctors:oncall:alice").await, None);
+    assert_eq!(env.leftovers().await, Vec::<String>::new());
     still_serving(env).await;
     abort
 }
@@ -248,7 +256,10 @@ async fn huge_output_input_and_values_break_their_limits() {
         .await;
     assert_eq!(r.status, Status::Committed, "{:?}", r.abort);
     assert_eq!(r.steps[0].output.as_str().map(str::len), Some(two_mib));
-    assert_eq!(env.get(STORE, "roomy:last"), Some(two_mib.to_string()));
+    assert_eq!(
+        env.get(STORE, "roomy:last").await,
+        Some(two_mib.to_string())
+    );
 }
 
 #[tokio::test]
@@ -287,7 +298,7 @@ async fn a_write_to_an_undeclared_key_is_refused() {
             abort.message
         );
     }
-    assert_eq!(env.get(STORE, "undeclared:mine"), None);
+    assert_eq!(env.get(STORE, "undeclared:mine").await, None);
 }
 
 #[tokio::test]
@@ -313,18 +324,22 @@ async fn odd_keys_stay_under_the_prefix() {
     // Every key is a plain string under the prefix, holding its own name;
     // nothing else but redstage's metadata exists.
     for key in keys {
-        assert_eq!(env.get(STORE, &format!("odd:{key}")).as_deref(), Some(key));
+        assert_eq!(
+            env.get(STORE, &format!("odd:{key}")).await.as_deref(),
+            Some(key)
+        );
     }
     let mut outside: Vec<String> = data(&env)
+        .await
         .into_iter()
         .map(|(k, _)| k)
         .filter(|k| !k.starts_with("odd:") && !k.starts_with("rs:{"))
         .collect();
     outside.sort();
     assert_eq!(outside, Vec::<String>::new(), "keys outside the prefix");
-    assert_eq!(env.get(STORE, "doctors:oncall:bob"), None);
-    assert_eq!(env.get(STORE, "rs:txn:forged"), None);
-    assert_eq!(env.leftovers(), Vec::<String>::new());
+    assert_eq!(env.get(STORE, "doctors:oncall:bob").await, None);
+    assert_eq!(env.get(STORE, "rs:txn:forged").await, None);
+    assert_eq!(env.leftovers().await, Vec::<String>::new());
     // Written again across two steps (so through prepare and commit, not the
     // one-phase path), and read back.
     let r = env
@@ -334,7 +349,7 @@ async fn odd_keys_stay_under_the_prefix() {
         ]))
         .await;
     assert_eq!(r.status, Status::Committed, "{:?}", r.abort);
-    assert_eq!(env.leftovers(), Vec::<String>::new());
+    assert_eq!(env.leftovers().await, Vec::<String>::new());
 
     let long = "k".repeat(513);
     let abort = contained(&env, step("odd_keys", json!({"keys": [long]}))).await;
@@ -441,7 +456,7 @@ async fn invalid_components_are_refused_at_load_saying_why() {
         }
         still_serving(&env).await;
     }
-    assert_eq!(env.leftovers(), Vec::<String>::new());
+    assert_eq!(env.leftovers().await, Vec::<String>::new());
 }
 
 #[tokio::test]

@@ -50,18 +50,18 @@ async fn two_store_order_commits_with_both_writes_visible() {
     assert!(r.abort.is_none());
     // Plain Redis strings, readable by any client.
     assert_eq!(
-        env.get("orders", "inventory:stock:A1").as_deref(),
+        env.get("orders", "inventory:stock:A1").await.as_deref(),
         Some("8")
     );
     assert_eq!(
-        env.get("ledger", "payments:balance:alice").as_deref(),
+        env.get("ledger", "payments:balance:alice").await.as_deref(),
         Some("70")
     );
     assert_eq!(
-        env.get("ledger", "payments:balance:shop").as_deref(),
+        env.get("ledger", "payments:balance:shop").await.as_deref(),
         Some("30")
     );
-    assert_eq!(env.leftovers(), Vec::<String>::new());
+    assert_eq!(env.leftovers().await, Vec::<String>::new());
     // And visible to the next transaction.
     let r = env
         .run(json!([
@@ -86,7 +86,7 @@ async fn aborted_payment_leaves_everything_untouched() {
     let state = || -> Vec<_> {
         ["orders", "ledger"]
             .iter()
-            .flat_map(|s| env.dump(s))
+            .flat_map(|s| env.dump_now(s))
             .filter(|(k, _)| !k.starts_with("rs:txn:"))
             .collect()
     };
@@ -101,7 +101,7 @@ async fn aborted_payment_leaves_everything_untouched() {
     assert_eq!(abort.participant.as_deref(), Some("payments"));
     assert!(r.steps.is_empty());
     assert_eq!(before, state(), "an aborted order changed Redis");
-    assert_eq!(env.leftovers(), Vec::<String>::new());
+    assert_eq!(env.leftovers().await, Vec::<String>::new());
 }
 
 #[tokio::test]
@@ -116,7 +116,7 @@ async fn a_business_abort_in_the_first_step_stops_the_order() {
         ("insufficient_stock", Some(0))
     );
     assert_eq!(
-        env.get("ledger", "payments:balance:alice").as_deref(),
+        env.get("ledger", "payments:balance:alice").await.as_deref(),
         Some("100")
     );
 }
@@ -137,11 +137,11 @@ async fn later_steps_see_earlier_writes() {
         .await;
     assert_eq!(r.status, Status::Committed, "{r:?}");
     assert_eq!(
-        env.get("ledger", "payments:balance:bob").as_deref(),
+        env.get("ledger", "payments:balance:bob").await.as_deref(),
         Some("0")
     );
     assert_eq!(
-        env.get("orders", "inventory:stock:B2").as_deref(),
+        env.get("orders", "inventory:stock:B2").await.as_deref(),
         Some("0")
     );
 }
@@ -162,7 +162,7 @@ async fn malformed_input_aborts_with_bad_input() {
         assert!(!abort.message.is_empty());
     }
     assert_eq!(
-        env.get("orders", "inventory:stock:A1").as_deref(),
+        env.get("orders", "inventory:stock:A1").await.as_deref(),
         Some("10")
     );
 }
@@ -236,7 +236,7 @@ async fn http_api_runs_orders_and_explains_bad_requests() {
     let (status, reply) = http::get(addr, "/v1/ready").await;
     assert_eq!((status, reply["status"].as_str()), (200, Some("ready")));
     assert_eq!(
-        env.get("ledger", "payments:balance:alice").as_deref(),
+        env.get("ledger", "payments:balance:alice").await.as_deref(),
         Some("90")
     );
 }
@@ -267,18 +267,18 @@ async fn concurrent_orders_on_one_account_lose_no_update() {
     let stock = 1000 - committed;
     let shop = 3 * committed;
     assert_eq!(
-        env.get("orders", "inventory:stock:A1"),
+        env.get("orders", "inventory:stock:A1").await,
         Some(stock.to_string())
     );
     assert_eq!(
-        env.get("ledger", "payments:balance:alice"),
+        env.get("ledger", "payments:balance:alice").await,
         Some((1000 - shop).to_string())
     );
     assert_eq!(
-        env.get("ledger", "payments:balance:shop"),
+        env.get("ledger", "payments:balance:shop").await,
         Some(shop.to_string())
     );
-    assert_eq!(env.leftovers(), Vec::<String>::new());
+    assert_eq!(env.leftovers().await, Vec::<String>::new());
 }
 
 #[tokio::test]
@@ -310,7 +310,7 @@ async fn components_built_for_wasm32_wasip2_run_too() {
         .await;
     assert_eq!(r.status, Status::Committed, "{r:?}");
     assert_eq!(
-        env.get("ledger", "payments:balance:shop").as_deref(),
+        env.get("ledger", "payments:balance:shop").await.as_deref(),
         Some("9")
     );
 }
@@ -429,7 +429,7 @@ async fn a_full_instance_pool_makes_steps_wait_not_fail() {
         assert_eq!(r.status, Status::Committed, "{r:?}");
     }
     assert_eq!(
-        env.get("orders", "inventory:stock:A1").as_deref(),
+        env.get("orders", "inventory:stock:A1").await.as_deref(),
         Some("92")
     );
 }

@@ -3,10 +3,13 @@
 //!
 //! ```toml
 //! listen = "127.0.0.1:7878"
-//! log_store = "orders"                 # where transaction records live
+//! log_store = "orders"                 # where idempotency keys live
+//! durability = "checked"               # or "unsafe" (see store::durability)
 //! [stores]
 //! orders = "redis://127.0.0.1:6379"
-//! ledger = "redis://127.0.0.1:6380"
+//! [stores.ledger]                      # a store whose writes wait for replicas
+//! url = "redis://127.0.0.1:6380"
+//! wait_replicas = 1
 //! [participants.inventory]
 //! component = "path/to/inventory.wasm"
 //! store = "orders"
@@ -31,6 +34,7 @@ use std::time::Duration;
 use serde::{Deserialize, Serialize};
 
 use crate::runtime::{CallLimits, LimitOverrides, RuntimeSettings};
+use crate::store::durability::{Durability, Replication};
 use crate::store::keys::RESERVED_PREFIX;
 
 /// The address `serve` listens on when the config names none.
@@ -41,10 +45,16 @@ pub const DEFAULT_LISTEN: &str = "127.0.0.1:7878";
 pub struct Config {
     #[serde(default = "default_listen")]
     pub listen: SocketAddr,
-    /// The store that keeps transaction decision records.
+    /// The store that keeps idempotency keys, and the decision records of
+    /// transactions that touch it or span stores.
     pub log_store: String,
-    /// Store name -> Redis URL (`redis://`, `redis://user:pass@host:port/db`).
-    pub stores: BTreeMap<String, String>,
+    /// Whether every store must keep acknowledged writes across a crash
+    /// (see `store::durability`); checked at start unless `unsafe`.
+    #[serde(default)]
+    pub durability: Durability,
+    /// Store name -> Redis URL (`redis://`, `redis://user:pass@host:port/db`),
+    /// or a table with the URL and the replicas its writes wait for.
+    pub stores: BTreeMap<String, StoreConfig>,
     #[serde(default)]
     pub participants: BTreeMap<String, ParticipantConfig>,
     /// Limits on every participant call, unless a participant overrides them.
@@ -63,6 +73,82 @@ pub struct Config {
 
 fn default_listen() -> SocketAddr {
     DEFAULT_LISTEN.parse().expect("valid default address")
+}
+
+/// One store: its URL, or a table with the URL and replication.
+#[derive(Debug, Clone, PartialEq, Eq, Deserialize, Serialize)]
+#[serde(try_from = "toml::Value", into = "StoreTable")]
+pub struct StoreConfig {
+    pub url: String,
+    /// `WAIT` for replicas after every write, if set.
+    pub replication: Option<Replication>,
+}
+
+/// The table form of a store.
+#[derive(Debug, Clone, Deserialize, Serialize)]
+#[serde(deny_unknown_fields)]
+struct StoreTable {
+    url: String,
+    /// Replicas every write must reach before it counts (0: none).
+    #[serde(default)]
+    wait_replicas: u32,
+    /// How long a write waits for them before it fails.
+    #[serde(default = "default_wait_timeout_ms")]
+    wait_timeout_ms: u64,
+}
+
+fn default_wait_timeout_ms() -> u64 {
+    1_000
+}
+
+impl TryFrom<toml::Value> for StoreConfig {
+    type Error = String;
+
+    fn try_from(value: toml::Value) -> Result<StoreConfig, String> {
+        let table: StoreTable = match value {
+            toml::Value::String(url) => return Ok(StoreConfig::from(url.as_str())),
+            toml::Value::Table(_) => value.try_into().map_err(|e: toml::de::Error| {
+                format!(
+                    "{}; a store is a URL or a table {{url, wait_replicas, wait_timeout_ms}}",
+                    e.message()
+                )
+            })?,
+            other => {
+                return Err(format!(
+                    "a store is a URL (\"redis://host:port\") or a table {{url = ..., wait_replicas = ...}}, not {}",
+                    other.type_str()
+                ));
+            }
+        };
+        Ok(StoreConfig {
+            url: table.url,
+            replication: (table.wait_replicas > 0).then_some(Replication {
+                replicas: table.wait_replicas,
+                timeout_ms: table.wait_timeout_ms,
+            }),
+        })
+    }
+}
+
+impl From<StoreConfig> for StoreTable {
+    fn from(store: StoreConfig) -> StoreTable {
+        StoreTable {
+            url: store.url,
+            wait_replicas: store.replication.map_or(0, |r| r.replicas),
+            wait_timeout_ms: store
+                .replication
+                .map_or(default_wait_timeout_ms(), |r| r.timeout_ms),
+        }
+    }
+}
+
+impl From<&str> for StoreConfig {
+    fn from(url: &str) -> StoreConfig {
+        StoreConfig {
+            url: url.to_owned(),
+            replication: None,
+        }
+    }
 }
 
 /// One participant: which component, on which store, under which prefix.
@@ -96,9 +182,20 @@ pub struct TxnConfig {
     pub backoff_max_ms: u64,
     /// Bound on one Redis operation; past it the store counts as unavailable.
     pub store_timeout_ms: u64,
-    /// How long decision records are kept. Must exceed any lease by far: a
-    /// lock older than its record could no longer be resolved correctly.
+    /// How long a decision is kept once nothing needs it for recovery, when
+    /// its client may not know it: an `outcome_unknown` answer, a
+    /// transaction finished by recovery, a recovery's `aborted` fence, an
+    /// idempotency outcome. Must exceed any lease by far: a coordinator that
+    /// stalled past its fence must still find it.
     pub record_retention_s: u64,
+    /// How long the outcome of a transaction that was answered stays
+    /// readable by id (`GET /v1/transactions/{id}`); 0 keeps none. The
+    /// records of answered transactions cost memory for this long (see the
+    /// README), read-only transactions never have one.
+    pub answered_retention_s: u64,
+    /// How long a transaction may wait, all told, for locks held by others
+    /// to be released before it gives up with `conflict`.
+    pub lock_wait_ms: u64,
     /// Steps in one transaction.
     pub steps_max: usize,
     /// How long a request holds its idempotency key before a retry may take
@@ -122,6 +219,8 @@ impl Default for TxnConfig {
             backoff_max_ms: 200,
             store_timeout_ms: 2_000,
             record_retention_s: 7 * 24 * 3600,
+            answered_retention_s: 600,
+            lock_wait_ms: 10_000,
             steps_max: 64,
             idempotency_lease_ms: 30_000,
             idempotency_wait_ms: 10_000,
@@ -139,6 +238,12 @@ impl TxnConfig {
     }
     pub fn record_retention(&self) -> Duration {
         Duration::from_secs(self.record_retention_s)
+    }
+    pub fn answered_retention(&self) -> Duration {
+        Duration::from_secs(self.answered_retention_s)
+    }
+    pub fn lock_wait(&self) -> Duration {
+        Duration::from_millis(self.lock_wait_ms)
     }
     pub fn idempotency_lease(&self) -> Duration {
         Duration::from_millis(self.idempotency_lease_ms)
@@ -323,6 +428,19 @@ impl Config {
         }
         if self.txn.record_retention_s * 1000 < 100 * self.txn.lease_ms {
             return invalid("txn.record_retention_s must be at least 100 leases".into());
+        }
+        if self.txn.lease_ms < 2 * self.txn.store_timeout_ms {
+            return invalid(format!(
+                "txn.lease_ms ({}) must be at least twice txn.store_timeout_ms ({}): a \
+                 coordinator holding locks may wait that long for its read-and-lock round and \
+                 again for its commit point, and a shorter lease lets others fence it off meanwhile",
+                self.txn.lease_ms, self.txn.store_timeout_ms
+            ));
+        }
+        if self.txn.answered_retention_s > self.txn.record_retention_s {
+            return invalid(
+                "txn.answered_retention_s must not exceed txn.record_retention_s".into(),
+            );
         }
         Ok(())
     }

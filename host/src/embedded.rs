@@ -70,6 +70,10 @@ impl RedisServer {
         self.port
     }
 
+    pub fn persistence(&self) -> Persistence {
+        self.persistence
+    }
+
     pub fn url(&self) -> String {
         format!("redis://127.0.0.1:{}", self.port)
     }

@@ -235,17 +235,52 @@ impl TestEnv {
             .expect("connect to redis")
     }
 
-    /// `GET key` on a store.
-    pub fn get(&self, store: &str, key: &str) -> Option<String> {
+    /// `GET key` on a store, once the key is settled (see
+    /// [`TestEnv::settle_key`]).
+    pub async fn get(&self, store: &str, key: &str) -> Option<String> {
+        self.settle_key(store, key).await;
         redis::cmd("GET")
             .arg(key)
             .query(&mut self.redis(store))
             .expect("GET")
     }
 
-    /// Every key on a store with its type and content, sorted: what a test
-    /// compares to prove nothing else changed.
-    pub fn dump(&self, store: &str) -> Vec<(String, String)> {
+    /// Waits (up to [`SETTLE_TIMEOUT`]) until no transaction holds `key`: a
+    /// committed transaction answers before its other stores apply, so a
+    /// plain read right after an answer may still see the old value for a
+    /// moment (while a transaction reading it would roll it forward).
+    pub async fn settle_key(&self, store: &str, key: &str) {
+        let meta = redstage::store::Key::Meta(key).encode();
+        let started = std::time::Instant::now();
+        while started.elapsed() < SETTLE_TIMEOUT {
+            let locked: bool = redis::cmd("EXISTS")
+                .arg(&meta)
+                .query(&mut self.redis(store))
+                .expect("EXISTS");
+            if !locked {
+                return;
+            }
+            tokio::time::sleep(std::time::Duration::from_millis(5)).await;
+        }
+    }
+
+    /// Waits (up to [`SETTLE_TIMEOUT`]) until no lock is held on any store.
+    pub async fn settle(&self) {
+        let started = std::time::Instant::now();
+        while started.elapsed() < SETTLE_TIMEOUT && !self.unfinished().is_empty() {
+            tokio::time::sleep(std::time::Duration::from_millis(5)).await;
+        }
+    }
+
+    /// Every key on a store with its type and content, sorted, once settled:
+    /// what a test compares to prove nothing else changed.
+    pub async fn dump(&self, store: &str) -> Vec<(String, String)> {
+        self.settle().await;
+        self.dump_now(store)
+    }
+
+    /// [`TestEnv::dump`] as it is right now.
+    pub fn dump_now(&self, store: &str) -> Vec<(String, String)> {
         let mut conn = self.redis(store);
         let mut keys: Vec<String> = redis::cmd("KEYS").arg("*").query(&mut conn).expect("KEYS");
         keys.sort();
@@ -265,6 +300,15 @@ impl TestEnv {
                         fields.sort();
                         format!("{fields:?}")
                     }
+                    "zset" => {
+                        let members: Vec<String> = redis::cmd("ZRANGE")
+                            .arg(&k)
+                            .arg(0)
+                            .arg(-1)
+                            .query(&mut conn)
+                            .expect("ZRANGE");
+                        format!("{members:?}")
+                    }
                     other => format!("<{other}>"),
                 };
                 (k, content)
@@ -272,29 +316,43 @@ impl TestEnv {
             .collect()
     }
 
-    /// Keys of redstage's that say a transaction is unfinished: any lock or
-    /// staged value on any store. Empty when everything is settled.
-    pub fn leftovers(&self) -> Vec<String> {
+    /// Keys of redstage's that say a transaction is unfinished, after
+    /// waiting for in-flight applies to settle: any lock, any lock index
+    /// entry, on any store. Empty when everything is settled.
+    pub async fn leftovers(&self) -> Vec<String> {
+        self.settle().await;
+        self.unfinished()
+    }
+
+    /// [`TestEnv::leftovers`] as they are right now.
+    pub fn unfinished(&self) -> Vec<String> {
         self.servers
             .iter()
             .flat_map(|(store, _)| {
-                self.dump(store).into_iter().filter_map(move |(k, v)| {
-                    let unfinished = k.starts_with("rs:{")
-                        && (v.contains("\"lock\"") || v.contains("\"staged\""));
+                self.dump_now(store).into_iter().filter_map(move |(k, v)| {
+                    let unfinished = k.starts_with("rs:{") || k == "rs:locks";
                     unfinished.then(|| format!("{store}: {k} = {v}"))
                 })
             })
             .collect()
     }
 
-    /// Runs a transaction given as `[{"participant":..,"input":..}, ...]`.
+    /// Runs a transaction given as `[{"participant":..,"input":..}, ...]`,
+    /// and waits for what it still applies after its answer.
     pub async fn run(&self, steps: Value) -> TxnResponse {
-        self.coordinator
+        let response = self
+            .coordinator
             .run(request(steps))
             .await
-            .expect("transaction ran")
+            .expect("transaction ran");
+        self.coordinator.flush().await;
+        response
     }
 }
+
+/// How long a test waits for answered transactions to finish applying
+/// before it looks at raw Redis.
+pub const SETTLE_TIMEOUT: std::time::Duration = std::time::Duration::from_secs(10);
 
 /// A transaction request from a JSON list of steps.
 pub fn request(steps: Value) -> TxnRequest {
@@ -320,7 +378,16 @@ pub fn config_text(
     participants: &[ParticipantSpec],
     extra: &str,
 ) -> String {
-    let mut text = format!("log_store = {:?}\n[stores]\n", servers[0].0);
+    let mut text = format!("log_store = {:?}\n", servers[0].0);
+    // Stores without persistence cannot pass the durability check; the
+    // tests that are about durability start durable ones.
+    let durable = servers
+        .iter()
+        .all(|(_, s)| s.persistence() == Persistence::AofAlways);
+    if !durable && !extra.contains("durability") {
+        text += "durability = \"unsafe\"\n";
+    }
+    text += "[stores]\n";
     for (name, server) in servers {
         text += &format!("{name} = {:?}\n", server.url());
     }

@@ -8,7 +8,7 @@
 //! | `PUT /v1/participants/{name}?store=&prefix=&limits=` | deploy a component (the body) |
 //! | `DELETE /v1/participants/{name}` | remove a deployed participant        |
 //! | `GET /v1/health`          | the process is up                           |
-//! | `GET /v1/ready`           | every store answers                         |
+//! | `GET /v1/ready`           | every store answers, with durable settings  |
 //! | `GET /metrics`            | Prometheus metrics (see `metrics`)          |
 //!
 //! A transaction that ran answers 200 whether it committed or aborted: the
@@ -103,12 +103,19 @@ async fn submit(
 async fn lookup(State(coordinator): State<Arc<Coordinator>>, Path(id): Path<String>) -> Response {
     match coordinator.lookup(&id).await {
         Ok(Some(found)) => Json(found).into_response(),
+        Ok(None) if !crate::txn::is_txn_id(&id) => error(
+            StatusCode::NOT_FOUND,
+            "unknown_transaction",
+            &format!("{id:?} is not a transaction id (ids are UUIDs, as responses name them)"),
+            None,
+        ),
         Ok(None) => error(
             StatusCode::NOT_FOUND,
             "unknown_transaction",
             &format!(
-                "no record and no lock of transaction {id}: it never ran here, or its record is older than \
-                 txn.record_retention_s"
+                "no record and no lock of transaction {id}: it never ran here, it was read-only, or \
+                 its record is past its retention (txn.answered_retention_s once answered, \
+                 txn.record_retention_s otherwise)"
             ),
             None,
         ),
@@ -262,12 +269,17 @@ fn txn_error(e: &TxnError) -> Response {
     error(status, e.code(), &e.to_string(), id)
 }
 
+/// Ready when every store answers and keeps its writes durable (see
+/// `store::durability`): a store whose settings changed since the start
+/// takes the host out of rotation, naming what to set.
 async fn ready(State(coordinator): State<Arc<Coordinator>>) -> Response {
+    let durability = coordinator.durability();
     let checks = futures::future::join_all(coordinator.stores().map(|s| async move {
-        (
-            s.name().to_owned(),
-            s.ping().await.map_err(|e| e.to_string()),
-        )
+        let checked = match s.ping().await {
+            Ok(()) => s.check_durability(durability).await,
+            Err(e) => Err(e.to_string()),
+        };
+        (s.name().to_owned(), checked)
     }))
     .await;
     let down: Vec<_> = checks

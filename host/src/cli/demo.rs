@@ -18,9 +18,11 @@ pub async fn run(config: Option<PathBuf>, components: PathBuf) -> anyhow::Result
         Some(path) => Config::load(&path)?,
         None => {
             for store in ["orders", "ledger"] {
-                let server = RedisServer::start(Persistence::None)?;
+                // Durable, as every store must be: see store::durability.
+                let server = RedisServer::start(Persistence::AofAlways)?;
                 println!(
-                    "started a local redis-server on 127.0.0.1:{} for store `{store}`",
+                    "started a local redis-server on 127.0.0.1:{} for store `{store}` \
+                     (appendonly yes, appendfsync always)",
                     server.port()
                 );
                 servers.push(server);
@@ -29,6 +31,7 @@ pub async fn run(config: Option<PathBuf>, components: PathBuf) -> anyhow::Result
         }
     };
     let coordinator = super::coordinator(&config)?;
+    super::check_durability(&coordinator).await?;
     for name in ["inventory", "payments"] {
         if coordinator.registry().get(name).is_none() {
             bail!("the demo needs a participant named `{name}`");

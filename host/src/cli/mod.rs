@@ -143,6 +143,25 @@ impl Cli {
     }
 }
 
+/// Refuses stores that could lose an acknowledged decision (see
+/// `store::durability`), or says that the config runs without the check.
+pub async fn check_durability(coordinator: &Coordinator) -> anyhow::Result<()> {
+    let problems = coordinator.check_durability().await;
+    if !problems.is_empty() {
+        anyhow::bail!(
+            "refusing to run on stores that could lose committed transactions:\n  - {}",
+            problems.join("\n  - ")
+        );
+    }
+    if coordinator.durability() == crate::store::durability::Durability::Unsafe {
+        tracing::warn!(
+            "durability = \"unsafe\": stores are not required to keep acknowledged writes; \
+             a crash of a store may lose transactions that were answered `committed`"
+        );
+    }
+    Ok(())
+}
+
 /// Loads a config and builds the coordinator it describes.
 pub fn coordinator(config: &Config) -> anyhow::Result<Coordinator> {
     use crate::runtime::{CompileCache, Runtime};
@@ -160,6 +179,7 @@ fn load(path: &std::path::Path) -> anyhow::Result<Config> {
 async fn serve(path: PathBuf, listen: Option<std::net::SocketAddr>) -> anyhow::Result<ExitCode> {
     let config = load(&path)?;
     let coordinator = Arc::new(coordinator(&config)?);
+    check_durability(&coordinator).await?;
     let addr = listen.unwrap_or(config.listen);
     let listener = tokio::net::TcpListener::bind(addr)
         .await
@@ -173,11 +193,20 @@ async fn serve(path: PathBuf, listen: Option<std::net::SocketAddr>) -> anyhow::R
         coordinator.registry().clone(),
         config.deploy.poll(),
     ));
-    axum::serve(listener, crate::api::router(coordinator))
+    axum::serve(listener, crate::api::router(coordinator.clone()))
         .with_graceful_shutdown(shutdown())
         .await?;
     sweeper.abort();
     watcher.abort();
+    // What answered transactions still owe (other stores' applies) is
+    // finished by recovery if cut short, but need not be left to it.
+    let owed = coordinator.flush();
+    if tokio::time::timeout(2 * config.txn.store_timeout(), owed)
+        .await
+        .is_err()
+    {
+        tracing::warn!("stopped before every store applied; recovery will finish it");
+    }
     Ok(ExitCode::SUCCESS)
 }
 
@@ -214,6 +243,10 @@ async fn status(path: PathBuf, id: &str) -> anyhow::Result<ExitCode> {
         Some(found) => {
             println!("{}", serde_json::to_string_pretty(&found)?);
             Ok(ExitCode::SUCCESS)
+        }
+        None if !crate::txn::is_txn_id(id) => {
+            eprintln!("redstage: {id:?} is not a transaction id (ids are UUIDs)");
+            Ok(ExitCode::from(2))
         }
         None => {
             eprintln!("redstage: no record and no lock of transaction {id}");
@@ -263,9 +296,11 @@ async fn shutdown() {
 async fn run(path: PathBuf, transaction: &str) -> anyhow::Result<ExitCode> {
     let config = load(&path)?;
     let coordinator = coordinator(&config)?;
+    check_durability(&coordinator).await?;
     let request: TxnRequest = serde_json::from_str(transaction)
         .context("the transaction is not valid JSON of the form {\"steps\":[{\"participant\":...,\"input\":...}]}")?;
     let response = coordinator.run(request).await?;
+    coordinator.flush().await;
     println!("{}", serde_json::to_string_pretty(&response)?);
     Ok(match response.status {
         Status::Committed => ExitCode::SUCCESS,

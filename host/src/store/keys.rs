@@ -11,18 +11,24 @@ pub const RESERVED_PREFIX: &str = "rs:";
 pub enum Key<'a> {
     /// A participant's data: `prefix + relative key`, a plain Redis string.
     Data(&'a str),
-    /// The metadata hash of a data key: `ver`, and while locked `lock`,
-    /// `lease`, `primary`, `staged`, `op`. Always in the data key's hash slot.
+    /// The lock table entry of a data key: while locked, `lock`, `lease`,
+    /// `primary` (exclusive), `readers` and `r:<txn>` (shared), `wait`.
+    /// Exists only while the key is locked. Always in the data key's slot.
     Meta(&'a str),
-    /// The decision record of one transaction, on the log store.
+    /// The decision record of one transaction, on its primary store.
     TxnRecord(&'a str),
     /// The claim, then the outcome, of one client idempotency key, on the
     /// log store.
     Idempotency(&'a str),
-    /// Every lock on a store, as `txn \n data key` scored by lease deadline:
-    /// what the recovery sweep walks.
+    /// One entry per transaction holding locks on a store (see
+    /// [`IndexEntry`]), scored by lease deadline: what the recovery sweep
+    /// walks.
     LockIndex,
 }
+
+/// The channel on which releasing scripts name the keys that had waiters
+/// (`PUBLISH`), so that waiting transactions wake up at once.
+pub const WAKE_CHANNEL: &str = "rs:wake";
 
 impl Key<'_> {
     /// The key's bytes as sent to Redis.
@@ -37,6 +43,46 @@ impl Key<'_> {
     }
 }
 
+/// A lock index entry: transaction `txn` holds locks on `keys` of this store
+/// and its decision lives on store `primary` (empty for a read-only
+/// transaction, which decides nothing). An entry without keys, on the
+/// primary, marks a committed record whose other stores are not all applied
+/// yet.
+///
+/// Encoded as `<txn>\n<JSON [primary, [keys]]>`: the id first so that a
+/// lookup can `ZSCAN ... MATCH <txn>\n*`, JSON after it because keys may
+/// hold any byte. Scripts never parse it; they add and remove it whole, so
+/// the host must encode the same entry the same way every time (keys in
+/// the order locked).
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct IndexEntry {
+    pub txn: String,
+    pub primary: String,
+    pub keys: Vec<String>,
+}
+
+impl IndexEntry {
+    pub fn encode(&self) -> String {
+        let rest = serde_json::to_string(&(&self.primary, &self.keys)).expect("strings serialize");
+        format!("{}\n{rest}", self.txn)
+    }
+
+    pub fn decode(member: &str) -> Option<IndexEntry> {
+        let (txn, rest) = member.split_once('\n')?;
+        let (primary, keys) = serde_json::from_str(rest).ok()?;
+        Some(IndexEntry {
+            txn: txn.to_owned(),
+            primary,
+            keys,
+        })
+    }
+
+    /// The `MATCH` pattern of every entry of `txn`, which must be a
+    /// well-formed transaction id (no glob characters).
+    pub fn pattern(txn: &str) -> String {
+        format!("{txn}\n*")
+    }
+}
 impl fmt::Display for Key<'_> {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
         f.write_str(&self.encode())
@@ -165,6 +211,19 @@ mod tests {
             Key::Meta("inventory:stock:A1").encode(),
             "rs:{inventory:stock:A1}"
         );
+    }
+
+    #[test]
+    fn index_entries_round_trip_whatever_the_keys() {
+        let e = IndexEntry {
+            txn: "0193-id".into(),
+            primary: "orders".into(),
+            keys: vec!["a\nb".into(), "{x}\"y".into(), String::new()],
+        };
+        let encoded = e.encode();
+        assert!(encoded.starts_with("0193-id\n"));
+        assert_eq!(IndexEntry::decode(&encoded), Some(e));
+        assert_eq!(IndexEntry::decode("no newline"), None);
     }
 
     #[test]

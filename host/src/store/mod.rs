@@ -5,45 +5,54 @@
 //!
 //! Data stays where a plain Redis client expects it; everything redstage
 //! needs to run transactions lives beside it, in the same hash slot, under
-//! the reserved `rs:` prefix:
+//! the reserved `rs:` prefix, and only for as long as it is needed:
 //!
 //! ```text
-//!  key                       type    fields / value                 lives on
-//!  ------------------------  ------  -----------------------------  -----------------
-//!  inventory:stock:A1        string  "8"  (the committed value)     participant's store
-//!  rs:{inventory:stock:A1}   hash    ver      committed version     same store, same slot
-//!                                    lock     txn id holding it      } only while a txn
-//!                                    lease    deadline, ms, by the   } is between prepare
-//!                                             store's own clock      } and commit/rollback
-//!                                    primary  store of the decision  }
-//!                                    op       set | del              }
-//!                                    staged   the new value          }
-//!  rs:locks                  zset    "<txn id>\n<data key>" scored  every store
-//!                                    by lease deadline: the locks
-//!                                    the recovery sweep walks
-//!  rs:txn:<txn id>           string  {"state":"committed",          the log store
-//!                                     "stores":{"orders":[keys]}}   (TTL: record retention)
-//!                                    or {"state":"aborted",...}
-//!  rs:idem:<client key>      string  {"state":"pending","owner",    the log store
-//!                                     "lease"} while the first       (TTL: record retention)
-//!                                    request runs, then
+//!  key                       type    fields / value                   lives
+//!  ------------------------  ------  -------------------------------  ---------------------
+//!  inventory:stock:A1        string  "8"  (the committed value)       participant's store
+//!  rs:{inventory:stock:A1}   hash    lock     txn holding it           same store and slot,
+//!                                             exclusively              only while the key is
+//!                                    lease    its deadline, ms, by     locked: deleted with
+//!                                             the store's own clock    the last lock
+//!                                    primary  store of its decision
+//!                                    readers  shared holders, counted
+//!                                    r:<txn>  "<lease> <primary>" of
+//!                                             each shared holder
+//!                                    wait     set once someone waits
+//!  rs:locks                  zset    one entry per transaction with   every store; gone
+//!                                    locks here: "<txn>\n[primary,    when empty
+//!                                    [keys]]", scored by lease
+//!                                    deadline: what the sweep walks
+//!  rs:txn:<txn>              string  the decision record, see         the primary store:
+//!                                    `txn::types::Record`             no TTL while a store
+//!                                                                     is unapplied, then
+//!                                                                     retention
+//!  rs:idem:<client key>      string  {"state":"pending","owner",      the log store
+//!                                     "lease","request"} while the    (TTL: record
+//!                                    first request runs, then         retention)
 //!                                    {"state":"done","response"}
+//!  channel rs:wake                   keys released while waited for
 //! ```
 //!
-//! A data key with braces gets a meta key whose hash tag is chosen to land in
-//! the data key's slot (`rs:{<tag>}:<key>`), so one script on one slot can
-//! always check and change both. Versions only grow: the metadata hash of a
-//! key that was ever committed stays, even after the key is deleted, so a
-//! delete and a re-create can never look like "unchanged".
+//! A data key with braces gets a lock table key whose hash tag is chosen to
+//! land in the data key's slot (`rs:{<tag>}:<key>`), so one script on one
+//! slot can always check and change both. Nothing is kept for an unlocked
+//! key: no version numbers, so nothing grows with the keys a store has
+//! seen, and nothing to compare: a transaction holds a lock on every key it
+//! reads from the read until its decision is applied, so what it read
+//! cannot change under it (see `txn`).
 //!
 //! # Operations
 //!
 //! Each operation is one script call on one store ([`scripts`]), bounded by
-//! the store timeout: [`Store::read`], [`Store::prepare`],
-//! [`Store::validate`], [`Store::commit`], [`Store::rollback`],
-//! [`Store::commit_one_phase`], and on the log store [`Store::decide`] and
-//! [`Store::record`]. The protocol that strings them together is in `txn`.
+//! the store timeout: [`Store::lock`] (read and lock), [`Store::commit`]
+//! (the commit point), [`Store::apply`] (apply or roll back, and release),
+//! [`Store::finalize`], and for recovery [`Store::decide`],
+//! [`Store::record`], [`Store::expired`]. The protocol that strings them
+//! together is in `txn`.
 
+pub mod durability;
 pub mod keys;
 pub mod scripts;
 
@@ -51,15 +60,17 @@ use std::fmt;
 use std::time::Duration;
 
 use redis::aio::ConnectionManager;
-use redis::{Script, Value};
+use redis::{Cmd, Value};
 
-pub use keys::Key;
+pub use durability::{Replication, Settings};
+pub use keys::{IndexEntry, Key};
 
 /// What went wrong talking to a store. Every variant names the store.
 #[derive(Debug, thiserror::Error)]
 pub enum StoreError {
-    /// Could not reach the store, or it did not answer within the timeout.
-    /// The operation may or may not have been applied.
+    /// Could not reach the store, or it did not answer within the timeout,
+    /// or fewer replicas than configured acknowledged a write. The
+    /// operation may or may not have been applied.
     #[error("store `{store}` is unavailable: {message}")]
     Unavailable { store: String, message: String },
     /// The store answered something the protocol does not expect (a data key
@@ -68,34 +79,56 @@ pub enum StoreError {
     Protocol { store: String, message: String },
 }
 
-/// The state of one key as read.
-#[derive(Debug, Clone, PartialEq, Eq)]
-pub struct ReadKey {
-    pub value: Option<Vec<u8>>,
-    /// The committed version ("0" for a key redstage never wrote).
-    pub ver: String,
-    pub lock: Option<Lock>,
+/// How a transaction holds a key from the moment it reads it.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord, Hash)]
+pub enum Mode {
+    /// Read without a lock: a read-only transaction on one store, which a
+    /// single script reads atomically.
+    Read,
+    /// Read and lock against writers: a key only read, by a transaction
+    /// that spans stores or writes.
+    Shared,
+    /// Read and lock against everyone: a key the transaction may write.
+    Exclusive,
 }
 
-/// A lock met on a key.
-#[derive(Debug, Clone, PartialEq, Eq)]
-pub struct Lock {
-    /// The transaction holding it.
-    pub holder: String,
-    /// True once its lease ran out (by the store's clock): anyone may resolve it.
-    pub expired: bool,
+impl Mode {
+    fn code(self) -> &'static str {
+        match self {
+            Mode::Read => "r",
+            Mode::Shared => "s",
+            Mode::Exclusive => "x",
+        }
+    }
 }
 
-/// Why a checking script refused.
+/// The transaction in the way of a lock.
 #[derive(Debug, Clone, PartialEq, Eq)]
-pub enum Conflict {
-    /// The key at this index is locked by another transaction.
-    Locked { index: usize, lock: Lock },
-    /// The key at this index changed since it was read.
-    Changed { index: usize },
+pub struct Holder {
+    pub txn: String,
+    /// Until its lease runs out, by the store's clock; zero or less once it
+    /// has (then anyone may resolve it).
+    pub remaining_ms: i64,
+    /// The store holding its decision; empty for a read-only transaction.
+    pub primary: String,
 }
 
-/// A write to stage or apply.
+impl Holder {
+    pub fn expired(&self) -> bool {
+        self.remaining_ms <= 0
+    }
+}
+
+/// What [`Store::lock`] found.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum Locked {
+    /// Every key is held in its mode; their values, in order.
+    Values(Vec<Option<Vec<u8>>>),
+    /// The key at `index` is held by another transaction; nothing was locked.
+    Conflict { index: usize, holder: Holder },
+}
+
+/// A write to apply.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub enum Write {
     Set(Vec<u8>),
@@ -103,20 +136,24 @@ pub enum Write {
 }
 
 impl Write {
-    fn op(&self) -> &'static str {
-        match self {
-            Write::Set(_) => "set",
-            Write::Delete => "del",
+    fn op(write: Option<&Write>) -> &'static str {
+        match write {
+            Some(Write::Set(_)) => "set",
+            Some(Write::Delete) => "del",
+            None => "keep",
         }
     }
 
-    fn value(&self) -> &[u8] {
-        match self {
-            Write::Set(v) => v,
-            Write::Delete => b"",
+    fn value(write: Option<&Write>) -> &[u8] {
+        match write {
+            Some(Write::Set(v)) => v,
+            _ => b"",
         }
     }
 }
+
+/// A key being released, with the write to apply first (none: just release).
+pub type Release<'a> = (&'a str, Option<&'a Write>);
 
 /// What claiming an idempotency key found.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -125,47 +162,143 @@ pub enum Claim {
     Claimed,
     /// A first request with this key is still running.
     InFlight,
+    /// The key was used before for a different request.
+    Reused,
     /// A first request finished; its stored outcome.
     Done(Vec<u8>),
 }
 
-/// A key checked by [`Store::commit_one_phase`]: its version as read, and the
-/// write to apply, if any.
-#[derive(Debug, Clone)]
-pub struct CheckedKey<'a> {
+/// The commit point of one transaction, on its primary store.
+#[derive(Debug)]
+pub struct CommitPoint<'a> {
+    pub txn: &'a str,
+    /// The decision record.
+    pub record: &'a [u8],
+    /// Its TTL, or none while other stores still have to apply.
+    pub record_ttl: Option<Duration>,
+    /// This store's keys, with their writes.
+    pub keys: &'a [Release<'a>],
+    /// The index entry of this store's locks (none if it holds none here).
+    pub entry: Option<&'a str>,
+    /// The entry marking the record as unfinished, kept until
+    /// [`Store::finalize`] (none when no other store has to apply).
+    pub marker: Option<&'a str>,
+    /// How long before the sweep may look at an unfinished record.
+    pub lease: Duration,
+    /// The idempotency claim this commit must still hold, and the outcome
+    /// to store under it.
+    pub claim: Option<ClaimedOutcome<'a>>,
+}
+
+/// An idempotency key's claim and the outcome that replaces it on commit.
+#[derive(Debug)]
+pub struct ClaimedOutcome<'a> {
     pub key: &'a str,
-    pub ver: &'a str,
-    pub write: Option<&'a Write>,
+    pub owner: &'a str,
+    pub outcome: &'a [u8],
+    pub retention: Duration,
+}
+
+/// How a commit point went.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum Committed {
+    /// Decided and applied here.
+    Ok,
+    /// A record was there first (recovery's `aborted`): nothing changed.
+    Decided(Vec<u8>),
+    /// The idempotency claim was taken over: nothing changed.
+    Superseded,
+    /// A lock of the transaction here is gone: nothing changed.
+    Lost,
+}
+
+/// A decision record to end (see [`Store::finalize`]).
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Finalize {
+    pub txn: String,
+    /// Keep the compact record this long; zero: delete it.
+    pub ttl: Duration,
+    /// Its marker entry in the lock index, if any.
+    pub marker: Option<String>,
+}
+
+/// A script and its SHA-1, sent as `EVALSHA` built in one go.
+struct Script {
+    code: &'static str,
+    sha: String,
+}
+
+impl Script {
+    fn new(code: &'static str) -> Script {
+        Script {
+            code,
+            sha: redis::Script::new(code).get_hash().to_owned(),
+        }
+    }
 }
 
 /// The compiled scripts, loaded once per process.
 struct Scripts {
-    read: Script,
-    prepare: Script,
-    validate: Script,
+    lock: Script,
     commit: Script,
-    rollback: Script,
-    commit_one_phase: Script,
-    expired_locks: Script,
+    apply: Script,
+    finalize: Script,
+    expired: Script,
+    rescore: Script,
     claim: Script,
     settle_claim: Script,
-    decide_claimed: Script,
 }
 
 fn scripts() -> &'static Scripts {
     static SCRIPTS: std::sync::OnceLock<Scripts> = std::sync::OnceLock::new();
     SCRIPTS.get_or_init(|| Scripts {
-        read: Script::new(scripts::READ),
-        prepare: Script::new(scripts::PREPARE),
-        validate: Script::new(scripts::VALIDATE),
+        lock: Script::new(scripts::LOCK),
         commit: Script::new(scripts::COMMIT),
-        rollback: Script::new(scripts::ROLLBACK),
-        commit_one_phase: Script::new(scripts::COMMIT_ONE_PHASE),
-        expired_locks: Script::new(scripts::EXPIRED_LOCKS),
+        apply: Script::new(scripts::APPLY),
+        finalize: Script::new(scripts::FINALIZE),
+        expired: Script::new(scripts::EXPIRED),
+        rescore: Script::new(scripts::RESCORE),
         claim: Script::new(scripts::CLAIM),
         settle_claim: Script::new(scripts::SETTLE_CLAIM),
-        decide_claimed: Script::new(scripts::DECIDE_CLAIMED),
     })
+}
+
+/// An `EVALSHA` being built: keys first, then arguments.
+struct Call {
+    script: &'static Script,
+    keys: Vec<Vec<u8>>,
+    args: Cmd,
+}
+
+impl Call {
+    fn new(script: &'static Script) -> Call {
+        Call {
+            script,
+            keys: Vec::new(),
+            args: Cmd::new(),
+        }
+    }
+
+    fn key(&mut self, key: impl Into<Vec<u8>>) -> &mut Call {
+        self.keys.push(key.into());
+        self
+    }
+
+    fn arg(&mut self, arg: impl redis::ToRedisArgs) -> &mut Call {
+        self.args.arg(arg);
+        self
+    }
+
+    fn command(&self, verb: &str, body: &str) -> Cmd {
+        let mut cmd = redis::cmd(verb);
+        cmd.arg(body).arg(self.keys.len()).arg(&self.keys);
+        for arg in self.args.args_iter() {
+            if let redis::Arg::Simple(bytes) = arg {
+                cmd.arg(bytes);
+            }
+        }
+        cmd
+    }
 }
 
 /// One named Redis store.
@@ -175,9 +308,14 @@ pub struct Store {
     name: String,
     /// Reconnects by itself after the store restarts; cheap to clone.
     conn: ConnectionManager,
+    /// For connections of other kinds (the wake subscription).
+    client: redis::Client,
     /// Upper bound on any one operation, so that a stopped store fails a
     /// transaction instead of hanging it.
     timeout: Duration,
+    /// Replicas every write must reach before it counts (`WAIT`), if the
+    /// config asks for it.
+    replication: Option<Replication>,
 }
 
 impl fmt::Debug for Store {
@@ -189,7 +327,12 @@ impl fmt::Debug for Store {
 impl Store {
     /// Sets up a connection to `url` without waiting for it: a store that is
     /// down at start-up fails the transactions that need it, not the service.
-    pub fn connect(name: &str, url: &str, timeout: Duration) -> Result<Store, StoreError> {
+    pub fn connect(
+        name: &str,
+        url: &str,
+        timeout: Duration,
+        replication: Option<Replication>,
+    ) -> Result<Store, StoreError> {
         let unavailable = |e: redis::RedisError| StoreError::Unavailable {
             store: name.to_owned(),
             message: e.to_string(),
@@ -200,11 +343,14 @@ impl Store {
             .set_response_timeout(Some(timeout))
             .set_number_of_retries(1)
             .set_max_delay(timeout);
-        let conn = ConnectionManager::new_lazy_with_config(client, config).map_err(unavailable)?;
+        let conn =
+            ConnectionManager::new_lazy_with_config(client.clone(), config).map_err(unavailable)?;
         Ok(Store {
             name: name.to_owned(),
             conn,
+            client,
             timeout,
+            replication,
         })
     }
 
@@ -212,197 +358,264 @@ impl Store {
         &self.name
     }
 
+    pub fn timeout(&self) -> Duration {
+        self.timeout
+    }
+
+    pub(crate) fn client(&self) -> &redis::Client {
+        &self.client
+    }
+
     /// Answers when the store answers `PING` within the timeout.
     pub async fn ping(&self) -> Result<(), StoreError> {
-        let mut conn = self.conn.clone();
-        let cmd = redis::cmd("PING");
-        let _: Value = self.bounded(cmd.query_async(&mut conn)).await?;
+        let _: Value = self.query(&redis::cmd("PING")).await?;
         Ok(())
     }
 
-    /// Values, versions and locks of `keys`, in one round trip.
-    pub async fn read(&self, keys: &[&str]) -> Result<Vec<ReadKey>, StoreError> {
-        let mut inv = scripts().read.prepare_invoke();
-        for k in keys {
-            inv.key(Key::Data(k).encode()).key(Key::Meta(k).encode());
-        }
-        let reply = self.invoke(&mut inv).await?;
-        let items = self.array(reply)?;
-        if items.len() != keys.len() * 4 {
-            return Err(self.protocol("read returned the wrong number of fields"));
-        }
-        items
-            .chunks(4)
-            .map(|c| {
-                let lock = match &c[2] {
-                    Value::Nil => None,
-                    holder => Some(Lock {
-                        holder: self.string(holder)?,
-                        expired: matches!(c[3], Value::Int(1)),
-                    }),
-                };
-                Ok(ReadKey {
-                    value: self.bytes_or_nil(&c[0])?,
-                    ver: self.string(&c[1])?,
-                    lock,
-                })
-            })
-            .collect()
-    }
-
-    /// Locks each key for `txn` and stages its write, if every key is
-    /// unlocked (or already ours) and still at the version read.
-    pub async fn prepare(
+    /// Reads `keys` and locks them in their modes, all or none.
+    pub async fn lock(
         &self,
         txn: &str,
         lease: Duration,
-        primary: &str,
-        writes: &[(&str, &str, &Write)],
-    ) -> Result<Option<Conflict>, StoreError> {
-        let mut inv = scripts().prepare.prepare_invoke();
-        inv.arg(txn).arg(lease.as_millis() as u64).arg(primary);
-        for (key, ver, write) in writes {
-            inv.key(Key::Data(key).encode())
+        entry: &IndexEntry,
+        keys: &[(&str, Mode)],
+    ) -> Result<Locked, StoreError> {
+        let mut call = Call::new(&scripts().lock);
+        for (key, _) in keys {
+            call.key(Key::Data(key).encode())
                 .key(Key::Meta(key).encode());
-            inv.arg(*ver).arg(write.op()).arg(write.value());
         }
-        inv.key(Key::LockIndex.encode());
-        let reply = self.invoke(&mut inv).await?;
-        self.conflict(reply)
+        call.key(Key::LockIndex.encode());
+        call.arg(txn)
+            .arg(lease.as_millis() as u64)
+            .arg(&entry.primary)
+            .arg(entry.encode());
+        for (_, mode) in keys {
+            call.arg(mode.code());
+        }
+        let writes = keys.iter().any(|(_, m)| *m != Mode::Read);
+        let items = self.array(self.invoke(&call, writes).await?)?;
+        match items
+            .first()
+            .map(|v| self.string(v))
+            .transpose()?
+            .as_deref()
+        {
+            Some("ok") if items.len() == keys.len() + 1 => Ok(Locked::Values(
+                items[1..]
+                    .iter()
+                    .map(|v| self.bytes_or_nil(v))
+                    .collect::<Result<_, _>>()?,
+            )),
+            Some("locked") if items.len() == 5 => Ok(Locked::Conflict {
+                index: self.int(&items[1])? as usize,
+                holder: Holder {
+                    txn: self.string(&items[2])?,
+                    remaining_ms: self.int(&items[3])?,
+                    primary: self.string(&items[4])?,
+                },
+            }),
+            _ => Err(self.protocol("unknown lock reply")),
+        }
     }
 
-    /// Checks that keys read but not written are unlocked and unchanged.
-    pub async fn validate(
+    /// The commit point (see [`CommitPoint`]).
+    pub async fn commit(&self, point: &CommitPoint<'_>) -> Result<Committed, StoreError> {
+        let mut call = Call::new(&scripts().commit);
+        let record_key = Key::TxnRecord(point.txn).encode();
+        call.key(record_key.clone()).key(Key::LockIndex.encode());
+        match &point.claim {
+            Some(c) => call.key(Key::Idempotency(c.key).encode()),
+            None => call.key(record_key),
+        };
+        for (key, _) in point.keys {
+            call.key(Key::Data(key).encode())
+                .key(Key::Meta(key).encode());
+        }
+        call.arg(point.txn)
+            .arg(point.record)
+            .arg(point.record_ttl.map_or(0, |t| t.as_millis() as u64))
+            .arg(point.entry.unwrap_or(""))
+            .arg(point.marker.unwrap_or(""))
+            .arg(point.lease.as_millis() as u64);
+        match &point.claim {
+            Some(c) => call
+                .arg(c.owner)
+                .arg(c.outcome)
+                .arg(c.retention.as_millis() as u64),
+            None => call.arg("").arg("").arg(0),
+        };
+        for (_, write) in point.keys {
+            call.arg(Write::op(*write)).arg(Write::value(*write));
+        }
+        let items = self.array(self.invoke(&call, true).await?)?;
+        match (
+            items
+                .first()
+                .map(|v| self.string(v))
+                .transpose()?
+                .as_deref(),
+            items.get(1),
+        ) {
+            (Some("ok"), _) => Ok(Committed::Ok),
+            (Some("decided"), Some(r)) => Ok(Committed::Decided(
+                self.bytes_or_nil(r)?.unwrap_or_default(),
+            )),
+            (Some("superseded"), _) => Ok(Committed::Superseded),
+            (Some("lost"), _) => Ok(Committed::Lost),
+            _ => Err(self.protocol("unknown commit reply")),
+        }
+    }
+
+    /// Applies `keys`' writes for `txn` and releases its locks on them (a
+    /// key with no write is just released); removes `entry` from the lock
+    /// index. Returns how many of the keys `txn` still held.
+    pub async fn apply(
         &self,
         txn: &str,
-        reads: &[(&str, &str)],
-    ) -> Result<Option<Conflict>, StoreError> {
-        let mut inv = scripts().validate.prepare_invoke();
-        inv.arg(txn);
-        for (key, ver) in reads {
-            inv.key(Key::Meta(key).encode()).arg(*ver);
+        entry: Option<&str>,
+        keys: &[Release<'_>],
+    ) -> Result<usize, StoreError> {
+        let mut call = Call::new(&scripts().apply);
+        for (key, _) in keys {
+            call.key(Key::Data(key).encode())
+                .key(Key::Meta(key).encode());
         }
-        let reply = self.invoke(&mut inv).await?;
-        self.conflict(reply)
-    }
-
-    /// Checks and applies a whole single-store transaction at once.
-    pub async fn commit_one_phase(
-        &self,
-        txn: &str,
-        keys: &[CheckedKey<'_>],
-    ) -> Result<Option<Conflict>, StoreError> {
-        let mut inv = scripts().commit_one_phase.prepare_invoke();
-        inv.arg(txn);
-        for k in keys {
-            inv.key(Key::Data(k.key).encode())
-                .key(Key::Meta(k.key).encode());
-            match k.write {
-                Some(w) => inv.arg(k.ver).arg(w.op()).arg(w.value()),
-                None => inv.arg(k.ver).arg("read").arg(""),
-            };
+        call.key(Key::LockIndex.encode());
+        call.arg(txn).arg(entry.unwrap_or(""));
+        for (_, write) in keys {
+            call.arg(Write::op(*write)).arg(Write::value(*write));
         }
-        let reply = self.invoke(&mut inv).await?;
-        self.conflict(reply)
-    }
-
-    /// Applies what `txn` staged on `keys`. Returns how many were applied
-    /// now (0 when a previous call already did).
-    pub async fn commit(&self, txn: &str, keys: &[impl AsRef<str>]) -> Result<usize, StoreError> {
-        let mut inv = scripts().commit.prepare_invoke();
-        inv.arg(txn);
-        for k in keys {
-            let k = k.as_ref();
-            inv.key(Key::Data(k).encode()).key(Key::Meta(k).encode());
-        }
-        inv.key(Key::LockIndex.encode());
-        let reply = self.invoke(&mut inv).await?;
+        let reply = self.invoke(&call, true).await?;
         self.count(reply)
     }
 
-    /// Drops what `txn` staged on `keys` and releases their locks.
-    pub async fn rollback(&self, txn: &str, keys: &[impl AsRef<str>]) -> Result<usize, StoreError> {
-        let mut inv = scripts().rollback.prepare_invoke();
-        inv.arg(txn);
-        for k in keys {
-            let k = k.as_ref();
-            inv.key(Key::Data(k).encode()).key(Key::Meta(k).encode());
-        }
-        inv.key(Key::LockIndex.encode());
-        let reply = self.invoke(&mut inv).await?;
-        self.count(reply)
-    }
-
-    /// Writes the decision record of `txn` unless one exists (`SET NX`), and
-    /// returns the record that stands: ours, or the one written first.
+    /// Writes `record` as the decision of `txn` unless one exists (`SET
+    /// NX`), and returns the record that stands: ours, or the one written
+    /// first. How recovery fences a transaction whose lease ran out.
     pub async fn decide(
         &self,
         txn: &str,
         record: &[u8],
-        retention: Duration,
+        ttl: Duration,
     ) -> Result<Vec<u8>, StoreError> {
         let key = Key::TxnRecord(txn).encode();
-        let mut conn = self.conn.clone();
         let mut set = redis::cmd("SET");
         set.arg(&key)
             .arg(record)
             .arg("NX")
             .arg("PX")
-            .arg(retention.as_millis() as u64);
+            .arg(ttl.as_millis() as u64);
         let mut get = redis::cmd("GET");
         get.arg(&key);
         // One round trip: the GET sees whichever SET won.
         let mut pipe = redis::pipe();
         pipe.add_command(set).ignore().add_command(get);
+        let mut conn = self.conn.clone();
         let (stored,): (Option<Vec<u8>>,) = self.bounded(pipe.query_async(&mut conn)).await?;
+        self.replicated().await?;
         stored.ok_or_else(|| self.protocol("decision record vanished right after SET NX"))
+    }
+
+    /// Writes the outcome record of a transaction that decided nothing
+    /// durable (an abort), kept `ttl`, for lookups.
+    pub async fn receipt(&self, txn: &str, record: &[u8], ttl: Duration) -> Result<(), StoreError> {
+        let mut set = redis::cmd("SET");
+        set.arg(Key::TxnRecord(txn).encode())
+            .arg(record)
+            .arg("NX")
+            .arg("PX")
+            .arg(ttl.as_millis() as u64);
+        let _: Value = self.query(&set).await?;
+        self.replicated().await
     }
 
     /// The decision record of `txn`, if any.
     pub async fn record(&self, txn: &str) -> Result<Option<Vec<u8>>, StoreError> {
-        let mut conn = self.conn.clone();
         let mut get = redis::cmd("GET");
         get.arg(Key::TxnRecord(txn).encode());
-        self.bounded(get.query_async(&mut conn)).await
+        self.query(&get).await
     }
 
-    /// Up to `max` locks whose lease has run out, as `(txn, data key)`.
-    pub async fn expired_locks(&self, max: usize) -> Result<Vec<(String, String)>, StoreError> {
-        let mut inv = scripts().expired_locks.prepare_invoke();
-        inv.key(Key::LockIndex.encode()).arg(max);
-        let entries = self.array(self.invoke(&mut inv).await?)?;
+    /// Ends decision records whose stores have all applied (see
+    /// [`scripts::FINALIZE`]).
+    pub async fn finalize(&self, compact: &[u8], items: &[Finalize]) -> Result<(), StoreError> {
+        if items.is_empty() {
+            return Ok(());
+        }
+        let mut call = Call::new(&scripts().finalize);
+        call.key(Key::LockIndex.encode()).arg(compact);
+        for item in items {
+            call.key(Key::TxnRecord(&item.txn).encode())
+                .arg(item.ttl.as_millis() as u64)
+                .arg(item.marker.as_deref().unwrap_or(""));
+        }
+        self.invoke(&call, true).await?;
+        Ok(())
+    }
+
+    /// Up to `max` lock index entries whose lease has run out, oldest first.
+    /// Entries that cannot be read are returned as errors, one each, so
+    /// that the caller can put them aside.
+    pub async fn expired(&self, max: usize) -> Result<Vec<Result<IndexEntry, String>>, StoreError> {
+        let mut call = Call::new(&scripts().expired);
+        call.key(Key::LockIndex.encode()).arg(max);
+        let entries = self.array(self.invoke(&call, false).await?)?;
         entries
             .iter()
             .map(|e| {
-                let entry = self.string(e)?;
-                let (txn, key) = entry
-                    .split_once('\n')
-                    .ok_or_else(|| self.protocol("malformed lock index entry"))?;
-                Ok((txn.to_owned(), key.to_owned()))
+                let member = self.string(e)?;
+                Ok(IndexEntry::decode(&member).ok_or(member))
             })
             .collect()
     }
 
-    /// How many locks are held on this store (live or expired).
-    pub async fn lock_count(&self) -> Result<usize, StoreError> {
-        let mut conn = self.conn.clone();
-        let mut card = redis::cmd("ZCARD");
-        card.arg(Key::LockIndex.encode());
-        self.bounded(card.query_async(&mut conn)).await
+    /// Sends an index entry to the back of the sweep's line, `delay` from now.
+    pub async fn rescore(&self, member: &str, delay: Duration) -> Result<(), StoreError> {
+        let mut call = Call::new(&scripts().rescore);
+        call.key(Key::LockIndex.encode())
+            .arg(member)
+            .arg(delay.as_millis() as u64);
+        self.invoke(&call, true).await?;
+        Ok(())
     }
 
-    /// Whether `txn` holds any lock on this store.
+    /// How many lock index entries this store has (live or expired).
+    pub async fn lock_count(&self) -> Result<usize, StoreError> {
+        let mut card = redis::cmd("ZCARD");
+        card.arg(Key::LockIndex.encode());
+        self.query(&card).await
+    }
+
+    /// Whether `txn` (a well-formed transaction id) holds any lock here:
+    /// the whole lock index, page by page.
     pub async fn holds_locks(&self, txn: &str) -> Result<bool, StoreError> {
-        let mut conn = self.conn.clone();
-        let mut scan = redis::cmd("ZSCAN");
-        scan.arg(Key::LockIndex.encode())
-            .arg(0)
-            .arg("MATCH")
-            .arg(format!("{txn}\n*"))
-            .arg("COUNT")
-            .arg(10_000);
-        let (_, found): (String, Vec<String>) = self.bounded(scan.query_async(&mut conn)).await?;
-        Ok(!found.is_empty())
+        let mut cursor = 0u64;
+        loop {
+            let mut scan = redis::cmd("ZSCAN");
+            scan.arg(Key::LockIndex.encode())
+                .arg(cursor)
+                .arg("MATCH")
+                .arg(IndexEntry::pattern(txn))
+                .arg("COUNT")
+                .arg(1000);
+            let (next, found): (u64, Vec<String>) = self.query(&scan).await?;
+            if !found.is_empty() {
+                return Ok(true);
+            }
+            if next == 0 {
+                return Ok(false);
+            }
+            cursor = next;
+        }
+    }
+
+    /// Whether `key` is locked by anyone right now.
+    pub async fn is_locked(&self, key: &str) -> Result<bool, StoreError> {
+        let mut exists = redis::cmd("EXISTS");
+        exists.arg(Key::Meta(key).encode());
+        let n: u64 = self.query(&exists).await?;
+        Ok(n > 0)
     }
 
     /// Claims an idempotency key (see [`scripts::CLAIM`]).
@@ -410,15 +623,17 @@ impl Store {
         &self,
         key: &str,
         owner: &str,
+        request: &str,
         lease: Duration,
         retention: Duration,
     ) -> Result<Claim, StoreError> {
-        let mut inv = scripts().claim.prepare_invoke();
-        inv.key(Key::Idempotency(key).encode())
+        let mut call = Call::new(&scripts().claim);
+        call.key(Key::Idempotency(key).encode())
             .arg(owner)
             .arg(lease.as_millis() as u64)
-            .arg(retention.as_millis() as u64);
-        let items = self.array(self.invoke(&mut inv).await?)?;
+            .arg(retention.as_millis() as u64)
+            .arg(request);
+        let items = self.array(self.invoke(&call, true).await?)?;
         match (
             items
                 .first()
@@ -429,6 +644,7 @@ impl Store {
         ) {
             (Some("claimed"), _) => Ok(Claim::Claimed),
             (Some("in_flight"), _) => Ok(Claim::InFlight),
+            (Some("reused"), _) => Ok(Claim::Reused),
             (Some("done"), Some(record)) => {
                 Ok(Claim::Done(self.bytes_or_nil(record)?.unwrap_or_default()))
             }
@@ -445,51 +661,61 @@ impl Store {
         record: &[u8],
         retention: Duration,
     ) -> Result<bool, StoreError> {
-        let mut inv = scripts().settle_claim.prepare_invoke();
-        inv.key(Key::Idempotency(key).encode())
+        let mut call = Call::new(&scripts().settle_claim);
+        call.key(Key::Idempotency(key).encode())
             .arg(owner)
             .arg(record)
             .arg(retention.as_millis() as u64);
-        Ok(self.count(self.invoke(&mut inv).await?)? == 1)
+        let reply = self.invoke(&call, true).await?;
+        Ok(self.count(reply)? == 1)
     }
 
-    /// [`Store::decide`] for a transaction holding an idempotency claim: the
-    /// decision and, if it stands, `outcome` under the idempotency key, at
-    /// once. `None` when the claim was taken over (nothing was decided).
-    pub async fn decide_claimed(
-        &self,
-        txn: &str,
-        record: &[u8],
-        claim: (&str, &str),
-        outcome: &[u8],
-        retention: Duration,
-    ) -> Result<Option<Vec<u8>>, StoreError> {
-        let (key, owner) = claim;
-        let mut inv = scripts().decide_claimed.prepare_invoke();
-        inv.key(Key::TxnRecord(txn).encode())
-            .key(Key::Idempotency(key).encode())
-            .arg(record)
-            .arg(owner)
-            .arg(retention.as_millis() as u64)
-            .arg(outcome);
-        let items = self.array(self.invoke(&mut inv).await?)?;
-        match (
-            items
-                .first()
-                .map(|v| self.string(v))
-                .transpose()?
-                .as_deref(),
-            items.get(1),
-        ) {
-            (Some("fenced"), _) => Ok(None),
-            (Some("standing"), Some(r)) => Ok(self.bytes_or_nil(r)?),
-            _ => Err(self.protocol("unknown decide reply")),
-        }
-    }
-
-    async fn invoke(&self, inv: &mut redis::ScriptInvocation<'_>) -> Result<Value, StoreError> {
+    /// Runs a script (loading it first if the server lost it, after a
+    /// restart). A script that `writes` waits for the configured replicas.
+    async fn invoke(&self, call: &Call, writes: bool) -> Result<Value, StoreError> {
+        let evalsha = call.command("EVALSHA", &call.script.sha);
         let mut conn = self.conn.clone();
-        self.bounded(inv.invoke_async(&mut conn)).await
+        let no_script = redis::ErrorKind::Server(redis::ServerErrorKind::NoScript);
+        let reply = match tokio::time::timeout(self.timeout, evalsha.query_async(&mut conn)).await {
+            Ok(Err(e)) if e.kind() == no_script => {
+                self.bounded(
+                    call.command("EVAL", call.script.code)
+                        .query_async(&mut conn),
+                )
+                .await?
+            }
+            first => self.settle(first)?,
+        };
+        if writes {
+            self.replicated().await?;
+        }
+        Ok(reply)
+    }
+
+    /// Waits for the configured replicas to acknowledge every write made so
+    /// far on this connection (`WAIT`); an error if fewer do in time.
+    async fn replicated(&self) -> Result<(), StoreError> {
+        let Some(r) = &self.replication else {
+            return Ok(());
+        };
+        let mut wait = redis::cmd("WAIT");
+        wait.arg(r.replicas).arg(r.timeout_ms);
+        let acked: u32 = self.query(&wait).await?;
+        if acked < r.replicas {
+            return Err(StoreError::Unavailable {
+                store: self.name.clone(),
+                message: format!(
+                    "only {acked} of {} replicas acknowledged a write within {} ms",
+                    r.replicas, r.timeout_ms
+                ),
+            });
+        }
+        Ok(())
+    }
+
+    async fn query<T: redis::FromRedisValue>(&self, cmd: &Cmd) -> Result<T, StoreError> {
+        let mut conn = self.conn.clone();
+        self.bounded(cmd.query_async(&mut conn)).await
     }
 
     /// Runs one Redis call under the store timeout and names the store in
@@ -498,7 +724,15 @@ impl Store {
         &self,
         call: impl Future<Output = redis::RedisResult<T>>,
     ) -> Result<T, StoreError> {
-        match tokio::time::timeout(self.timeout, call).await {
+        self.settle(tokio::time::timeout(self.timeout, call).await)
+    }
+
+    /// A bounded call's result, with the store named in any error.
+    fn settle<T>(
+        &self,
+        result: Result<redis::RedisResult<T>, tokio::time::error::Elapsed>,
+    ) -> Result<T, StoreError> {
+        match result {
             Ok(Ok(v)) => Ok(v),
             Ok(Err(e)) if is_unavailable(&e) => Err(StoreError::Unavailable {
                 store: self.name.clone(),
@@ -509,27 +743,6 @@ impl Store {
                 store: self.name.clone(),
                 message: format!("no answer within {} ms", self.timeout.as_millis()),
             }),
-        }
-    }
-
-    fn conflict(&self, reply: Value) -> Result<Option<Conflict>, StoreError> {
-        let items = self.array(reply)?;
-        let tag = items.first().map(|v| self.string(v)).transpose()?;
-        let index = || match items.get(1) {
-            Some(Value::Int(i)) => Ok(*i as usize),
-            _ => Err(self.protocol("conflict reply without a key index")),
-        };
-        match tag.as_deref() {
-            Some("ok") => Ok(None),
-            Some("changed") => Ok(Some(Conflict::Changed { index: index()? })),
-            Some("locked") if items.len() == 4 => Ok(Some(Conflict::Locked {
-                index: index()?,
-                lock: Lock {
-                    holder: self.string(&items[2])?,
-                    expired: matches!(items[3], Value::Int(1)),
-                },
-            })),
-            _ => Err(self.protocol("unknown script reply")),
         }
     }
 
@@ -544,6 +757,13 @@ impl Store {
         match v {
             Value::Int(n) if n >= 0 => Ok(n as usize),
             other => Err(self.protocol(&format!("expected a count, got {other:?}"))),
+        }
+    }
+
+    fn int(&self, v: &Value) -> Result<i64, StoreError> {
+        match v {
+            Value::Int(n) => Ok(*n),
+            other => Err(self.protocol(&format!("expected an integer, got {other:?}"))),
         }
     }
 

@@ -1,38 +1,64 @@
 //! One attempt of a transaction, phase by phase (see the module essay).
 
 use std::collections::{BTreeMap, HashMap};
+use std::time::Instant;
 
 use futures::future::join_all;
 
+use super::background::Owed;
 use super::idempotency::{self, ClaimToken};
-use super::types::{AbortInfo, Record, Status, StepOutput, TxnResponse, output_json};
+use super::plan::{Part, Plan};
+use super::types::{
+    AbortInfo, Base64, Record, Status, StepOutput, StoreWork, TxnResponse, output_json,
+};
 use super::{Coordinator, Step, TxnError, faults};
 use crate::runtime::{Entry, Write as GuestWrite};
-use crate::store::{CheckedKey, Conflict, ReadKey, Store, Write};
+use crate::store::{
+    ClaimedOutcome, CommitPoint, Committed, Holder, Locked, Mode, Release, StoreError, Write,
+};
 
 /// How an attempt ended.
 pub(super) enum Outcome {
     Committed {
         outputs: Vec<StepOutput>,
-        /// The decision record (and, with an idempotency key, the outcome)
-        /// is already written.
-        recorded: bool,
+        after: After,
     },
     Aborted(AbortInfo),
-    /// Another transaction got in the way; run again.
-    Conflict(String),
+    /// A lock of another transaction was in the way; nothing is held.
+    Blocked(Blocked),
+    /// Recovery decided `aborted` for this attempt (its lease ran out
+    /// before its commit point), or its reads took too long to count;
+    /// nothing is held. Run again.
+    Fenced(String),
 }
 
-/// How the two-phase path ended.
-enum Decided {
-    Committed,
-    Conflict(String),
-    /// A retry with the same idempotency key took over our claim.
-    Superseded,
+/// What a committed attempt leaves to do once it answered.
+pub(super) enum After {
+    /// Nothing: a read-only transaction on one store locks nothing.
+    Nothing,
+    /// Release a read-only transaction's shared locks.
+    Release(Vec<Owed>),
+    /// Apply the other stores, then finalize the record on the primary.
+    Apply {
+        primary: String,
+        stores: Vec<Owed>,
+        marker: Option<String>,
+    },
 }
 
-/// Store name -> the keys of this transaction on it, sorted, each once.
-type KeysByStore = BTreeMap<String, Vec<String>>;
+/// The lock that stopped an attempt.
+#[derive(Debug, Clone)]
+pub(super) struct Blocked {
+    pub store: String,
+    pub key: String,
+    pub holder: Holder,
+}
+
+/// The values read, by (store, key).
+type View = HashMap<(String, String), Option<Vec<u8>>>;
+
+/// The writes of all steps, last one per key wins, by (store, key).
+type Writes = BTreeMap<(String, String), Write>;
 
 impl Coordinator {
     pub(super) async fn attempt(
@@ -40,356 +66,327 @@ impl Coordinator {
         id: &str,
         attempt: u32,
         steps: &mut [Step],
+        plan: &Plan,
         claim: Option<&ClaimToken>,
     ) -> Result<Outcome, TxnError> {
-        let keys = keys_by_store(steps);
-        let reads = match self.read(&keys).await? {
-            Ok(reads) => reads,
-            Err(reason) => return Ok(Outcome::Conflict(reason)),
+        let started = Instant::now();
+        let primary = plan.primary_name();
+        let entries: Vec<Option<String>> = plan
+            .parts
+            .iter()
+            .map(|p| p.locks().then(|| p.entry(id, primary).encode()))
+            .collect();
+        let view = match self.lock(id, plan, &entries).await {
+            Ok(view) => view,
+            Err(Ok(blocked)) => return Ok(Outcome::Blocked(blocked)),
+            Err(Err(e)) => return Err(e.into()),
         };
-        let (outputs, writes) = match execute(steps, &reads).await {
+        let (outputs, writes) = match execute(steps, view).await {
             Ok(done) => done,
-            Err(abort) => return Ok(Outcome::Aborted(abort)),
+            Err(abort) => {
+                self.release(id, plan, &entries).await;
+                return Ok(Outcome::Aborted(abort));
+            }
         };
-        let result = if writes.is_empty() && keys.len() <= 1 {
-            Ok(()) // One store's read script saw one consistent state.
-        } else if writes.is_empty() {
-            self.validate(id, &keys, &reads, &writes).await?
-        } else if keys.len() == 1 && claim.is_none() {
-            // (With an idempotency key the decision must be written together
-            // with the outcome on the log store, so even one store goes 2PC.)
-            self.commit_one_phase(id, &keys, &reads, &writes).await?
-        } else {
-            let outcome = claim.map(|c| {
-                let response = TxnResponse {
-                    id: id.to_owned(),
-                    status: Status::Committed,
-                    attempts: attempt,
-                    steps: outputs.clone(),
-                    abort: None,
-                };
-                (c, c.done_record(&response))
-            });
-            let decided = self.two_phase(id, &keys, &reads, &writes, outcome).await?;
-            return Ok(match decided {
-                Decided::Committed => Outcome::Committed {
-                    outputs,
-                    recorded: true,
-                },
-                Decided::Conflict(reason) => Outcome::Conflict(reason),
-                Decided::Superseded => Outcome::Aborted(idempotency::superseded()),
-            });
+        let Some(primary) = plan.primary else {
+            return Ok(self.read_only(id, plan, &entries, started, outputs).await);
         };
-        Ok(match result {
-            Ok(()) => Outcome::Committed {
-                outputs,
-                recorded: false,
-            },
-            Err(reason) => Outcome::Conflict(reason),
-        })
-    }
-
-    /// Reads every key; `Err(reason)` when a lock is in the way.
-    async fn read(
-        &self,
-        keys: &KeysByStore,
-    ) -> Result<Result<HashMap<String, ReadKey>, String>, TxnError> {
-        let replies = join_all(keys.iter().map(|(store, keys)| async move {
-            let refs: Vec<&str> = keys.iter().map(String::as_str).collect();
-            (store, keys, self.store(store).read(&refs).await)
-        }))
-        .await;
-        let mut reads = HashMap::new();
-        let mut locked = None;
-        for (store, keys, reply) in replies {
-            for (key, read) in keys.iter().zip(reply?) {
-                if let Some(lock) = &read.lock {
-                    if lock.expired {
-                        self.resolve_logged(store, key, &lock.holder).await;
-                    }
-                    locked = Some(format!("`{key}` is locked by {}", lock.holder));
-                }
-                reads.insert(key.clone(), read);
-            }
-        }
-        Ok(match locked {
-            Some(reason) => Err(reason),
-            None => Ok(reads),
-        })
-    }
-
-    /// Checks that every key read but not written is unchanged and unlocked.
-    async fn validate(
-        &self,
-        id: &str,
-        keys: &KeysByStore,
-        reads: &HashMap<String, ReadKey>,
-        writes: &BTreeMap<String, Write>,
-    ) -> Result<Result<(), String>, TxnError> {
-        let replies = join_all(keys.iter().filter_map(|(store, keys)| {
-            let checks: Vec<(&str, &str)> = keys
-                .iter()
-                .filter(|k| !writes.contains_key(*k))
-                .map(|k| (k.as_str(), reads[k].ver.as_str()))
-                .collect();
-            (!checks.is_empty()).then_some(async move {
-                let reply = self.store(store).validate(id, &checks).await;
-                (store, checks, reply)
-            })
-        }))
-        .await;
-        let mut first = Ok(());
-        for (store, checks, reply) in replies {
-            if let Some(c) = reply? {
-                let reason = self
-                    .conflict(store, &checks.iter().map(|c| c.0).collect::<Vec<_>>(), c)
-                    .await;
-                first = first.and(Err(reason));
-            }
-        }
-        Ok(first)
-    }
-
-    /// All keys on one store: check and apply in one script.
-    async fn commit_one_phase(
-        &self,
-        id: &str,
-        keys: &KeysByStore,
-        reads: &HashMap<String, ReadKey>,
-        writes: &BTreeMap<String, Write>,
-    ) -> Result<Result<(), String>, TxnError> {
-        let (store, keys) = keys.iter().next().expect("one store");
-        let checked: Vec<CheckedKey> = keys
-            .iter()
-            .map(|k| CheckedKey {
-                key: k,
-                ver: &reads[k].ver,
-                write: writes.get(k),
-            })
-            .collect();
-        match self.store(store).commit_one_phase(id, &checked).await? {
-            None => Ok(Ok(())),
-            Some(c) => {
-                let names: Vec<&str> = keys.iter().map(String::as_str).collect();
-                Ok(Err(self.conflict(store, &names, c).await))
-            }
-        }
-    }
-
-    /// Prepare, validate, decide, commit. With an idempotency claim, the
-    /// decision goes together with `outcome` under the claimed key.
-    async fn two_phase(
-        &self,
-        id: &str,
-        keys: &KeysByStore,
-        reads: &HashMap<String, ReadKey>,
-        writes: &BTreeMap<String, Write>,
-        outcome: Option<(&ClaimToken, Vec<u8>)>,
-    ) -> Result<Decided, TxnError> {
-        let locked: KeysByStore = keys
-            .iter()
-            .map(|(s, ks)| {
-                (
-                    s.clone(),
-                    ks.iter()
-                        .filter(|k| writes.contains_key(*k))
-                        .cloned()
-                        .collect::<Vec<_>>(),
-                )
-            })
-            .filter(|(_, ks)| !ks.is_empty())
-            .collect();
-        if let Err(failure) = self.prepare(id, &locked, reads, writes).await {
-            self.rollback(id, &locked).await;
-            return failure.map(Decided::Conflict);
-        }
-        match self.validate(id, keys, reads, writes).await {
-            Ok(Ok(())) => {}
-            failed => {
-                self.rollback(id, &locked).await;
-                return failed.map(|r| Decided::Conflict(r.expect_err("failed")));
-            }
-        }
         faults::point("after-prepare").await;
-        let record = Record::Committed {
-            stores: locked.clone(),
-        };
-        let retention = self.config.record_retention();
-        let unknown = |e: crate::store::StoreError| TxnError::OutcomeUnknown {
+        let response = TxnResponse {
             id: id.to_owned(),
-            message: e.to_string(),
+            status: Status::Committed,
+            attempts: attempt,
+            steps: outputs,
+            abort: None,
         };
-        let standing = match &outcome {
-            None => Some(
-                self.log()
-                    .decide(id, &record.encode(), retention)
-                    .await
-                    .map_err(unknown)?,
-            ),
-            Some((claim, done)) => self
-                .log()
-                .decide_claimed(
-                    id,
-                    &record.encode(),
-                    (&claim.key, &claim.owner),
-                    done,
-                    retention,
-                )
-                .await
-                .map_err(unknown)?,
-        };
-        let Some(standing) = standing else {
-            self.rollback(id, &locked).await;
-            return Ok(Decided::Superseded);
-        };
-        if Record::decode(&standing).ok() != Some(record) {
-            // Our leases ran out and someone decided `aborted` for us.
-            self.rollback(id, &locked).await;
-            return Ok(Decided::Conflict(format!(
-                "transaction {id} was aborted by recovery before it could decide"
-            )));
+        let outcome = claim.map(|c| c.done_record(&response));
+        let decided = self
+            .commit_point(
+                id,
+                plan,
+                primary,
+                &entries,
+                &writes,
+                claim.zip(outcome.as_deref()),
+            )
+            .await
+            .map_err(|e| TxnError::OutcomeUnknown {
+                id: id.to_owned(),
+                message: e.to_string(),
+            })?;
+        let outputs = response.steps;
+        match decided {
+            Committed::Ok => {
+                faults::point("after-decide").await;
+                faults::point("commit-partial").await;
+                let after = self.remaining(id, plan, primary, &entries, writes);
+                Ok(Outcome::Committed { outputs, after })
+            }
+            Committed::Superseded => {
+                self.release(id, plan, &entries).await;
+                Ok(Outcome::Aborted(idempotency::superseded()))
+            }
+            Committed::Decided(_) | Committed::Lost => {
+                self.release(id, plan, &entries).await;
+                Ok(Outcome::Fenced(format!(
+                    "transaction {id} was aborted by recovery before it could decide"
+                )))
+            }
         }
-        faults::point("after-decide").await;
-        self.commit(id, &locked).await;
-        Ok(Decided::Committed)
     }
 
-    /// Locks and stages on every store with writes, in parallel. `Err` holds
-    /// what to return: a conflict reason, or a store failure.
-    async fn prepare(
+    /// Reads and locks every store's keys, all stores in parallel. On a
+    /// conflict or a store failure, releases what was locked and says which
+    /// (a store failure first: nothing was applied, the request may be sent
+    /// again).
+    async fn lock(
         &self,
         id: &str,
-        locked: &KeysByStore,
-        reads: &HashMap<String, ReadKey>,
-        writes: &BTreeMap<String, Write>,
-    ) -> Result<(), Result<String, TxnError>> {
+        plan: &Plan,
+        entries: &[Option<String>],
+    ) -> Result<View, Result<Blocked, StoreError>> {
         let lease = self.config.lease();
+        let primary = plan.primary_name();
+        let first = plan.parts.iter().position(|p| !p.keys.is_empty());
         let replies = join_all(
-            locked
+            plan.parts
                 .iter()
                 .enumerate()
-                .map(|(i, (store, keys))| async move {
-                    let staged: Vec<(&str, &str, &Write)> = keys
-                        .iter()
-                        .map(|k| (k.as_str(), reads[k].ver.as_str(), &writes[k]))
-                        .collect();
-                    if i > 0 {
+                .filter(|(_, p)| !p.keys.is_empty())
+                .map(|(i, part)| async move {
+                    if Some(i) != first {
                         faults::hold("prepare-partial").await;
                     }
-                    let reply = self
-                        .store(store)
-                        .prepare(id, lease, &self.log_store, &staged)
-                        .await;
-                    if i == 0 {
+                    let keys: Vec<(&str, Mode)> =
+                        part.keys.iter().map(|(k, m)| (k.as_str(), *m)).collect();
+                    let entry = part.entry(id, primary);
+                    let reply = self.store(&part.store).lock(id, lease, &entry, &keys).await;
+                    if Some(i) == first {
                         faults::point("prepare-partial").await;
                     }
-                    (store, keys, reply)
+                    (i, reply)
                 }),
         )
         .await;
-        for (store, keys, reply) in replies {
+        let mut view = View::new();
+        let mut failure: Option<Result<Blocked, StoreError>> = None;
+        let mut held = vec![false; plan.parts.len()];
+        for (i, reply) in replies {
+            let part = &plan.parts[i];
             match reply {
-                Ok(None) => {}
-                Ok(Some(c)) => {
-                    let names: Vec<&str> = keys.iter().map(String::as_str).collect();
-                    return Err(Ok(self.conflict(store, &names, c).await));
+                Ok(Locked::Values(values)) => {
+                    held[i] = true;
+                    for ((key, _), value) in part.keys.iter().zip(values) {
+                        view.insert((part.store.clone(), key.clone()), value);
+                    }
                 }
-                Err(e) => return Err(Err(e.into())),
+                Ok(Locked::Conflict { index, holder }) => {
+                    if !matches!(failure, Some(Err(_))) {
+                        failure = Some(Ok(Blocked {
+                            store: part.store.clone(),
+                            key: part.keys[index].0.clone(),
+                            holder,
+                        }));
+                    }
+                }
+                Err(e) => failure = Some(Err(e)),
             }
         }
-        Ok(())
+        let Some(failure) = failure else {
+            return Ok(view);
+        };
+        let locked: Vec<Option<String>> = entries
+            .iter()
+            .zip(&held)
+            .map(|(e, h)| e.clone().filter(|_| *h))
+            .collect();
+        self.release(id, plan, &locked).await;
+        Err(failure)
     }
 
-    /// Applies a decided transaction everywhere. A store that fails keeps
-    /// its locks; whoever meets them rolls them forward from the record.
-    async fn commit(&self, id: &str, locked: &KeysByStore) {
-        let first = locked.keys().next().map(String::as_str);
-        let replies = self
-            .each_store(locked, |s, keys| async move {
-                let is_first = Some(s.name()) == first;
-                if !is_first {
-                    faults::hold("commit-partial").await;
-                }
-                let reply = s.commit(id, keys).await;
-                if is_first {
-                    faults::point("commit-partial").await;
-                }
-                reply
+    /// A read-only transaction: one store read atomically needs nothing
+    /// more; across stores, its shared locks were all held at once when the
+    /// last store answered, and are released after the answer. Unless the
+    /// reads took so long that a lease may have run out between the first
+    /// and the last (recovery may have broken it and let a writer in): then
+    /// it runs again.
+    async fn read_only(
+        &self,
+        id: &str,
+        plan: &Plan,
+        entries: &[Option<String>],
+        started: Instant,
+        outputs: Vec<StepOutput>,
+    ) -> Outcome {
+        if entries.iter().all(Option::is_none) {
+            return Outcome::Committed {
+                outputs,
+                after: After::Nothing,
+            };
+        }
+        if started.elapsed() >= self.config.lease() / 2 {
+            self.release(id, plan, entries).await;
+            return Outcome::Fenced(format!(
+                "reading took {} ms, longer than half the lease: a lock may have expired meanwhile",
+                started.elapsed().as_millis()
+            ));
+        }
+        let stores = plan
+            .parts
+            .iter()
+            .zip(entries)
+            .filter_map(|(part, entry)| {
+                Some(Owed {
+                    store: self.store(&part.store).clone(),
+                    entry: entry.clone()?,
+                    keys: part.keys.iter().map(|(k, _)| (k.clone(), None)).collect(),
+                })
             })
-            .await;
-        for (store, reply) in replies {
-            if let Err(e) = reply {
-                tracing::warn!(txn = id, store, error = %e, "commit incomplete; recovery will roll it forward");
-            }
+            .collect();
+        Outcome::Committed {
+            outputs,
+            after: After::Release(stores),
         }
     }
 
-    /// Releases this attempt's locks. A store that fails keeps them until
-    /// their lease ends; then whoever meets them rolls them back.
-    async fn rollback(&self, id: &str, locked: &KeysByStore) {
-        for (store, reply) in self
-            .each_store(locked, |s, keys| s.rollback(id, keys))
-            .await
-        {
-            if let Err(e) = reply {
-                tracing::warn!(txn = id, store, error = %e, "rollback incomplete; locks expire with their lease");
-            }
+    /// The commit point on the primary store: the decision record (with
+    /// the other stores' writes while they are unapplied), the primary's
+    /// own writes, and the idempotency outcome, in one script.
+    async fn commit_point(
+        &self,
+        id: &str,
+        plan: &Plan,
+        primary: usize,
+        entries: &[Option<String>],
+        writes: &Writes,
+        claim: Option<(&ClaimToken, &[u8])>,
+    ) -> Result<Committed, StoreError> {
+        let part = &plan.parts[primary];
+        let others: BTreeMap<String, StoreWork> = plan
+            .parts
+            .iter()
+            .zip(entries)
+            .enumerate()
+            .filter(|(i, (_, entry))| *i != primary && entry.is_some())
+            .map(|(_, (p, _))| (p.store.clone(), store_work(p, writes)))
+            .collect();
+        let record = Record::Committed { stores: others }.encode();
+        let marker = plan.marker(id, entries);
+        let single = marker.is_none();
+        let keys = releases(part, writes);
+        let point = CommitPoint {
+            txn: id,
+            record: &record,
+            // One store: the record is the answer's receipt, shortened once
+            // the answer is out. Several: it stays until they have applied.
+            record_ttl: single.then(|| self.config.record_retention()),
+            keys: &keys,
+            entry: entries[primary].as_deref(),
+            marker: marker.as_deref(),
+            lease: self.config.lease(),
+            claim: claim.map(|(c, outcome)| ClaimedOutcome {
+                key: &c.key,
+                owner: &c.owner,
+                outcome,
+                retention: self.config.record_retention(),
+            }),
+        };
+        self.store(&part.store).commit(&point).await
+    }
+
+    /// What a committed writer still has to do once it answered.
+    fn remaining(
+        &self,
+        id: &str,
+        plan: &Plan,
+        primary: usize,
+        entries: &[Option<String>],
+        writes: Writes,
+    ) -> After {
+        let mut writes = writes;
+        let stores = plan
+            .parts
+            .iter()
+            .zip(entries)
+            .enumerate()
+            .filter(|(i, _)| *i != primary)
+            .filter_map(|(_, (part, entry))| {
+                let keys = part
+                    .keys
+                    .iter()
+                    .map(|(k, _)| {
+                        let write = writes.remove(&(part.store.clone(), k.clone()));
+                        (k.clone(), write)
+                    })
+                    .collect();
+                Some(Owed {
+                    store: self.store(&part.store).clone(),
+                    entry: entry.clone()?,
+                    keys,
+                })
+            })
+            .collect::<Vec<_>>();
+        After::Apply {
+            primary: plan.parts[primary].store.clone(),
+            stores,
+            marker: plan.marker(id, entries),
         }
     }
 
-    /// Runs `op` on every store of `keys` in parallel.
-    async fn each_store<'a, F, Fut, T>(&'a self, keys: &'a KeysByStore, op: F) -> Vec<(&'a str, T)>
-    where
-        F: Fn(&'a Store, &'a [String]) -> Fut,
-        Fut: Future<Output = T>,
-    {
-        join_all(keys.iter().map(|(store, ks)| {
-            let fut = op(self.store(store), ks);
-            async move { (store.as_str(), fut.await) }
-        }))
-        .await
-    }
-
-    /// Describes a conflict, resolving the lock first if its lease is over.
-    async fn conflict(&self, store: &str, keys: &[&str], conflict: Conflict) -> String {
-        match conflict {
-            Conflict::Changed { index } => format!("`{}` changed since it was read", keys[index]),
-            Conflict::Locked { index, lock } => {
-                if lock.expired {
-                    self.resolve_logged(store, keys[index], &lock.holder).await;
+    /// Releases this attempt's locks on every store where it holds an
+    /// index entry. A store that fails keeps them until their lease ends;
+    /// then whoever meets them rolls them back.
+    pub(super) async fn release(&self, id: &str, plan: &Plan, entries: &[Option<String>]) {
+        join_all(plan.parts.iter().zip(entries).filter_map(|(part, entry)| {
+            let entry = entry.as_deref()?;
+            Some(async move {
+                let keys: Vec<Release> = part.keys.iter().map(|(k, _)| (k.as_str(), None)).collect();
+                if let Err(e) = self.store(&part.store).apply(id, Some(entry), &keys).await {
+                    tracing::warn!(txn = id, store = part.store, error = %e, "release incomplete; the locks end with their lease");
                 }
-                format!("`{}` is locked by {}", keys[index], lock.holder)
-            }
-        }
+            })
+        }))
+        .await;
     }
 }
 
-/// Groups the keys of all steps by store.
-fn keys_by_store(steps: &[Step]) -> KeysByStore {
-    let mut keys = KeysByStore::new();
-    for step in steps {
-        keys.entry(step.participant.store.clone())
-            .or_default()
-            .extend(step.keys.iter().cloned());
+/// A part's keys with their writes, for a script.
+fn releases<'a>(part: &'a Part, writes: &'a Writes) -> Vec<Release<'a>> {
+    part.keys
+        .iter()
+        .map(|(k, _)| (k.as_str(), writes.get(&(part.store.clone(), k.clone()))))
+        .collect()
+}
+
+/// A part's keys with their writes, for the record.
+fn store_work(part: &Part, writes: &Writes) -> StoreWork {
+    StoreWork {
+        keys: part.keys.iter().map(|(k, _)| k.clone()).collect(),
+        writes: part
+            .keys
+            .iter()
+            .enumerate()
+            .filter_map(|(i, (k, _))| {
+                let write = writes.get(&(part.store.clone(), k.clone()))?;
+                Some((
+                    i,
+                    match write {
+                        Write::Set(v) => Some(Base64(v.clone())),
+                        Write::Delete => None,
+                    },
+                ))
+            })
+            .collect(),
     }
-    for ks in keys.values_mut() {
-        ks.sort();
-        ks.dedup();
-    }
-    keys
 }
 
 /// Runs the steps in order on the snapshot read, each seeing the writes of
 /// the ones before it. Returns the outputs and the last write to each key.
 async fn execute(
     steps: &mut [Step],
-    reads: &HashMap<String, ReadKey>,
-) -> Result<(Vec<StepOutput>, BTreeMap<String, Write>), AbortInfo> {
-    let mut view: HashMap<&str, Option<Vec<u8>>> = reads
-        .iter()
-        .map(|(k, r)| (k.as_str(), r.value.clone()))
-        .collect();
-    let mut writes = BTreeMap::new();
+    mut view: View,
+) -> Result<(Vec<StepOutput>, Writes), AbortInfo> {
+    let mut writes = Writes::new();
     let mut outputs = Vec::with_capacity(steps.len());
     for step in steps.iter_mut() {
         let mut instance = match step.instance.take() {
@@ -406,10 +403,10 @@ async fn execute(
             .iter()
             .map(|k| Entry {
                 key: p.relative(k).to_owned(),
-                value: view[k.as_str()].clone(),
+                value: view[&(p.store.clone(), k.clone())].clone(),
             })
             .collect();
-        let started = std::time::Instant::now();
+        let started = Instant::now();
         let executed = instance.execute(&step.input, &snapshot).await;
         p.calls.execute.record(started.elapsed());
         let outcome = match executed {
@@ -423,7 +420,7 @@ async fn execute(
                 GuestWrite::Delete(k) => (k, Write::Delete),
             };
             let key = p.key(&relative);
-            let Some(declared) = step.writes.iter().find(|w| **w == key) else {
+            if step.writes.binary_search(&key).is_err() {
                 return Err(step.abort(
                     "undeclared_write",
                     format!(
@@ -431,13 +428,13 @@ async fn execute(
                         p.name
                     ),
                 ));
-            };
+            }
             let value = match &write {
                 Write::Set(v) => Some(v.clone()),
                 Write::Delete => None,
             };
-            view.insert(declared.as_str(), value);
-            writes.insert(key, write);
+            view.insert((p.store.clone(), key.clone()), value);
+            writes.insert((p.store.clone(), key), write);
         }
         outputs.push(StepOutput {
             participant: p.name.clone(),

@@ -4,11 +4,15 @@
 //!
 //! | point             | the host has...                                          |
 //! |-------------------|----------------------------------------------------------|
-//! | `prepare-partial` | locked and staged on its first store, not on the others  |
-//! | `after-prepare`   | locked and staged everywhere, validated, not decided     |
-//! | `after-decide`    | written `committed`, applied nowhere                     |
-//! | `commit-partial`  | applied on its first store, not on the others            |
-//! | `before-reply`    | finished and recorded, not answered                      |
+//! | `prepare-partial` | locked and read its first store, not the others          |
+//! | `after-prepare`   | locked and read everywhere, executed, not decided        |
+//! | `after-decide`    | passed its commit point (record written, the primary     |
+//! |                   | store applied), answered nothing, applied nothing else   |
+//! | `commit-partial`  | the same, one step later (the primary applied, the       |
+//! |                   | others not): where a commit is cut in two                |
+//! | `before-reply`    | decided, not answered (the other stores apply meanwhile) |
+//! | `after-answer`    | answered `committed`, applied no store but the primary   |
+//! | `apply-partial`   | answered, applied its first other store, not the rest    |
 //!
 //! Only compiled in with the `failpoints` feature. A point is armed by the
 //! environment variable `REDSTAGE_FAULT=<point>`; an armed point prints
@@ -17,9 +21,11 @@
 //! `REDSTAGE_FAULT=<point>:<ms>` it stalls that long and goes on instead,
 //! as a host that was descheduled or paused would. Recovery for each:
 //! `prepare-partial` and `after-prepare` leave locks with no decision, which
-//! are rolled back once their lease expires; `after-decide` and
-//! `commit-partial` leave locks of a committed transaction, rolled forward;
-//! `before-reply` leaves nothing to do.
+//! are rolled back once their lease expires; `after-decide`,
+//! `commit-partial`, `after-answer` and `apply-partial` leave locks of a
+//! committed transaction, rolled forward at once by whoever meets them (and
+//! by the sweep once their lease is over); `before-reply` leaves at most
+//! what the other stores had not applied yet.
 
 /// The environment variable that arms a fault point.
 pub const FAULT_ENV: &str = "REDSTAGE_FAULT";

@@ -1,7 +1,8 @@
 //! One outcome per client idempotency key.
 //!
 //! A request with `idempotency_key` K first claims `rs:idem:K` on the log
-//! store for an owner id of its own, with a lease:
+//! store for an owner id of its own, with a lease, and with the request's
+//! fingerprint:
 //!
 //! ```text
 //!  claim(K) --> claimed ........ run it; the outcome replaces the claim
@@ -9,24 +10,36 @@
 //!          --> in_flight ....... a first request is running: poll until it
 //!                                is done, or its claim lease ends (then the
 //!                                claim is taken over), or the wait bound
+//!          --> reused .......... K was claimed for different steps, running
+//!                                or done: `idempotency_key_reused`
 //! ```
 //!
-//! The commit point of a claimed transaction writes the decision record and
+//! The commit point of a claimed transaction writes the decision and
 //! `done{response}` in one script, and only while the claim is still the
 //! owner's. So a commit can never happen without its response being stored
 //! (a retry cannot run it twice), and a request whose claim was taken over
 //! by a retry can no longer commit (it aborts with `superseded`). A claimed
-//! transaction therefore always takes the two-phase path, even on one store.
+//! transaction that writes therefore always keeps its decision on the log
+//! store.
 //!
-//! Outcomes that applied nothing are stored after the fact; `conflict`
-//! aborts and store failures release the claim instead, so that a retry
-//! runs again rather than repeating a transient failure.
+//! Outcomes that applied nothing (business aborts, read-only commits) are
+//! stored after the fact, and answered only once stored: a retry must never
+//! get a different answer than the first request gave. If storing fails, the
+//! answer is `store_unavailable` instead (nothing was applied; the first
+//! outcome was never told, so a retry may run again). `conflict` aborts and
+//! store failures release the claim, so that a retry runs again rather than
+//! repeating a transient failure. Whenever the claim turns out to be no
+//! longer the owner's (a retry took it over after its lease), the first
+//! request answers `superseded`, whatever it was about to say.
 //!
-//! A stored outcome keeps a fingerprint of its request (SHA-256 of every
-//! step's participant and input). A request that reuses a key for different
-//! steps is a client bug, not a retry: it is rejected with
-//! `idempotency_key_reused` instead of answered with an outcome that is not
-//! its own.
+//! A claim is idempotent for its owner, so a claim whose reply was lost is
+//! asked again rather than left to block retries; if that fails too, it is
+//! released in the background as soon as the log store answers again.
+//!
+//! The fingerprint is a SHA-256 of every step's participant and input. A
+//! request that reuses a key for different steps is a client bug, not a
+//! retry: it is rejected with `idempotency_key_reused` instead of answered
+//! with an outcome that is not its own, or let in to take over a claim.
 
 use std::time::{Duration, Instant};
 
@@ -127,29 +140,39 @@ impl Coordinator {
             return Ok(first);
         }
         let result = self.run_steps(steps, Some(&token)).await;
-        let settle = match &result {
-            Ok(r)
-                if r.status == Status::Aborted
-                    && r.abort.as_ref().is_some_and(|a| a.code == CONFLICT) =>
-            {
-                Some(Vec::new())
+        let retention = self.config.record_retention();
+        let log = self.log();
+        match result {
+            // The commit point stored it, or refused for a taken-over claim.
+            Ok((response, true)) => Ok(response),
+            Ok((response, false)) => {
+                let conflict = response.abort.as_ref().is_some_and(|a| a.code == CONFLICT);
+                let record = if conflict {
+                    Vec::new()
+                } else {
+                    token.done_record(&response)
+                };
+                match log
+                    .settle_claim(key, &token.owner, &record, retention)
+                    .await
+                {
+                    Ok(true) => Ok(response),
+                    Ok(false) => Ok(superseded_response(response)),
+                    Err(e) => {
+                        self.release_claim_later(&token);
+                        Err(e.into())
+                    }
+                }
             }
-            Ok(r) => Some(token.done_record(r)),
             // The decision may be written; only its lease may end the claim.
-            Err(TxnError::OutcomeUnknown { .. }) => None,
-            Err(_) => Some(Vec::new()),
-        };
-        if let Some(record) = settle {
-            let retention = self.config.record_retention();
-            if let Err(e) = self
-                .log()
-                .settle_claim(key, &token.owner, &record, retention)
-                .await
-            {
-                tracing::warn!(key, error = %e, "could not settle an idempotency claim; it ends with its lease");
+            Err(e @ TxnError::OutcomeUnknown { .. }) => Err(e),
+            Err(e) => {
+                if let Ok(false) = log.settle_claim(key, &token.owner, &[], retention).await {
+                    tracing::info!(key, "a retry took over this request's claim meanwhile");
+                }
+                Err(e)
             }
         }
-        result
     }
 
     /// Claims the key; `Some(response)` if a first request already answered.
@@ -157,17 +180,21 @@ impl Coordinator {
         let deadline = Instant::now() + self.config.idempotency_wait();
         let mut pause = POLL_MIN;
         loop {
-            let claim = self
-                .log()
-                .claim(
-                    &token.key,
-                    &token.owner,
-                    self.config.idempotency_lease(),
-                    self.config.record_retention(),
-                )
-                .await?;
+            let claim = match self.claim_once(token).await {
+                Ok(claim) => claim,
+                // A reply lost on the way: claiming again with the same
+                // owner is harmless, and tells.
+                Err(_) => match self.claim_once(token).await {
+                    Ok(claim) => claim,
+                    Err(e) => {
+                        self.release_claim_later(token);
+                        return Err(e.into());
+                    }
+                },
+            };
             match claim {
                 Claim::Claimed => return Ok(None),
+                Claim::Reused => return Err(reused(&token.key)),
                 Claim::Done(bytes) => {
                     let ClaimRecord::Done { response, request } = serde_json::from_slice(&bytes)
                         .map_err(|e| StoreError::Protocol {
@@ -178,14 +205,7 @@ impl Coordinator {
                             ),
                         })?;
                     if request.is_some_and(|r| r != token.request) {
-                        return Err(TxnError::BadRequest {
-                            code: "idempotency_key_reused",
-                            message: format!(
-                                "idempotency key {} was used before for a different request (other steps or inputs); \
-                                 a retry must repeat its request exactly, a new request needs a new key",
-                                token.key
-                            ),
-                        });
+                        return Err(reused(&token.key));
                     }
                     return Ok(Some(response));
                 }
@@ -200,5 +220,59 @@ impl Coordinator {
                 }
             }
         }
+    }
+
+    async fn claim_once(&self, token: &ClaimToken) -> Result<Claim, StoreError> {
+        self.log()
+            .claim(
+                &token.key,
+                &token.owner,
+                &token.request,
+                self.config.idempotency_lease(),
+                self.config.record_retention(),
+            )
+            .await
+    }
+
+    /// Drops `token`'s claim, if it holds one, as soon as the log store
+    /// answers again (within the claim's own lease, after which it no
+    /// longer matters): a claim whose request failed must not make retries
+    /// wait for its lease.
+    fn release_claim_later(&self, token: &ClaimToken) {
+        let (log, key, owner) = (self.log().clone(), token.key.clone(), token.owner.clone());
+        let retention = self.config.record_retention();
+        let give_up = Instant::now() + self.config.idempotency_lease();
+        let ticket = self.pending.ticket();
+        tokio::spawn(async move {
+            let mut pause = POLL_MIN;
+            while Instant::now() < give_up {
+                if log.settle_claim(&key, &owner, &[], retention).await.is_ok() {
+                    break;
+                }
+                tokio::time::sleep(pause).await;
+                pause = (pause * 2).min(POLL_MAX);
+            }
+            drop(ticket);
+        });
+    }
+}
+
+fn reused(key: &str) -> TxnError {
+    TxnError::BadRequest {
+        code: "idempotency_key_reused",
+        message: format!(
+            "idempotency key {key} was used before for a different request (other steps or inputs); \
+             a retry must repeat its request exactly, a new request needs a new key"
+        ),
+    }
+}
+
+/// What a first request answers once a retry took its claim over.
+fn superseded_response(response: TxnResponse) -> TxnResponse {
+    TxnResponse {
+        status: Status::Aborted,
+        steps: Vec::new(),
+        abort: Some(superseded()),
+        ..response
     }
 }

@@ -1,83 +1,126 @@
 //! The coordinator: runs a transaction's steps and commits their writes
-//! atomically across stores, with two-phase commit whose state lives in Redis.
+//! atomically across stores, with two-phase locking and a commit point whose
+//! state lives in Redis.
 //!
-//! # One attempt
+//! # One transaction
 //!
 //! ```text
 //!  declare     every step's participant names the keys it reads and writes
 //!     |        (once per transaction; keys get the participant's prefix)
-//!  read        values, versions, locks of all keys: one script per store,
-//!     |        all stores in parallel. A live lock -> conflict; an expired
-//!     |        one -> resolve it (see recovery), then conflict.
+//!  latch       queue in this process for every key, in one global order
+//!     |        (see `latch`): a host's own transactions never race in Redis
+//!  lock+read   ROUND TRIP 1, every store in parallel, one script each: lock
+//!     |        every key (exclusive if some step may write it, shared if
+//!     |        only read) and read its value, all or nothing per store. A
+//!     |        lock held by another transaction: release what was locked,
+//!     |        get it out of the way (see `recovery`: roll it forward or back
+//!     |        if decided, else wait for its release), run again.
 //!  execute     steps in order on that snapshot; each sees the writes of the
-//!     |        steps before it. A step's abort, trap or broken limit ends the
-//!     |        transaction here: nothing was locked, nothing is written.
-//!     +-- no writes, one store ......... committed (the read was atomic)
-//!     +-- no writes, several stores .... validate all keys -> committed
-//!     +-- one store .................... commit_one_phase: check + apply in
-//!     |                                  one script -> committed
-//!  prepare     per store with writes, in parallel: lock each write key
-//!     |        (lock, lease, staged value) if unlocked and at the version read
-//!  validate    keys only read, on every store: unlocked and unchanged (after
-//!     |        every write lock is held, so the reads and writes line up)
-//!  decide      SET rs:txn:<id> {"state":"committed",...} NX on the log store:
-//!     |        THE COMMIT POINT. If an `aborted` record got there first, our
-//!     |        lease ran out and someone rolled us back: roll back, re-run.
-//!  commit      per store, in parallel: apply staged values, bump versions,
-//!              drop locks. A store that fails here is rolled forward later
-//!              by whoever meets the lock; the answer is already `committed`.
+//!     |        steps before it. A step's abort, trap or broken limit: release
+//!     |        the locks, nothing is written.
+//!     +-- read-only, one store .. committed: the one read script was atomic
+//!     |                           (it locks nothing)
+//!     +-- read-only, several .... committed: the shared locks were all held
+//!     |                           once the last store answered; they are
+//!     |                           released after the answer
+//!  commit      ROUND TRIP 2, one script on the primary store (the log store
+//!   point      if the transaction touches it, else the first store it
+//!     |        writes): unless a decision stands, write the record
+//!     |        {"state":"committed", other stores' keys and writes}, apply
+//!     |        the primary's own writes and release its locks, all at once.
+//!     |        THIS IS THE COMMIT POINT. A standing `aborted` means our lease
+//!     |        ran out and recovery fenced us: release, run again.
+//!  answer      `committed`, with each step's output
+//!     |
+//!  apply       after the answer, every other store in parallel: apply the
+//!     |        writes, release the locks (and the latches). A store that
+//!     |        fails keeps its locks; whoever meets one rolls it forward from
+//!     |        the record, which stays until every store has applied.
+//!  finalize    the record shrinks to {"state":"committed"} with a TTL
+//!              (batched, see `background`)
 //! ```
 //!
-//! Any conflict (a lock held by another transaction, a version that moved)
-//! rolls back what this attempt locked and re-runs the whole transaction with
-//! a new attempt id, after a jittered exponential backoff, at most
-//! `txn.attempts_max` times; then it aborts with code `conflict`. Re-running
-//! is safe because participants are pure.
+//! A transaction that meets a live lock runs again after the lock's release
+//! wakes it (or its lease ends), at most `txn.attempts_max` times and for at
+//! most `txn.lock_wait_ms` of waiting in all; then it aborts with code
+//! `conflict`. Re-running is safe because participants are pure.
 //!
 //! # States of a key
 //!
 //! ```text
-//!            prepare(T)                     commit(T): value := staged, ver += 1
-//!  unlocked ------------> locked by T ----------------------------------> unlocked
-//!     ^                     |    |
-//!     |   rollback(T)       |    | lease expired, met by anyone:
-//!     +---------------------+    |   record committed -> commit(T)
-//!                                |   no record -> write `aborted` NX -> rollback(T)
+//!           lock(T, x)            commit point of T (on T's primary), or
+//!  free -------------------> held by T ----> apply(T) (elsewhere, after it):
+//!   ^  \                       |    |       value := T's write; lock dropped
+//!   |   \ lock(R, s)           |    |
+//!   |    +----> shared by       |    | met by anyone: T's decision is
+//!   |           R1..Rn          |    |   committed -> apply(T) here
+//!   |            |              |    |   aborted   -> release
+//!   +------------+--------------+    |   none, lease over -> SET aborted NX,
+//!         release (rollback,         |     then as above
+//!         or read-only done)         |   none, lease running -> wait
 //! ```
 //!
-//! # Why it is serializable
+//! A lock table entry (`rs:{K}`) exists only while the key is held; a free
+//! key has no metadata at all.
 //!
-//! Every write key is locked at the version the transaction read, and every
-//! read-only key is checked unchanged and unlocked after all those locks are
-//! held. So there is an instant, between the last lock and the first check,
-//! at which every value the transaction read was current and nothing it
-//! writes could change: the transaction takes effect there. A read-only
-//! transaction across stores checks its reads the same way, after all reads.
+//! # Why it is strictly serializable
+//!
+//! Every transaction holds a lock on every key it reads, from the moment it
+//! reads it until its decision is applied to that key: exclusive on keys it
+//! may write, shared on keys it only reads. So locks are taken before any
+//! are released (all in round trip 1, released only after the commit
+//! point): strict two-phase locking. While a transaction holds its locks,
+//! nothing it read can change and nothing it writes can be read; its commit
+//! point is an instant at which it holds all of them, and the commit points
+//! order the transactions (a read-only transaction is ordered at the end of
+//! round trip 1). The order respects real time: a transaction that starts
+//! after another answered meets that one's locks until they are released,
+//! and a lock of a committed transaction is rolled forward by whoever meets
+//! it, so an acknowledged write is never invisible to a later transaction.
+//! Leases keep a dead coordinator from blocking forever without breaking
+//! the argument: a lock is only taken away from an undecided transaction
+//! after `aborted` is written where its commit point would write, so it
+//! can no longer commit; a read-only transaction whose reads outlast half a
+//! lease runs again instead of answering.
 //!
 //! # Layout
 //!
 //! - [`types`]: requests, responses, the decision record.
+//! - `plan`: which keys are locked how on which store, which store decides.
 //! - `attempt`: one attempt, phase by phase.
-//! - `recovery`: resolving locks whose lease expired; the sweep.
+//! - `latch`: queueing for keys within this process.
+//! - `wake`: waiting for keys held by other hosts.
+//! - `background`: applying other stores and finalizing records after the
+//!   answer.
+//! - `recovery`: resolving locks that are in the way; the sweep.
 //! - `idempotency`: one outcome per client idempotency key.
 //! - `faults`: named points where tests crash a host.
 
 mod attempt;
+mod background;
 pub mod faults;
 mod idempotency;
+mod latch;
+mod plan;
 mod recovery;
 pub mod types;
+mod wake;
 
 use std::collections::BTreeMap;
 use std::sync::Arc;
-use std::time::Duration;
+use std::time::{Duration, Instant};
 
 use crate::config::{Config, TxnConfig};
 use crate::metrics::Metrics;
 use crate::participants::{Participant, Registry};
 use crate::runtime::{CallError, GuestAbort, Instance};
-use crate::store::{Store, StoreError};
+use crate::store::durability::Durability;
+use crate::store::{Finalize, Store, StoreError};
+use attempt::{After, Outcome};
+use background::{Finalizer, Pending, Remaining};
 use idempotency::ClaimToken;
+use latch::{Latch, Latches};
+use plan::Plan;
 pub use recovery::SweepReport;
 use types::{AbortInfo, Lookup, LookupStatus, Record, Status, TxnRequest, TxnResponse};
 
@@ -125,17 +168,27 @@ impl TxnError {
 }
 
 /// Runs transactions against the configured stores and participants. Holds
-/// no transaction state of its own: everything that must survive a crash is
-/// in Redis.
+/// no transaction state that must survive a crash: that is all in Redis.
 #[derive(Debug)]
 pub struct Coordinator {
     registry: Arc<Registry>,
     /// Every configured store, by name.
     stores: BTreeMap<String, Store>,
-    /// Name of the store holding decision records.
+    /// Name of the store holding idempotency keys (and preferred for
+    /// decisions).
     log_store: String,
     config: TxnConfig,
+    /// Whether the stores were required to be durable (see
+    /// `store::durability`).
+    durability: Durability,
     metrics: Metrics,
+    /// Keys queued for within this process (see `latch`).
+    latches: Latches,
+    /// Wake-ups for keys held by other hosts (see `wake`).
+    waker: wake::Waker,
+    /// Applies and finalizations still running after their answers.
+    pending: Arc<Pending>,
+    finalizer: Arc<Finalizer>,
 }
 
 /// One step, declared.
@@ -192,19 +245,24 @@ impl Coordinator {
         let stores = config
             .stores
             .iter()
-            .map(|(name, url)| {
-                Ok((
-                    name.clone(),
-                    Store::connect(name, url, config.txn.store_timeout())?,
-                ))
+            .map(|(name, store)| {
+                let timeout = config.txn.store_timeout();
+                let store = Store::connect(name, &store.url, timeout, store.replication)?;
+                Ok((name.clone(), store))
             })
             .collect::<Result<_, StoreError>>()?;
+        let pending = Arc::new(Pending::default());
         Ok(Coordinator {
             registry,
             stores,
             log_store: config.log_store.clone(),
             config: config.txn.clone(),
+            durability: config.durability,
             metrics: Metrics::default(),
+            latches: Latches::default(),
+            waker: wake::Waker::default(),
+            finalizer: Arc::new(Finalizer::new(pending.clone())),
+            pending,
         })
     }
 
@@ -226,15 +284,33 @@ impl Coordinator {
         self.store(&self.log_store)
     }
 
+    /// Checks every store's persistence and eviction settings (see
+    /// `store::durability`): one message per store that could lose an
+    /// acknowledged decision, none when all are fine.
+    pub async fn check_durability(&self) -> Vec<String> {
+        let checks = futures::future::join_all(
+            self.stores
+                .values()
+                .map(|s| s.check_durability(self.durability)),
+        )
+        .await;
+        checks.into_iter().filter_map(Result::err).collect()
+    }
+
+    /// Whether the stores are held to the durability rules.
+    pub fn durability(&self) -> Durability {
+        self.durability
+    }
+
     /// Runs `request` to a decision: committed, or aborted with a reason.
     /// With an idempotency key, a request already decided returns its first
     /// outcome instead (see `idempotency`).
     pub async fn run(&self, request: TxnRequest) -> Result<TxnResponse, TxnError> {
-        let started = std::time::Instant::now();
+        let started = Instant::now();
         let result = match self.check(&request) {
             Ok(steps) => match &request.idempotency_key {
                 Some(key) => self.run_claimed(key, steps).await,
-                None => self.run_steps(steps, None).await,
+                None => self.run_steps(steps, None).await.map(|(r, _)| r),
             },
             Err(e) => Err(e),
         };
@@ -254,107 +330,194 @@ impl Coordinator {
         &self.metrics
     }
 
-    /// Declares, then attempts until a decision or `attempts_max`, and
-    /// leaves a record of the outcome for lookups.
+    /// Waits until the work this coordinator still owes after its answers
+    /// (applies, releases, record finalizations) is done.
+    pub async fn flush(&self) {
+        self.pending.idle().await;
+    }
+
+    /// Declares, then attempts until a decision, `attempts_max` or
+    /// `lock_wait_ms`. Also says whether the commit point itself stored the
+    /// outcome under the idempotency claim.
     async fn run_steps(
         &self,
         steps: CheckedSteps,
         claim: Option<&ClaimToken>,
-    ) -> Result<TxnResponse, TxnError> {
+    ) -> Result<(TxnResponse, bool), TxnError> {
         // Instance slots for every step, before the first instance.
         let _slots = self.registry.runtime().reserve(steps.len()).await;
         let mut steps = match self.declare(steps).await {
             Ok(steps) => steps,
-            Err(abort) => return self.finish(aborted(new_txn_id(), 1, abort)).await,
+            Err(abort) => return Ok((self.aborted(new_txn_id(), 1, abort).await, false)),
         };
+        let plan = Plan::new(&steps, &self.log_store, claim.is_some());
+        let latches = self.latches.acquire(plan.latch_keys()).await;
+        let mut waited = Duration::ZERO;
         let mut attempt = 1;
         loop {
             let id = new_txn_id();
-            let response = match self.attempt(&id, attempt, &mut steps, claim).await? {
-                attempt::Outcome::Committed { outputs, recorded } => {
+            let outcome = self.attempt(&id, attempt, &mut steps, &plan, claim).await?;
+            let (reason, blocked) = match outcome {
+                Outcome::Committed { outputs, after } => {
+                    let recorded = claim.is_some() && plan.primary.is_some();
                     let response = TxnResponse {
-                        id,
+                        id: id.clone(),
                         status: Status::Committed,
                         attempts: attempt,
                         steps: outputs,
                         abort: None,
                     };
-                    if recorded {
-                        return Ok(response);
-                    }
-                    response
+                    self.after(id, after, latches);
+                    return Ok((response, recorded));
                 }
-                attempt::Outcome::Aborted(abort) => aborted(id, attempt, abort),
-                attempt::Outcome::Conflict(reason) if attempt >= self.config.attempts_max => {
-                    let abort = AbortInfo {
-                        step: None,
-                        participant: None,
-                        code: CONFLICT.into(),
-                        message: format!(
-                            "gave up after {attempt} attempts (txn.attempts_max); last conflict: {reason}"
-                        ),
-                        limit: None,
+                Outcome::Aborted(abort) => {
+                    return Ok((self.aborted(id, attempt, abort).await, false));
+                }
+                Outcome::Blocked(b) => (
+                    format!("`{}` is locked by {}", b.key, b.holder.txn),
+                    Some(b),
+                ),
+                Outcome::Fenced(reason) => (reason, None),
+            };
+            let patience = self.config.lock_wait().saturating_sub(waited);
+            if attempt >= self.config.attempts_max || patience.is_zero() {
+                let abort = AbortInfo {
+                    step: None,
+                    participant: None,
+                    code: CONFLICT.into(),
+                    message: format!(
+                        "gave up after {attempt} attempts and {} ms waiting for locks \
+                         (txn.attempts_max, txn.lock_wait_ms); last conflict: {reason}",
+                        waited.as_millis()
+                    ),
+                    limit: None,
+                };
+                return Ok((self.aborted(id, attempt, abort).await, false));
+            }
+            tracing::debug!(txn = %id, attempt, %reason, "conflict; running again");
+            let started = Instant::now();
+            let unblocked = match &blocked {
+                Some(b) => self.unblock(b, patience).await,
+                None => Err(StoreError::Protocol {
+                    store: String::new(),
+                    message: reason,
+                }),
+            };
+            if let Err(e) = unblocked {
+                if blocked.is_some() {
+                    tracing::warn!(txn = %id, error = %e, "could not resolve a lock in the way");
+                }
+                tokio::time::sleep(self.backoff(attempt).min(patience)).await;
+            }
+            waited += started.elapsed();
+            attempt += 1;
+        }
+    }
+
+    /// Hands what a committed attempt still owes to the background.
+    fn after(&self, id: String, after: After, latches: Vec<Latch>) {
+        match after {
+            After::Nothing => drop(latches),
+            After::Release(stores) => {
+                let ticket = self.pending.ticket();
+                tokio::spawn(async move {
+                    background::release(id, stores, latches).await;
+                    drop(ticket);
+                });
+            }
+            After::Apply {
+                primary,
+                stores,
+                marker,
+            } if stores.is_empty() => {
+                // One store: the record is a receipt, kept record_retention_s
+                // in case the answer got lost; now it can shrink.
+                drop(latches);
+                let answered = self.config.answered_retention();
+                if answered != self.config.record_retention() {
+                    let item = Finalize {
+                        txn: id,
+                        ttl: answered,
+                        marker,
                     };
-                    aborted(id, attempt, abort)
+                    self.finalizer.send(self.store(&primary), item);
                 }
-                attempt::Outcome::Conflict(reason) => {
-                    tracing::debug!(txn = %id, attempt, %reason, "conflict; re-running");
-                    tokio::time::sleep(self.backoff(attempt)).await;
-                    attempt += 1;
-                    continue;
-                }
+            }
+            After::Apply {
+                primary,
+                stores,
+                marker,
+            } => {
+                let work = Remaining {
+                    txn: id,
+                    primary: self.store(&primary).clone(),
+                    stores,
+                    marker,
+                    retention: self.config.answered_retention(),
+                    latches,
+                };
+                let (finalizer, ticket) = (self.finalizer.clone(), self.pending.ticket());
+                tokio::spawn(async move {
+                    background::apply(work, &finalizer).await;
+                    drop(ticket);
+                });
+            }
+        }
+    }
+
+    /// An aborted transaction's response, with a receipt on the log store
+    /// for lookups (kept `txn.answered_retention_s`). Failing to write it
+    /// is logged, not returned: the outcome itself stands.
+    async fn aborted(&self, id: String, attempts: u32, abort: AbortInfo) -> TxnResponse {
+        let retention = self.config.answered_retention();
+        if !retention.is_zero() {
+            let record = Record::Aborted {
+                abort: Some(abort.clone()),
             };
-            return self.finish(response).await;
+            if let Err(e) = self.log().receipt(&id, &record.encode(), retention).await {
+                tracing::warn!(txn = %id, error = %e, "could not record the outcome for lookups");
+            }
+        }
+        TxnResponse {
+            id,
+            status: Status::Aborted,
+            attempts,
+            steps: Vec::new(),
+            abort: Some(abort),
         }
     }
 
-    /// Records an outcome that no decision record holds yet (aborts,
-    /// one-phase and read-only commits), so that its id can be looked up.
-    /// Failing to is logged, not returned: the outcome itself stands.
-    async fn finish(&self, response: TxnResponse) -> Result<TxnResponse, TxnError> {
-        let record = match response.status {
-            Status::Committed => Record::Committed {
-                stores: BTreeMap::new(),
-            },
-            Status::Aborted => Record::Aborted {
-                abort: response.abort.clone(),
-            },
-        };
-        let retention = self.config.record_retention();
-        if let Err(e) = self
-            .log()
-            .decide(&response.id, &record.encode(), retention)
-            .await
-        {
-            tracing::warn!(txn = %response.id, error = %e, "could not record the outcome for lookups");
-        }
-        Ok(response)
-    }
-
-    /// What is known of transaction `id`: its record, or its locks.
+    /// What is known of transaction `id`: its record (on the log store, or
+    /// on the primary store it used), or its locks. None for an id that is
+    /// not a transaction id at all.
     pub async fn lookup(&self, id: &str) -> Result<Option<Lookup>, TxnError> {
-        if let Some(bytes) = self.log().record(id).await? {
-            let record = Record::decode(&bytes).map_err(|e| StoreError::Protocol {
-                store: self.log_store.clone(),
-                message: format!("unreadable record of {id}: {e}"),
-            })?;
-            let (status, abort) = match record {
-                Record::Committed { .. } => (LookupStatus::Committed, None),
-                Record::Aborted { abort } => (LookupStatus::Aborted, abort),
-            };
-            return Ok(Some(Lookup {
+        if !is_txn_id(id) {
+            return Ok(None);
+        }
+        let found = |status, abort| {
+            Ok(Some(Lookup {
                 id: id.to_owned(),
                 status,
                 abort,
-            }));
+            }))
+        };
+        let others = self.stores.values().filter(|s| s.name() != self.log_store);
+        for store in std::iter::once(self.log()).chain(others) {
+            let Some(bytes) = store.record(id).await? else {
+                continue;
+            };
+            let record = Record::decode(&bytes).map_err(|e| StoreError::Protocol {
+                store: store.name().to_owned(),
+                message: format!("unreadable record of {id}: {e}"),
+            })?;
+            return match record {
+                Record::Committed { .. } => found(LookupStatus::Committed, None),
+                Record::Aborted { abort } => found(LookupStatus::Aborted, abort),
+            };
         }
         for store in self.stores.values() {
             if store.holds_locks(id).await? {
-                return Ok(Some(Lookup {
-                    id: id.to_owned(),
-                    status: LookupStatus::InDoubt,
-                    abort: None,
-                }));
+                return found(LookupStatus::InDoubt, None);
             }
         }
         Ok(None)
@@ -417,7 +580,7 @@ impl Coordinator {
                 .instantiate()
                 .await
                 .map_err(|e| step.call_failed(e))?;
-            let started = std::time::Instant::now();
+            let started = Instant::now();
             let reply = instance.declare(&step.input).await;
             step.participant.calls.declare.record(started.elapsed());
             let access = match reply {
@@ -465,14 +628,11 @@ impl Coordinator {
     }
 }
 
-fn aborted(id: String, attempts: u32, abort: AbortInfo) -> TxnResponse {
-    TxnResponse {
-        id,
-        status: Status::Aborted,
-        attempts,
-        steps: Vec::new(),
-        abort: Some(abort),
-    }
+/// Whether `id` is a transaction id: a UUID in its hyphenated form, which
+/// is all the ids this host hands out look like (and never holds a
+/// character that means something in a Redis pattern).
+pub fn is_txn_id(id: &str) -> bool {
+    id.len() == 36 && uuid::Uuid::try_parse(id).is_ok()
 }
 
 /// Unique across hosts without coordination, and time-ordered, which makes

@@ -1,114 +1,227 @@
-//! Recovery: finishing transactions whose coordinator is gone.
+//! Recovery: getting locks out of the way, and finishing transactions whose
+//! coordinator is gone.
 //!
-//! A lock whose lease has run out (by the clock of the store holding it)
-//! belongs to a coordinator that crashed, stalled or lost its store. Whoever
-//! meets it finishes its transaction from the decision record:
+//! A lock names its transaction and the store holding its decision (the
+//! lock's `primary`, fixed when it was taken). Whoever meets a lock reads
+//! that decision at once; nobody waits for a lease to find out that a
+//! transaction already decided:
 //!
 //! ```text
-//!  record of the holder     action
-//!  ----------------------   -------------------------------------------------
-//!  committed {stores}       commit(holder) on every listed key: roll forward
-//!  aborted                  rollback(holder) on the key met
-//!  none                     SET aborted NX, then act on whichever record stands
+//!  decision of the holder   action, by whoever meets one of its locks
+//!  ----------------------   ---------------------------------------------------
+//!  committed {stores}       apply its writes for this store (carried in the
+//!                           record), release: roll forward
+//!  aborted                  release the lock: roll back
+//!  none, lease running      wait for the release (see `wake`), at most until
+//!                           the lease ends
+//!  none, lease over         SET aborted NX on its primary, then act on
+//!                           whichever decision stands
+//!  (read-only holder)       wait while its lease runs, then break the lock
 //! ```
 //!
-//! Writing `aborted` with NX fences the stalled coordinator: its own
-//! `committed` write (also NX) can no longer win, so it rolls back when it
-//! wakes up. Every step is idempotent, so two hosts resolving the same lock
-//! at once is harmless.
+//! Writing `aborted` with NX fences a stalled coordinator: its commit point
+//! refuses to write `committed` over a standing record, so it rolls back
+//! when it wakes up. Every step is idempotent, so two hosts resolving the
+//! same lock at once is harmless.
 //!
 //! Nothing waits for a reader to come by: [`Coordinator::sweep`] walks each
-//! store's lock index (`rs:locks`, kept by the prepare, commit and rollback
-//! scripts in the same step as the locks themselves) for leases that ran
-//! out and resolves them. `serve` sweeps every `txn.sweep_interval_ms`;
-//! `redstage recover` sweeps until nothing is left.
+//! store's lock index (`rs:locks`, kept by the same scripts as the locks) for
+//! entries whose lease ran out: it rolls back the undecided, rolls forward
+//! the committed on every store, and finalizes records that were left
+//! unfinished. An entry that cannot be resolved now (a store is down, the
+//! record names a store this host does not know) goes to the back of the
+//! line, so that it cannot starve the others. `serve` sweeps every
+//! `txn.sweep_interval_ms`; `redstage recover` sweeps until nothing is left.
 //!
-//! Decision records and idempotency outcomes carry a TTL of
-//! `txn.record_retention_s`, so Redis itself keeps the log bounded. The
-//! retention must exceed by far the time any lock can stay unresolved (a
-//! lock that outlived its record would be taken for undecided).
+//! A record never expires while a lock may point at it: the commit point
+//! writes it without a TTL whenever another store is left to apply, and it
+//! gets one (`txn.answered_retention_s` once answered, else
+//! `txn.record_retention_s`) only when every store has applied. Hosts that
+//! share stores must give them the same names: a lock's `primary` is a
+//! store name.
+
+use std::collections::BTreeMap;
+use std::time::Duration;
 
 use futures::future::join_all;
 use serde::Serialize;
 
 use super::Coordinator;
-use super::types::Record;
-use crate::store::StoreError;
+use super::attempt::Blocked;
+use super::types::{Record, StoreWork};
+use crate::store::{Finalize, Holder, IndexEntry, Release, Store, StoreError, Write};
 
-impl Coordinator {
-    /// Finishes the transaction `holder`, whose expired lock was met on `key`.
-    pub async fn resolve(&self, store: &str, key: &str, holder: &str) -> Result<(), StoreError> {
-        let log = self.log();
-        let standing = match log.record(holder).await? {
-            Some(record) => record,
-            None => {
-                let aborted = Record::Aborted { abort: None };
-                log.decide(holder, &aborted.encode(), self.config.record_retention())
-                    .await?
-            }
-        };
-        let record = Record::decode(&standing).map_err(|e| StoreError::Protocol {
-            store: log.name().to_owned(),
-            message: format!("unreadable record of {holder}: {e}"),
-        })?;
-        match record {
-            Record::Committed { stores } => {
-                let results = join_all(stores.iter().filter_map(|(name, keys)| {
-                    let Some(store) = self.stores.get(name) else {
-                        tracing::warn!(txn = holder, store = name, "record names an unknown store");
-                        return None;
-                    };
-                    Some(store.commit(holder, keys))
-                }))
-                .await;
-                for r in results {
-                    r?;
-                }
-                tracing::info!(
-                    txn = holder,
-                    "rolled forward an expired committed transaction"
-                );
-            }
-            Record::Aborted { .. } => {
-                self.store(store).rollback(holder, &[key]).await?;
-                tracing::info!(txn = holder, key, "rolled back an expired lock");
-            }
-        }
-        self.metrics
-            .recovered_locks
-            .fetch_add(1, std::sync::atomic::Ordering::Relaxed);
-        Ok(())
-    }
-
-    /// [`Coordinator::resolve`] for callers that will retry anyway.
-    pub(super) async fn resolve_logged(&self, store: &str, key: &str, holder: &str) {
-        if let Err(e) = self.resolve(store, key, holder).await {
-            tracing::warn!(txn = holder, key, error = %e, "could not resolve an expired lock");
-        }
-    }
-}
-
-/// Expired locks one sweep resolves per store, at most.
+/// Index entries one sweep resolves per store, at most.
 pub const SWEEP_BATCH: usize = 256;
+
+/// How long an entry that could not be resolved waits before the sweep
+/// tries it again (the others go first meanwhile).
+const SWEEP_RETRY: Duration = Duration::from_secs(5);
+
+/// How long an entry that cannot be read at all waits before the sweep
+/// looks at it again.
+const SWEEP_UNREADABLE: Duration = Duration::from_secs(3600);
 
 /// What one sweep did.
 #[derive(Debug, Clone, Default, PartialEq, Eq, Serialize)]
 pub struct SweepReport {
-    /// Expired locks whose transaction was finished.
+    /// Transactions finished on a store (rolled forward, rolled back, their
+    /// record finalized).
     pub resolved: usize,
-    /// Expired locks that could not be resolved now (a store was down).
+    /// Index entries that could not be resolved now (a store was down).
     pub failed: usize,
-    /// Locks still held after the sweep, on every store: under a live
-    /// lease, or expired but not resolvable now.
+    /// Index entries still there after the sweep, on every store: under a
+    /// live lease, or expired but not resolvable now.
     pub remaining: usize,
 }
 
 impl Coordinator {
-    /// Resolves up to [`SWEEP_BATCH`] expired locks per store.
+    /// Gets the lock that blocked an attempt out of the way: finishes its
+    /// transaction if it is decided (or its lease is over), else waits for
+    /// its release, at most until its lease ends and at most `patience`.
+    pub(super) async fn unblock(
+        &self,
+        blocked: &Blocked,
+        patience: Duration,
+    ) -> Result<(), StoreError> {
+        let store = self.store(&blocked.store);
+        if self
+            .resolve_lock(store, &blocked.key, &blocked.holder)
+            .await?
+        {
+            return Ok(());
+        }
+        let lease_left = Duration::from_millis(blocked.holder.remaining_ms.max(0) as u64 + 1);
+        self.waker
+            .wait(store, &blocked.key, lease_left.min(patience))
+            .await;
+        Ok(())
+    }
+
+    /// Finishes `holder`'s transaction on `key` of `store` as far as its
+    /// decision allows. False when it is undecided and its lease runs: the
+    /// lock is rightfully held.
+    async fn resolve_lock(
+        &self,
+        store: &Store,
+        key: &str,
+        holder: &Holder,
+    ) -> Result<bool, StoreError> {
+        if holder.primary.is_empty() {
+            // A read-only transaction's shared lock: nothing to decide.
+            if !holder.expired() {
+                return Ok(false);
+            }
+            store.apply(&holder.txn, None, &[(key, None)]).await?;
+            return Ok(true);
+        }
+        let decision = self
+            .decision(&holder.txn, &holder.primary, holder.expired())
+            .await?;
+        match decision {
+            None => Ok(false),
+            Some(Record::Committed { stores }) => {
+                let Some(work) = stores.get(store.name()) else {
+                    return Err(inconsistent(store, &holder.txn));
+                };
+                apply_work(store, &holder.txn, &holder.primary, work).await?;
+                self.count_recovery();
+                tracing::info!(
+                    txn = holder.txn,
+                    store = store.name(),
+                    "rolled a committed transaction forward on sight"
+                );
+                Ok(true)
+            }
+            Some(Record::Aborted { .. }) => {
+                store.apply(&holder.txn, None, &[(key, None)]).await?;
+                self.count_recovery();
+                tracing::info!(
+                    txn = holder.txn,
+                    store = store.name(),
+                    "rolled back the lock of an aborted transaction"
+                );
+                Ok(true)
+            }
+        }
+    }
+
+    /// The decision of `txn`, read from `primary`; with `fence`, a
+    /// transaction without one gets `aborted` first (its lease is over).
+    async fn decision(
+        &self,
+        txn: &str,
+        primary: &str,
+        fence: bool,
+    ) -> Result<Option<Record>, StoreError> {
+        let Some(log) = self.stores.get(primary) else {
+            return Err(StoreError::Protocol {
+                store: primary.to_owned(),
+                message: format!(
+                    "transaction {txn} keeps its decision on store `{primary}`, which this host's \
+                     config does not name: hosts sharing stores must give them the same names"
+                ),
+            });
+        };
+        let bytes = match log.record(txn).await? {
+            Some(bytes) => bytes,
+            None if fence => {
+                let aborted = Record::Aborted { abort: None };
+                log.decide(txn, &aborted.encode(), self.config.record_retention())
+                    .await?
+            }
+            None => return Ok(None),
+        };
+        Record::decode(&bytes)
+            .map(Some)
+            .map_err(|e| StoreError::Protocol {
+                store: primary.to_owned(),
+                message: format!("unreadable record of {txn}: {e}"),
+            })
+    }
+
+    /// Applies a committed transaction on every store its record lists,
+    /// then finalizes the record: kept `record_retention_s`, since its
+    /// client may never have heard of the outcome.
+    async fn roll_forward(
+        &self,
+        txn: &str,
+        primary: &str,
+        stores: &BTreeMap<String, StoreWork>,
+    ) -> Result<(), StoreError> {
+        let applied = join_all(stores.iter().map(|(name, work)| async move {
+            let store = self.stores.get(name.as_str()).ok_or_else(|| StoreError::Protocol {
+                store: name.clone(),
+                message: format!(
+                    "the record of {txn} names store `{name}`, which this host's config does not"
+                ),
+            })?;
+            apply_work(store, txn, primary, work).await
+        }))
+        .await;
+        for r in applied {
+            r?;
+        }
+        let marker = IndexEntry {
+            txn: txn.to_owned(),
+            primary: primary.to_owned(),
+            keys: Vec::new(),
+        };
+        let finalize = Finalize {
+            txn: txn.to_owned(),
+            ttl: self.config.record_retention(),
+            marker: Some(marker.encode()),
+        };
+        self.store(primary)
+            .finalize(&Record::compact_committed().encode(), &[finalize])
+            .await
+    }
+
+    /// Resolves up to [`SWEEP_BATCH`] expired index entries per store.
     pub async fn sweep(&self) -> SweepReport {
         let mut report = SweepReport::default();
         for store in self.stores.values() {
-            let expired = match store.expired_locks(SWEEP_BATCH).await {
+            let expired = match store.expired(SWEEP_BATCH).await {
                 Ok(expired) => expired,
                 Err(e) => {
                     tracing::warn!(store = store.name(), error = %e, "sweep could not read the lock index");
@@ -116,12 +229,28 @@ impl Coordinator {
                     continue;
                 }
             };
-            for (holder, key) in expired {
-                match self.resolve(store.name(), &key, &holder).await {
+            for entry in expired {
+                let (member, delay, result) = match entry {
+                    Ok(entry) => {
+                        let result = self.resolve_entry(store, &entry).await;
+                        (entry.encode(), SWEEP_RETRY, result)
+                    }
+                    Err(member) => {
+                        let e = StoreError::Protocol {
+                            store: store.name().to_owned(),
+                            message: format!("unreadable lock index entry {member:?}"),
+                        };
+                        (member, SWEEP_UNREADABLE, Err(e))
+                    }
+                };
+                match result {
                     Ok(()) => report.resolved += 1,
                     Err(e) => {
-                        tracing::warn!(txn = holder, key, error = %e, "sweep could not resolve a lock");
+                        tracing::warn!(store = store.name(), entry = member, error = %e, "sweep could not resolve an entry; trying the others first");
                         report.failed += 1;
+                        if let Err(e) = store.rescore(&member, delay).await {
+                            tracing::warn!(store = store.name(), error = %e, "could not put an entry back in line");
+                        }
                     }
                 }
             }
@@ -131,5 +260,123 @@ impl Coordinator {
             }
         }
         report
+    }
+
+    /// Finishes the transaction of an expired index entry of `store`.
+    async fn resolve_entry(&self, store: &Store, entry: &IndexEntry) -> Result<(), StoreError> {
+        let member = entry.encode();
+        let release = |keys: &[String]| -> Vec<(String, Option<Write>)> {
+            keys.iter().map(|k| (k.clone(), None)).collect()
+        };
+        if entry.primary.is_empty() {
+            let keys = release(&entry.keys);
+            return self.release_keys(store, &entry.txn, &member, &keys).await;
+        }
+        match self.decision(&entry.txn, &entry.primary, true).await? {
+            Some(Record::Committed { stores }) if stores.is_empty() => {
+                if !entry.keys.is_empty() {
+                    return Err(inconsistent(store, &entry.txn));
+                }
+                // A marker left behind by a record already finalized.
+                let finalize = Finalize {
+                    txn: entry.txn.clone(),
+                    ttl: self.config.record_retention(),
+                    marker: Some(member),
+                };
+                store
+                    .finalize(&Record::compact_committed().encode(), &[finalize])
+                    .await?;
+            }
+            Some(Record::Committed { stores }) => {
+                if !entry.keys.is_empty() && !stores.contains_key(store.name()) {
+                    return Err(inconsistent(store, &entry.txn));
+                }
+                self.roll_forward(&entry.txn, &entry.primary, &stores)
+                    .await?;
+                tracing::info!(
+                    txn = entry.txn,
+                    "rolled forward an expired committed transaction"
+                );
+            }
+            Some(Record::Aborted { .. }) | None => {
+                let keys = release(&entry.keys);
+                self.release_keys(store, &entry.txn, &member, &keys).await?;
+                tracing::info!(
+                    txn = entry.txn,
+                    store = store.name(),
+                    "rolled back expired locks"
+                );
+            }
+        }
+        self.count_recovery();
+        Ok(())
+    }
+
+    async fn release_keys(
+        &self,
+        store: &Store,
+        txn: &str,
+        member: &str,
+        keys: &[(String, Option<Write>)],
+    ) -> Result<(), StoreError> {
+        let releases: Vec<Release> = keys.iter().map(|(k, w)| (k.as_str(), w.as_ref())).collect();
+        store.apply(txn, Some(member), &releases).await.map(drop)
+    }
+
+    fn count_recovery(&self) {
+        self.metrics
+            .recovered_locks
+            .fetch_add(1, std::sync::atomic::Ordering::Relaxed);
+    }
+}
+
+/// Applies what `txn`'s record carries for `store` and releases its locks
+/// there.
+async fn apply_work(
+    store: &Store,
+    txn: &str,
+    primary: &str,
+    work: &StoreWork,
+) -> Result<(), StoreError> {
+    let mut writes: Vec<Option<Write>> = vec![None; work.keys.len()];
+    for (i, value) in &work.writes {
+        let slot = writes.get_mut(*i).ok_or_else(|| StoreError::Protocol {
+            store: store.name().to_owned(),
+            message: format!(
+                "the record of {txn} writes key {i} of the {} it lists",
+                work.keys.len()
+            ),
+        })?;
+        *slot = Some(match value {
+            Some(v) => Write::Set(v.0.clone()),
+            None => Write::Delete,
+        });
+    }
+    let releases: Vec<Release> = work
+        .keys
+        .iter()
+        .map(String::as_str)
+        .zip(writes.iter().map(Option::as_ref))
+        .collect();
+    let entry = IndexEntry {
+        txn: txn.to_owned(),
+        primary: primary.to_owned(),
+        keys: work.keys.clone(),
+    };
+    store
+        .apply(txn, Some(&entry.encode()), &releases)
+        .await
+        .map(drop)
+}
+
+/// A lock of a committed transaction on a store its record does not list:
+/// its writes are unknown here, so nothing is touched.
+fn inconsistent(store: &Store, txn: &str) -> StoreError {
+    StoreError::Protocol {
+        store: store.name().to_owned(),
+        message: format!(
+            "transaction {txn} is committed and still holds a lock here, but its record \
+             lists no writes for this store; left untouched"
+        ),
     }
 }

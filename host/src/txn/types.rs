@@ -69,15 +69,20 @@ pub struct AbortInfo {
     pub limit: Option<String>,
 }
 
-/// The decision record, `rs:txn:<id>` on the log store. Written once with
-/// `SET NX`: the first decision stands.
+/// The decision record, `rs:txn:<id>` on the transaction's primary store.
+/// The commit point writes it unless a record stands (`aborted`, written by
+/// a recovering host with `SET NX`): the first decision stands.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
 #[serde(tag = "state", rename_all = "snake_case")]
 pub enum Record {
-    /// The commit point. Lists every key the transaction locked, per store,
-    /// so that whoever meets one of its locks can roll all of them forward.
+    /// Committed. Until every store has applied, `stores` holds, for each
+    /// store other than the primary, the keys the transaction locked there
+    /// and the writes to apply to them, so that whoever meets one of its
+    /// locks can roll it forward. Once all are applied the record shrinks to
+    /// `{"state":"committed"}`.
     Committed {
-        stores: BTreeMap<String, Vec<String>>,
+        #[serde(default, skip_serializing_if = "BTreeMap::is_empty")]
+        stores: BTreeMap<String, StoreWork>,
     },
     /// Written by the coordinator (with the reason), or by whoever found
     /// the transaction's lock expired with no decision (without one).
@@ -87,6 +92,39 @@ pub enum Record {
     },
 }
 
+/// What a committed transaction still has to do on one store.
+#[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize)]
+pub struct StoreWork {
+    /// Every key it locked there, in the order locked.
+    pub keys: Vec<String>,
+    /// `[index into keys, value]` per written key: the new value in base64,
+    /// or null to delete the key. Keys without a write are only released.
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub writes: Vec<(usize, Option<Base64>)>,
+}
+
+/// Bytes as base64 in JSON.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Base64(pub Vec<u8>);
+
+impl Serialize for Base64 {
+    fn serialize<S: serde::Serializer>(&self, s: S) -> Result<S::Ok, S::Error> {
+        use base64::Engine as _;
+        s.serialize_str(&base64::engine::general_purpose::STANDARD.encode(&self.0))
+    }
+}
+
+impl<'de> Deserialize<'de> for Base64 {
+    fn deserialize<D: serde::Deserializer<'de>>(d: D) -> Result<Base64, D::Error> {
+        use base64::Engine as _;
+        let text = String::deserialize(d)?;
+        base64::engine::general_purpose::STANDARD
+            .decode(text)
+            .map(Base64)
+            .map_err(serde::de::Error::custom)
+    }
+}
+
 impl Record {
     pub fn encode(&self) -> Vec<u8> {
         serde_json::to_vec(self).expect("records serialize")
@@ -94,6 +132,13 @@ impl Record {
 
     pub fn decode(bytes: &[u8]) -> Result<Record, serde_json::Error> {
         serde_json::from_slice(bytes)
+    }
+
+    /// `{"state":"committed"}`: what a committed record shrinks to.
+    pub fn compact_committed() -> Record {
+        Record::Committed {
+            stores: BTreeMap::new(),
+        }
     }
 }
 
@@ -143,9 +188,19 @@ mod tests {
     #[test]
     fn record_round_trips() {
         let r = Record::Committed {
-            stores: BTreeMap::from([("orders".into(), vec!["inventory:stock:A1".into()])]),
+            stores: BTreeMap::from([(
+                "ledger".into(),
+                StoreWork {
+                    keys: vec!["payments:balance:alice".into(), "x".into()],
+                    writes: vec![(0, Some(Base64(vec![0xff, b'7']))), (1, None)],
+                },
+            )]),
         };
         assert_eq!(Record::decode(&r.encode()).unwrap(), r);
+        assert_eq!(
+            Record::compact_committed().encode(),
+            br#"{"state":"committed"}"#
+        );
         assert_eq!(
             Record::Aborted { abort: None }.encode(),
             br#"{"state":"aborted"}"#

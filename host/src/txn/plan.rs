@@ -1,0 +1,128 @@
+//! What a transaction will lock where, and which store decides it: fixed
+//! once every step has declared its keys, the same for every attempt.
+
+use std::collections::BTreeMap;
+
+use super::Step;
+use crate::store::{IndexEntry, Mode};
+
+/// The keys of one store, sorted, each once, with the mode it is held in.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub(super) struct Part {
+    pub store: String,
+    pub keys: Vec<(String, Mode)>,
+}
+
+impl Part {
+    /// Whether the transaction locks anything on this store.
+    pub fn locks(&self) -> bool {
+        self.keys.iter().any(|(_, m)| *m != Mode::Read)
+    }
+
+    /// The lock index entry of transaction `txn` on this store.
+    pub fn entry(&self, txn: &str, primary: &str) -> IndexEntry {
+        IndexEntry {
+            txn: txn.to_owned(),
+            primary: primary.to_owned(),
+            keys: self.keys.iter().map(|(k, _)| k.clone()).collect(),
+        }
+    }
+}
+
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub(super) struct Plan {
+    /// Every store the transaction touches (and its primary), by name.
+    pub parts: Vec<Part>,
+    /// The store that holds the decision: none for a read-only transaction,
+    /// which decides nothing.
+    pub primary: Option<usize>,
+}
+
+impl Plan {
+    /// Keys written by any step are held exclusively, keys only read are
+    /// shared, except in a read-only transaction on one store, which one
+    /// script reads atomically without locks. The decision lives on the log
+    /// store when the transaction touches it or holds an idempotency claim
+    /// (whose outcome is stored with the decision); otherwise on the first
+    /// store it writes, so that the commit point also applies that store.
+    pub fn new(steps: &[Step], log_store: &str, claimed: bool) -> Plan {
+        let mut stores: BTreeMap<&str, BTreeMap<&str, Mode>> = BTreeMap::new();
+        for step in steps {
+            let keys = stores.entry(&step.participant.store).or_default();
+            for key in &step.keys {
+                let mode = if step.writes.binary_search(key).is_ok() {
+                    Mode::Exclusive
+                } else {
+                    Mode::Shared
+                };
+                let held = keys.entry(key).or_insert(mode);
+                *held = (*held).max(mode);
+            }
+        }
+        let writes = stores
+            .values()
+            .any(|ks| ks.values().any(|m| *m == Mode::Exclusive));
+        if writes && claimed {
+            stores.entry(log_store).or_default();
+        }
+        let single = stores.len() == 1;
+        let parts: Vec<Part> = stores
+            .into_iter()
+            .map(|(store, keys)| Part {
+                store: store.to_owned(),
+                keys: keys
+                    .into_iter()
+                    .map(|(k, m)| {
+                        let m = if !writes && single { Mode::Read } else { m };
+                        (k.to_owned(), m)
+                    })
+                    .collect(),
+            })
+            .collect();
+        let primary = writes.then(|| {
+            parts
+                .iter()
+                .position(|p| p.store == log_store)
+                .or_else(|| {
+                    parts
+                        .iter()
+                        .position(|p| p.keys.iter().any(|(_, m)| *m == Mode::Exclusive))
+                })
+                .expect("a transaction with writes writes somewhere")
+        });
+        Plan { parts, primary }
+    }
+
+    /// The name of the primary store, or "" for a read-only transaction.
+    pub fn primary_name(&self) -> &str {
+        self.primary.map_or("", |p| &self.parts[p].store)
+    }
+
+    /// The entry that marks transaction `txn`'s record as unfinished in the
+    /// primary's lock index: when any other store holds its locks (`held`:
+    /// which parts hold an index entry).
+    pub fn marker(&self, txn: &str, held: &[Option<String>]) -> Option<String> {
+        let primary = self.primary?;
+        let others = held
+            .iter()
+            .enumerate()
+            .any(|(i, e)| i != primary && e.is_some());
+        others.then(|| {
+            IndexEntry {
+                txn: txn.to_owned(),
+                primary: self.parts[primary].store.clone(),
+                keys: Vec::new(),
+            }
+            .encode()
+        })
+    }
+
+    /// Every key as `(store, key, exclusive)`, in the global latch order.
+    pub fn latch_keys(&self) -> impl Iterator<Item = (&str, &str, bool)> {
+        self.parts.iter().flat_map(|p| {
+            p.keys
+                .iter()
+                .map(move |(k, m)| (p.store.as_str(), k.as_str(), *m == Mode::Exclusive))
+        })
+    }
+}
