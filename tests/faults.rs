@@ -5,8 +5,14 @@
 
 use std::time::{Duration, Instant};
 
+use std::sync::Arc;
+
+use redstage::config::Config;
 use redstage::txn::types::{LookupStatus, Status};
-use redstage_tests::{HostProcess, Persistence, TestEnv, http, request, signal, step};
+use redstage::txn::{Coordinator, TxnError};
+use redstage_tests::{
+    HostProcess, ParticipantSpec, Persistence, RedisServer, TestEnv, http, request, signal, step,
+};
 use serde_json::{Value, json};
 
 /// Short leases and frequent sweeps, so recovery happens within a test.
@@ -330,8 +336,15 @@ async fn unknown_commits(env: &TestEnv, acknowledged: usize) -> i64 {
     applied - acknowledged as i64
 }
 
+/// Each store in turn, the log store (which holds the decisions) included.
 #[tokio::test]
 async fn store_killed_and_restarted_with_aof_mid_run() {
+    for store in ["ledger", "orders"] {
+        kill_and_restart_mid_run(store).await;
+    }
+}
+
+async fn kill_and_restart_mid_run(store: &str) {
     let mut env = orders_env(Persistence::AofAlways);
     seed(&env).await;
     let coordinator = env.coordinator.clone();
@@ -341,13 +354,13 @@ async fn store_killed_and_restarted_with_aof_mid_run() {
     };
     let kill = async {
         tokio::time::sleep(Duration::from_millis(1000)).await;
-        let pid = env.server("ledger").pid().expect("running");
+        let pid = env.server(store).pid().expect("running");
         signal(pid, "KILL");
     };
     let ((committed, failed), ()) = tokio::join!(run, kill);
-    env.server_mut("ledger")
+    env.server_mut(store)
         .restart()
-        .expect("restart the ledger with its AOF");
+        .expect("restart the store with its AOF");
     let r = coordinator
         .run(request(order()))
         .await
@@ -362,12 +375,12 @@ async fn store_killed_and_restarted_with_aof_mid_run() {
     );
     assert!(failed > 0, "the kill should have failed some orders");
     println!(
-        "store killed: {committed} committed before, {failed} failed cleanly, {applied} applied in all"
+        "{store} killed: {committed} committed before, {failed} failed cleanly, {applied} applied in all"
     );
 }
 
 /// The decision recorded for transaction `id`, which must have one.
-async fn decided(host: &redstage::txn::Coordinator, id: &str) -> LookupStatus {
+async fn decided(host: &Coordinator, id: &str) -> LookupStatus {
     host.lookup(id)
         .await
         .expect("lookup")
@@ -416,4 +429,464 @@ async fn a_stalled_host_is_fenced_and_commits_nothing_rolled_back() {
         LookupStatus::Aborted,
         "A overturned its own rollback"
     );
+}
+
+/// The id of a transaction whose outcome the host could not confirm.
+fn unknown_id(result: Result<redstage::txn::types::TxnResponse, TxnError>) -> String {
+    match result {
+        Err(TxnError::OutcomeUnknown { id, .. }) => id,
+        other => panic!("expected outcome_unknown, got {other:?}"),
+    }
+}
+
+/// A commit whose reply is lost (held back past the store timeout) is
+/// answered `outcome_unknown` with its id, never "nothing applied": it was
+/// applied. A lookup of the id tells, and the order is applied once.
+#[tokio::test]
+async fn a_lost_commit_reply_is_outcome_unknown_and_the_lookup_tells() {
+    let env = TestEnv::start_proxied(
+        &["orders", "ledger"],
+        &[
+            ParticipantSpec::example("inventory", "inventory", "orders", "inventory:"),
+            ParticipantSpec::example("payments", "payments", "ledger", "payments:"),
+        ],
+        FAST,
+        Persistence::None,
+        &["orders", "ledger"],
+    );
+    seed(&env).await;
+    let commit = redis::Script::new(redstage::store::scripts::COMMIT)
+        .get_hash()
+        .to_owned();
+    let late = env.config.txn.store_timeout() * 2;
+
+    // One store: a deposit commits in one script on the ledger (run once
+    // first, so that the server knows the script and the held reply is the
+    // commit's own).
+    let deposit = json!([step(
+        "payments",
+        json!({"op": "deposit", "account": "carol", "amount": 5})
+    )]);
+    env.run(deposit.clone()).await;
+    env.proxy("ledger").delay_reply_to(&commit, late);
+    let id = unknown_id(env.coordinator.run(request(deposit)).await);
+    assert!(env.proxy("ledger").fired());
+    tokio::time::sleep(late).await;
+    assert_eq!(
+        decided(&env.coordinator, &id).await,
+        LookupStatus::Committed
+    );
+    assert_eq!(int(&env, "ledger", "payments:balance:carol").await, 10);
+
+    // Two stores: the commit point on the log store.
+    env.proxy("orders").delay_reply_to(&commit, late);
+    let id = unknown_id(env.coordinator.run(request(order())).await);
+    tokio::time::sleep(late).await;
+    assert_eq!(
+        decided(&env.coordinator, &id).await,
+        LookupStatus::Committed
+    );
+    // The ledger is rolled forward by recovery (the coordinator never heard
+    // that it committed).
+    let _host = env.spawn_host(None);
+    settled(&env).await;
+    assert_eq!(orders_applied(&env).await, 1);
+}
+
+/// A host that dies after its decision costs others nothing like its lease:
+/// whoever meets one of its locks reads the decision and rolls it forward.
+#[tokio::test]
+async fn decided_locks_are_finished_on_sight_not_after_their_lease() {
+    // A lease far longer than the transactions' patience.
+    let env = TestEnv::orders_with(
+        "[txn]\nlease_ms = 120000\nlock_wait_ms = 5000\n",
+        Persistence::None,
+    );
+    seed(&env).await;
+    let mut host = env.spawn_host(Some("after-decide"));
+    let request_task = tokio::spawn(post_order_unanswered(host.addr));
+    assert!(
+        host.wait_for("reached fault point after-decide", Duration::from_secs(20))
+            .await
+    );
+    let crashed = lock_holders(&env);
+    assert_eq!(crashed.len(), 1, "{crashed:?}");
+    host.kill();
+    request_task
+        .await
+        .expect("the connection dies with the host");
+
+    let r = env.coordinator.run(request(order())).await.expect("runs");
+    assert_eq!(r.status, Status::Committed, "{r:?}");
+    assert_eq!(orders_applied(&env).await, 2, "both orders, whole");
+    assert_eq!(
+        decided(&env.coordinator, &crashed[0]).await,
+        LookupStatus::Committed
+    );
+}
+
+/// Hosts sharing stores may keep different log stores: a lock names the
+/// store holding its decision, and recovery reads it there.
+#[tokio::test]
+async fn recovery_reads_the_decision_where_the_lock_says() {
+    let env = orders_env(Persistence::None);
+    seed(&env).await;
+    let mut host = env.spawn_host(Some("commit-partial"));
+    let request_task = tokio::spawn(post_order_unanswered(host.addr));
+    assert!(
+        host.wait_for(
+            "reached fault point commit-partial",
+            Duration::from_secs(20)
+        )
+        .await
+    );
+    let crashed = lock_holders(&env);
+    host.kill();
+    request_task
+        .await
+        .expect("the connection dies with the host");
+
+    let mut config: Config = env.config.clone();
+    config.log_store = "ledger".into();
+    let other = Arc::new(redstage::cli::coordinator(&config).expect("a coordinator"));
+    let started = Instant::now();
+    while !env.unfinished().is_empty() {
+        assert!(
+            started.elapsed() < RECOVERY_TIMEOUT,
+            "{:?}",
+            env.unfinished()
+        );
+        other.sweep().await;
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+    assert_eq!(orders_applied(&env).await, 1, "rolled forward, not back");
+    assert_eq!(decided(&other, &crashed[0]).await, LookupStatus::Committed);
+}
+
+/// Three stores: inventory on `orders`, the payer on `ledger`, the payee on
+/// `vault`, so that a commit can be cut between the other stores' applies.
+fn three_store_env() -> TestEnv {
+    TestEnv::start_with(
+        &["orders", "ledger", "vault"],
+        &[
+            ParticipantSpec::example("inventory", "inventory", "orders", "inventory:"),
+            ParticipantSpec::example("payments", "payments", "ledger", "payments:"),
+            ParticipantSpec::example("vault", "payments", "vault", "vault:"),
+        ],
+        FAST,
+        Persistence::None,
+    )
+}
+
+fn three_store_order() -> Value {
+    json!([
+        step("inventory", json!({"op": "deduct", "sku": "A1", "qty": 1})),
+        step(
+            "payments",
+            json!({"op": "withdraw", "account": "alice", "amount": PRICE})
+        ),
+        step(
+            "vault",
+            json!({"op": "deposit", "account": "shop", "amount": PRICE})
+        ),
+    ])
+}
+
+/// Orders applied on three stores, checked to be whole.
+async fn three_store_orders_applied(env: &TestEnv) -> i64 {
+    let sold = STOCK - int(env, "orders", "inventory:stock:A1").await;
+    let paid = FUNDS - int(env, "ledger", "payments:balance:alice").await;
+    let received = int(env, "vault", "vault:balance:shop").await;
+    assert_eq!(paid, sold * PRICE, "stock and payer disagree");
+    assert_eq!(received, paid, "payer and payee disagree");
+    sold
+}
+
+/// A host that answered `committed` and died before its other stores all
+/// applied: the answer holds, recovery applies the rest.
+#[tokio::test]
+async fn crash_after_the_answer_then_recover() {
+    for point in ["after-answer", "apply-partial"] {
+        let env = three_store_env();
+        env.run(json!([
+            step(
+                "inventory",
+                json!({"op": "restock", "sku": "A1", "qty": STOCK})
+            ),
+            step(
+                "payments",
+                json!({"op": "deposit", "account": "alice", "amount": FUNDS})
+            ),
+        ]))
+        .await;
+        let mut host = env.spawn_host(Some(point));
+        let body = json!({ "steps": three_store_order() }).to_string();
+        let (status, reply) = http::post(host.addr, "/v1/transactions", body.as_bytes()).await;
+        assert_eq!(
+            (status, reply["status"].as_str()),
+            (200, Some("committed")),
+            "{point}: {reply}"
+        );
+        assert!(
+            host.wait_for(
+                &format!("reached fault point {point}"),
+                Duration::from_secs(20)
+            )
+            .await,
+            "{point}: never reached"
+        );
+        host.kill();
+        let _survivor = env.spawn_host(None);
+        settled(&env).await;
+        assert_eq!(three_store_orders_applied(&env).await, 1, "{point}");
+        let id = reply["id"].as_str().expect("an id");
+        assert_eq!(
+            decided(&env.coordinator, id).await,
+            LookupStatus::Committed,
+            "{point}"
+        );
+        println!("fault point {point}: the answered order recovered whole");
+    }
+}
+
+/// Once `committed` is answered, every transaction that starts afterwards
+/// sees its writes on every store, even while the coordinator has not
+/// applied them yet: a reader meeting its lock rolls it forward.
+#[tokio::test]
+async fn an_acknowledged_commit_is_visible_while_other_stores_lag() {
+    let env = orders_env(Persistence::None);
+    seed(&env).await;
+    // The coordinator answers, then stalls 3 s before applying the ledger.
+    let host = env.spawn_host(Some("after-answer:3000"));
+    let body = json!({ "steps": order() }).to_string();
+    for n in 1..=3 {
+        let (status, reply) = http::post(host.addr, "/v1/transactions", body.as_bytes()).await;
+        assert_eq!(
+            (status, reply["status"].as_str()),
+            (200, Some("committed")),
+            "{reply}"
+        );
+        // Read right after the answer, from another host, across both stores.
+        let r = env
+            .coordinator
+            .run(request(json!([
+                step("inventory", json!({"op": "levels", "skus": ["A1"]})),
+                step(
+                    "payments",
+                    json!({"op": "balances", "accounts": ["alice", "shop"]})
+                ),
+            ])))
+            .await
+            .expect("reads");
+        assert_eq!(r.status, Status::Committed, "{r:?}");
+        assert_eq!(r.steps[0].output["A1"], STOCK - n, "{r:?}");
+        assert_eq!(r.steps[1].output["shop"], n * PRICE, "{r:?}");
+        assert_eq!(r.steps[1].output["alice"], FUNDS - n * PRICE, "{r:?}");
+    }
+    settled(&env).await;
+    assert_eq!(orders_applied(&env).await, 3);
+}
+
+/// The sweep resolves what it can even when hundreds of expired entries in
+/// front of it fail every time (here: locks that name a store this host
+/// does not know): those go to the back of the line.
+#[tokio::test]
+async fn the_sweep_does_not_starve_behind_entries_that_always_fail() {
+    let env = orders_env(Persistence::None);
+    seed(&env).await;
+    // Expired entries, older than anything real, that no host can resolve.
+    let mut ledger = env.redis("ledger");
+    for i in 0..600 {
+        let entry = format!(
+            "{:08x}-dead-7000-8000-000000000000\n[\"nowhere\",[\"payments:x{i}\"]]",
+            i
+        );
+        redis::cmd("ZADD")
+            .arg("rs:locks")
+            .arg(1)
+            .arg(entry)
+            .query::<()>(&mut ledger)
+            .expect("ZADD");
+    }
+    // And a real transaction whose host died holding locks.
+    let mut host = env.spawn_host(Some("after-prepare"));
+    let request_task = tokio::spawn(post_order_unanswered(host.addr));
+    assert!(
+        host.wait_for("reached fault point after-prepare", Duration::from_secs(20))
+            .await
+    );
+    host.kill();
+    request_task
+        .await
+        .expect("the connection dies with the host");
+    tokio::time::sleep(env.config.txn.lease() + Duration::from_millis(100)).await;
+
+    let started = Instant::now();
+    loop {
+        let report = env.coordinator.sweep().await;
+        let real_left = env.unfinished().iter().any(|l| l.contains("rs:{"));
+        if !real_left {
+            break;
+        }
+        assert!(
+            started.elapsed() < RECOVERY_TIMEOUT,
+            "the real lock starved: {report:?}"
+        );
+    }
+    assert_eq!(orders_applied(&env).await, 0);
+}
+
+/// The log store replicated with `wait_replicas`: after its primary is
+/// killed and the replica promoted, every acknowledged decision is there.
+/// Without `wait_replicas` (and without an fsynced AOF) the host refuses to
+/// start, so that the losing setup cannot be configured by accident.
+#[tokio::test]
+async fn a_promoted_replica_keeps_every_acknowledged_decision_with_wait() {
+    let primary = RedisServer::start(Persistence::None).expect("primary");
+    let mut replica = RedisServer::replica_of(&primary, Persistence::None).expect("replica");
+    let ledger = RedisServer::start(Persistence::AofAlways).expect("ledger");
+    let config = |orders: &str, wait: bool| {
+        let store = if wait {
+            format!(
+                "[stores.orders]\nurl = {orders:?}\nwait_replicas = 1\nwait_timeout_ms = 2000\n"
+            )
+        } else {
+            format!("[stores.orders]\nurl = {orders:?}\n")
+        };
+        let participants: String = [
+            ParticipantSpec::example("inventory", "inventory", "orders", "inventory:"),
+            ParticipantSpec::example("payments", "payments", "ledger", "payments:"),
+        ]
+        .iter()
+        .map(|p| {
+            format!(
+                "[participants.{}]\ncomponent = {:?}\nstore = {:?}\nprefix = {:?}\n",
+                p.name,
+                p.component.display().to_string(),
+                p.store,
+                p.prefix
+            )
+        })
+        .collect();
+        format!(
+            "log_store = \"orders\"\n{store}[stores.ledger]\nurl = {:?}\n{participants}{FAST}",
+            ledger.url()
+        )
+    };
+    let dir = tempfile::tempdir().expect("temp dir");
+    let path = dir.path().join("redstage.toml");
+
+    // Without replicas to wait for, the primary may lose what it answered.
+    std::fs::write(&path, config(&primary.url(), false)).expect("write");
+    let refused = HostProcess::try_start(&path, None).expect_err("refuses to start");
+    assert!(
+        refused
+            .iter()
+            .any(|l| l.contains("store `orders`") && l.contains("wait_replicas")),
+        "{refused:?}"
+    );
+    // With them, it starts.
+    std::fs::write(&path, config(&primary.url(), true)).expect("write");
+    drop(HostProcess::start(&path, None));
+
+    let coordinator = Arc::new(
+        redstage::cli::coordinator(&Config::load(&path).expect("config")).expect("coordinator"),
+    );
+    let seeded = coordinator
+        .run(request(json!([
+            step(
+                "inventory",
+                json!({"op": "restock", "sku": "A1", "qty": STOCK})
+            ),
+            step(
+                "payments",
+                json!({"op": "deposit", "account": "alice", "amount": FUNDS})
+            ),
+        ])))
+        .await
+        .expect("seed");
+    assert_eq!(seeded.status, Status::Committed);
+    let mut primary = primary;
+    let (committed, _failed) = {
+        let load = orders_until(&coordinator, Duration::from_secs(3));
+        let kill = async {
+            tokio::time::sleep(Duration::from_millis(1200)).await;
+            primary.kill();
+            replica.promote().expect("promote the replica");
+        };
+        tokio::join!(load, kill).0
+    };
+    coordinator.flush().await;
+
+    // A host configured for the new primary finishes what was in flight.
+    std::fs::write(&path, config(&replica.url(), true)).expect("write");
+    let after = Arc::new(
+        redstage::cli::coordinator(&Config::load(&path).expect("config")).expect("coordinator"),
+    );
+    let read = |server: &RedisServer, key: &str| -> i64 {
+        redis::Client::open(server.url())
+            .and_then(|c| c.get_connection())
+            .and_then(|mut c| redis::cmd("GET").arg(key).query::<Option<i64>>(&mut c))
+            .expect("GET")
+            .unwrap_or(0)
+    };
+    let locks = |server: &RedisServer| -> usize {
+        redis::Client::open(server.url())
+            .and_then(|c| c.get_connection())
+            .and_then(|mut c| redis::cmd("ZCARD").arg("rs:locks").query(&mut c))
+            .expect("ZCARD")
+    };
+    let started = Instant::now();
+    while locks(&replica) + locks(&ledger) > 0 {
+        assert!(
+            started.elapsed() < RECOVERY_TIMEOUT,
+            "recovery did not finish"
+        );
+        after.sweep().await;
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+    let sold = STOCK - read(&replica, "inventory:stock:A1");
+    let shop = read(&ledger, "payments:balance:shop");
+    let alice = read(&ledger, "payments:balance:alice");
+    assert_eq!(alice + shop, FUNDS, "money was created or lost");
+    assert_eq!(
+        shop,
+        sold * PRICE,
+        "stock and payments disagree after the failover"
+    );
+    assert!(
+        sold >= committed as i64,
+        "an acknowledged order was lost in the failover: {sold} < {committed}"
+    );
+    println!("failover: {committed} acknowledged, {sold} applied on the promoted replica");
+}
+
+/// Orders from 4 clients until `duration` is over: (committed, failed).
+async fn orders_until(coordinator: &Arc<Coordinator>, duration: Duration) -> (usize, usize) {
+    let deadline = Instant::now() + duration;
+    let tasks: Vec<_> = (0..4)
+        .map(|_| {
+            let coordinator = coordinator.clone();
+            tokio::spawn(async move {
+                let (mut ok, mut failed) = (0, 0);
+                while Instant::now() < deadline {
+                    match coordinator.run(request(order())).await {
+                        Ok(r) if r.status == Status::Committed => ok += 1,
+                        Ok(_) | Err(_) => {
+                            failed += 1;
+                            tokio::time::sleep(Duration::from_millis(20)).await;
+                        }
+                    }
+                }
+                (ok, failed)
+            })
+        })
+        .collect();
+    let mut total = (0, 0);
+    for t in tasks {
+        let (ok, failed) = t.await.expect("client");
+        total.0 += ok;
+        total.1 += failed;
+    }
+    total
 }

@@ -378,3 +378,183 @@ async fn lookups_tell_committed_aborted_in_doubt_and_unknown_apart() {
     assert!(env.leftovers().await.is_empty());
     assert_eq!(state(&env).await, after_orders(1));
 }
+
+/// The orders environment with the log store (which keeps idempotency keys)
+/// behind a proxy.
+fn proxied_env(extra: &str) -> TestEnv {
+    TestEnv::start_proxied(
+        &["orders", "ledger"],
+        &[
+            redstage_tests::ParticipantSpec::example(
+                "inventory",
+                "inventory",
+                "orders",
+                "inventory:",
+            ),
+            redstage_tests::ParticipantSpec::example("payments", "payments", "ledger", "payments:"),
+        ],
+        extra,
+        Persistence::None,
+        &["orders"],
+    )
+}
+
+fn sha(script: &str) -> String {
+    redis::Script::new(script).get_hash().to_owned()
+}
+
+fn deduct(qty: i64) -> Value {
+    json!([step(
+        "inventory",
+        json!({"op": "deduct", "sku": "A1", "qty": qty})
+    )])
+}
+
+/// A business abort is answered only once it is stored under the key: if
+/// storing it fails, the answer is an error that applied nothing, so that a
+/// retry which then runs (and may commit) never contradicts an answer the
+/// client already had.
+#[tokio::test]
+async fn an_abort_is_answered_only_once_it_is_stored() {
+    let env = proxied_env(FAST);
+    seed(&env).await;
+    env.proxy("orders")
+        .cut_at(&sha(redstage::store::scripts::SETTLE_CLAIM));
+    let first = env.coordinator.run(keyed(deduct(20), "too-many")).await;
+    let err = first.expect_err("the abort could not be stored, so it is not the answer");
+    assert_eq!(err.code(), "store_unavailable", "{err}");
+
+    // Enough stock now: a retry may run the request again and commit it.
+    env.run(json!([step(
+        "inventory",
+        json!({"op": "restock", "sku": "A1", "qty": 20})
+    )]))
+    .await;
+    let started = std::time::Instant::now();
+    let retry = loop {
+        match env.coordinator.run(keyed(deduct(20), "too-many")).await {
+            Err(TxnError::InFlight { .. }) => {
+                assert!(
+                    started.elapsed() < Duration::from_secs(10),
+                    "the claim never ended"
+                );
+            }
+            other => break other.expect("the retry runs"),
+        }
+    };
+    assert_eq!(retry.status, Status::Committed, "{retry:?}");
+    let again = run_keyed(&env.coordinator, deduct(20), "too-many").await;
+    assert_eq!(
+        again, retry,
+        "every later retry answers what the first answer was"
+    );
+    assert_eq!(
+        env.get("orders", "inventory:stock:A1").await.as_deref(),
+        Some("10")
+    );
+}
+
+/// A claim that was made but whose reply was lost does not hold the key
+/// for its whole lease: it is asked again, or released as soon as the log
+/// store answers.
+#[tokio::test]
+async fn a_lost_claim_reply_does_not_block_retries() {
+    // A lease far longer than a retry is willing to wait.
+    let env = proxied_env(
+        "[txn]\nlease_ms = 400\nstore_timeout_ms = 200\nidempotency_lease_ms = 60000\n\
+         idempotency_wait_ms = 2000\n",
+    );
+    seed(&env).await;
+    env.proxy("orders").delay_reply_to(
+        &sha(redstage::store::scripts::CLAIM),
+        Duration::from_millis(700),
+    );
+    let first = env.coordinator.run(keyed(order(), "lost-reply")).await;
+    tokio::time::sleep(Duration::from_millis(800)).await;
+    let retry = run_keyed(&env.coordinator, order(), "lost-reply").await;
+    assert_eq!(retry.status, Status::Committed, "{retry:?}");
+    match first {
+        Ok(first) => assert_eq!(first, retry, "the retry answers the first outcome"),
+        Err(e) => assert_eq!(e.code(), "store_unavailable", "{e}"),
+    }
+    assert_eq!(state(&env).await, after_orders(1));
+}
+
+/// A different request with the same key, while the first still runs, is
+/// refused as a reused key at once; nor can it take the key over once the
+/// first request's claim lease has run out.
+#[tokio::test]
+async fn a_different_request_cannot_take_over_a_pending_key() {
+    let env = env(FAST);
+    seed(&env).await;
+    let host = env.spawn_host(Some("after-prepare"));
+    let body = json!({"steps": order(), "idempotency_key": "mine"}).to_string();
+    let addr = host.addr;
+    let _first = tokio::spawn(async move {
+        http::try_request(addr, "POST", "/v1/transactions", body.as_bytes()).await
+    });
+    assert!(
+        host.wait_for("reached fault point after-prepare", Duration::from_secs(20))
+            .await
+    );
+    let other = json!([step(
+        "payments",
+        json!({"op": "deposit", "account": "mallory", "amount": 1})
+    )]);
+    let err = env
+        .coordinator
+        .run(keyed(other.clone(), "mine"))
+        .await
+        .expect_err("a different request");
+    assert_eq!(err.code(), "idempotency_key_reused", "{err}");
+    // Past the first request's claim lease.
+    tokio::time::sleep(Duration::from_millis(1000)).await;
+    let err = env
+        .coordinator
+        .run(keyed(other, "mine"))
+        .await
+        .expect_err("still a different request");
+    assert_eq!(err.code(), "idempotency_key_reused", "{err}");
+    assert_eq!(env.get("ledger", "payments:balance:mallory").await, None);
+}
+
+/// A first request that wakes up after a retry took its claim over answers
+/// `superseded` whatever it was about to say: an abort, or a read.
+#[tokio::test]
+async fn a_superseded_request_says_so_on_every_path() {
+    for (name, steps) in [
+        ("abort", deduct(99)),
+        (
+            "read",
+            json!([step("inventory", json!({"op": "levels", "skus": ["A1"]}))]),
+        ),
+    ] {
+        let env = env(FAST);
+        seed(&env).await;
+        // The first request stalls after locking, past its claim lease.
+        let host = env.spawn_host(Some("prepare-partial:2000"));
+        let key = format!("slow-{name}");
+        let body = json!({"steps": steps, "idempotency_key": key}).to_string();
+        let addr = host.addr;
+        let first =
+            tokio::spawn(
+                async move { http::post(addr, "/v1/transactions", body.as_bytes()).await },
+            );
+        assert!(
+            host.wait_for(
+                "reached fault point prepare-partial",
+                Duration::from_secs(20)
+            )
+            .await
+        );
+        tokio::time::sleep(Duration::from_millis(1000)).await;
+        let retry = run_keyed(&env.coordinator, steps.clone(), &key).await;
+        let (status, first) = first.await.expect("the first request answers");
+        assert_eq!(status, 200, "{name}: {first}");
+        assert_eq!(first["status"], "aborted", "{name}: {first}");
+        assert_eq!(first["abort"]["code"], "superseded", "{name}: {first}");
+        // And the key keeps the retry's outcome.
+        let again = run_keyed(&env.coordinator, steps, &key).await;
+        assert_eq!(again, retry, "{name}");
+    }
+}

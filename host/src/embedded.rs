@@ -29,6 +29,8 @@ pub struct RedisServer {
     persistence: Persistence,
     /// Holds the server's files (AOF, logs) and is removed with it.
     dir: tempfile::TempDir,
+    /// The port of the server this one replicates, if it is a replica.
+    primary: Option<u16>,
     child: Option<Child>,
 }
 
@@ -45,6 +47,56 @@ impl RedisServer {
     /// Starts a server on a free port. Another process may take the port
     /// between our probe and the server's bind, so a few ports are tried.
     pub fn start(persistence: Persistence) -> Result<RedisServer, EmbeddedError> {
+        RedisServer::start_with(persistence, None)
+    }
+
+    /// Starts a replica of `primary` and waits until it has synchronized.
+    pub fn replica_of(
+        primary: &RedisServer,
+        persistence: Persistence,
+    ) -> Result<RedisServer, EmbeddedError> {
+        let replica = RedisServer::start_with(persistence, Some(primary.port))?;
+        let started = Instant::now();
+        loop {
+            let info: String = redis::Client::open(replica.url())
+                .and_then(|c| c.get_connection())
+                .and_then(|mut c| redis::cmd("INFO").arg("replication").query(&mut c))
+                .unwrap_or_default();
+            if info.contains("master_link_status:up") {
+                return Ok(replica);
+            }
+            if started.elapsed() > STARTUP_TIMEOUT {
+                return Err(EmbeddedError::NotReady {
+                    port: replica.port,
+                    message: format!("never synchronized with its primary: {info}"),
+                });
+            }
+            std::thread::sleep(Duration::from_millis(20));
+        }
+    }
+
+    /// Makes a replica a primary (`REPLICAOF NO ONE`), as a failover does.
+    pub fn promote(&mut self) -> Result<(), EmbeddedError> {
+        let not_ready = |e: redis::RedisError| EmbeddedError::NotReady {
+            port: self.port,
+            message: e.to_string(),
+        };
+        let mut conn = redis::Client::open(self.url())
+            .and_then(|c| c.get_connection())
+            .map_err(not_ready)?;
+        redis::cmd("REPLICAOF")
+            .arg("NO")
+            .arg("ONE")
+            .query::<()>(&mut conn)
+            .map_err(not_ready)?;
+        self.primary = None;
+        Ok(())
+    }
+
+    fn start_with(
+        persistence: Persistence,
+        primary: Option<u16>,
+    ) -> Result<RedisServer, EmbeddedError> {
         let mut last = None;
         for _ in 0..PORT_TRIES {
             let dir = tempfile::Builder::new()
@@ -55,6 +107,7 @@ impl RedisServer {
                 port: free_port().map_err(EmbeddedError::Spawn)?,
                 persistence,
                 dir,
+                primary,
                 child: None,
             };
             match server.spawn() {
@@ -107,7 +160,11 @@ impl RedisServer {
             Persistence::AofAlways => ["--appendonly", "yes", "--appendfsync", "always"],
         };
         let log: PathBuf = self.dir.path().join("redis.log");
-        let child = Command::new("redis-server")
+        let mut cmd = Command::new("redis-server");
+        if let Some(primary) = self.primary {
+            cmd.args(["--replicaof", "127.0.0.1", &primary.to_string()]);
+        }
+        let child = cmd
             .args(["--port", &self.port.to_string(), "--bind", "127.0.0.1"])
             .args(["--save", "", "--protected-mode", "no"])
             .args(aof)

@@ -8,8 +8,10 @@
 
 pub mod http;
 mod process;
+mod proxy;
 
 pub use process::{HostProcess, signal};
+pub use proxy::Proxy;
 
 use std::path::{Path, PathBuf};
 use std::process::Command;
@@ -67,6 +69,7 @@ pub const COMPONENTS: &[&str] = &[
     "wasi-access",
     "counter-v1",
     "counter-v2",
+    "register",
 ];
 
 /// The file a component of [`COMPONENTS`] is built to, in `components()`'s
@@ -138,6 +141,8 @@ pub struct TestEnv {
     /// Holds the config file.
     _config_dir: tempfile::TempDir,
     pub coordinator: Arc<Coordinator>,
+    /// Stores reached through a proxy (see [`TestEnv::start_proxied`]).
+    proxies: Vec<(String, Proxy)>,
 }
 
 impl TestEnv {
@@ -155,6 +160,18 @@ impl TestEnv {
         extra: &str,
         persistence: Persistence,
     ) -> TestEnv {
+        TestEnv::start_proxied(stores, participants, extra, persistence, &[])
+    }
+
+    /// [`TestEnv::start_with`], with the stores named in `proxied` reached
+    /// through a [`Proxy`] each (see [`TestEnv::proxy`]).
+    pub fn start_proxied(
+        stores: &[&str],
+        participants: &[ParticipantSpec],
+        extra: &str,
+        persistence: Persistence,
+        proxied: &[&str],
+    ) -> TestEnv {
         let servers: Vec<(String, RedisServer)> = stores
             .iter()
             .map(|s| {
@@ -164,7 +181,24 @@ impl TestEnv {
                 )
             })
             .collect();
-        let text = config_text(&servers, participants, extra);
+        let proxies: Vec<(String, Proxy)> = servers
+            .iter()
+            .filter(|(name, _)| proxied.contains(&name.as_str()))
+            .map(|(name, server)| (name.clone(), Proxy::start(server.port())))
+            .collect();
+        let mut text = config_text(&servers, participants, extra);
+        for (name, proxy) in &proxies {
+            let direct = format!(
+                "{name} = {:?}\n",
+                servers
+                    .iter()
+                    .find(|(n, _)| n == name)
+                    .expect("server")
+                    .1
+                    .url()
+            );
+            text = text.replacen(&direct, &format!("{name} = {:?}\n", proxy.url()), 1);
+        }
         let config = Config::parse(&text).expect("valid test config");
         let config_dir = tempfile::tempdir().expect("temp dir");
         let config_path = config_dir.path().join("redstage.toml");
@@ -177,7 +211,18 @@ impl TestEnv {
             config_path,
             _config_dir: config_dir,
             coordinator,
+            proxies,
         }
+    }
+
+    /// The proxy in front of `store`.
+    pub fn proxy(&self, store: &str) -> &Proxy {
+        &self
+            .proxies
+            .iter()
+            .find(|(n, _)| n == store)
+            .expect("a proxied store")
+            .1
     }
 
     /// Another coordinator on the same stores, as a second host would be.

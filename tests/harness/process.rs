@@ -47,6 +47,13 @@ pub struct HostProcess {
 
 impl HostProcess {
     pub fn start(config: &Path, fault: Option<&str>) -> HostProcess {
+        HostProcess::try_start(config, fault)
+            .unwrap_or_else(|stderr| panic!("redstage did not start: {stderr:?}"))
+    }
+
+    /// Starts a host that may refuse to: its stderr if it exits instead of
+    /// serving.
+    pub fn try_start(config: &Path, fault: Option<&str>) -> Result<HostProcess, Vec<String>> {
         let port = TcpListener::bind("127.0.0.1:0")
             .and_then(|l| l.local_addr())
             .expect("free port")
@@ -76,13 +83,18 @@ impl HostProcess {
                 lines.lock().expect("lock").push(line);
             }
         });
-        let host = HostProcess {
+        let mut host = HostProcess {
             child,
             addr,
             stderr,
         };
         let started = Instant::now();
         while std::net::TcpStream::connect(addr).is_err() {
+            if host.exited() {
+                // Let the reader thread take in the last lines.
+                std::thread::sleep(Duration::from_millis(100));
+                return Err(host.stderr());
+            }
             assert!(
                 started.elapsed() < STARTUP_TIMEOUT,
                 "redstage did not start: {:?}",
@@ -90,7 +102,7 @@ impl HostProcess {
             );
             std::thread::sleep(Duration::from_millis(20));
         }
-        host
+        Ok(host)
     }
 
     pub fn pid(&self) -> u32 {

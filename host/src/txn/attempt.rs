@@ -189,7 +189,12 @@ impl Coordinator {
                         }));
                     }
                 }
-                Err(e) => failure = Some(Err(e)),
+                Err(e) => {
+                    // It may have locked before failing (a reply lost, too
+                    // few replicas): release there too.
+                    held[i] = true;
+                    failure = Some(Err(e));
+                }
             }
         }
         let Some(failure) = failure else {
