@@ -67,7 +67,7 @@ use systems::{Driver, SystemKind};
 /// Runs every cell the options ask for and returns the report (also
 /// printed, and written to `--out` and `--svg`).
 pub async fn run(options: Options, command: String) -> anyhow::Result<Report> {
-    let stores = Stores::open(&options.stores).await?;
+    let stores = Stores::open(&options.stores, options.persistence).await?;
     for (name, url) in ["orders", "ledger"].iter().zip(stores.urls()) {
         eprintln!("store `{name}`: {url}");
     }
@@ -75,6 +75,7 @@ pub async fn run(options: Options, command: String) -> anyhow::Result<Report> {
         redstage::cli::coordinator(&systems::library::config(
             stores.urls(),
             &options.components,
+            options.persistence,
         )?)
         .context("loading the inventory and payments components")?,
     );
@@ -94,7 +95,16 @@ pub async fn run(options: Options, command: String) -> anyhow::Result<Report> {
     for (workload, concurrency, system) in cells {
         progress.set_message(format!("{workload} x{concurrency} {system}"));
         let driver = Driver::new(system, &stores, &coordinator, http).await?;
-        let row = run_cell(&stores, &driver, &options, workload, concurrency, &wasm).await?;
+        let row = run_cell(
+            &stores,
+            &driver,
+            &coordinator,
+            &options,
+            workload,
+            concurrency,
+            &wasm,
+        )
+        .await?;
         rows.push(row);
         progress.inc(1);
     }
@@ -104,6 +114,7 @@ pub async fn run(options: Options, command: String) -> anyhow::Result<Report> {
         machine: Machine::probe(&stores).await,
         command,
         duration_s: options.duration.as_secs_f64(),
+        persistence: options.persistence,
         skus: options.skus,
         accounts: options.accounts,
         wasm,
@@ -126,19 +137,28 @@ pub async fn run(options: Options, command: String) -> anyhow::Result<Report> {
 async fn run_cell(
     stores: &Stores,
     driver: &Driver,
+    coordinator: &redstage::txn::Coordinator,
     options: &Options,
     workload: workload::Workload,
     concurrency: usize,
     wasm: &wasm::Calibration,
 ) -> anyhow::Result<Row> {
     let system = driver.kind();
-    let space = options.key_space();
+    let space = options.key_space(workload);
     let placement = system.placement();
     stores.reset().await?;
     stores.seed(&space, placement).await?;
     stores.reset_stats().await?;
     let before = stores.stats().await?;
+    let round_trips = coordinator.metrics().round_trips();
     let cell = measure::run_cell(driver, workload, &space, concurrency, options.duration).await?;
+    // What redstage still owes after its answers (other stores' applies,
+    // records to finalize) counts in the cell's Redis figures and must be
+    // done before the audit reads the data back.
+    coordinator.flush().await;
+    let round_trips = system
+        .runs_wasm()
+        .then(|| coordinator.metrics().round_trips() - round_trips);
     let after = stores.stats().await?;
     let levels = stores.levels(&space, placement).await?;
     let leftovers = stores.leftovers().await?;
@@ -151,6 +171,7 @@ async fn run_cell(
         &cell,
         &after.since(&before),
         wasm_us,
+        round_trips,
         audit,
     ))
 }

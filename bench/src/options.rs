@@ -6,6 +6,16 @@ use std::time::Duration;
 use clap::{ArgAction, Parser};
 
 use crate::systems::SystemKind;
+
+/// The persistence of the stores the bench starts.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, clap::ValueEnum, serde::Serialize)]
+#[serde(rename_all = "snake_case")]
+pub enum Persistence {
+    /// Nothing on disk.
+    None,
+    /// appendonly yes, appendfsync always.
+    Aof,
+}
 use crate::workload::{KeySpace, Workload};
 
 /// redstage against a single Lua script, WATCH/MULTI and naive staging, on
@@ -31,14 +41,21 @@ pub struct Options {
     #[arg(long, value_delimiter = ',', action = ArgAction::Set, default_value = "1,4,16,64")]
     pub concurrency: Vec<usize>,
     /// `order`: inventory deduct on `orders` + payment on `ledger`;
-    /// `transfer`: one payment, one store; `hot`: orders all paying `shop`.
+    /// `transfer`: one payment, one store; `hot`: orders all paying `shop`;
+    /// `shop`: orders from 100 customers to 10 merchants.
     #[arg(
         long,
         value_delimiter = ',',
         action = ArgAction::Set,
-        default_value = "order,transfer,hot"
+        default_value = "order,shop,transfer,hot"
     )]
     pub workloads: Vec<Workload>,
+    /// The stores' persistence, when the bench starts them: `none`, or
+    /// `aof` (appendonly yes, appendfsync always: what redstage requires of
+    /// stores that keep acknowledged decisions). Every system runs on the
+    /// same servers either way.
+    #[arg(long, default_value = "none")]
+    pub persistence: Persistence,
     /// The systems to compare.
     #[arg(
         long,
@@ -83,8 +100,8 @@ impl Options {
         cells
     }
 
-    pub fn key_space(&self) -> KeySpace {
-        KeySpace::new(self.skus, self.accounts)
+    pub fn key_space(&self, workload: Workload) -> KeySpace {
+        workload.space(self.skus, self.accounts)
     }
 }
 

@@ -22,6 +22,7 @@ pub struct Report {
     /// The command line that produced it.
     pub command: String,
     pub duration_s: f64,
+    pub persistence: crate::options::Persistence,
     pub skus: usize,
     pub accounts: usize,
     /// One participant call, measured apart (see `wasm`).
@@ -94,6 +95,13 @@ pub struct Row {
     pub host_cpu_us_per_txn: Option<f64>,
     /// Median of one participant call, for the systems that run them.
     pub wasm_us_per_call: Option<f64>,
+    /// Rounds of Redis calls a transaction waited for before its answer
+    /// (redstage's own count, calls of a round being in parallel).
+    pub round_trips_per_txn: Option<f64>,
+    /// Redis memory still held after the cell, per committed transaction:
+    /// what the system keeps of each (redstage's records of answered
+    /// transactions, kept `txn.answered_retention_s`).
+    pub kept_bytes_per_txn: Option<f64>,
     pub audit: Audit,
     /// The audit in words: "nothing", or what was lost.
     pub lost: String,
@@ -107,6 +115,7 @@ impl Row {
         cell: &Cell,
         stats: &Stats,
         wasm_us_per_call: Option<f64>,
+        round_trips: Option<u64>,
         audit: Audit,
     ) -> Row {
         let committed = cell.tally.committed;
@@ -141,6 +150,11 @@ impl Row {
             redis_cpu_us_per_txn: per_txn(stats.cpu_s * 1e6),
             host_cpu_us_per_txn: per_txn(cell.host_cpu_s * 1e6),
             wasm_us_per_call,
+            round_trips_per_txn: round_trips.and_then(|n| {
+                let decided = cell.tally.committed + cell.aborted + cell.conflicts;
+                (decided > 0).then(|| n as f64 / decided as f64)
+            }),
+            kept_bytes_per_txn: per_txn(stats.memory_bytes as f64),
             audit,
             lost: audit.to_string(),
         }
@@ -154,15 +168,22 @@ pub fn table(report: &Report) -> String {
     let m = &report.machine;
     let _ = writeln!(
         out,
-        "\n{} x {} CPUs, {}, Redis {}; {} s per cell, {} SKUs, {} customers\n",
-        m.cpu, m.cpus, m.os, m.redis, report.duration_s, report.skus, report.accounts
+        "\n{} x {} CPUs, {}, Redis {} (persistence: {:?}); {} s per cell, {} SKUs, {} customers\n",
+        m.cpu,
+        m.cpus,
+        m.os,
+        m.redis,
+        report.persistence,
+        report.duration_s,
+        report.skus,
+        report.accounts
     );
-    out += "| workload | clients | system | txn/s | p50 ms | p99 ms | p99.9 ms | aborts | conflicts | retries | cmds/txn | redis CPU µs/txn | bench CPU µs/txn | wasm µs/call | lost |\n";
-    out += "|---|--:|---|--:|--:|--:|--:|--:|--:|--:|--:|--:|--:|--:|---|\n";
+    out += "| workload | clients | system | txn/s | p50 ms | p99 ms | p99.9 ms | aborts | conflicts | retries | RTs | cmds/txn | redis CPU µs/txn | bench CPU µs/txn | wasm µs/call | kept B/txn | lost |\n";
+    out += "|---|--:|---|--:|--:|--:|--:|--:|--:|--:|--:|--:|--:|--:|--:|--:|---|\n";
     for r in &report.rows {
         let _ = writeln!(
             out,
-            "| {} | {} | {} | {:.0} | {} | {} | {} | {} | {} | {} | {} | {} | {} | {} | {} |",
+            "| {} | {} | {} | {:.0} | {} | {} | {} | {} | {} | {} | {} | {} | {} | {} | {} | {} | {} |",
             r.workload,
             r.concurrency,
             r.system,
@@ -173,10 +194,12 @@ pub fn table(report: &Report) -> String {
             r.aborted,
             r.conflicts,
             r.retries,
+            num(r.round_trips_per_txn, 2),
             num(r.cmds_per_txn, 1),
             num(r.redis_cpu_us_per_txn, 0),
             num(r.host_cpu_us_per_txn, 0),
             num(r.wasm_us_per_call, 1),
+            num(r.kept_bytes_per_txn, 0),
             match r.errors {
                 0 => r.lost.clone(),
                 n => format!("{}; {n} errors", r.lost),

@@ -35,6 +35,8 @@ pub struct Stats {
     pub calls: BTreeMap<String, u64>,
     /// CPU seconds of the redis-server processes (`INFO cpu`).
     pub cpu_s: f64,
+    /// Bytes of data the servers hold (`used_memory`), every store together.
+    pub memory_bytes: i64,
 }
 
 impl Stats {
@@ -49,18 +51,27 @@ impl Stats {
         Stats {
             calls,
             cpu_s: self.cpu_s - earlier.cpu_s,
+            memory_bytes: self.memory_bytes - earlier.memory_bytes,
         }
     }
 }
 
 impl Stores {
-    /// Connects to `urls` (two of them), or starts two local servers.
-    pub async fn open(urls: &[String]) -> anyhow::Result<Stores> {
+    /// Connects to `urls` (two of them), or starts two local servers with
+    /// `persistence`.
+    pub async fn open(
+        urls: &[String],
+        persistence: crate::options::Persistence,
+    ) -> anyhow::Result<Stores> {
         let mut servers = Vec::new();
+        let persistence = match persistence {
+            crate::options::Persistence::None => Persistence::None,
+            crate::options::Persistence::Aof => Persistence::AofAlways,
+        };
         let urls = match urls.len() {
             0 => {
                 for _ in 0..2 {
-                    servers.push(RedisServer::start(Persistence::None)?);
+                    servers.push(RedisServer::start(persistence)?);
                 }
                 servers.iter().map(RedisServer::url).collect()
             }
@@ -158,6 +169,7 @@ impl Stores {
             let info: String = redis::cmd("INFO")
                 .arg("commandstats")
                 .arg("cpu")
+                .arg("memory")
                 .query_async(&mut conn)
                 .await
                 .context("INFO")?;
@@ -172,6 +184,9 @@ impl Stores {
                         .and_then(|n| n.parse::<u64>().ok())
                         .unwrap_or(0);
                     *stats.calls.entry(name.to_owned()).or_default() += calls;
+                }
+                if let Some(bytes) = line.strip_prefix("used_memory:") {
+                    stats.memory_bytes += bytes.trim().parse::<i64>().unwrap_or(0);
                 }
                 for field in ["used_cpu_sys:", "used_cpu_user:"] {
                     if let Some(s) = line.strip_prefix(field) {

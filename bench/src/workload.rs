@@ -11,6 +11,10 @@
 //!  payments:balance:shop        0           hot: every order pays it
 //! ```
 //!
+//! `shop` has a key space of its own, a real shop's: 100 customers paying
+//! 10 merchants, over the same SKUs, so that every merchant's balance is
+//! shared by a tenth of all orders.
+//!
 //! These are the keys the redstage participants use (`inventory:` and
 //! `payments:` prefixes, `stock:<sku>` and `balance:<account>` relative
 //! keys), and every other system uses the same names, so each one starts
@@ -28,6 +32,9 @@ pub const BALANCE_SEED: i64 = 1_000_000;
 const QTY_MAX: i64 = 3;
 /// Largest amount one payment moves.
 const AMOUNT_MAX: i64 = 10;
+/// The `shop` workload's customers and merchants.
+const SHOP_CUSTOMERS: usize = 100;
+const SHOP_MERCHANTS: usize = 10;
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, clap::ValueEnum, Serialize)]
 #[serde(rename_all = "snake_case")]
@@ -39,6 +46,8 @@ pub enum Workload {
     Transfer,
     /// Orders that all pay the same account, `shop`: one hot key.
     Hot,
+    /// Orders from 100 customers to 10 merchants: a real shop's contention.
+    Shop,
 }
 
 impl Workload {
@@ -47,6 +56,20 @@ impl Workload {
             Workload::Order => "order",
             Workload::Transfer => "transfer",
             Workload::Hot => "hot",
+            Workload::Shop => "shop",
+        }
+    }
+
+    /// The key space of this workload, given the SKUs and accounts asked
+    /// for (which `shop` keeps to its own 100 customers and 10 merchants).
+    pub fn space(self, skus: usize, accounts: usize) -> KeySpace {
+        match self {
+            Workload::Shop => KeySpace {
+                skus: skus.max(1),
+                customers: SHOP_CUSTOMERS,
+                merchants: SHOP_MERCHANTS,
+            },
+            _ => KeySpace::new(skus, accounts),
         }
     }
 
@@ -171,7 +194,7 @@ impl Generator {
                     amount,
                 }
             }
-            Workload::Order | Workload::Hot => {
+            Workload::Order | Workload::Hot | Workload::Shop => {
                 let sku = format!("sku{}", self.rng.usize(..self.space.skus));
                 let to = match self.workload {
                     Workload::Hot => "shop".to_owned(),

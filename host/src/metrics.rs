@@ -12,6 +12,7 @@
 //! | `redstage_components_compiled_total` | | compilations (compile cache misses) |
 //! | `redstage_compile_cache_hits_total` | | components loaded from the compile cache |
 //! | `redstage_recovered_locks_total` | | expired locks resolved by sweeps and readers |
+//! | `redstage_round_trips_total` | | rounds of Redis calls transactions waited for before their answers (calls of one round run in parallel) |
 
 use std::collections::BTreeMap;
 use std::fmt::Write as _;
@@ -34,6 +35,9 @@ pub struct Metrics {
     attempts: AtomicU64,
     latency: Histogram,
     pub recovered_locks: AtomicU64,
+    /// Rounds of Redis calls waited for before answers: what latency is
+    /// made of, whatever the network.
+    round_trips: AtomicU64,
 }
 
 impl Metrics {
@@ -53,6 +57,22 @@ impl Metrics {
         }
         self.attempts.fetch_add(u64::from(attempts), Relaxed);
         self.latency.observe(took);
+    }
+
+    /// A transaction waited for one more round of Redis calls before its
+    /// answer.
+    pub fn round_trip(&self) {
+        self.round_trips.fetch_add(1, Relaxed);
+    }
+
+    /// Rounds of Redis calls waited for before answers, so far.
+    pub fn round_trips(&self) -> u64 {
+        self.round_trips.load(Relaxed)
+    }
+
+    /// Transactions decided committed, so far.
+    pub fn committed(&self) -> u64 {
+        self.committed.load(Relaxed)
     }
 
     pub fn failed(&self, code: &'static str) {
@@ -128,6 +148,18 @@ impl Metrics {
             "redstage_recovered_locks_total",
             &[],
             self.recovered_locks.load(Relaxed),
+        );
+        header(
+            out,
+            "redstage_round_trips_total",
+            "counter",
+            "rounds of Redis calls transactions waited for before their answers",
+        );
+        sample(
+            out,
+            "redstage_round_trips_total",
+            &[],
+            self.round_trips.load(Relaxed),
         );
     }
 }

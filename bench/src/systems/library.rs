@@ -15,7 +15,11 @@ use crate::workload::Txn;
 /// The config of the bench's coordinator: two stores, the two example
 /// participants from `components`, defaults for everything else, and no
 /// compile cache (the components are compiled once per run).
-pub fn config(urls: &[String], components: &Path) -> anyhow::Result<Config> {
+pub fn config(
+    urls: &[String],
+    components: &Path,
+    persistence: crate::options::Persistence,
+) -> anyhow::Result<Config> {
     let component = |name: &str| -> anyhow::Result<String> {
         let path = components.join(format!("{name}.wasm"));
         let path = path.canonicalize().with_context(|| {
@@ -27,8 +31,14 @@ pub fn config(urls: &[String], components: &Path) -> anyhow::Result<Config> {
         })?;
         Ok(path.display().to_string())
     };
+    // Without persistence the stores cannot keep a decision through a
+    // crash, and the host would refuse them: say so instead.
+    let durability = match persistence {
+        crate::options::Persistence::None => "unsafe",
+        crate::options::Persistence::Aof => "checked",
+    };
     let text = format!(
-        "log_store = \"orders\"\n\
+        "log_store = \"orders\"\ndurability = {durability:?}\n\
          [stores]\norders = {:?}\nledger = {:?}\n\
          [participants.inventory]\ncomponent = {:?}\nstore = \"orders\"\nprefix = \"inventory:\"\n\
          [participants.payments]\ncomponent = {:?}\nstore = \"ledger\"\nprefix = \"payments:\"\n\

@@ -182,7 +182,10 @@ impl Runtime {
             .table_elements(settings.table_slot_elements)
             // Give freed slots back to the kernel in batches: one system
             // call (and one TLB shootdown) per batch, not per step.
-            .decommit_batch_size(DECOMMIT_BATCH);
+            .decommit_batch_size(DECOMMIT_BATCH)
+            .linear_memory_keep_resident(1 << 20)
+            .table_keep_resident(64 << 10)
+            .pagemap_scan(wasmtime::Enabled::Auto);
         let mut config = wasmtime::Config::new();
         config.epoch_interruption(true);
         // Plain fibers: participants are synchronous functions; the

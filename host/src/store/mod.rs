@@ -11,19 +11,19 @@
 //!  key                       type    fields / value                   lives
 //!  ------------------------  ------  -------------------------------  ---------------------
 //!  inventory:stock:A1        string  "8"  (the committed value)       participant's store
-//!  rs:{inventory:stock:A1}   hash    lock     txn holding it           same store and slot,
-//!                                             exclusively              only while the key is
-//!                                    lease    its deadline, ms, by     locked: deleted with
-//!                                             the store's own clock    the last lock
-//!                                    primary  store of its decision
-//!                                    readers  shared holders, counted
-//!                                    r:<txn>  "<lease> <primary>" of
-//!                                             each shared holder
-//!                                    wait     set once someone waits
+//!  rs:{inventory:stock:A1}   string  the lock table entry: mode (x    same store and slot,
+//!                                    exclusive, s shared), wait flag, only while the key is
+//!                                    then per holder its txn, lease   locked: deleted with
+//!                                    deadline (ms, by the store's     the last lock
+//!                                    own clock) and primary store
+//!                                    (see `scripts`)
 //!  rs:locks                  zset    one entry per transaction with   every store; gone
 //!                                    locks here: "<txn>\n[primary,    when empty
 //!                                    [keys]]", scored by lease
-//!                                    deadline: what the sweep walks
+//!                                    deadline: what the sweep walks.
+//!                                    On the primary, the entry stays
+//!                                    after the commit point as the
+//!                                    record's marker, until finalized
 //!  rs:txn:<txn>              string  the decision record, see         the primary store:
 //!                                    `txn::types::Record`             no TTL while a store
 //!                                                                     is unapplied, then
@@ -178,10 +178,9 @@ pub struct CommitPoint<'a> {
     pub record_ttl: Option<Duration>,
     /// This store's keys, with their writes.
     pub keys: &'a [Release<'a>],
-    /// The index entry of this store's locks (none if it holds none here).
-    pub entry: Option<&'a str>,
-    /// The entry marking the record as unfinished, kept until
-    /// [`Store::finalize`] (none when no other store has to apply).
+    /// An entry to add to the lock index, marking the record as unfinished
+    /// until [`Store::finalize`]: when the transaction holds no lock here
+    /// (its own index entry here is the marker otherwise).
     pub marker: Option<&'a str>,
     /// How long before the sweep may look at an unfinished record.
     pub lease: Duration,
@@ -435,7 +434,6 @@ impl Store {
         call.arg(point.txn)
             .arg(point.record)
             .arg(point.record_ttl.map_or(0, |t| t.as_millis() as u64))
-            .arg(point.entry.unwrap_or(""))
             .arg(point.marker.unwrap_or(""))
             .arg(point.lease.as_millis() as u64);
         match &point.claim {

@@ -8,6 +8,25 @@
 //! Times are read from the Redis server (`TIME`), so leases mean the same to
 //! every host whatever their clocks say. Only the scripts that grant leases
 //! or compare them read the clock.
+//!
+//! Each `redis.call` inside a script costs far more than the command itself
+//! (a write, several microseconds), so the scripts make as few as they can:
+//! one `MGET`, `MSETNX`, `DEL` or `MSET` for all the keys of a store
+//! rather than one call per key.
+//!
+//! # Lock table entries
+//!
+//! `rs:{K}` is a string: the mode (`x` exclusive, `s` shared), a wait flag
+//! (`1` once someone waited for the key), then one tab-separated
+//! `<txn>\t<lease>\t<primary>` per holder (one for `x`, one or more for `s`):
+//!
+//! ```text
+//!  x0\t0193...e1\t1732700000123\torders
+//!  s1\t0193...e7\t1732700000456\t\t0193...f2\t1732700000789\tledger
+//! ```
+//!
+//! (A read-only transaction's holder names no primary.) Store names cannot
+//! hold a tab (the config refuses them).
 
 /// Shared prologue: `now_ms` by the server's clock.
 macro_rules! lua_clock {
@@ -20,34 +39,93 @@ macro_rules! lua_clock {
     };
 }
 
-/// `release(data, meta, txn, op, value)`: lets go of `txn`'s lock on one
-/// key. Held exclusively: applies `op` first (`set` value, `del`, or `keep`
-/// for none). Held shared: drops this holder. Once no holder is left the
-/// lock table entry goes away, and if anyone waited for the key, its name
-/// is published on the wake channel. Returns true when `txn` held the key
-/// (so a repeated release, or one after recovery, changes nothing).
-macro_rules! lua_release {
+/// Helpers every lock-table script shares:
+/// - `call_all(cmd, prefix, list)`: `redis.call(cmd, prefix..., list...)`
+///   in chunks (Lua's `unpack` has a bound), results appended together;
+/// - `holders(v)`: an entry's mode, wait flag and holders
+///   (`{txn, lease, primary}` each);
+/// - `holder(v)`: the sole holder of an exclusive entry, cheaply;
+/// - `release_all(txn, data, metas, found, ops, values)`: lets go of `txn`'s
+///   locks on keys whose entries `found` were read: a key held exclusively
+///   gets its write first (`set`, `del`, or `keep` for none), a shared one
+///   loses this holder; an entry left without holders is deleted, and a
+///   key someone waited for is published on the wake channel. Returns how
+///   many of the keys `txn` held.
+macro_rules! lua_locks {
     () => {
-        "local function release(data, meta, txn, op, value)
-  local m = redis.call('HMGET', meta, 'lock', 'readers', 'wait')
-  if m[1] == txn then
-    if op == 'set' then
-      redis.call('SET', data, value)
-    elseif op == 'del' then
-      redis.call('DEL', data)
+        "local function call_all(cmd, prefix, list)
+  local out = {}
+  local i = 1
+  repeat
+    local args = {}
+    for _, p in ipairs(prefix) do args[#args + 1] = p end
+    for j = i, math.min(i + 999, #list) do args[#args + 1] = list[j] end
+    local r = redis.call(cmd, unpack(args))
+    if type(r) == 'table' then
+      for _, x in ipairs(r) do out[#out + 1] = x end
     end
-  elseif redis.call('HDEL', meta, 'r:' .. txn) == 1 then
-    local left = tonumber(m[2]) - 1
-    if left > 0 then
-      redis.call('HSET', meta, 'readers', left)
-      return true
-    end
-  else
-    return false
+    i = i + 1000
+  until i > #list
+  return out
+end
+local function holders(v)
+  local fields = {}
+  local pos = 3
+  while pos <= #v do
+    local nxt = string.find(v, '\t', pos + 1, true)
+    fields[#fields + 1] = string.sub(v, pos + 1, (nxt or (#v + 1)) - 1)
+    if not nxt then break end
+    pos = nxt
   end
-  redis.call('DEL', meta)
-  if m[3] then redis.call('PUBLISH', 'rs:wake', data) end
-  return true
+  local hs = {}
+  for i = 1, #fields, 3 do hs[#hs + 1] = {fields[i], fields[i + 1], fields[i + 2]} end
+  return string.sub(v, 1, 1), string.sub(v, 2, 2), hs
+end
+local function holder(v)
+  local tab = string.find(v, '\t', 4, true)
+  return string.sub(v, 4, tab - 1)
+end
+local function release_all(txn, data, metas, found, ops, values)
+  local dels, sets, gone, wake = {}, {}, {}, {}
+  local n = 0
+  for i = 1, #metas do
+    local v = found[i]
+    if v and string.sub(v, 1, 1) == 'x' and holder(v) == txn then
+      n = n + 1
+      dels[#dels + 1] = metas[i]
+      if ops[i] == 'set' then
+        sets[#sets + 1] = data[i]
+        sets[#sets + 1] = values[i]
+      elseif ops[i] == 'del' then
+        gone[#gone + 1] = data[i]
+      end
+      if string.sub(v, 2, 2) == '1' then wake[#wake + 1] = data[i] end
+    elseif v and string.sub(v, 1, 1) == 's' then
+      local _, wait, hs = holders(v)
+      local rest, mine = 's' .. wait, false
+      for _, h in ipairs(hs) do
+        if h[1] == txn then
+          mine = true
+        else
+          rest = rest .. '\\t' .. h[1] .. '\\t' .. h[2] .. '\\t' .. h[3]
+        end
+      end
+      if mine then
+        n = n + 1
+        if rest == 's' .. wait then
+          dels[#dels + 1] = metas[i]
+          if wait == '1' then wake[#wake + 1] = data[i] end
+        else
+          redis.call('SET', metas[i], rest)
+        end
+      end
+    end
+  end
+  if #dels > 0 then call_all('DEL', {}, dels) end
+  if #sets > 0 then call_all('MSET', {}, sets) end
+  if #gone > 0 then call_all('DEL', {}, gone) end
+  for _, k in ipairs(wake) do redis.call('PUBLISH', 'rs:wake', k) end
+  return n
 end
 "
     };
@@ -55,112 +133,172 @@ end
 
 /// Locks and reads, in one step, every key a transaction declared on this
 /// store: `x` locks exclusively (a key it may write), `s` shared (a key it
-/// only reads, in a transaction that spans stores), `r` reads without
-/// locking (a read-only transaction on this store alone, which this one
-/// script makes atomic). All or nothing: on the first key held by another
-/// transaction in a conflicting mode, nothing is locked, the key is marked
-/// as waited for, and the holder is named.
+/// only reads, in a transaction that spans stores or writes), `r` reads
+/// without locking (a read-only transaction on this store alone, which this
+/// one script makes atomic). All or nothing: on the first key held by
+/// another transaction in a conflicting mode, nothing is locked, the key is
+/// marked as waited for, and the holder is named. A declared key holding a
+/// value that is not a string is an error, before anything is locked.
 ///
 /// KEYS: data1, meta1, ..., index; ARGV: txn, lease_ms, primary, index
 /// entry, then one mode per key.
 /// Reply: `{'ok', value1|nil, ...}` or
 /// `{'locked', i (0-based), holder, remaining_ms, holder's primary}`.
-pub const LOCK: &str = lua_clock!(
+pub const LOCK: &str = lua_clock!(concat!(
+    lua_locks!(),
     "local txn = ARGV[1]
 local n = (#KEYS - 1) / 2
-local function holder_of(meta, mode)
-  local m = redis.call('HMGET', meta, 'lock', 'lease', 'primary', 'readers')
-  if m[1] and m[1] ~= txn then return m[1], m[2], m[3] end
-  if mode == 'x' and m[4] then
-    local all = redis.call('HGETALL', meta)
-    for j = 1, #all, 2 do
-      local f = all[j]
-      if string.sub(f, 1, 2) == 'r:' and string.sub(f, 3) ~= txn then
-        local v = all[j + 1]
-        local sp = string.find(v, ' ', 1, true)
-        return string.sub(f, 3), string.sub(v, 1, sp - 1), string.sub(v, sp + 1)
-      end
-    end
-  end
-  return nil
-end
+local data, metas = {}, {}
 for i = 1, n do
-  local holder, lease, primary = holder_of(KEYS[2 * i], ARGV[4 + i])
-  if holder then
-    redis.call('HSET', KEYS[2 * i], 'wait', '1')
-    return {'locked', i - 1, holder, tonumber(lease) - now_ms, primary}
-  end
+  data[i] = KEYS[2 * i - 1]
+  metas[i] = KEYS[2 * i]
+end
+local values = call_all('MGET', {}, data)
+local absent = {}
+for i = 1, n do
+  if not values[i] then absent[#absent + 1] = data[i] end
+end
+if #absent > 0 and redis.call('EXISTS', unpack(absent)) > 0 then
+  return redis.error_reply('WRONGTYPE a declared key holds a value that is not a string')
 end
 local lease = now_ms + tonumber(ARGV[2])
-local locked = false
+local mine = '\\t' .. txn .. '\\t' .. lease .. '\\t' .. ARGV[3]
+local function conflict(i, v)
+  local mode, wait, hs = holders(v)
+  local h = hs[1]
+  for _, x in ipairs(hs) do
+    if x[1] ~= txn then h = x break end
+  end
+  if wait ~= '1' then redis.call('SET', metas[i], mode .. '1' .. string.sub(v, 3)) end
+  return {'locked', i - 1, h[1], tonumber(h[2]) - now_ms, h[3]}
+end
+local xs, xi, ss, ri = {}, {}, {}, {}
 for i = 1, n do
   local mode = ARGV[4 + i]
   if mode == 'x' then
-    redis.call('HSET', KEYS[2 * i], 'lock', txn, 'lease', lease, 'primary', ARGV[3])
-    locked = true
+    xs[#xs + 1] = metas[i]
+    xs[#xs + 1] = 'x0' .. mine
+    xi[#xi + 1] = i
   elseif mode == 's' then
-    if redis.call('HSETNX', KEYS[2 * i], 'r:' .. txn, lease .. ' ' .. ARGV[3]) == 1 then
-      redis.call('HINCRBY', KEYS[2 * i], 'readers', 1)
-    end
-    locked = true
+    ss[#ss + 1] = i
+  else
+    ri[#ri + 1] = i
   end
 end
-if locked then redis.call('ZADD', KEYS[#KEYS], lease, ARGV[4]) end
+if #ri > 0 then
+  local keys = {}
+  for j, i in ipairs(ri) do keys[j] = metas[i] end
+  local found = call_all('MGET', {}, keys)
+  for j, i in ipairs(ri) do
+    if found[j] and string.sub(found[j], 1, 1) == 'x' then return conflict(i, found[j]) end
+  end
+end
+local function taken(keys)
+  local found = call_all('MGET', {}, keys)
+  for j = 1, #keys do
+    if found[j] then return j, found[j] end
+  end
+  return nil
+end
+if #xs > 0 then
+  local set = 1
+  if #xs <= 2000 then
+    set = redis.call('MSETNX', unpack(xs))
+  else
+    local keys = {}
+    for j, i in ipairs(xi) do keys[j] = metas[i] end
+    if taken(keys) then set = 0 else call_all('MSET', {}, xs) end
+  end
+  if set == 0 then
+    local keys = {}
+    for j, i in ipairs(xi) do keys[j] = metas[i] end
+    local j, v = taken(keys)
+    if not j then
+      return redis.error_reply('a lock table entry of another type is in the way')
+    end
+    return conflict(xi[j], v)
+  end
+end
+local undo = {}
+for _, i in ipairs(ss) do
+  local old = redis.call('SET', metas[i], 's0' .. mine, 'NX', 'GET')
+  if old and string.sub(old, 1, 1) ~= 's' then
+    for j = 1, #xs, 2 do redis.call('DEL', xs[j]) end
+    for _, u in ipairs(undo) do
+      if u[2] then redis.call('SET', u[1], u[2]) else redis.call('DEL', u[1]) end
+    end
+    return conflict(i, old)
+  end
+  undo[#undo + 1] = {metas[i], old}
+  if old then redis.call('SET', metas[i], old .. mine) end
+end
+if #xs > 0 or #ss > 0 then redis.call('ZADD', KEYS[#KEYS], lease, ARGV[4]) end
 local out = {'ok'}
-for i = 1, n do out[i + 1] = redis.call('GET', KEYS[2 * i - 1]) end
+for i = 1, n do out[i + 1] = values[i] end
 return out
 "
-);
+));
 
-/// The commit point, on the transaction's primary store: writes the
-/// decision record unless one stands (a recovering host's `aborted` fences
-/// a coordinator that was too slow), and in the same step applies this
-/// store's writes and releases this store's locks. With an idempotency
-/// claim, only while the claim is still the owner's, and the outcome is
-/// stored under the client's key at once, so that a retry can never miss a
-/// commit. When other stores still have to apply, the record stays without
-/// a TTL and an index entry without keys (the marker) lets the sweep find
-/// it should the coordinator die before they are applied.
+/// The commit point, on the transaction's primary store: checks that every
+/// lock of the transaction here is still its own, writes the decision record
+/// unless one stands (a recovering host's `aborted` fences a coordinator
+/// that was too slow), and in the same step applies this store's writes and
+/// releases its locks. With an idempotency claim, only while the claim is
+/// still the owner's, and the outcome is stored under the client's key at
+/// once, so that a retry can never miss a commit. The transaction's index
+/// entry here stays, as the record's marker, until the record is finalized
+/// (with no keys here and other stores to apply, a marker is added): should
+/// the coordinator die before every store applied, the sweep finds it.
 ///
 /// KEYS: record, index, idempotency key (or the record again), then data1,
 /// meta1, ...
-/// ARGV: txn, record, record_ttl_ms ('0': none), index entry of this
-/// store's locks ('' if none), marker entry ('' if none), lease_ms, claim
-/// owner ('' if none), outcome, retention_ms, then per key `op, value`.
+/// ARGV: txn, record, record_ttl_ms ('0': none), marker to add ('' if
+/// none), lease_ms, claim owner ('' if none), outcome, retention_ms, then
+/// per key `op, value`.
 /// Reply: `{'ok'}`, `{'decided', record}`, `{'superseded'}` or
 /// `{'lost', i}` (a lock here is no longer the transaction's).
-pub const COMMIT: &str = lua_clock!(concat!(
-    lua_release!(),
+pub const COMMIT: &str = concat!(
+    lua_locks!(),
     "local txn = ARGV[1]
-local standing = redis.call('GET', KEYS[1])
-if standing then return {'decided', standing} end
-if ARGV[7] ~= '' then
+if ARGV[6] ~= '' then
   local v = redis.call('GET', KEYS[3])
   if not v then return {'superseded'} end
   local c = cjson.decode(v)
-  if c.state ~= 'pending' or c.owner ~= ARGV[7] then return {'superseded'} end
+  if c.state ~= 'pending' or c.owner ~= ARGV[6] then return {'superseded'} end
 end
-for i = 4, #KEYS, 2 do
-  local meta = KEYS[i + 1]
-  if redis.call('HGET', meta, 'lock') ~= txn and redis.call('HEXISTS', meta, 'r:' .. txn) == 0 then
-    return {'lost', (i - 4) / 2}
-  end
+local n = (#KEYS - 3) / 2
+local data, metas, ops, values = {}, {}, {}, {}
+for i = 1, n do
+  data[i] = KEYS[2 + 2 * i]
+  metas[i] = KEYS[3 + 2 * i]
+  ops[i] = ARGV[7 + 2 * i]
+  values[i] = ARGV[8 + 2 * i]
 end
+local found = {}
+if n > 0 then found = call_all('MGET', {}, metas) end
+for i = 1, n do
+  local v = found[i]
+  local ours = v and ((string.sub(v, 1, 1) == 'x' and holder(v) == txn)
+    or (string.sub(v, 1, 1) == 's' and string.find(v, '\\t' .. txn .. '\\t', 1, true)))
+  if not ours then return {'lost', i - 1} end
+end
+local decided
 if ARGV[3] == '0' then
-  redis.call('SET', KEYS[1], ARGV[2])
+  decided = redis.call('SET', KEYS[1], ARGV[2], 'NX')
 else
-  redis.call('SET', KEYS[1], ARGV[2], 'PX', ARGV[3])
+  decided = redis.call('SET', KEYS[1], ARGV[2], 'NX', 'PX', ARGV[3])
 end
-if ARGV[7] ~= '' then redis.call('SET', KEYS[3], ARGV[8], 'PX', ARGV[9]) end
-for i = 4, #KEYS, 2 do
-  local a = 10 + (i - 4)
-  release(KEYS[i], KEYS[i + 1], txn, ARGV[a], ARGV[a + 1])
+if not decided then return {'decided', redis.call('GET', KEYS[1])} end
+if ARGV[6] ~= '' then redis.call('SET', KEYS[3], ARGV[7], 'PX', ARGV[8]) end
+release_all(txn, data, metas, found, ops, values)
+if ARGV[4] ~= '' then
+  local t = redis.call('TIME')
+  local now_ms = tonumber(t[1]) * 1000 + math.floor(tonumber(t[2]) / 1000)
+  redis.call('ZADD', KEYS[2], now_ms + tonumber(ARGV[5]), ARGV[4])
 end
-if ARGV[4] ~= '' then redis.call('ZREM', KEYS[2], ARGV[4]) end
-if ARGV[5] ~= '' then redis.call('ZADD', KEYS[2], now_ms + tonumber(ARGV[6]), ARGV[5]) end
 return {'ok'}
 "
-));
+);
 
 /// Applies a decided transaction's writes on this store and releases its
 /// locks here (or, with every op `keep`, just releases them: a rollback).
@@ -168,14 +306,21 @@ return {'ok'}
 /// KEYS: data1, meta1, ..., index; ARGV: txn, index entry ('' if none),
 /// then per key `op, value`. Reply: how many keys the transaction held.
 pub const APPLY: &str = concat!(
-    lua_release!(),
-    "local n = 0
-for i = 1, #KEYS - 1, 2 do
-  local a = 3 + (i - 1)
-  if release(KEYS[i], KEYS[i + 1], ARGV[1], ARGV[a], ARGV[a + 1]) then n = n + 1 end
+    lua_locks!(),
+    "local n = (#KEYS - 1) / 2
+local data, metas, ops, values = {}, {}, {}, {}
+for i = 1, n do
+  data[i] = KEYS[2 * i - 1]
+  metas[i] = KEYS[2 * i]
+  ops[i] = ARGV[1 + 2 * i]
+  values[i] = ARGV[2 + 2 * i]
+end
+local held = 0
+if n > 0 then
+  held = release_all(ARGV[1], data, metas, call_all('MGET', {}, metas), ops, values)
 end
 if ARGV[2] ~= '' then redis.call('ZREM', KEYS[#KEYS], ARGV[2]) end
-return n
+return held
 "
 );
 
@@ -185,17 +330,23 @@ return n
 /// nothing points at them any more.
 /// KEYS: index, record1, record2, ...; ARGV: compact record, then per
 /// record `ttl_ms, marker ('' if none)`. Reply: number of records.
-pub const FINALIZE: &str = "for i = 2, #KEYS do
+pub const FINALIZE: &str = concat!(
+    lua_locks!(),
+    "local gone, markers = {}, {}
+for i = 2, #KEYS do
   local a = 2 * (i - 1)
   if ARGV[a] == '0' then
-    redis.call('DEL', KEYS[i])
-  elseif redis.call('EXISTS', KEYS[i]) == 1 then
-    redis.call('SET', KEYS[i], ARGV[1], 'PX', ARGV[a])
+    gone[#gone + 1] = KEYS[i]
+  else
+    redis.call('SET', KEYS[i], ARGV[1], 'PX', ARGV[a], 'XX')
   end
-  if ARGV[a + 1] ~= '' then redis.call('ZREM', KEYS[1], ARGV[a + 1]) end
+  if ARGV[a + 1] ~= '' then markers[#markers + 1] = ARGV[a + 1] end
 end
+if #gone > 0 then call_all('DEL', {}, gone) end
+if #markers > 0 then call_all('ZREM', {KEYS[1]}, markers) end
 return #KEYS - 1
-";
+"
+);
 
 /// Index entries whose lease has run out, oldest first.
 /// KEYS: index; ARGV: max entries. Reply: entries.

@@ -76,6 +76,7 @@ impl Coordinator {
             .iter()
             .map(|p| p.locks().then(|| p.entry(id, primary).encode()))
             .collect();
+        self.metrics.round_trip();
         let view = match self.lock(id, plan, &entries).await {
             Ok(view) => view,
             Err(Ok(blocked)) => return Ok(Outcome::Blocked(blocked)),
@@ -100,6 +101,7 @@ impl Coordinator {
             abort: None,
         };
         let outcome = claim.map(|c| c.done_record(&response));
+        self.metrics.round_trip();
         let decided = self
             .commit_point(
                 id,
@@ -276,8 +278,10 @@ impl Coordinator {
             .map(|(_, (p, _))| (p.store.clone(), store_work(p, writes)))
             .collect();
         let record = Record::Committed { stores: others }.encode();
-        let marker = plan.marker(id, entries);
-        let single = marker.is_none();
+        let single = !plan.spans(entries);
+        let added = plan
+            .marker(id, entries)
+            .and_then(|(marker, add)| add.then_some(marker));
         let keys = releases(part, writes);
         let point = CommitPoint {
             txn: id,
@@ -286,8 +290,7 @@ impl Coordinator {
             // the answer is out. Several: it stays until they have applied.
             record_ttl: single.then(|| self.config.record_retention()),
             keys: &keys,
-            entry: entries[primary].as_deref(),
-            marker: marker.as_deref(),
+            marker: added.as_deref(),
             lease: self.config.lease(),
             claim: claim.map(|(c, outcome)| ClaimedOutcome {
                 key: &c.key,
@@ -334,7 +337,7 @@ impl Coordinator {
         After::Apply {
             primary: plan.parts[primary].store.clone(),
             stores,
-            marker: plan.marker(id, entries),
+            marker: plan.marker(id, entries).map(|(marker, _)| marker),
         }
     }
 
@@ -342,6 +345,7 @@ impl Coordinator {
     /// index entry. A store that fails keeps them until their lease ends;
     /// then whoever meets them rolls them back.
     pub(super) async fn release(&self, id: &str, plan: &Plan, entries: &[Option<String>]) {
+        self.metrics.round_trip();
         join_all(plan.parts.iter().zip(entries).filter_map(|(part, entry)| {
             let entry = entry.as_deref()?;
             Some(async move {

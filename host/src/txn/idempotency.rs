@@ -152,6 +152,7 @@ impl Coordinator {
                 } else {
                     token.done_record(&response)
                 };
+                self.metrics.round_trip();
                 match log
                     .settle_claim(key, &token.owner, &record, retention)
                     .await
@@ -223,6 +224,7 @@ impl Coordinator {
     }
 
     async fn claim_once(&self, token: &ClaimToken) -> Result<Claim, StoreError> {
+        self.metrics.round_trip();
         self.log()
             .claim(
                 &token.key,

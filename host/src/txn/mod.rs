@@ -431,17 +431,15 @@ impl Coordinator {
                 marker,
             } if stores.is_empty() => {
                 // One store: the record is a receipt, kept record_retention_s
-                // in case the answer got lost; now it can shrink.
+                // in case the answer got lost; now it can shrink, and the
+                // index entry go.
                 drop(latches);
-                let answered = self.config.answered_retention();
-                if answered != self.config.record_retention() {
-                    let item = Finalize {
-                        txn: id,
-                        ttl: answered,
-                        marker,
-                    };
-                    self.finalizer.send(self.store(&primary), item);
-                }
+                let item = Finalize {
+                    txn: id,
+                    ttl: self.config.answered_retention(),
+                    marker,
+                };
+                self.finalizer.send(self.store(&primary), item);
             }
             After::Apply {
                 primary,
@@ -471,6 +469,7 @@ impl Coordinator {
     async fn aborted(&self, id: String, attempts: u32, abort: AbortInfo) -> TxnResponse {
         let retention = self.config.answered_retention();
         if !retention.is_zero() {
+            self.metrics.round_trip();
             let record = Record::Aborted {
                 abort: Some(abort.clone()),
             };

@@ -98,22 +98,32 @@ impl Plan {
         self.primary.map_or("", |p| &self.parts[p].store)
     }
 
-    /// The entry that marks transaction `txn`'s record as unfinished in the
-    /// primary's lock index: when any other store holds its locks (`held`:
-    /// which parts hold an index entry).
-    pub fn marker(&self, txn: &str, held: &[Option<String>]) -> Option<String> {
-        let primary = self.primary?;
-        let others = held
-            .iter()
+    /// Whether a store other than the primary holds locks of the
+    /// transaction (`held`: which parts hold an index entry): then the
+    /// decision must outlive the commit point until they have applied.
+    pub fn spans(&self, held: &[Option<String>]) -> bool {
+        held.iter()
             .enumerate()
-            .any(|(i, e)| i != primary && e.is_some());
-        others.then(|| {
-            IndexEntry {
+            .any(|(i, e)| Some(i) != self.primary && e.is_some())
+    }
+
+    /// The primary's index entry that marks transaction `txn`'s record as
+    /// unfinished until it is finalized, and whether the commit point must
+    /// add it. The transaction's own entry there serves, if it locked
+    /// anything there (the commit point leaves it); otherwise, when other
+    /// stores are left to apply, an entry without keys is added.
+    pub fn marker(&self, txn: &str, held: &[Option<String>]) -> Option<(String, bool)> {
+        let primary = self.primary?;
+        if let Some(entry) = &held[primary] {
+            return Some((entry.clone(), false));
+        }
+        self.spans(held).then(|| {
+            let marker = IndexEntry {
                 txn: txn.to_owned(),
                 primary: self.parts[primary].store.clone(),
                 keys: Vec::new(),
-            }
-            .encode()
+            };
+            (marker.encode(), true)
         })
     }
 

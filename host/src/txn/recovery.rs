@@ -85,6 +85,9 @@ impl Coordinator {
         patience: Duration,
     ) -> Result<(), StoreError> {
         let store = self.store(&blocked.store);
+        // At least the decision's read, then the release or the wait.
+        self.metrics.round_trip();
+        self.metrics.round_trip();
         if self
             .resolve_lock(store, &blocked.key, &blocked.holder)
             .await?
@@ -182,12 +185,15 @@ impl Coordinator {
 
     /// Applies a committed transaction on every store its record lists,
     /// then finalizes the record: kept `record_retention_s`, since its
-    /// client may never have heard of the outcome.
+    /// client may never have heard of the outcome. `marker` is the record's
+    /// marker in the primary's lock index, when known; otherwise the sweep
+    /// removes it once it meets it.
     async fn roll_forward(
         &self,
         txn: &str,
         primary: &str,
         stores: &BTreeMap<String, StoreWork>,
+        marker: Option<String>,
     ) -> Result<(), StoreError> {
         let applied = join_all(stores.iter().map(|(name, work)| async move {
             let store = self.stores.get(name.as_str()).ok_or_else(|| StoreError::Protocol {
@@ -202,15 +208,10 @@ impl Coordinator {
         for r in applied {
             r?;
         }
-        let marker = IndexEntry {
-            txn: txn.to_owned(),
-            primary: primary.to_owned(),
-            keys: Vec::new(),
-        };
         let finalize = Finalize {
             txn: txn.to_owned(),
             ttl: self.config.record_retention(),
-            marker: Some(marker.encode()),
+            marker,
         };
         self.store(primary)
             .finalize(&Record::compact_committed().encode(), &[finalize])
@@ -273,25 +274,18 @@ impl Coordinator {
             return self.release_keys(store, &entry.txn, &member, &keys).await;
         }
         match self.decision(&entry.txn, &entry.primary, true).await? {
-            Some(Record::Committed { stores }) if stores.is_empty() => {
-                if !entry.keys.is_empty() {
-                    return Err(inconsistent(store, &entry.txn));
-                }
-                // A marker left behind by a record already finalized.
-                let finalize = Finalize {
-                    txn: entry.txn.clone(),
-                    ttl: self.config.record_retention(),
-                    marker: Some(member),
-                };
-                store
-                    .finalize(&Record::compact_committed().encode(), &[finalize])
+            // On the primary, a committed transaction's entry is the
+            // record's marker: its keys there were applied at the commit
+            // point; the other stores may not have been.
+            Some(Record::Committed { stores }) if store.name() == entry.primary => {
+                self.roll_forward(&entry.txn, &entry.primary, &stores, Some(member))
                     .await?;
             }
             Some(Record::Committed { stores }) => {
-                if !entry.keys.is_empty() && !stores.contains_key(store.name()) {
+                if !stores.contains_key(store.name()) {
                     return Err(inconsistent(store, &entry.txn));
                 }
-                self.roll_forward(&entry.txn, &entry.primary, &stores)
+                self.roll_forward(&entry.txn, &entry.primary, &stores, None)
                     .await?;
                 tracing::info!(
                     txn = entry.txn,
