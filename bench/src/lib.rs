@@ -156,22 +156,22 @@ async fn run_cell(
     // records to finalize) counts in the cell's Redis figures and must be
     // done before the audit reads the data back.
     coordinator.flush().await;
-    let round_trips = system
-        .runs_wasm()
-        .then(|| coordinator.metrics().round_trips() - round_trips);
+    let redstage = system.runs_wasm().then(|| report::Redstage {
+        wasm_us_per_call: wasm.per_call_us(workload),
+        round_trips: coordinator.metrics().round_trips() - round_trips,
+    });
     let after = stores.stats().await?;
     let levels = stores.levels(&space, placement).await?;
     let leftovers = stores.leftovers().await?;
     let audit = workload::Audit::new(workload, &space, &levels, &cell.tally, leftovers);
-    let wasm_us = (system.runs_wasm()).then(|| wasm.per_call_us(workload));
+
     Ok(Row::new(
         system,
         workload,
         concurrency,
         &cell,
         &after.since(&before),
-        wasm_us,
-        round_trips,
+        redstage,
         audit,
     ))
 }

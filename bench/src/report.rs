@@ -61,6 +61,15 @@ impl Machine {
     }
 }
 
+/// What only redstage's cells measure.
+#[derive(Debug, Clone, Copy)]
+pub struct Redstage {
+    /// Median of one participant call (see `wasm`).
+    pub wasm_us_per_call: f64,
+    /// Rounds of Redis calls waited for before answers, in the cell.
+    pub round_trips: u64,
+}
+
 /// One cell's figures.
 #[derive(Debug, Clone, Serialize)]
 pub struct Row {
@@ -114,10 +123,13 @@ impl Row {
         concurrency: usize,
         cell: &Cell,
         stats: &Stats,
-        wasm_us_per_call: Option<f64>,
-        round_trips: Option<u64>,
+        redstage: Option<Redstage>,
         audit: Audit,
     ) -> Row {
+        let (wasm_us_per_call, round_trips) = match redstage {
+            Some(r) => (Some(r.wasm_us_per_call), Some(r.round_trips)),
+            None => (None, None),
+        };
         let committed = cell.tally.committed;
         let per_txn = |x: f64| (committed > 0).then(|| x / committed as f64);
         let calls: BTreeMap<&String, u64> = stats
