@@ -337,9 +337,11 @@ impl Store {
             message: e.to_string(),
         };
         let client = redis::Client::open(url).map_err(unavailable)?;
+        // Replies are bounded by `bounded`, one timer per call; the
+        // manager's own response timer would be a second one.
         let config = redis::aio::ConnectionManagerConfig::new()
             .set_connection_timeout(Some(timeout))
-            .set_response_timeout(Some(timeout))
+            .set_response_timeout(None)
             .set_number_of_retries(1)
             .set_max_delay(timeout);
         let conn =

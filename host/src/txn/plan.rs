@@ -41,10 +41,15 @@ pub(super) struct Plan {
 impl Plan {
     /// Keys written by any step are held exclusively, keys only read are
     /// shared, except in a read-only transaction on one store, which one
-    /// script reads atomically without locks. The decision lives on the log
-    /// store when the transaction touches it or holds an idempotency claim
-    /// (whose outcome is stored with the decision); otherwise on the first
-    /// store it writes, so that the commit point also applies that store.
+    /// script reads atomically without locks.
+    ///
+    /// The decision lives on the log store when the transaction holds an
+    /// idempotency claim (whose outcome is stored with the decision there).
+    /// Otherwise on the store where it writes the most keys (the log store
+    /// first among equals): the commit point applies that store's writes
+    /// and frees its keys at once, while the others wait for the apply after
+    /// the answer, so the store with the most written keys (an order's
+    /// payer and payee, against one SKU) should not be the one waiting.
     pub fn new(steps: &[Step], log_store: &str, claimed: bool) -> Plan {
         let mut stores: BTreeMap<&str, BTreeMap<&str, Mode>> = BTreeMap::new();
         for step in steps {
@@ -79,16 +84,18 @@ impl Plan {
                     .collect(),
             })
             .collect();
+        let written = |p: &Part| p.keys.iter().filter(|(_, m)| *m == Mode::Exclusive).count();
         let primary = writes.then(|| {
-            parts
-                .iter()
-                .position(|p| p.store == log_store)
-                .or_else(|| {
-                    parts
-                        .iter()
-                        .position(|p| p.keys.iter().any(|(_, m)| *m == Mode::Exclusive))
-                })
-                .expect("a transaction with writes writes somewhere")
+            let log = parts.iter().position(|p| p.store == log_store);
+            match log {
+                Some(log) if claimed => log,
+                _ => parts
+                    .iter()
+                    .enumerate()
+                    .max_by_key(|(i, p)| (written(p), Some(*i) == log))
+                    .map(|(i, _)| i)
+                    .expect("a transaction with writes writes somewhere"),
+            }
         });
         Plan { parts, primary }
     }
