@@ -4,8 +4,9 @@
 //! Eight accounts, assigned round-robin to three payments participants
 //! (`ledger0`..`ledger2`), each on its own store. Clients on two hosts send
 //! random transfers: between two accounts of one ledger as one `transfer`
-//! step, between ledgers as a `withdraw` step and a `deposit` step (in either
-//! order) in one transaction. Readers read every balance in one read-only
+//! step (an escrow transfer, or one that reads and reports the balances, at
+//! random: both kinds on the same accounts), between ledgers as a `withdraw`
+//! step and a `deposit` step (in either order) in one transaction. Readers read every balance in one read-only
 //! transaction. The money must neither appear nor vanish, no balance may go
 //! negative, and the final balances must be exactly the initial ones with
 //! every acknowledged transfer applied, and nothing else.
@@ -52,13 +53,16 @@ struct Transfer {
 
 impl Transfer {
     /// The steps, and the index of the step that pays (which says
-    /// `insufficient_funds`).
-    fn steps(&self, deposit_first: bool) -> (Value, usize) {
+    /// `insufficient_funds`). `either` picks the order of a withdrawal and a
+    /// deposit, or whether a transfer reads the balances.
+    fn steps(&self, either: bool) -> (Value, usize) {
         let (from, to, amount) = (account(self.from), account(self.to), self.amount);
         if ledger(self.from) == ledger(self.to) {
-            let input = json!({"op": "transfer", "from": from, "to": to, "amount": amount});
+            let input =
+                json!({"op": "transfer", "from": from, "to": to, "amount": amount, "read": either});
             return (json!([step(&ledger(self.from), input)]), 0);
         }
+        let deposit_first = either;
         let withdraw = step(
             &ledger(self.from),
             json!({"op": "withdraw", "account": from, "amount": amount}),
@@ -89,10 +93,14 @@ fn read_all() -> Value {
 }
 
 /// The balances in the step outputs of a committed reply, by account index.
-/// Accounts the reply does not mention are `None`.
+/// Accounts the reply does not mention are `None`; so are all of those of an
+/// escrow transfer, which reports what it moved, not the balances.
 fn balances_in(reply: &Value) -> [Option<i64>; ACCOUNTS] {
     let mut out = [None; ACCOUNTS];
     for s in reply["steps"].as_array().expect("steps") {
+        if s["output"].get("amount").is_some() {
+            continue;
+        }
         for (name, balance) in s["output"].as_object().expect("an object of balances") {
             let i: usize = name
                 .strip_prefix("acc")

@@ -21,6 +21,7 @@ type Measure = fn(&Row) -> Option<f64>;
 fn color(system: SystemKind) -> &'static str {
     match system {
         SystemKind::Redstage => "#d62728",
+        SystemKind::RedstageLocking => "#9467bd",
         SystemKind::RedstageHttp => "#ff7f0e",
         SystemKind::Lua => "#1f77b4",
         SystemKind::Watch => "#2ca02c",

@@ -42,12 +42,13 @@ pub struct Options {
     pub concurrency: Vec<usize>,
     /// `order`: inventory deduct on `orders` + payment on `ledger`;
     /// `transfer`: one payment, one store; `hot`: orders all paying `shop`;
-    /// `shop`: orders from 100 customers to 10 merchants.
+    /// `shop`: orders from 100 customers to 10 merchants; `flash`: orders
+    /// all taking the same SKU and paying `shop`.
     #[arg(
         long,
         value_delimiter = ',',
         action = ArgAction::Set,
-        default_value = "order,shop,transfer,hot"
+        default_value = "order,shop,transfer,hot,flash"
     )]
     pub workloads: Vec<Workload>,
     /// The stores' persistence, when the bench starts them: `none`, or
@@ -61,7 +62,7 @@ pub struct Options {
         long,
         value_delimiter = ',',
         action = ArgAction::Set,
-        default_value = "redstage,redstage-http,lua,watch,naive"
+        default_value = "redstage,redstage-locking,redstage-http,lua,watch,naive"
     )]
     pub systems: Vec<SystemKind>,
     /// The JSON report.

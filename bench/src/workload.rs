@@ -8,8 +8,11 @@
 //!  payments:balance:c<i>        1 000 000   every workload pays from here
 //!  payments:balance:m<i>        0           order: paid 1..=10 (as many
 //!                                           merchants as customers)
-//!  payments:balance:shop        0           hot: every order pays it
+//!  payments:balance:shop        0           hot, flash: every order pays it
 //! ```
+//!
+//! `flash` is a flash sale: every order takes 1 to 3 of the same SKU,
+//! `sku0`, and pays the same merchant, `shop`: two hot keys, on two stores.
 //!
 //! `shop` has a key space of its own, a real shop's: 100 customers paying
 //! 10 merchants, over the same SKUs, so that every merchant's balance is
@@ -48,6 +51,8 @@ pub enum Workload {
     Hot,
     /// Orders from 100 customers to 10 merchants: a real shop's contention.
     Shop,
+    /// Orders that all take the same SKU and pay the same account.
+    Flash,
 }
 
 impl Workload {
@@ -57,6 +62,7 @@ impl Workload {
             Workload::Transfer => "transfer",
             Workload::Hot => "hot",
             Workload::Shop => "shop",
+            Workload::Flash => "flash",
         }
     }
 
@@ -194,10 +200,13 @@ impl Generator {
                     amount,
                 }
             }
-            Workload::Order | Workload::Hot | Workload::Shop => {
-                let sku = format!("sku{}", self.rng.usize(..self.space.skus));
+            Workload::Order | Workload::Hot | Workload::Shop | Workload::Flash => {
+                let sku = match self.workload {
+                    Workload::Flash => "sku0".to_owned(),
+                    _ => format!("sku{}", self.rng.usize(..self.space.skus)),
+                };
                 let to = match self.workload {
-                    Workload::Hot => "shop".to_owned(),
+                    Workload::Hot | Workload::Flash => "shop".to_owned(),
                     _ => format!("m{}", self.rng.usize(..self.space.merchants)),
                 };
                 Txn {

@@ -8,8 +8,15 @@ use std::process::Command;
 
 use serde_json::Value;
 
-const SYSTEMS: [&str; 5] = ["redstage", "redstage-http", "lua", "watch", "naive"];
-const WORKLOADS: [&str; 3] = ["order", "transfer", "hot"];
+const SYSTEMS: [&str; 6] = [
+    "redstage",
+    "redstage-locking",
+    "redstage-http",
+    "lua",
+    "watch",
+    "naive",
+];
+const WORKLOADS: [&str; 5] = ["order", "shop", "transfer", "hot", "flash"];
 
 /// Builds inventory.wasm and payments.wasm; returns their folder.
 fn components() -> std::path::PathBuf {

@@ -42,21 +42,35 @@ impl<P> std::fmt::Debug for Component<P> {
 
 impl<P: Participant> bindings::Guest for Component<P> {
     fn declare(input: Vec<u8>) -> Result<wit::AccessSet, wit::Abort> {
-        let (reads, writes) = declare::<P>(&input).map_err(wit::Abort::from)?.into_parts();
-        Ok(wit::AccessSet { reads, writes })
+        let (reads, writes, adjusts) = declare::<P>(&input).map_err(wit::Abort::from)?.into_parts();
+        Ok(wit::AccessSet {
+            reads,
+            writes,
+            adjusts,
+        })
     }
 
     fn execute(input: Vec<u8>, snapshot: Vec<wit::Entry>) -> Result<wit::Outcome, wit::Abort> {
         let snapshot = Snapshot::from_entries(snapshot.into_iter().map(|e| (e.key, e.value)));
-        let (writes, output) = execute::<P>(&input, &snapshot)
+        let (writes, adjustments, output) = execute::<P>(&input, &snapshot)
             .map_err(wit::Abort::from)?
             .into_parts();
+        let adjustments = adjustments.into_iter().map(|a| {
+            wit::Write::Adjust(wit::Adjustment {
+                key: a.key,
+                delta: a.delta,
+                lower: a.bounds.lower,
+                upper: a.bounds.upper,
+                abort: a.abort.into(),
+            })
+        });
         let writes = writes
             .into_iter()
             .map(|(key, value)| match value {
                 Some(value) => wit::Write::Set((key, value)),
                 None => wit::Write::Delete(key),
             })
+            .chain(adjustments)
             .collect();
         Ok(wit::Outcome { writes, output })
     }

@@ -88,7 +88,7 @@ pub mod testing;
 
 pub use abort::{Abort, checked_add, checked_sub};
 pub use access::Access;
-pub use outcome::Outcome;
+pub use outcome::{Adjustment, Bounds, Outcome};
 pub use positive::Positive;
 pub use snapshot::Snapshot;
 

@@ -29,8 +29,67 @@ use crate::Abort;
 pub struct Outcome {
     // `None` deletes the key. Sorted, so the host sees the same writes in the
     // same order on every run of the same input.
-    writes: BTreeMap<String, Option<Vec<u8>>>,
+    writes: Writes,
+    // In the order made: the host applies a key's adjustments in order.
+    adjustments: Vec<Adjustment>,
     output: Vec<u8>,
+}
+
+/// Sets (`Some`) and deletes (`None`), by key.
+pub(crate) type Writes = BTreeMap<String, Option<Vec<u8>>>;
+
+/// The range an adjusted value must stay within, whichever of the
+/// transactions in flight commit.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
+pub struct Bounds {
+    pub lower: Option<i64>,
+    pub upper: Option<i64>,
+}
+
+impl Bounds {
+    /// Any value.
+    pub fn none() -> Bounds {
+        Bounds::default()
+    }
+
+    /// `lower` or more: `Bounds::at_least(0)` never oversells.
+    pub fn at_least(lower: i64) -> Bounds {
+        Bounds {
+            lower: Some(lower),
+            upper: None,
+        }
+    }
+
+    /// `upper` or less.
+    pub fn at_most(upper: i64) -> Bounds {
+        Bounds {
+            lower: None,
+            upper: Some(upper),
+        }
+    }
+
+    /// From `lower` to `upper`, both included.
+    pub fn between(lower: i64, upper: i64) -> Bounds {
+        Bounds {
+            lower: Some(lower),
+            upper: Some(upper),
+        }
+    }
+
+    /// Whether `value` is within the bounds.
+    pub fn contain(&self, value: i64) -> bool {
+        self.lower.is_none_or(|l| value >= l) && self.upper.is_none_or(|u| value <= u)
+    }
+}
+
+/// A bounded increment of an integer key, as [`Outcome::adjust`] records it.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Adjustment {
+    pub key: String,
+    pub delta: i64,
+    pub bounds: Bounds,
+    /// What the transaction aborts with if the bounds cannot be kept.
+    pub abort: Abort,
 }
 
 impl Outcome {
@@ -66,6 +125,50 @@ impl Outcome {
         self
     }
 
+    /// Adds `delta` to the integer under `key` (a decimal string; a missing
+    /// key counts as 0), which must be declared with [`Access::adjust`] (or
+    /// [`Access::write`]), keeping it within `bounds` whichever of the
+    /// transactions in flight commit; if that cannot be promised, the whole
+    /// transaction aborts with `abort`. The step does not see the value: use
+    /// it where the answer does not depend on it ("take 2 from stock, never
+    /// below 0"), so that concurrent transactions on a hot key need not wait
+    /// for each other.
+    ///
+    /// ```
+    /// use redstage_guest::{Abort, Bounds, Outcome};
+    ///
+    /// let outcome = Outcome::new().adjust(
+    ///     "stock:A1",
+    ///     -2,
+    ///     Bounds::at_least(0),
+    ///     Abort::new("insufficient_stock", "fewer than 2 of `A1` in stock"),
+    /// );
+    /// assert_eq!(outcome.adjustments().count(), 1);
+    /// ```
+    ///
+    /// [`Access::adjust`]: crate::Access::adjust
+    /// [`Access::write`]: crate::Access::write
+    pub fn adjust(
+        mut self,
+        key: impl Into<String>,
+        delta: i64,
+        bounds: Bounds,
+        abort: Abort,
+    ) -> Self {
+        self.adjustments.push(Adjustment {
+            key: key.into(),
+            delta,
+            bounds,
+            abort,
+        });
+        self
+    }
+
+    /// The adjustments, in the order made.
+    pub fn adjustments(&self) -> impl Iterator<Item = &Adjustment> {
+        self.adjustments.iter()
+    }
+
     /// Sets the output returned to the client to raw bytes. The host renders
     /// JSON as JSON and anything else as a string.
     pub fn output(mut self, output: impl Into<Vec<u8>>) -> Self {
@@ -91,8 +194,8 @@ impl Outcome {
         &self.output
     }
 
-    pub(crate) fn into_parts(self) -> (BTreeMap<String, Option<Vec<u8>>>, Vec<u8>) {
-        (self.writes, self.output)
+    pub(crate) fn into_parts(self) -> (Writes, Vec<Adjustment>, Vec<u8>) {
+        (self.writes, self.adjustments, self.output)
     }
 }
 

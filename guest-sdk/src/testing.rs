@@ -2,7 +2,8 @@
 //!
 //! [`run`] does what the host does around one step: it calls `declare`, builds
 //! the snapshot of exactly the declared keys from the given store contents,
-//! calls `execute`, and checks the writes against the declared write set. On
+//! calls `execute`, checks the writes against the declared write set, and
+//! applies adjustments to the given values with their bounds checked. On
 //! top of that it calls `declare` and `execute` twice each and requires the
 //! same answer, because the host may re-run a step after a conflict and
 //! relies on participants being deterministic.
@@ -38,9 +39,12 @@ use crate::{Abort, Access, Participant, Snapshot, component};
 pub struct TestOutcome {
     /// What `declare` returned.
     pub access: Access,
-    /// Written keys: `Some(value)` for a set, `None` for a delete. Values
-    /// that are not UTF-8 are converted lossily.
+    /// Written keys: `Some(value)` for a set, `None` for a delete; an
+    /// adjusted key with the value it ends up with. Values that are not
+    /// UTF-8 are converted lossily.
     pub writes: BTreeMap<String, Option<String>>,
+    /// Adjusted keys with the sum of their deltas.
+    pub adjustments: BTreeMap<String, i64>,
     /// The output as the client would see it: JSON parsed, other bytes as a
     /// string, no output as `null`.
     pub output: serde_json::Value,
@@ -56,7 +60,11 @@ pub fn declare<P: Participant>(input_json: &str) -> Result<Access, Abort> {
         "declare() answered differently for the same input: participants must be deterministic"
     );
     let access = access?;
-    for key in access.reads().chain(access.writes()) {
+    for key in access
+        .reads()
+        .chain(access.writes())
+        .chain(access.adjusts())
+    {
         assert!(!key.is_empty(), "declare() returned an empty key");
     }
     Ok(access)
@@ -90,7 +98,7 @@ pub fn run<P: Participant>(input_json: &str, store: &[(&str, &str)]) -> Result<T
     );
     let outcome = outcome?;
 
-    let writes = outcome
+    let mut writes: BTreeMap<String, Option<String>> = outcome
         .writes()
         .map(|(key, value)| {
             assert!(
@@ -103,6 +111,36 @@ pub fn run<P: Participant>(input_json: &str, store: &[(&str, &str)]) -> Result<T
             (key.to_string(), value)
         })
         .collect();
+    let mut adjustments = BTreeMap::new();
+    for a in outcome.adjustments() {
+        assert!(
+            access.is_adjustable(&a.key),
+            "execute() adjusted key `{}`, which declare() did not return as adjusted or written",
+            a.key
+        );
+        let current = match writes.get(&a.key) {
+            Some(value) => value.clone(),
+            None => store.get(a.key.as_str()).map(|v| v.to_string()),
+        };
+        let current = match current {
+            None => 0,
+            Some(text) => text.parse::<i64>().map_err(|_| {
+                Abort::new(
+                    "not_an_integer",
+                    format!(
+                        "`{}` holds a value that is not a decimal integer: it cannot be adjusted",
+                        a.key
+                    ),
+                )
+            })?,
+        };
+        let value = current
+            .checked_add(a.delta)
+            .filter(|v| a.bounds.contain(*v))
+            .ok_or_else(|| a.abort.clone())?;
+        writes.insert(a.key.clone(), Some(value.to_string()));
+        *adjustments.entry(a.key.clone()).or_insert(0) += a.delta;
+    }
 
     let output = match outcome.output_bytes() {
         [] => serde_json::Value::Null,
@@ -114,6 +152,7 @@ pub fn run<P: Participant>(input_json: &str, store: &[(&str, &str)]) -> Result<T
     Ok(TestOutcome {
         access,
         writes,
+        adjustments,
         output,
     })
 }

@@ -70,6 +70,7 @@ pub const COMPONENTS: &[&str] = &[
     "counter-v1",
     "counter-v2",
     "register",
+    "legacy-counter",
 ];
 
 /// The file a component of [`COMPONENTS`] is built to, in `components()`'s

@@ -53,7 +53,7 @@ impl Client {
     }
 
     pub async fn run(&mut self, txn: &Txn) -> anyhow::Result<Done> {
-        let body = serde_json::to_vec(&super::library::request(txn))?;
+        let body = serde_json::to_vec(&super::library::request(txn, false))?;
         let (status, body) = self.post("/v1/transactions", &body).await?;
         if status != 200 {
             bail!(

@@ -52,18 +52,21 @@ pub fn config(
 }
 
 /// The request for `txn`: an inventory deduct step when it has an item,
-/// then a payments transfer.
-pub fn request(txn: &Txn) -> TxnRequest {
+/// then a payments transfer; with `read`, both reading (and locking) their
+/// keys instead of adjusting them.
+pub fn request(txn: &Txn, read: bool) -> TxnRequest {
     let mut steps = Vec::with_capacity(2);
     if let Some((sku, qty)) = &txn.item {
         steps.push(StepRequest {
             participant: "inventory".into(),
-            input: json!({"op": "deduct", "sku": sku, "qty": qty}),
+            input: json!({"op": "deduct", "sku": sku, "qty": qty, "read": read}),
         });
     }
     steps.push(StepRequest {
         participant: "payments".into(),
-        input: json!({"op": "transfer", "from": txn.from, "to": txn.to, "amount": txn.amount}),
+        input: json!({
+            "op": "transfer", "from": txn.from, "to": txn.to, "amount": txn.amount, "read": read
+        }),
     });
     TxnRequest {
         steps,
@@ -71,8 +74,8 @@ pub fn request(txn: &Txn) -> TxnRequest {
     }
 }
 
-pub async fn run(coordinator: &Coordinator, txn: &Txn) -> anyhow::Result<Done> {
-    let response = coordinator.run(request(txn)).await?;
+pub async fn run(coordinator: &Coordinator, txn: &Txn, read: bool) -> anyhow::Result<Done> {
+    let response = coordinator.run(request(txn, read)).await?;
     Ok(done(&response))
 }
 

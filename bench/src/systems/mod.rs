@@ -21,6 +21,9 @@ use crate::workload::{Placement, Txn};
 pub enum SystemKind {
     /// redstage through the library.
     Redstage,
+    /// The same, with the examples reading (and locking) every key, as
+    /// participants of contract 0.1.0 do: no adjustments.
+    RedstageLocking,
     /// redstage through its HTTP API.
     RedstageHttp,
     /// One EVALSHA with all keys on one Redis.
@@ -32,8 +35,9 @@ pub enum SystemKind {
 }
 
 impl SystemKind {
-    pub const ALL: [SystemKind; 5] = [
+    pub const ALL: [SystemKind; 6] = [
         SystemKind::Redstage,
+        SystemKind::RedstageLocking,
         SystemKind::RedstageHttp,
         SystemKind::Lua,
         SystemKind::Watch,
@@ -43,6 +47,7 @@ impl SystemKind {
     pub fn name(self) -> &'static str {
         match self {
             SystemKind::Redstage => "redstage",
+            SystemKind::RedstageLocking => "redstage-locking",
             SystemKind::RedstageHttp => "redstage-http",
             SystemKind::Lua => "lua",
             SystemKind::Watch => "watch",
@@ -67,7 +72,10 @@ impl SystemKind {
 
     /// Whether its business logic runs as wasm participants.
     pub fn runs_wasm(self) -> bool {
-        matches!(self, SystemKind::Redstage | SystemKind::RedstageHttp)
+        matches!(
+            self,
+            SystemKind::Redstage | SystemKind::RedstageLocking | SystemKind::RedstageHttp
+        )
     }
 }
 
@@ -104,7 +112,8 @@ impl Done {
 /// A system, ready to hand out workers.
 #[derive(Debug)]
 pub enum Driver {
-    Redstage(Arc<Coordinator>),
+    /// The coordinator, and whether the examples read every key.
+    Redstage(Arc<Coordinator>, bool),
     Http(SocketAddr),
     Lua(baselines::Lua),
     Watch(baselines::Watch),
@@ -114,7 +123,7 @@ pub enum Driver {
 /// One client's state for a system.
 #[derive(Debug)]
 pub enum Worker {
-    Redstage(Arc<Coordinator>),
+    Redstage(Arc<Coordinator>, bool),
     Http(http::Client),
     Lua(baselines::Lua),
     Watch(baselines::WatchWorker),
@@ -130,7 +139,8 @@ impl Driver {
         http: Option<SocketAddr>,
     ) -> anyhow::Result<Driver> {
         Ok(match kind {
-            SystemKind::Redstage => Driver::Redstage(coordinator.clone()),
+            SystemKind::Redstage => Driver::Redstage(coordinator.clone(), false),
+            SystemKind::RedstageLocking => Driver::Redstage(coordinator.clone(), true),
             SystemKind::RedstageHttp => {
                 Driver::Http(http.ok_or_else(|| anyhow::anyhow!("the API is not served"))?)
             }
@@ -142,7 +152,8 @@ impl Driver {
 
     pub fn kind(&self) -> SystemKind {
         match self {
-            Driver::Redstage(_) => SystemKind::Redstage,
+            Driver::Redstage(_, false) => SystemKind::Redstage,
+            Driver::Redstage(_, true) => SystemKind::RedstageLocking,
             Driver::Http(_) => SystemKind::RedstageHttp,
             Driver::Lua(_) => SystemKind::Lua,
             Driver::Watch(_) => SystemKind::Watch,
@@ -153,7 +164,7 @@ impl Driver {
     /// State for client number `client`.
     pub async fn worker(&self, client: usize) -> anyhow::Result<Worker> {
         Ok(match self {
-            Driver::Redstage(c) => Worker::Redstage(c.clone()),
+            Driver::Redstage(c, read) => Worker::Redstage(c.clone(), *read),
             Driver::Http(addr) => Worker::Http(http::Client::connect(*addr).await?),
             Driver::Lua(lua) => Worker::Lua(lua.clone()),
             Driver::Watch(watch) => Worker::Watch(watch.worker().await?),
@@ -167,7 +178,7 @@ impl Worker {
     /// stores, counted apart.
     pub async fn run(&mut self, txn: &Txn) -> anyhow::Result<Done> {
         match self {
-            Worker::Redstage(coordinator) => library::run(coordinator, txn).await,
+            Worker::Redstage(coordinator, read) => library::run(coordinator, txn, *read).await,
             Worker::Http(client) => client.run(txn).await,
             Worker::Lua(lua) => lua.run(txn).await,
             Worker::Watch(watch) => watch.run(txn).await,

@@ -4,8 +4,16 @@
 //! | input | effect | output |
 //! | --- | --- | --- |
 //! | `{"op":"restock","sku":"A1","qty":5}` | adds 5 to `stock:A1` | `{"sku":"A1","stock":8}` |
-//! | `{"op":"deduct","sku":"A1","qty":2}` | takes 2, or aborts `insufficient_stock` | `{"sku":"A1","stock":6}` |
+//! | `{"op":"deduct","sku":"A1","qty":2}` | takes 2, or aborts `insufficient_stock` | `{"sku":"A1","taken":2}` |
+//! | `{"op":"deduct","sku":"A1","qty":2,"read":true}` | the same, reading the stock | `{"sku":"A1","stock":6}` |
 //! | `{"op":"levels","skus":["A1","B2"]}` | nothing (reads only) | `{"A1":6,"B2":0}` |
+//!
+//! `deduct` is an adjustment (escrow): it never reads the stock, only takes
+//! from it with the bound "never below 0", so deducts of the same SKU from
+//! concurrent orders do not wait for each other (a flash sale). Its output
+//! therefore says what was taken, not what is left; with `"read": true` it
+//! reads the stock, waits for other orders of the SKU like any write, and
+//! reports the level it leaves.
 //!
 //! Quantities are positive integers; anything else, an empty SKU, an unknown
 //! op or an unknown field is `bad_input`.
@@ -13,7 +21,7 @@
 use std::collections::BTreeMap;
 
 use redstage_guest::{
-    Abort, Access, Outcome, Participant, Positive, Snapshot, checked_add, checked_sub,
+    Abort, Access, Bounds, Outcome, Participant, Positive, Snapshot, checked_add, checked_sub,
 };
 use serde::{Deserialize, Serialize};
 
@@ -23,8 +31,14 @@ use serde::{Deserialize, Serialize};
 pub enum Input {
     /// Receive `qty` units of `sku`.
     Restock { sku: String, qty: Positive },
-    /// Hand out `qty` units of `sku`, if that many are in stock.
-    Deduct { sku: String, qty: Positive },
+    /// Hand out `qty` units of `sku`, if that many are in stock; with
+    /// `read`, by reading the stock rather than adjusting it.
+    Deduct {
+        sku: String,
+        qty: Positive,
+        #[serde(default)]
+        read: bool,
+    },
     /// Report the stock of each of `skus`.
     Levels { skus: Vec<String> },
 }
@@ -36,6 +50,13 @@ struct Level<'a> {
     stock: i64,
 }
 
+/// What an escrow deduct took (the level it leaves is not known to it).
+#[derive(Debug, Serialize)]
+struct Taken<'a> {
+    sku: &'a str,
+    taken: i64,
+}
+
 /// The inventory participant.
 #[derive(Debug)]
 pub struct Inventory;
@@ -45,9 +66,11 @@ impl Participant for Inventory {
 
     fn declare(input: &Input) -> Result<Access, Abort> {
         match input {
-            Input::Restock { sku, .. } | Input::Deduct { sku, .. } => {
-                Ok(Access::new().write(stock_key(sku)?))
-            }
+            Input::Restock { sku, .. }
+            | Input::Deduct {
+                sku, read: true, ..
+            } => Ok(Access::new().write(stock_key(sku)?)),
+            Input::Deduct { sku, .. } => Ok(Access::new().adjust(stock_key(sku)?)),
             Input::Levels { skus } => {
                 if skus.is_empty() {
                     return Err(Abort::bad_input("`skus` must list at least one SKU"));
@@ -70,7 +93,29 @@ impl Participant for Inventory {
                     .set_i64(key, stock)
                     .output_json(&Level { sku, stock })
             }
-            Input::Deduct { sku, qty } => {
+            Input::Deduct {
+                sku,
+                qty,
+                read: false,
+            } => Outcome::new()
+                .adjust(
+                    stock_key(sku)?,
+                    -qty.get(),
+                    Bounds::at_least(0),
+                    Abort::new(
+                        "insufficient_stock",
+                        format!("fewer than {qty} of `{sku}` in stock"),
+                    ),
+                )
+                .output_json(&Taken {
+                    sku,
+                    taken: qty.get(),
+                }),
+            Input::Deduct {
+                sku,
+                qty,
+                read: true,
+            } => {
                 let key = stock_key(sku)?;
                 let in_stock = snapshot.get_i64(&key)?;
                 if in_stock < qty.get() {
@@ -145,24 +190,40 @@ mod tests {
     }
 
     #[test]
-    fn deduct_takes_from_the_stock() {
+    fn deduct_takes_from_the_stock_without_reading_it() {
         let out = run(
             json!({"op": "deduct", "sku": "A1", "qty": 2}),
             &[("stock:A1", "8")],
         )
         .unwrap();
+        assert_eq!(out.access, Access::new().adjust("stock:A1"));
+        assert_eq!(written(&out), [("stock:A1", Some("6"))]);
+        assert_eq!(out.adjustments["stock:A1"], -2);
+        assert_eq!(out.output, json!({"sku": "A1", "taken": 2}));
+    }
+
+    #[test]
+    fn a_reading_deduct_reports_the_level() {
+        let out = run(
+            json!({"op": "deduct", "sku": "A1", "qty": 2, "read": true}),
+            &[("stock:A1", "8")],
+        )
+        .unwrap();
+        assert_eq!(out.access, Access::new().write("stock:A1"));
         assert_eq!(written(&out), [("stock:A1", Some("6"))]);
         assert_eq!(out.output, json!({"sku": "A1", "stock": 6}));
     }
 
     #[test]
     fn deduct_may_empty_the_stock() {
-        let out = run(
-            json!({"op": "deduct", "sku": "A1", "qty": 8}),
-            &[("stock:A1", "8")],
-        )
-        .unwrap();
-        assert_eq!(written(&out), [("stock:A1", Some("0"))]);
+        for read in [false, true] {
+            let out = run(
+                json!({"op": "deduct", "sku": "A1", "qty": 8, "read": read}),
+                &[("stock:A1", "8")],
+            )
+            .unwrap();
+            assert_eq!(written(&out), [("stock:A1", Some("0"))]);
+        }
     }
 
     #[test]
@@ -173,9 +234,20 @@ mod tests {
         )
         .unwrap_err();
         assert_eq!(err.code, "insufficient_stock");
+        assert_eq!(err.message, "fewer than 5 of `A1` in stock");
+
+        let err = run(
+            json!({"op": "deduct", "sku": "A1", "qty": 5, "read": true}),
+            &[("stock:A1", "3")],
+        )
+        .unwrap_err();
         assert_eq!(err.message, "only 3 of `A1` in stock, 5 requested");
 
-        let err = run(json!({"op": "deduct", "sku": "B2", "qty": 1}), &[]).unwrap_err();
+        let err = run(
+            json!({"op": "deduct", "sku": "B2", "qty": 1, "read": true}),
+            &[],
+        )
+        .unwrap_err();
         assert_eq!(err.message, "only 0 of `B2` in stock, 1 requested");
     }
 
@@ -193,11 +265,17 @@ mod tests {
     #[test]
     fn corrupt_stock_aborts() {
         let err = run(
-            json!({"op": "deduct", "sku": "A1", "qty": 1}),
+            json!({"op": "deduct", "sku": "A1", "qty": 1, "read": true}),
             &[("stock:A1", "lots")],
         )
         .unwrap_err();
         assert_eq!(err.code, "bad_value");
+        let err = run(
+            json!({"op": "deduct", "sku": "A1", "qty": 1}),
+            &[("stock:A1", "lots")],
+        )
+        .unwrap_err();
+        assert_eq!(err.code, "not_an_integer");
     }
 
     #[test]
@@ -217,14 +295,13 @@ mod tests {
     }
 
     #[test]
-    fn writes_declare_one_write_key() {
-        for op in ["restock", "deduct"] {
-            let access = testing::declare::<Inventory>(
-                &json!({"op": op, "sku": "A1", "qty": 1}).to_string(),
-            )
-            .unwrap();
-            assert_eq!(access, Access::new().write("stock:A1"));
-        }
+    fn writes_declare_one_key() {
+        let declared =
+            |input: serde_json::Value| testing::declare::<Inventory>(&input.to_string()).unwrap();
+        let restock = declared(json!({"op": "restock", "sku": "A1", "qty": 1}));
+        assert_eq!(restock, Access::new().write("stock:A1"));
+        let deduct = declared(json!({"op": "deduct", "sku": "A1", "qty": 1}));
+        assert_eq!(deduct, Access::new().adjust("stock:A1"));
     }
 
     #[test]

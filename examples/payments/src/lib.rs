@@ -6,18 +6,27 @@
 //! | `{"op":"deposit","account":"alice","amount":30}` | adds 30 to alice |
 //! | `{"op":"withdraw","account":"alice","amount":30}` | takes 30, or aborts `insufficient_funds` |
 //! | `{"op":"transfer","from":"alice","to":"shop","amount":30}` | both, in one step |
+//! | `{"op":"transfer",...,"read":true}` | the same, reading both balances |
 //! | `{"op":"balances","accounts":["alice","shop"]}` | nothing (reads only) |
 //!
-//! Every op outputs the balances it touched, by account: `{"alice":70,"shop":30}`.
+//! Every op outputs the balances it touched, by account: `{"alice":70,"shop":30}`,
+//! except `transfer`, which outputs what it moved:
+//! `{"from":"alice","to":"shop","amount":30}`. A transfer is two adjustments
+//! (escrow): it never reads the balances, only takes from the payer with the
+//! bound "never below 0" and adds to the payee, so transfers to or from the
+//! same account (a merchant's, paid by every order) do not wait for each
+//! other. With `"read": true` it reads both balances, waits for other
+//! transfers of those accounts like any write, and reports the balances it
+//! leaves.
 //! Amounts are positive integers; anything else, an empty account, a transfer
 //! to the same account, an unknown op or an unknown field is `bad_input`.
 
 use std::collections::BTreeMap;
 
 use redstage_guest::{
-    Abort, Access, Outcome, Participant, Positive, Snapshot, checked_add, checked_sub,
+    Abort, Access, Bounds, Outcome, Participant, Positive, Snapshot, checked_add, checked_sub,
 };
-use serde::Deserialize;
+use serde::{Deserialize, Serialize};
 
 /// One payments operation, tagged by `op`.
 #[derive(Debug, Deserialize)]
@@ -27,11 +36,14 @@ pub enum Input {
     Deposit { account: String, amount: Positive },
     /// Debit `amount` from `account`, if its balance covers it.
     Withdraw { account: String, amount: Positive },
-    /// Move `amount` from `from` to `to`.
+    /// Move `amount` from `from` to `to`; with `read`, by reading both
+    /// balances rather than adjusting them.
     Transfer {
         from: String,
         to: String,
         amount: Positive,
+        #[serde(default)]
+        read: bool,
     },
     /// Report the balance of each of `accounts`.
     Balances { accounts: Vec<String> },
@@ -49,15 +61,17 @@ impl Participant for Payments {
             Input::Deposit { account, .. } | Input::Withdraw { account, .. } => {
                 Ok(Access::new().write(balance_key(account)?))
             }
-            Input::Transfer { from, to, .. } => {
+            Input::Transfer { from, to, read, .. } => {
                 if from == to {
                     return Err(Abort::bad_input(format!(
                         "`from` and `to` must differ (both are `{from}`)"
                     )));
                 }
-                Ok(Access::new()
-                    .write(balance_key(from)?)
-                    .write(balance_key(to)?))
+                let (from, to) = (balance_key(from)?, balance_key(to)?);
+                Ok(match read {
+                    true => Access::new().write(from).write(to),
+                    false => Access::new().adjust(from).adjust(to),
+                })
             }
             Input::Balances { accounts } => {
                 if accounts.is_empty() {
@@ -79,7 +93,18 @@ impl Participant for Payments {
         match input {
             Input::Deposit { account, amount } => ledger.credit(account, *amount)?,
             Input::Withdraw { account, amount } => ledger.debit(account, *amount)?,
-            Input::Transfer { from, to, amount } => {
+            Input::Transfer {
+                from,
+                to,
+                amount,
+                read: false,
+            } => return transfer(from, to, *amount),
+            Input::Transfer {
+                from,
+                to,
+                amount,
+                read: true,
+            } => {
                 ledger.debit(from, *amount)?;
                 ledger.credit(to, *amount)?;
             }
@@ -95,6 +120,37 @@ impl Participant for Payments {
 }
 
 redstage_guest::export!(Payments);
+
+/// What an escrow transfer moved (the balances it leaves are not known to
+/// it).
+#[derive(Debug, Serialize)]
+struct Moved<'a> {
+    from: &'a str,
+    to: &'a str,
+    amount: i64,
+}
+
+/// A transfer as two adjustments: the payer never below 0.
+fn transfer(from: &str, to: &str, amount: Positive) -> Result<Outcome, Abort> {
+    let amount = amount.get();
+    Outcome::new()
+        .adjust(
+            balance_key(from)?,
+            -amount,
+            Bounds::at_least(0),
+            Abort::new(
+                "insufficient_funds",
+                format!("`{from}` cannot pay {amount}: the balance would go below 0"),
+            ),
+        )
+        .adjust(
+            balance_key(to)?,
+            amount,
+            Bounds::none(),
+            Abort::new("overflow", format!("`{to}` cannot hold {amount} more")),
+        )
+        .output_json(&Moved { from, to, amount })
+}
 
 /// The balances one step has looked at, with its changes applied.
 struct Ledger<'a> {
@@ -225,7 +281,7 @@ mod tests {
     }
 
     #[test]
-    fn transfer_moves_the_amount() {
+    fn transfer_moves_the_amount_without_reading_the_balances() {
         let out = run(
             json!({"op": "transfer", "from": "alice", "to": "shop", "amount": 30}),
             &[("balance:alice", "100")],
@@ -233,11 +289,28 @@ mod tests {
         .unwrap();
         assert_eq!(
             out.access,
-            Access::new().write("balance:alice").write("balance:shop")
+            Access::new().adjust("balance:alice").adjust("balance:shop")
         );
         assert_eq!(
             written(&out),
             [("balance:alice", Some("70")), ("balance:shop", Some("30"))]
+        );
+        assert_eq!(
+            out.output,
+            json!({"from": "alice", "to": "shop", "amount": 30})
+        );
+    }
+
+    #[test]
+    fn a_reading_transfer_reports_the_balances() {
+        let out = run(
+            json!({"op": "transfer", "from": "alice", "to": "shop", "amount": 30, "read": true}),
+            &[("balance:alice", "100")],
+        )
+        .unwrap();
+        assert_eq!(
+            out.access,
+            Access::new().write("balance:alice").write("balance:shop")
         );
         assert_eq!(out.output, json!({"alice": 70, "shop": 30}));
     }
@@ -250,18 +323,29 @@ mod tests {
         )
         .unwrap_err();
         assert_eq!(err.code, "insufficient_funds");
+        assert_eq!(
+            err.message,
+            "`alice` cannot pay 30: the balance would go below 0"
+        );
+        let err = run(
+            json!({"op": "transfer", "from": "alice", "to": "shop", "amount": 30, "read": true}),
+            &[("balance:alice", "20"), ("balance:shop", "5")],
+        )
+        .unwrap_err();
         assert_eq!(err.message, "`alice` has 20, cannot pay 30");
     }
 
     #[test]
     fn overflow_aborts() {
         let max = i64::MAX.to_string();
-        let err = run(
-            json!({"op": "transfer", "from": "alice", "to": "shop", "amount": 1}),
-            &[("balance:alice", "1"), ("balance:shop", &max)],
-        )
-        .unwrap_err();
-        assert_eq!(err.code, "overflow");
+        for read in [false, true] {
+            let err = run(
+                json!({"op": "transfer", "from": "alice", "to": "shop", "amount": 1, "read": read}),
+                &[("balance:alice", "1"), ("balance:shop", &max)],
+            )
+            .unwrap_err();
+            assert_eq!(err.code, "overflow");
+        }
         let err = run(
             json!({"op": "deposit", "account": "shop", "amount": 1}),
             &[("balance:shop", &max)],

@@ -159,6 +159,8 @@ pub struct Listed {
     pub store: String,
     pub prefix: String,
     pub version: Version,
+    /// The contract version the component exports: `0.2.0` or `0.1.0`.
+    pub contract: &'static str,
     pub limits: CallLimits,
 }
 
@@ -169,6 +171,7 @@ impl From<&Participant> for Listed {
             store: p.store.clone(),
             prefix: p.prefix.clone(),
             version: p.version.clone(),
+            contract: p.component.contract(),
             limits: p.component.limits().clone(),
         }
     }

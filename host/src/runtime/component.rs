@@ -7,14 +7,36 @@ use wasmtime::{ResourceLimiter, Store, UpdateDeadline};
 
 use super::bindings::{Participant, ParticipantPre};
 use super::imports::{self, DeniedImport};
+use super::legacy;
 use super::{
     AccessSet, CallError, CallLimits, Entry, GuestAbort, Limit, LoadError, Outcome, Write,
 };
 
 /// A participant component, compiled and linked once; cheap to instantiate.
 pub struct Component {
-    pre: ParticipantPre<StepState>,
+    pre: Pre,
     limits: CallLimits,
+}
+
+/// A linked component, of the contract version it exports.
+enum Pre {
+    Current(ParticipantPre<StepState>),
+    Legacy(legacy::ParticipantPre<StepState>),
+}
+
+impl Pre {
+    fn engine(&self) -> &wasmtime::Engine {
+        match self {
+            Pre::Current(pre) => pre.engine(),
+            Pre::Legacy(pre) => pre.engine(),
+        }
+    }
+}
+
+/// An instance's exports, of the contract version it exports.
+enum Bindings {
+    Current(Participant),
+    Legacy(legacy::Participant),
 }
 
 impl std::fmt::Debug for Component {
@@ -37,13 +59,24 @@ impl Component {
         // Nothing ambient: see `imports`.
         imports::link(&mut linker, component).map_err(LoadError::Invalid)?;
         let pre = linker.instantiate_pre(component).map_err(invalid)?;
-        let pre = ParticipantPre::new(pre).map_err(|e| {
-            LoadError::Invalid(format!(
-                "does not export the `redstage:participant/participant` world \
-                 (`declare` and `execute`): {e:#}"
-            ))
-        })?;
+        let pre = match ParticipantPre::new(pre.clone()) {
+            Ok(current) => Pre::Current(current),
+            Err(e) => Pre::Legacy(legacy::ParticipantPre::new(pre).map_err(|_| {
+                LoadError::Invalid(format!(
+                    "does not export the `redstage:participant/participant` world \
+                     (`declare` and `execute`) of contract 0.2.0 or 0.1.0: {e:#}"
+                ))
+            })?),
+        };
         Ok(Component { pre, limits })
+    }
+
+    /// The contract version the component exports: `0.2.0` or `0.1.0`.
+    pub fn contract(&self) -> &'static str {
+        match self.pre {
+            Pre::Current(_) => "0.2.0",
+            Pre::Legacy(_) => "0.1.0",
+        }
     }
 
     pub fn limits(&self) -> &CallLimits {
@@ -76,7 +109,16 @@ impl Component {
             }
         });
         store.set_epoch_deadline(1);
-        let bindings = self.pre.instantiate_async(&mut store).await;
+        let bindings = match &self.pre {
+            Pre::Current(pre) => pre
+                .instantiate_async(&mut store)
+                .await
+                .map(Bindings::Current),
+            Pre::Legacy(pre) => pre
+                .instantiate_async(&mut store)
+                .await
+                .map(Bindings::Legacy),
+        };
         let mut instance = Instance {
             store,
             bindings: None,
@@ -174,7 +216,7 @@ impl ResourceLimiter for StepState {
 /// One instance of a participant, living for one step.
 pub struct Instance {
     store: Store<StepState>,
-    bindings: Option<Participant>,
+    bindings: Option<Bindings>,
 }
 
 impl std::fmt::Debug for Instance {
@@ -192,19 +234,26 @@ impl Instance {
         self.check(Limit::Input, input.len() > self.limits().input_bytes_max)?;
         self.start_call();
         let bindings = self.bindings.take().expect("instance has bindings");
-        let result = bindings.call_declare(&mut self.store, input).await;
+        let result = match &bindings {
+            Bindings::Current(b) => b.call_declare(&mut self.store, input).await,
+            Bindings::Legacy(b) => b
+                .call_declare(&mut self.store, input)
+                .await
+                .map(|r| r.map(upgrade_access).map_err(upgrade_abort)),
+        };
         self.bindings = Some(bindings);
         let access = match self.settle(result)? {
             Ok(access) => access,
             Err(abort) => return Ok(Err(abort)),
         };
         let limits = self.limits();
-        let too_many = access.reads.len() + access.writes.len() > limits.keys_max;
-        self.check(Limit::Keys, too_many)?;
+        let declared = access.reads.len() + access.writes.len() + access.adjusts.len();
+        self.check(Limit::Keys, declared > limits.keys_max)?;
         let too_long = access
             .reads
             .iter()
             .chain(&access.writes)
+            .chain(&access.adjusts)
             .any(|k| k.len() > limits.key_bytes_max);
         self.check(Limit::KeyBytes, too_long)?;
         Ok(Ok(access))
@@ -219,9 +268,21 @@ impl Instance {
     ) -> Result<Result<Outcome, GuestAbort>, CallError> {
         self.start_call();
         let bindings = self.bindings.take().expect("instance has bindings");
-        let result = bindings
-            .call_execute(&mut self.store, input, snapshot)
-            .await;
+        let result = match &bindings {
+            Bindings::Current(b) => b.call_execute(&mut self.store, input, snapshot).await,
+            Bindings::Legacy(b) => {
+                let snapshot: Vec<legacy::redstage::participant::types::Entry> = snapshot
+                    .iter()
+                    .map(|e| legacy::redstage::participant::types::Entry {
+                        key: e.key.clone(),
+                        value: e.value.clone(),
+                    })
+                    .collect();
+                b.call_execute(&mut self.store, input, &snapshot)
+                    .await
+                    .map(|r| r.map(upgrade_outcome).map_err(upgrade_abort))
+            }
+        };
         self.bindings = Some(bindings);
         let outcome = match self.settle(result)? {
             Ok(outcome) => outcome,
@@ -235,7 +296,7 @@ impl Instance {
         self.check(Limit::Writes, outcome.writes.len() > limits.writes_max)?;
         let too_big = outcome.writes.iter().any(|w| match w {
             Write::Set((_, v)) => v.len() > limits.value_bytes_max,
-            Write::Delete(_) => false,
+            Write::Delete(_) | Write::Adjust(_) => false,
         });
         self.check(Limit::ValueBytes, too_big)?;
         Ok(Ok(outcome))
@@ -278,6 +339,38 @@ impl Instance {
                 }
             }
         })
+    }
+}
+
+/// A 0.1.0 access set, in 0.2.0's terms: nothing adjusted.
+fn upgrade_access(a: legacy::redstage::participant::types::AccessSet) -> AccessSet {
+    AccessSet {
+        reads: a.reads,
+        writes: a.writes,
+        adjusts: Vec::new(),
+    }
+}
+
+fn upgrade_abort(a: legacy::redstage::participant::types::Abort) -> GuestAbort {
+    GuestAbort {
+        code: a.code,
+        message: a.message,
+    }
+}
+
+fn upgrade_outcome(o: legacy::redstage::participant::types::Outcome) -> Outcome {
+    use legacy::redstage::participant::types::Write as Old;
+    let writes = o
+        .writes
+        .into_iter()
+        .map(|w| match w {
+            Old::Set(set) => Write::Set(set),
+            Old::Delete(key) => Write::Delete(key),
+        })
+        .collect();
+    Outcome {
+        writes,
+        output: o.output,
     }
 }
 

@@ -59,7 +59,9 @@ use std::time::Duration;
 /// the longest a participant runs before yielding its tokio worker.
 pub const EPOCH_TICK: Duration = Duration::from_millis(2);
 
-/// The generated bindings of the `participant` world (wit/participant.wit).
+/// The generated bindings of the `participant` world, contract 0.2.0
+/// (wit/participant.wit). Its types are the host's: a 0.1.0 component's
+/// answers are converted into them.
 pub mod bindings {
     wasmtime::component::bindgen!({
         path: "../wit",
@@ -68,8 +70,18 @@ pub mod bindings {
     });
 }
 
+/// Contract 0.1.0 (wit/v0.1/participant.wit), which components built before
+/// adjustments export; they load and run unchanged.
+pub mod legacy {
+    wasmtime::component::bindgen!({
+        path: "../wit/v0.1",
+        world: "participant",
+        exports: { default: async },
+    });
+}
+
 pub use bindings::redstage::participant::types::Abort as GuestAbort;
-pub use bindings::redstage::participant::types::{AccessSet, Entry, Outcome, Write};
+pub use bindings::redstage::participant::types::{AccessSet, Adjustment, Entry, Outcome, Write};
 
 /// Why a component could not be loaded.
 #[derive(Debug, thiserror::Error)]

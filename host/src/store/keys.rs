@@ -11,10 +11,14 @@ pub const RESERVED_PREFIX: &str = "rs:";
 pub enum Key<'a> {
     /// A participant's data: `prefix + relative key`, a plain Redis string.
     Data(&'a str),
-    /// The lock table entry of a data key: while locked, `lock`, `lease`,
-    /// `primary` (exclusive), `readers` and `r:<txn>` (shared), `wait`.
-    /// Exists only while the key is locked. Always in the data key's slot.
+    /// The lock table entry of a data key (see `scripts`). Exists only
+    /// while the key is locked. Always in the data key's slot.
     Meta(&'a str),
+    /// The adjusters of a data key held in adjust mode: a hash of
+    /// `t:<txn>` -> `<lease>\t<primary>\t<reserved delta>`, with `n` (how
+    /// many), `neg` and `pos` (the sums of their negative and positive
+    /// reservations). Exists only while the key is adjusted. Same slot.
+    Adjusters(&'a str),
     /// The decision record of one transaction, on its primary store.
     TxnRecord(&'a str),
     /// The claim, then the outcome, of one client idempotency key, on the
@@ -36,6 +40,7 @@ impl Key<'_> {
         match self {
             Key::Data(k) => (*k).to_owned(),
             Key::Meta(k) => meta_key(k),
+            Key::Adjusters(k) => meta_key(k) + ":a",
             Key::TxnRecord(id) => format!("{RESERVED_PREFIX}txn:{id}"),
             Key::Idempotency(k) => format!("{RESERVED_PREFIX}idem:{k}"),
             Key::LockIndex => format!("{RESERVED_PREFIX}locks"),

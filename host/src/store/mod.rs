@@ -12,11 +12,14 @@
 //!  ------------------------  ------  -------------------------------  ---------------------
 //!  inventory:stock:A1        string  "8"  (the committed value)       participant's store
 //!  rs:{inventory:stock:A1}   string  the lock table entry: mode (x    same store and slot,
-//!                                    exclusive, s shared), wait flag, only while the key is
-//!                                    then per holder its txn, lease   locked: deleted with
-//!                                    deadline (ms, by the store's     the last lock
-//!                                    own clock) and primary store
-//!                                    (see `scripts`)
+//!                                    exclusive, s shared, a adjusted), only while the key is
+//!                                    wait flag, then per holder its   locked: deleted with
+//!                                    txn, lease deadline (ms, by the  the last lock
+//!                                    store's own clock) and primary
+//!                                    store (see `scripts`)
+//!  rs:{inventory:stock:A1}:a hash    the adjusters of a key in `a`    same; only while
+//!                                    mode: t:<txn> -> lease, primary, adjusted
+//!                                    reserved delta; n, neg, pos
 //!  rs:locks                  zset    one entry per transaction with   every store; gone
 //!                                    locks here: "<txn>\n[primary,    when empty
 //!                                    [keys]]", scored by lease
@@ -80,7 +83,7 @@ pub enum StoreError {
 }
 
 /// How a transaction holds a key from the moment it reads it.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord, Hash)]
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
 pub enum Mode {
     /// Read without a lock: a read-only transaction on one store, which a
     /// single script reads atomically.
@@ -90,6 +93,9 @@ pub enum Mode {
     Shared,
     /// Read and lock against everyone: a key the transaction may write.
     Exclusive,
+    /// Lock against readers and writers, not against other adjusters, and
+    /// read nothing: a key the transaction only adjusts (escrow).
+    Adjust,
 }
 
 impl Mode {
@@ -98,6 +104,18 @@ impl Mode {
             Mode::Read => "r",
             Mode::Shared => "s",
             Mode::Exclusive => "x",
+            Mode::Adjust => "a",
+        }
+    }
+
+    /// How a transaction must hold a key that its steps want in both modes.
+    pub fn combine(self, other: Mode) -> Mode {
+        match (self, other) {
+            (a, b) if a == b => a,
+            (Mode::Read, m) | (m, Mode::Read) => m,
+            // Read and adjusted, or written: the value is needed, and
+            // changed.
+            _ => Mode::Exclusive,
         }
     }
 }
@@ -133,6 +151,17 @@ pub enum Locked {
 pub enum Write {
     Set(Vec<u8>),
     Delete,
+    /// Add these deltas to the integer under the key, in order, each kept
+    /// within its bounds whichever of the transactions in flight commit.
+    Adjust(Vec<Bounded>),
+}
+
+/// One adjustment of an integer key.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct Bounded {
+    pub delta: i64,
+    pub lower: Option<i64>,
+    pub upper: Option<i64>,
 }
 
 impl Write {
@@ -140,16 +169,49 @@ impl Write {
         match write {
             Some(Write::Set(_)) => "set",
             Some(Write::Delete) => "del",
+            Some(Write::Adjust(_)) => "adj",
             None => "keep",
         }
     }
 
-    fn value(write: Option<&Write>) -> &[u8] {
+    /// The script argument: the value of a set; for an adjustment, its
+    /// steps as `delta:lower:upper;...` (a bound left empty when there is
+    /// none).
+    fn value(write: Option<&Write>) -> Vec<u8> {
         match write {
-            Some(Write::Set(v)) => v,
-            _ => b"",
+            Some(Write::Set(v)) => v.clone(),
+            Some(Write::Adjust(steps)) => {
+                let bound = |b: Option<i64>| b.map(|b| b.to_string()).unwrap_or_default();
+                steps
+                    .iter()
+                    .map(|s| format!("{}:{}:{}", s.delta, bound(s.lower), bound(s.upper)))
+                    .collect::<Vec<_>>()
+                    .join(";")
+                    .into_bytes()
+            }
+            _ => Vec::new(),
         }
     }
+
+    /// The sum of an adjustment's deltas.
+    pub fn total(steps: &[Bounded]) -> i64 {
+        steps.iter().map(|s| s.delta).sum()
+    }
+}
+
+/// Why adjustments could not be reserved or applied.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum Refusal {
+    /// Adjustment `step` of the key at `index` would break its bound.
+    Bound { index: usize, step: usize },
+    /// The key at `index` holds a value that is not an integer.
+    NotInteger { index: usize },
+    /// The key at `index` would leave the range adjustments are exact in
+    /// (+-2^53).
+    Range { index: usize },
+    /// A lock of the transaction on the key at `index` is gone (recovery
+    /// took it): nothing was reserved.
+    Lost { index: usize },
 }
 
 /// A key being released, with the write to apply first (none: just release).
@@ -203,6 +265,8 @@ pub struct ClaimedOutcome<'a> {
 pub enum Committed {
     /// Decided and applied here.
     Ok,
+    /// An adjustment here cannot be made: nothing was decided.
+    Refused(Refusal),
     /// A record was there first (recovery's `aborted`): nothing changed.
     Decided(Vec<u8>),
     /// The idempotency claim was taken over: nothing changed.
@@ -239,6 +303,7 @@ impl Script {
 /// The compiled scripts, loaded once per process.
 struct Scripts {
     lock: Script,
+    reserve: Script,
     commit: Script,
     apply: Script,
     finalize: Script,
@@ -252,6 +317,7 @@ fn scripts() -> &'static Scripts {
     static SCRIPTS: std::sync::OnceLock<Scripts> = std::sync::OnceLock::new();
     SCRIPTS.get_or_init(|| Scripts {
         lock: Script::new(scripts::LOCK),
+        reserve: Script::new(scripts::RESERVE),
         commit: Script::new(scripts::COMMIT),
         apply: Script::new(scripts::APPLY),
         finalize: Script::new(scripts::FINALIZE),
@@ -281,6 +347,14 @@ impl Call {
     fn key(&mut self, key: impl Into<Vec<u8>>) -> &mut Call {
         self.keys.push(key.into());
         self
+    }
+
+    /// The three keys every lock-table script takes per data key: the
+    /// data, its lock table entry, its adjusters.
+    fn locked(&mut self, key: &str) -> &mut Call {
+        self.key(Key::Data(key).encode())
+            .key(Key::Meta(key).encode())
+            .key(Key::Adjusters(key).encode())
     }
 
     fn arg(&mut self, arg: impl redis::ToRedisArgs) -> &mut Call {
@@ -383,8 +457,7 @@ impl Store {
     ) -> Result<Locked, StoreError> {
         let mut call = Call::new(&scripts().lock);
         for (key, _) in keys {
-            call.key(Key::Data(key).encode())
-                .key(Key::Meta(key).encode());
+            call.locked(key);
         }
         call.key(Key::LockIndex.encode());
         call.arg(txn)
@@ -430,8 +503,7 @@ impl Store {
             None => call.key(record_key),
         };
         for (key, _) in point.keys {
-            call.key(Key::Data(key).encode())
-                .key(Key::Meta(key).encode());
+            call.locked(key);
         }
         call.arg(point.txn)
             .arg(point.record)
@@ -463,7 +535,60 @@ impl Store {
             )),
             (Some("superseded"), _) => Ok(Committed::Superseded),
             (Some("lost"), _) => Ok(Committed::Lost),
+            (Some("bound" | "nan" | "range"), _) => Ok(Committed::Refused(self.refusal(&items)?)),
             _ => Err(self.protocol("unknown commit reply")),
+        }
+    }
+
+    /// Checks `txn`'s adjustments of `keys` (held in adjust mode) against
+    /// their bounds, counting what other transactions in flight reserved,
+    /// and reserves them, all or none (see [`scripts::RESERVE`]).
+    pub async fn reserve(
+        &self,
+        txn: &str,
+        keys: &[(&str, &[Bounded])],
+    ) -> Result<Option<Refusal>, StoreError> {
+        let mut call = Call::new(&scripts().reserve);
+        for (key, _) in keys {
+            call.locked(key);
+        }
+        call.arg(txn);
+        for (_, steps) in keys {
+            let adjust = Write::Adjust(steps.to_vec());
+            call.arg(Write::value(Some(&adjust)));
+        }
+        let items = self.array(self.invoke(&call, true).await?)?;
+        match items
+            .first()
+            .map(|v| self.string(v))
+            .transpose()?
+            .as_deref()
+        {
+            Some("ok") => Ok(None),
+            Some("bound" | "nan" | "range" | "lost") => Ok(Some(self.refusal(&items)?)),
+            _ => Err(self.protocol("unknown reserve reply")),
+        }
+    }
+
+    /// `{'bound', i, j}`, `{'nan', i}`, `{'range', i}` or `{'lost', i}`
+    /// (0-based `i`, 1-based `j`).
+    fn refusal(&self, items: &[Value]) -> Result<Refusal, StoreError> {
+        let tag = items.first().map(|v| self.string(v)).transpose()?;
+        let number = |i: usize| -> Result<usize, StoreError> {
+            let n = items
+                .get(i)
+                .ok_or_else(|| self.protocol("a refusal without its key"))?;
+            Ok(self.int(n)? as usize)
+        };
+        match tag.as_deref() {
+            Some("bound") => Ok(Refusal::Bound {
+                index: number(1)?,
+                step: number(2)?.saturating_sub(1),
+            }),
+            Some("nan") => Ok(Refusal::NotInteger { index: number(1)? }),
+            Some("range") => Ok(Refusal::Range { index: number(1)? }),
+            Some("lost") => Ok(Refusal::Lost { index: number(1)? }),
+            _ => Err(self.protocol("unknown refusal")),
         }
     }
 
@@ -478,8 +603,7 @@ impl Store {
     ) -> Result<usize, StoreError> {
         let mut call = Call::new(&scripts().apply);
         for (key, _) in keys {
-            call.key(Key::Data(key).encode())
-                .key(Key::Meta(key).encode());
+            call.locked(key);
         }
         call.key(Key::LockIndex.encode());
         call.arg(txn).arg(entry.unwrap_or(""));

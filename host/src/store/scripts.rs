@@ -16,17 +16,37 @@
 //!
 //! # Lock table entries
 //!
-//! `rs:{K}` is a string: the mode (`x` exclusive, `s` shared), a wait flag
-//! (`1` once someone waited for the key), then one tab-separated
-//! `<txn>\t<lease>\t<primary>` per holder (one for `x`, one or more for `s`):
+//! `rs:{K}` is a string: the mode (`x` exclusive, `s` shared, `a` adjusted)
+//! and a wait flag (`1` once someone waited for the key), then, for `x` and
+//! `s`, one tab-separated `<txn>\t<lease>\t<primary>` per holder (one for
+//! `x`, one or more for `s`):
 //!
 //! ```text
 //!  x0\t0193...e1\t1732700000123\torders
 //!  s1\t0193...e7\t1732700000456\t\t0193...f2\t1732700000789\tledger
+//!  a0
 //! ```
 //!
-//! (A read-only transaction's holder names no primary.) Store names cannot
-//! hold a tab (the config refuses them).
+//! (A read-only transaction's holder names no primary.) The adjusters of a
+//! key in `a` mode, who may be many at once (a flash sale), are in a hash
+//! beside it, `rs:{K}:a`, so that joining, reserving and leaving cost the
+//! same whether there are two of them or two hundred: `t:<txn>` ->
+//! `<lease>\t<primary>\t<reserved delta>`, and `n` (how many), `neg` and
+//! `pos` (the sums of their negative and positive reservations). Store
+//! names cannot hold a tab (the config refuses them).
+//!
+//! A lock is fair: once someone waits for a key, no new holder joins it in
+//! shared or adjust mode, so that a writer waiting behind readers (or a
+//! reader behind a flash sale's adjusters) gets its turn.
+//!
+//! Adjustments (escrow): a transaction holding a key in `a` mode neither
+//! reads it nor keeps others from adjusting it. Before its decision it
+//! reserves its delta, checked against its bounds as if every decrement in
+//! flight committed and no increment did (for a lower bound; the reverse
+//! for an upper one), so that the bound holds whichever of them commit; at
+//! the commit point or the apply it adds the delta to the value (`INCRBY`),
+//! and on a rollback its reservation goes with its lock. Values are plain
+//! decimal strings; bounds are checked exactly within +-2^53.
 
 /// Shared prologue: `now_ms` by the server's clock.
 macro_rules! lua_clock {
@@ -39,18 +59,26 @@ macro_rules! lua_clock {
     };
 }
 
-/// Helpers every lock-table script shares:
+/// Helpers every lock-table script shares (KEYS come in threes per data
+/// key: data, entry, adjusters):
 /// - `call_all(cmd, prefix, list)`: `redis.call(cmd, prefix..., list...)`
 ///   in chunks (Lua's `unpack` has a bound), results appended together;
-/// - `holders(v)`: an entry's mode, wait flag and holders
-///   (`{txn, lease, primary}` each);
+/// - `holders(v)`: an `x` or `s` entry's mode, wait flag and holders
+///   (`{txn, lease, primary}` each); `encode(mode, wait, hs)` the reverse;
 /// - `holder(v)`: the sole holder of an exclusive entry, cheaply;
-/// - `release_all(txn, data, metas, found, ops, values)`: lets go of `txn`'s
-///   locks on keys whose entries `found` were read: a key held exclusively
-///   gets its write first (`set`, `del`, or `keep` for none), a shared one
-///   loses this holder; an entry left without holders is deleted, and a
-///   key someone waited for is published on the wake channel. Returns how
-///   many of the keys `txn` held.
+/// - `adjuster(adj, txn)`: some adjuster other than `txn`, as a holder;
+/// - `bounded(data, neg, pos, list)`: checks adjustments `list`
+///   (`delta:lower:upper;...`) of the key `data`, given the others'
+///   reservations; returns their total, or nil and the refusal (`{'bound',
+///   j}`, `{'nan'}`, or `{'range'}` past the +-2^53 within which Lua counts
+///   exactly, so that no `INCRBY` can fail half-way through a script);
+/// - `release_all(txn, data, metas, adjs, found, ops, values)`: lets go of
+///   `txn`'s locks on keys whose entries `found` were read: a key held
+///   exclusively gets its write first (`set`, `del`, or `keep` for none), a
+///   shared one loses this holder, an adjusted one gets its delta (for
+///   `adj`) and loses this adjuster; an entry left without holders is
+///   deleted, and a key someone waited for is published on the wake
+///   channel. Returns how many of the keys `txn` held.
 macro_rules! lua_locks {
     () => {
         "local function call_all(cmd, prefix, list)
@@ -72,7 +100,7 @@ local function holders(v)
   local fields = {}
   local pos = 3
   while pos <= #v do
-    local nxt = string.find(v, '\t', pos + 1, true)
+    local nxt = string.find(v, '\\t', pos + 1, true)
     fields[#fields + 1] = string.sub(v, pos + 1, (nxt or (#v + 1)) - 1)
     if not nxt then break end
     pos = nxt
@@ -81,16 +109,59 @@ local function holders(v)
   for i = 1, #fields, 3 do hs[#hs + 1] = {fields[i], fields[i + 1], fields[i + 2]} end
   return string.sub(v, 1, 1), string.sub(v, 2, 2), hs
 end
+local function encode(mode, wait, hs)
+  local parts = {mode .. wait}
+  for _, h in ipairs(hs) do parts[#parts + 1] = h[1] .. '\\t' .. h[2] .. '\\t' .. h[3] end
+  return table.concat(parts, '\\t')
+end
 local function holder(v)
-  local tab = string.find(v, '\t', 4, true)
+  local tab = string.find(v, '\\t', 4, true)
   return string.sub(v, 4, tab - 1)
 end
-local function release_all(txn, data, metas, found, ops, values)
+local function adjuster(adj, txn)
+  local cursor = '0'
+  repeat
+    local page = redis.call('HSCAN', adj, cursor, 'MATCH', 't:*', 'COUNT', 20)
+    cursor = page[1]
+    for j = 1, #page[2], 2 do
+      local who = string.sub(page[2][j], 3)
+      if who ~= txn then
+        local lease, primary = string.match(page[2][j + 1], '^([^\\t]*)\\t([^\\t]*)\\t')
+        return {who, lease, primary}
+      end
+    end
+  until cursor == '0'
+  return {'', '0', ''}
+end
+local function bounded(data, neg, pos, list)
+  local raw = redis.call('GET', data)
+  local value = 0
+  if raw then
+    if not string.match(raw, '^-?%d+$') then return nil, {'nan'} end
+    value = tonumber(raw)
+  end
+  local cum, j = 0, 0
+  local exact = 9007199254740992
+  for item in string.gmatch(list, '[^;]+') do
+    j = j + 1
+    local d, l, u = string.match(item, '^(-?%d+):(-?%d*):(-?%d*)$')
+    cum = cum + tonumber(d)
+    if value + pos + cum > exact or value + neg + cum < -exact then
+      return nil, {'range'}
+    end
+    if (l ~= '' and value + neg + cum < tonumber(l)) or (u ~= '' and value + pos + cum > tonumber(u)) then
+      return nil, {'bound', j}
+    end
+  end
+  return cum
+end
+local function release_all(txn, data, metas, adjs, found, ops, values)
   local dels, sets, gone, wake = {}, {}, {}, {}
   local n = 0
   for i = 1, #metas do
     local v = found[i]
-    if v and string.sub(v, 1, 1) == 'x' and holder(v) == txn then
+    local mode = v and string.sub(v, 1, 1)
+    if mode == 'x' and holder(v) == txn then
       n = n + 1
       dels[#dels + 1] = metas[i]
       if ops[i] == 'set' then
@@ -100,23 +171,40 @@ local function release_all(txn, data, metas, found, ops, values)
         gone[#gone + 1] = data[i]
       end
       if string.sub(v, 2, 2) == '1' then wake[#wake + 1] = data[i] end
-    elseif v and string.sub(v, 1, 1) == 's' then
+    elseif mode == 's' then
       local _, wait, hs = holders(v)
-      local rest, mine = 's' .. wait, false
+      local rest, mine = {}, false
       for _, h in ipairs(hs) do
-        if h[1] == txn then
-          mine = true
-        else
-          rest = rest .. '\\t' .. h[1] .. '\\t' .. h[2] .. '\\t' .. h[3]
-        end
+        if h[1] == txn then mine = true else rest[#rest + 1] = h end
       end
       if mine then
         n = n + 1
-        if rest == 's' .. wait then
+        if #rest == 0 then
           dels[#dels + 1] = metas[i]
           if wait == '1' then wake[#wake + 1] = data[i] end
         else
-          redis.call('SET', metas[i], rest)
+          redis.call('SET', metas[i], encode('s', wait, rest))
+        end
+      end
+    elseif mode == 'a' then
+      local h = redis.call('HGET', adjs[i], 't:' .. txn)
+      if h then
+        n = n + 1
+        if ops[i] == 'adj' then
+          local total = 0
+          for d in string.gmatch(values[i], '(-?%d+):[^;]*') do total = total + tonumber(d) end
+          if total ~= 0 then redis.call('INCRBY', data[i], total) end
+        end
+        local reserved = tonumber(string.match(h, '([^\\t]*)$')) or 0
+        redis.call('HDEL', adjs[i], 't:' .. txn)
+        if reserved < 0 then
+          redis.call('HINCRBY', adjs[i], 'neg', -reserved)
+        elseif reserved > 0 then
+          redis.call('HINCRBY', adjs[i], 'pos', -reserved)
+        end
+        if redis.call('HINCRBY', adjs[i], 'n', -1) <= 0 then
+          redis.call('DEL', metas[i], adjs[i])
+          if string.sub(v, 2, 2) == '1' then wake[#wake + 1] = data[i] end
         end
       end
     end
@@ -133,25 +221,29 @@ end
 
 /// Locks and reads, in one step, every key a transaction declared on this
 /// store: `x` locks exclusively (a key it may write), `s` shared (a key it
-/// only reads, in a transaction that spans stores or writes), `r` reads
-/// without locking (a read-only transaction on this store alone, which this
-/// one script makes atomic). All or nothing: on the first key held by
-/// another transaction in a conflicting mode, nothing is locked, the key is
-/// marked as waited for, and the holder is named. A declared key holding a
-/// value that is not a string is an error, before anything is locked.
+/// only reads, in a transaction that spans stores or writes), `a` in adjust
+/// mode (a key it only adjusts: other adjusters share it, and its value is
+/// not needed), `r` reads without locking (a read-only transaction on this
+/// store alone, which this one script makes atomic). All or nothing: on
+/// the first key held by another transaction in a conflicting mode (or
+/// waited for, when this one would join its holders), nothing is locked,
+/// the key is marked as waited for, and a holder is named. A declared key
+/// holding a value that is not a string is an error, before anything is
+/// locked.
 ///
-/// KEYS: data1, meta1, ..., index; ARGV: txn, lease_ms, primary, index
-/// entry, then one mode per key.
+/// KEYS: data1, meta1, adjusters1, ..., index; ARGV: txn, lease_ms,
+/// primary, index entry, then one mode per key.
 /// Reply: `{'ok', value1|nil, ...}` or
 /// `{'locked', i (0-based), holder, remaining_ms, holder's primary}`.
 pub const LOCK: &str = lua_clock!(concat!(
     lua_locks!(),
     "local txn = ARGV[1]
-local n = (#KEYS - 1) / 2
-local data, metas = {}, {}
+local n = (#KEYS - 1) / 3
+local data, metas, adjs = {}, {}, {}
 for i = 1, n do
-  data[i] = KEYS[2 * i - 1]
-  metas[i] = KEYS[2 * i]
+  data[i] = KEYS[3 * i - 2]
+  metas[i] = KEYS[3 * i - 1]
+  adjs[i] = KEYS[3 * i]
 end
 local values = call_all('MGET', {}, data)
 local absent = {}
@@ -162,25 +254,31 @@ if #absent > 0 and redis.call('EXISTS', unpack(absent)) > 0 then
   return redis.error_reply('WRONGTYPE a declared key holds a value that is not a string')
 end
 local lease = now_ms + tonumber(ARGV[2])
-local mine = '\\t' .. txn .. '\\t' .. lease .. '\\t' .. ARGV[3]
+local mine = txn .. '\\t' .. lease .. '\\t' .. ARGV[3]
 local function conflict(i, v)
-  local mode, wait, hs = holders(v)
-  local h = hs[1]
-  for _, x in ipairs(hs) do
-    if x[1] ~= txn then h = x break end
+  local mode, wait = string.sub(v, 1, 1), string.sub(v, 2, 2)
+  local h
+  if mode == 'a' then
+    h = adjuster(adjs[i], txn)
+  else
+    local _, _, hs = holders(v)
+    h = hs[1]
+    for _, x in ipairs(hs) do
+      if x[1] ~= txn then h = x break end
+    end
   end
   if wait ~= '1' then redis.call('SET', metas[i], mode .. '1' .. string.sub(v, 3)) end
   return {'locked', i - 1, h[1], tonumber(h[2]) - now_ms, h[3]}
 end
-local xs, xi, ss, ri = {}, {}, {}, {}
+local xs, xi, joins, ri = {}, {}, {}, {}
 for i = 1, n do
   local mode = ARGV[4 + i]
   if mode == 'x' then
     xs[#xs + 1] = metas[i]
-    xs[#xs + 1] = 'x0' .. mine
+    xs[#xs + 1] = 'x0\\t' .. mine
     xi[#xi + 1] = i
-  elseif mode == 's' then
-    ss[#ss + 1] = i
+  elseif mode == 's' or mode == 'a' then
+    joins[#joins + 1] = i
   else
     ri[#ri + 1] = i
   end
@@ -190,7 +288,7 @@ if #ri > 0 then
   for j, i in ipairs(ri) do keys[j] = metas[i] end
   local found = call_all('MGET', {}, keys)
   for j, i in ipairs(ri) do
-    if found[j] and string.sub(found[j], 1, 1) == 'x' then return conflict(i, found[j]) end
+    if found[j] and string.sub(found[j], 1, 1) ~= 's' then return conflict(i, found[j]) end
   end
 end
 local function taken(keys)
@@ -220,43 +318,94 @@ if #xs > 0 then
   end
 end
 local undo = {}
-for _, i in ipairs(ss) do
-  local old = redis.call('SET', metas[i], 's0' .. mine, 'NX', 'GET')
-  if old and string.sub(old, 1, 1) ~= 's' then
-    for j = 1, #xs, 2 do redis.call('DEL', xs[j]) end
-    for _, u in ipairs(undo) do
-      if u[2] then redis.call('SET', u[1], u[2]) else redis.call('DEL', u[1]) end
+local function rollback()
+  for j = 1, #xs, 2 do redis.call('DEL', xs[j]) end
+  for _, u in ipairs(undo) do
+    if u.adj then
+      redis.call('HDEL', u.adj, 't:' .. txn)
+      if redis.call('HINCRBY', u.adj, 'n', -1) <= 0 then redis.call('DEL', u.adj) end
     end
+    if u.old then redis.call('SET', u.meta, u.old) else redis.call('DEL', u.meta) end
+  end
+end
+for _, i in ipairs(joins) do
+  local mode = ARGV[4 + i]
+  local first = mode .. '0'
+  if mode == 's' then first = first .. '\\t' .. mine end
+  local old = redis.call('SET', metas[i], first, 'NX', 'GET')
+  if old and (string.sub(old, 1, 1) ~= mode or string.sub(old, 2, 2) == '1') then
+    rollback()
     return conflict(i, old)
   end
-  undo[#undo + 1] = {metas[i], old}
-  if old then redis.call('SET', metas[i], old .. mine) end
+  if mode == 's' then
+    undo[#undo + 1] = {meta = metas[i], old = old}
+    if old then redis.call('SET', metas[i], old .. '\\t' .. mine) end
+  else
+    undo[#undo + 1] = {meta = metas[i], old = old, adj = adjs[i]}
+    redis.call('HSET', adjs[i], 't:' .. txn, lease .. '\\t' .. ARGV[3] .. '\\t0')
+    redis.call('HINCRBY', adjs[i], 'n', 1)
+  end
 end
-if #xs > 0 or #ss > 0 then redis.call('ZADD', KEYS[#KEYS], lease, ARGV[4]) end
+if #xs > 0 or #joins > 0 then redis.call('ZADD', KEYS[#KEYS], lease, ARGV[4]) end
 local out = {'ok'}
 for i = 1, n do out[i + 1] = values[i] end
 return out
 "
 ));
 
+/// Reserves a transaction's adjustments of keys it holds in `a` mode on a
+/// store other than its primary, before its decision: each checked against
+/// its bounds with what the other adjusters reserved (see the module
+/// essay), and recorded with its adjuster, all or none.
+/// KEYS: data1, meta1, adjusters1, ...; ARGV: txn, then per key its
+/// adjustments `delta:lower:upper;...`.
+/// Reply: `{'ok'}`, `{'bound', i, j}` (adjustment `j`, 1-based, of key `i`),
+/// `{'nan', i}` (not an integer), `{'range', i}` or `{'lost', i}`.
+pub const RESERVE: &str = concat!(
+    lua_locks!(),
+    "local txn = ARGV[1]
+local n = #KEYS / 3
+local held, totals = {}, {}
+for i = 1, n do
+  local r = redis.call('HMGET', KEYS[3 * i], 't:' .. txn, 'neg', 'pos')
+  if not r[1] then return {'lost', i - 1} end
+  local total, refused = bounded(KEYS[3 * i - 2], tonumber(r[2]) or 0, tonumber(r[3]) or 0, ARGV[1 + i])
+  if refused then return {refused[1], i - 1, refused[2]} end
+  held[i], totals[i] = r[1], total
+end
+for i = 1, n do
+  local lease, primary = string.match(held[i], '^([^\\t]*)\\t([^\\t]*)\\t')
+  redis.call('HSET', KEYS[3 * i], 't:' .. txn, lease .. '\\t' .. primary .. '\\t' .. totals[i])
+  if totals[i] < 0 then
+    redis.call('HINCRBY', KEYS[3 * i], 'neg', totals[i])
+  elseif totals[i] > 0 then
+    redis.call('HINCRBY', KEYS[3 * i], 'pos', totals[i])
+  end
+end
+return {'ok'}
+"
+);
+
 /// The commit point, on the transaction's primary store: checks that every
-/// lock of the transaction here is still its own, writes the decision record
-/// unless one stands (a recovering host's `aborted` fences a coordinator
-/// that was too slow), and in the same step applies this store's writes and
-/// releases its locks. With an idempotency claim, only while the claim is
-/// still the owner's, and the outcome is stored under the client's key at
-/// once, so that a retry can never miss a commit. The transaction's index
-/// entry here stays, as the record's marker, until the record is finalized
-/// (with no keys here and other stores to apply, a marker is added): should
-/// the coordinator die before every store applied, the sweep finds it.
+/// lock of the transaction here is still its own (and that its adjustments
+/// here keep their bounds), writes the decision record unless one stands
+/// (a recovering host's `aborted` fences a coordinator that was too slow),
+/// and in the same step applies this store's writes and releases its
+/// locks. With an idempotency claim, only while the claim is still the
+/// owner's, and the outcome is stored under the client's key at once, so
+/// that a retry can never miss a commit. The transaction's index entry here
+/// stays, as the record's marker, until the record is finalized (with no
+/// keys here and other stores to apply, a marker is added): should the
+/// coordinator die before every store applied, the sweep finds it.
 ///
 /// KEYS: record, index, idempotency key (or the record again), then data1,
-/// meta1, ...
+/// meta1, adjusters1, ...
 /// ARGV: txn, record, record_ttl_ms ('0': none), marker to add ('' if
 /// none), lease_ms, claim owner ('' if none), outcome, retention_ms, then
 /// per key `op, value`.
-/// Reply: `{'ok'}`, `{'decided', record}`, `{'superseded'}` or
-/// `{'lost', i}` (a lock here is no longer the transaction's).
+/// Reply: `{'ok'}`, `{'decided', record}`, `{'superseded'}`, `{'lost', i}`
+/// (a lock here is no longer the transaction's), or an adjustment's refusal
+/// (see [`RESERVE`]).
 pub const COMMIT: &str = concat!(
     lua_locks!(),
     "local txn = ARGV[1]
@@ -266,11 +415,12 @@ if ARGV[6] ~= '' then
   local c = cjson.decode(v)
   if c.state ~= 'pending' or c.owner ~= ARGV[6] then return {'superseded'} end
 end
-local n = (#KEYS - 3) / 2
-local data, metas, ops, values = {}, {}, {}, {}
+local n = (#KEYS - 3) / 3
+local data, metas, adjs, ops, values = {}, {}, {}, {}, {}
 for i = 1, n do
-  data[i] = KEYS[2 + 2 * i]
-  metas[i] = KEYS[3 + 2 * i]
+  data[i] = KEYS[1 + 3 * i]
+  metas[i] = KEYS[2 + 3 * i]
+  adjs[i] = KEYS[3 + 3 * i]
   ops[i] = ARGV[7 + 2 * i]
   values[i] = ARGV[8 + 2 * i]
 end
@@ -278,9 +428,18 @@ local found = {}
 if n > 0 then found = call_all('MGET', {}, metas) end
 for i = 1, n do
   local v = found[i]
-  local ours = v and ((string.sub(v, 1, 1) == 'x' and holder(v) == txn)
-    or (string.sub(v, 1, 1) == 's' and string.find(v, '\\t' .. txn .. '\\t', 1, true)))
-  if not ours then return {'lost', i - 1} end
+  local mode = v and string.sub(v, 1, 1)
+  if mode == 'a' then
+    local r = redis.call('HMGET', adjs[i], 't:' .. txn, 'neg', 'pos')
+    if not r[1] then return {'lost', i - 1} end
+    if ops[i] == 'adj' then
+      local _, refused = bounded(data[i], tonumber(r[2]) or 0, tonumber(r[3]) or 0, values[i])
+      if refused then return {refused[1], i - 1, refused[2]} end
+    end
+  elseif not ((mode == 'x' and holder(v) == txn)
+    or (mode == 's' and string.find(v, '\\t' .. txn .. '\\t', 1, true))) then
+    return {'lost', i - 1}
+  end
 end
 local decided
 if ARGV[3] == '0' then
@@ -290,7 +449,7 @@ else
 end
 if not decided then return {'decided', redis.call('GET', KEYS[1])} end
 if ARGV[6] ~= '' then redis.call('SET', KEYS[3], ARGV[7], 'PX', ARGV[8]) end
-release_all(txn, data, metas, found, ops, values)
+release_all(txn, data, metas, adjs, found, ops, values)
 if ARGV[4] ~= '' then
   local t = redis.call('TIME')
   local now_ms = tonumber(t[1]) * 1000 + math.floor(tonumber(t[2]) / 1000)
@@ -301,23 +460,26 @@ return {'ok'}
 );
 
 /// Applies a decided transaction's writes on this store and releases its
-/// locks here (or, with every op `keep`, just releases them: a rollback).
-/// Idempotent: a key no longer held by the transaction is left alone.
-/// KEYS: data1, meta1, ..., index; ARGV: txn, index entry ('' if none),
-/// then per key `op, value`. Reply: how many keys the transaction held.
+/// locks here (or, with every op `keep`, just releases them: a rollback,
+/// which also gives up its reservations). Idempotent: a key no longer held
+/// by the transaction is left alone.
+/// KEYS: data1, meta1, adjusters1, ..., index; ARGV: txn, index entry (''
+/// if none), then per key `op, value`. Reply: how many keys the transaction
+/// held.
 pub const APPLY: &str = concat!(
     lua_locks!(),
-    "local n = (#KEYS - 1) / 2
-local data, metas, ops, values = {}, {}, {}, {}
+    "local n = (#KEYS - 1) / 3
+local data, metas, adjs, ops, values = {}, {}, {}, {}, {}
 for i = 1, n do
-  data[i] = KEYS[2 * i - 1]
-  metas[i] = KEYS[2 * i]
+  data[i] = KEYS[3 * i - 2]
+  metas[i] = KEYS[3 * i - 1]
+  adjs[i] = KEYS[3 * i]
   ops[i] = ARGV[1 + 2 * i]
   values[i] = ARGV[2 + 2 * i]
 end
 local held = 0
 if n > 0 then
-  held = release_all(ARGV[1], data, metas, call_all('MGET', {}, metas), ops, values)
+  held = release_all(ARGV[1], data, metas, adjs, call_all('MGET', {}, metas), ops, values)
 end
 if ARGV[2] ~= '' then redis.call('ZREM', KEYS[#KEYS], ARGV[2]) end
 return held

@@ -9,12 +9,13 @@ use super::background::Owed;
 use super::idempotency::{self, ClaimToken};
 use super::plan::{Part, Plan};
 use super::types::{
-    AbortInfo, Base64, Record, Status, StepOutput, StoreWork, TxnResponse, output_json,
+    AbortInfo, Base64, KeyWrite, Record, Status, StepOutput, StoreWork, TxnResponse, output_json,
 };
 use super::{Coordinator, Step, TxnError, faults};
-use crate::runtime::{Entry, Write as GuestWrite};
+use crate::runtime::{Adjustment, Entry, Write as GuestWrite};
 use crate::store::{
-    ClaimedOutcome, CommitPoint, Committed, Holder, Locked, Mode, Release, StoreError, Write,
+    Bounded, ClaimedOutcome, CommitPoint, Committed, Holder, Locked, Mode, Refusal, Release,
+    StoreError, Write,
 };
 
 /// How an attempt ended.
@@ -60,6 +61,13 @@ type View = HashMap<(String, String), Option<Vec<u8>>>;
 /// The writes of all steps, last one per key wins, by (store, key).
 type Writes = BTreeMap<(String, String), Write>;
 
+/// A store's adjusted keys, each with its adjustments in order.
+type Adjusted<'a> = Vec<(&'a str, &'a [Bounded])>;
+
+/// For each adjusted key, in order, the abort of each of its adjustments:
+/// what to answer when one cannot be made.
+type Aborts = HashMap<(String, String), Vec<AbortInfo>>;
+
 impl Coordinator {
     pub(super) async fn attempt(
         &self,
@@ -82,7 +90,7 @@ impl Coordinator {
             Err(Ok(blocked)) => return Ok(Outcome::Blocked(blocked)),
             Err(Err(e)) => return Err(e.into()),
         };
-        let (outputs, writes) = match execute(steps, view).await {
+        let (outputs, writes, aborts) = match execute(steps, plan, view).await {
             Ok(done) => done,
             Err(abort) => {
                 self.release(id, plan, &entries).await;
@@ -92,6 +100,10 @@ impl Coordinator {
         let Some(primary) = plan.primary else {
             return Ok(self.read_only(id, plan, &entries, started, outputs).await);
         };
+        if let Some(refused) = self.reserve(id, plan, primary, &writes, &aborts).await {
+            self.release(id, plan, &entries).await;
+            return refused;
+        }
         faults::point("after-prepare").await;
         let response = TxnResponse {
             id: id.to_owned(),
@@ -128,6 +140,10 @@ impl Coordinator {
                 self.release(id, plan, &entries).await;
                 Ok(Outcome::Aborted(idempotency::superseded()))
             }
+            Committed::Refused(refusal) => {
+                self.release(id, plan, &entries).await;
+                refused(id, &plan.parts[primary], refusal, &aborts)
+            }
             Committed::Decided(_) | Committed::Lost => {
                 self.release(id, plan, &entries).await;
                 Ok(Outcome::Fenced(format!(
@@ -135,6 +151,80 @@ impl Coordinator {
                 )))
             }
         }
+    }
+
+    /// Reserves the adjustments on every store but the primary (whose own
+    /// are checked by the commit point), all such stores in parallel, so
+    /// that their bounds hold whatever else commits. `Some` when one
+    /// cannot be made: what to answer, once the locks are released.
+    async fn reserve(
+        &self,
+        id: &str,
+        plan: &Plan,
+        primary: usize,
+        writes: &Writes,
+        aborts: &Aborts,
+    ) -> Option<Result<Outcome, TxnError>> {
+        let parts: Vec<(&Part, Adjusted)> = plan
+            .parts
+            .iter()
+            .enumerate()
+            .filter(|(i, _)| *i != primary)
+            .map(|(_, part)| {
+                let adjusted = part
+                    .keys
+                    .iter()
+                    .filter_map(
+                        |(k, _)| match writes.get(&(part.store.clone(), k.clone())) {
+                            Some(Write::Adjust(steps)) => Some((k.as_str(), steps.as_slice())),
+                            _ => None,
+                        },
+                    )
+                    .collect::<Vec<_>>();
+                (part, adjusted)
+            })
+            .filter(|(_, adjusted)| !adjusted.is_empty())
+            .collect();
+        if parts.is_empty() {
+            return None;
+        }
+        self.metrics.round_trip();
+        let replies = join_all(parts.iter().map(|(part, adjusted)| async move {
+            (
+                part,
+                adjusted,
+                self.store(&part.store).reserve(id, adjusted).await,
+            )
+        }))
+        .await;
+        for (part, adjusted, reply) in replies {
+            match reply {
+                Ok(None) => {}
+                Ok(Some(refusal)) => {
+                    // Indexes count the adjusted keys only: map them back.
+                    let key = |index: usize| adjusted[index].0;
+                    let index = |k: &str| part.keys.iter().position(|(p, _)| p == k).unwrap_or(0);
+                    let refusal = match refusal {
+                        Refusal::Bound { index: i, step } => Refusal::Bound {
+                            index: index(key(i)),
+                            step,
+                        },
+                        Refusal::NotInteger { index: i } => Refusal::NotInteger {
+                            index: index(key(i)),
+                        },
+                        Refusal::Range { index: i } => Refusal::Range {
+                            index: index(key(i)),
+                        },
+                        Refusal::Lost { index: i } => Refusal::Lost {
+                            index: index(key(i)),
+                        },
+                    };
+                    return Some(refused(id, part, refusal, aborts));
+                }
+                Err(e) => return Some(Err(e.into())),
+            }
+        }
+        None
     }
 
     /// Reads and locks every store's keys, all stores in parallel. On a
@@ -380,8 +470,9 @@ fn store_work(part: &Part, writes: &Writes) -> StoreWork {
                 Some((
                     i,
                     match write {
-                        Write::Set(v) => Some(Base64(v.clone())),
-                        Write::Delete => None,
+                        Write::Set(v) => KeyWrite::Set(Base64(v.clone())),
+                        Write::Delete => KeyWrite::Delete,
+                        Write::Adjust(steps) => KeyWrite::Adjust(Write::total(steps)),
                     },
                 ))
             })
@@ -389,13 +480,61 @@ fn store_work(part: &Part, writes: &Writes) -> StoreWork {
     }
 }
 
+/// What an attempt answers when an adjustment on `part` cannot be made.
+fn refused(id: &str, part: &Part, refusal: Refusal, aborts: &Aborts) -> Result<Outcome, TxnError> {
+    let abort_of = |index: usize| aborts.get(&(part.store.clone(), part.keys[index].0.clone()));
+    Ok(match refusal {
+        Refusal::Bound { index, step } => {
+            let abort = abort_of(index).and_then(|a| a.get(step)).cloned();
+            Outcome::Aborted(abort.expect("a refused adjustment was made by some step"))
+        }
+        Refusal::NotInteger { index } | Refusal::Range { index } => {
+            let first = abort_of(index).and_then(|a| a.first());
+            let key = &part.keys[index].0;
+            let (code, message) = match refusal {
+                Refusal::NotInteger { .. } => (
+                    NOT_AN_INTEGER,
+                    format!(
+                        "`{key}` holds a value that is not a decimal integer: it cannot be adjusted"
+                    ),
+                ),
+                _ => (
+                    OVERFLOW,
+                    format!(
+                        "adjusting `{key}` would take it past +-2^53, where adjustments are exact"
+                    ),
+                ),
+            };
+            Outcome::Aborted(AbortInfo {
+                code: code.into(),
+                message,
+                limit: None,
+                ..first
+                    .cloned()
+                    .expect("an adjusted key was adjusted by some step")
+            })
+        }
+        Refusal::Lost { .. } => Outcome::Fenced(format!(
+            "transaction {id} was aborted by recovery before it could decide"
+        )),
+    })
+}
+
+/// The abort code of an adjustment of a key whose value is not an integer.
+pub const NOT_AN_INTEGER: &str = "not_an_integer";
+
+/// The abort code of an adjustment past the range it is exact in.
+pub const OVERFLOW: &str = "overflow";
+
 /// Runs the steps in order on the snapshot read, each seeing the writes of
 /// the ones before it. Returns the outputs and the last write to each key.
 async fn execute(
     steps: &mut [Step],
+    plan: &Plan,
     mut view: View,
-) -> Result<(Vec<StepOutput>, Writes), AbortInfo> {
+) -> Result<(Vec<StepOutput>, Writes, Aborts), AbortInfo> {
     let mut writes = Writes::new();
+    let mut aborts = Aborts::new();
     let mut outputs = Vec::with_capacity(steps.len());
     for step in steps.iter_mut() {
         let mut instance = match step.instance.take() {
@@ -427,20 +566,27 @@ async fn execute(
             let (relative, write) = match write {
                 GuestWrite::Set((k, v)) => (k, Write::Set(v)),
                 GuestWrite::Delete(k) => (k, Write::Delete),
+                GuestWrite::Adjust(adjustment) => {
+                    let abort = step.guest_abort(adjustment.abort.clone());
+                    adjust(
+                        step,
+                        plan,
+                        &mut view,
+                        &mut writes,
+                        &mut aborts,
+                        adjustment,
+                        abort,
+                    )?;
+                    continue;
+                }
             };
             let key = p.key(&relative);
             if step.writes.binary_search(&key).is_err() {
-                return Err(step.abort(
-                    "undeclared_write",
-                    format!(
-                        "participant `{}` wrote {relative:?}, which it did not declare for writing",
-                        p.name
-                    ),
-                ));
+                return Err(undeclared(step, &relative));
             }
             let value = match &write {
                 Write::Set(v) => Some(v.clone()),
-                Write::Delete => None,
+                _ => None,
             };
             view.insert((p.store.clone(), key.clone()), value);
             writes.insert((p.store.clone(), key), write);
@@ -450,5 +596,79 @@ async fn execute(
             output: output_json(&outcome.output),
         });
     }
-    Ok((outputs, writes))
+    Ok((outputs, writes, aborts))
+}
+
+fn undeclared(step: &Step, relative: &str) -> AbortInfo {
+    step.abort(
+        "undeclared_write",
+        format!(
+            "participant `{}` wrote {relative:?}, which it did not declare for writing",
+            step.participant.name
+        ),
+    )
+}
+
+/// One step's adjustment. On a key the transaction holds in adjust mode it
+/// joins the key's adjustments, to be reserved (or checked by the commit
+/// point) against what is in flight; on a key it holds exclusively (some
+/// step reads it), the value is known: it is applied and checked here.
+fn adjust(
+    step: &Step,
+    plan: &Plan,
+    view: &mut View,
+    writes: &mut Writes,
+    aborts: &mut Aborts,
+    adjustment: Adjustment,
+    abort: AbortInfo,
+) -> Result<(), AbortInfo> {
+    let p = &step.participant;
+    let key = p.key(&adjustment.key);
+    let declared =
+        step.adjusts.binary_search(&key).is_ok() || step.writes.binary_search(&key).is_ok();
+    if !declared {
+        return Err(undeclared(step, &adjustment.key));
+    }
+    let at = (p.store.clone(), key);
+    let bounded = Bounded {
+        delta: adjustment.delta,
+        lower: adjustment.lower,
+        upper: adjustment.upper,
+    };
+    if plan.mode(&at.0, &at.1) != Some(Mode::Exclusive) {
+        let steps = match writes
+            .entry(at.clone())
+            .or_insert(Write::Adjust(Vec::new()))
+        {
+            Write::Adjust(steps) => steps,
+            _ => unreachable!("a key written by a step is held exclusively"),
+        };
+        steps.push(bounded);
+        aborts.entry(at).or_default().push(abort);
+        return Ok(());
+    }
+    let current = match view.get(&at).cloned().flatten() {
+        None => 0,
+        Some(bytes) => std::str::from_utf8(&bytes)
+            .ok()
+            .and_then(|s| s.parse::<i64>().ok())
+            .ok_or_else(|| AbortInfo {
+                code: NOT_AN_INTEGER.into(),
+                message: format!(
+                    "`{}` holds a value that is not a decimal integer: it cannot be adjusted",
+                    at.1
+                ),
+                ..abort.clone()
+            })?,
+    };
+    let value = current
+        .checked_add(bounded.delta)
+        .ok_or_else(|| abort.clone())?;
+    if bounded.lower.is_some_and(|l| value < l) || bounded.upper.is_some_and(|u| value > u) {
+        return Err(abort);
+    }
+    let bytes = value.to_string().into_bytes();
+    view.insert(at.clone(), Some(bytes.clone()));
+    writes.insert(at, Write::Set(bytes));
+    Ok(())
 }

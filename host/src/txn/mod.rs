@@ -200,6 +200,8 @@ struct Step {
     keys: Vec<String>,
     /// The declared write keys, as Redis keys.
     writes: Vec<String>,
+    /// The keys declared as only adjusted, as Redis keys, sorted.
+    adjusts: Vec<String>,
     /// The instance that ran `declare`, kept for the first `execute` so a
     /// step instantiates once when there is no conflict.
     instance: Option<Instance>,
@@ -572,6 +574,7 @@ impl Coordinator {
                 input,
                 keys: Vec::new(),
                 writes: Vec::new(),
+                adjusts: Vec::new(),
                 instance: None,
             };
             let mut instance = step
@@ -591,6 +594,7 @@ impl Coordinator {
                 .reads
                 .iter()
                 .chain(&access.writes)
+                .chain(&access.adjusts)
                 .find(|k| k.is_empty())
             {
                 return Err(step.abort(
@@ -602,6 +606,14 @@ impl Coordinator {
             step.writes = access.writes.iter().map(|k| p.key(k)).collect();
             step.writes.sort();
             step.writes.dedup();
+            step.adjusts = access
+                .adjusts
+                .iter()
+                .map(|k| p.key(k))
+                .filter(|k| step.writes.binary_search(k).is_err())
+                .collect();
+            step.adjusts.sort();
+            step.adjusts.dedup();
             step.keys = access
                 .reads
                 .iter()

@@ -40,8 +40,11 @@ pub(super) struct Plan {
 
 impl Plan {
     /// Keys written by any step are held exclusively, keys only read are
-    /// shared, except in a read-only transaction on one store, which one
-    /// script reads atomically without locks.
+    /// shared, keys only adjusted are held in adjust mode (escrow: other
+    /// adjusters may hold them too), except in a read-only transaction on
+    /// one store, which one script reads atomically without locks. A key
+    /// one step reads and another adjusts is held exclusively: the host
+    /// then applies the adjustment to the value read.
     ///
     /// The decision lives on the log store when the transaction holds an
     /// idempotency claim (whose outcome is stored with the decision there).
@@ -54,19 +57,27 @@ impl Plan {
         let mut stores: BTreeMap<&str, BTreeMap<&str, Mode>> = BTreeMap::new();
         for step in steps {
             let keys = stores.entry(&step.participant.store).or_default();
-            for key in &step.keys {
-                let mode = if step.writes.binary_search(key).is_ok() {
-                    Mode::Exclusive
-                } else {
-                    Mode::Shared
-                };
+            let adjusts = step.adjusts.iter().map(|k| (k, Mode::Adjust));
+            for (key, mode) in step
+                .keys
+                .iter()
+                .map(|key| {
+                    let mode = match step.writes.binary_search(key) {
+                        Ok(_) => Mode::Exclusive,
+                        Err(_) => Mode::Shared,
+                    };
+                    (key, mode)
+                })
+                .chain(adjusts)
+            {
                 let held = keys.entry(key).or_insert(mode);
-                *held = (*held).max(mode);
+                *held = held.combine(mode);
             }
         }
-        let writes = stores
-            .values()
-            .any(|ks| ks.values().any(|m| *m == Mode::Exclusive));
+        let writes = stores.values().any(|ks| {
+            ks.values()
+                .any(|m| matches!(m, Mode::Exclusive | Mode::Adjust))
+        });
         if writes && claimed {
             stores.entry(log_store).or_default();
         }
@@ -84,7 +95,12 @@ impl Plan {
                     .collect(),
             })
             .collect();
-        let written = |p: &Part| p.keys.iter().filter(|(_, m)| *m == Mode::Exclusive).count();
+        let written = |p: &Part| {
+            p.keys
+                .iter()
+                .filter(|(_, m)| matches!(m, Mode::Exclusive | Mode::Adjust))
+                .count()
+        };
         let primary = writes.then(|| {
             let log = parts.iter().position(|p| p.store == log_store);
             match log {
@@ -134,7 +150,19 @@ impl Plan {
         })
     }
 
+    /// The mode a key of `store` is held in, if the transaction has it.
+    pub fn mode(&self, store: &str, key: &str) -> Option<Mode> {
+        let part = self.parts.iter().find(|p| p.store == store)?;
+        let i = part
+            .keys
+            .binary_search_by(|(k, _)| k.as_str().cmp(key))
+            .ok()?;
+        Some(part.keys[i].1)
+    }
+
     /// Every key as `(store, key, exclusive)`, in the global latch order.
+    /// Adjusted keys take shared latches: adjusters do not wait for each
+    /// other, in this process either.
     pub fn latch_keys(&self) -> impl Iterator<Item = (&str, &str, bool)> {
         self.parts.iter().flat_map(|p| {
             p.keys

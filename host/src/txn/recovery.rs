@@ -48,8 +48,8 @@ use serde::Serialize;
 
 use super::Coordinator;
 use super::attempt::Blocked;
-use super::types::{Record, StoreWork};
-use crate::store::{Finalize, Holder, IndexEntry, Release, Store, StoreError, Write};
+use super::types::{KeyWrite, Record, StoreWork};
+use crate::store::{Bounded, Finalize, Holder, IndexEntry, Release, Store, StoreError, Write};
 
 /// Index entries one sweep resolves per store, at most.
 pub const SWEEP_BATCH: usize = 256;
@@ -342,8 +342,13 @@ async fn apply_work(
             ),
         })?;
         *slot = Some(match value {
-            Some(v) => Write::Set(v.0.clone()),
-            None => Write::Delete,
+            KeyWrite::Set(v) => Write::Set(v.0.clone()),
+            KeyWrite::Delete => Write::Delete,
+            KeyWrite::Adjust(delta) => Write::Adjust(vec![Bounded {
+                delta: *delta,
+                lower: None,
+                upper: None,
+            }]),
         });
     }
     let releases: Vec<Release> = work

@@ -97,10 +97,21 @@ pub enum Record {
 pub struct StoreWork {
     /// Every key it locked there, in the order locked.
     pub keys: Vec<String>,
-    /// `[index into keys, value]` per written key: the new value in base64,
-    /// or null to delete the key. Keys without a write are only released.
+    /// `[index into keys, write]` per written key. Keys without a write are
+    /// only released.
     #[serde(default, skip_serializing_if = "Vec::is_empty")]
-    pub writes: Vec<(usize, Option<Base64>)>,
+    pub writes: Vec<(usize, KeyWrite)>,
+}
+
+/// A write kept in a record, to be applied by whoever rolls it forward.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum KeyWrite {
+    /// The new value, base64.
+    Set(Base64),
+    Delete,
+    /// The delta to add, reserved before the decision.
+    Adjust(i64),
 }
 
 /// Bytes as base64 in JSON.
@@ -191,8 +202,12 @@ mod tests {
             stores: BTreeMap::from([(
                 "ledger".into(),
                 StoreWork {
-                    keys: vec!["payments:balance:alice".into(), "x".into()],
-                    writes: vec![(0, Some(Base64(vec![0xff, b'7']))), (1, None)],
+                    keys: vec!["payments:balance:alice".into(), "x".into(), "y".into()],
+                    writes: vec![
+                        (0, KeyWrite::Set(Base64(vec![0xff, b'7']))),
+                        (1, KeyWrite::Delete),
+                        (2, KeyWrite::Adjust(-3)),
+                    ],
                 },
             )]),
         };

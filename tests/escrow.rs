@@ -1,0 +1,277 @@
+//! Adjustments (escrow, contract 0.2.0): bounded increments that concurrent
+//! transactions make without waiting for each other. Many deducts racing for
+//! little stock never oversell, and every one that fails says so with the
+//! participant's own abort; a crash with reservations in flight leaves the
+//! bound holding and no reservation behind; a participant of contract 0.1.0
+//! runs next to one of 0.2.0, in one transaction.
+
+use std::time::{Duration, Instant};
+
+use redstage::txn::types::Status;
+use redstage_tests::{ParticipantSpec, Persistence, TestEnv, http, request, step};
+use serde_json::{Value, json};
+
+fn env(extra: &str) -> TestEnv {
+    TestEnv::start_with(
+        &["orders", "ledger"],
+        &[
+            ParticipantSpec::example("inventory", "inventory", "orders", "inventory:"),
+            ParticipantSpec::example("payments", "payments", "ledger", "payments:"),
+            ParticipantSpec::example("legacy", "legacy-counter", "orders", "legacy:"),
+        ],
+        extra,
+        Persistence::None,
+    )
+}
+
+fn deduct(qty: i64) -> Value {
+    step(
+        "inventory",
+        json!({"op": "deduct", "sku": "sale", "qty": qty}),
+    )
+}
+
+fn pay(amount: i64) -> Value {
+    step(
+        "payments",
+        json!({"op": "transfer", "from": "alice", "to": "shop", "amount": amount}),
+    )
+}
+
+async fn int(env: &TestEnv, store: &str, key: &str) -> i64 {
+    env.get(store, key)
+        .await
+        .map_or(0, |v| v.parse().expect("an integer"))
+}
+
+/// Stock for 50 units, and 16 clients on two hosts ordering 1 to 3 units at
+/// once until it runs out: what commits takes exactly what leaves the
+/// stock, which ends at zero or above; everything else aborts with the
+/// participant's `insufficient_stock`, never a conflict.
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn racing_deducts_never_oversell() {
+    const STOCK: i64 = 50;
+    let env = env("");
+    env.run(json!([
+        step(
+            "inventory",
+            json!({"op": "restock", "sku": "sale", "qty": STOCK})
+        ),
+        step(
+            "payments",
+            json!({"op": "deposit", "account": "alice", "amount": 1_000_000})
+        ),
+    ]))
+    .await;
+    let hosts = [env.coordinator.clone(), env.second_host()];
+    let tasks: Vec<_> = (0..16)
+        .map(|c| {
+            let host = hosts[c % 2].clone();
+            tokio::spawn(async move {
+                let (mut taken, mut paid, mut refused) = (0, 0, 0);
+                for n in 0..12 {
+                    let qty = 1 + (c + n) as i64 % 3;
+                    let r = host
+                        .run(request(json!([deduct(qty), pay(qty * 10)])))
+                        .await
+                        .expect("a decision");
+                    match r.status {
+                        Status::Committed => {
+                            taken += qty;
+                            paid += qty * 10;
+                        }
+                        Status::Aborted => {
+                            let abort = r.abort.expect("why");
+                            assert_eq!(
+                                (
+                                    abort.code.as_str(),
+                                    abort.step,
+                                    abort.participant.as_deref()
+                                ),
+                                ("insufficient_stock", Some(0), Some("inventory")),
+                                "{abort:?}"
+                            );
+                            refused += 1;
+                        }
+                    }
+                }
+                (taken, paid, refused)
+            })
+        })
+        .collect();
+    let (mut taken, mut paid, mut refused) = (0, 0, 0);
+    for task in tasks {
+        let (t, p, r) = task.await.expect("client");
+        taken += t;
+        paid += p;
+        refused += r;
+    }
+    for host in &hosts {
+        host.flush().await;
+    }
+    let left = int(&env, "orders", "inventory:stock:sale").await;
+    assert!(left >= 0, "oversold: {left} left");
+    assert_eq!(
+        STOCK - left,
+        taken,
+        "stock taken and orders committed disagree"
+    );
+    assert_eq!(int(&env, "ledger", "payments:balance:shop").await, paid);
+    assert!(
+        refused > 0,
+        "the stock never ran out: the test raced nothing"
+    );
+    assert!(left < 3, "{left} left although orders were refused");
+    assert_eq!(env.leftovers().await, Vec::<String>::new());
+    println!("escrow: {taken} taken in orders, {refused} refused, {left} left");
+}
+
+/// The last unit reserved by a host that dies: while its reservation is in
+/// flight, no one else can take the unit (the bound holds whatever that
+/// host's transaction turns out to be); once recovery settles it, the unit
+/// is sold exactly once, and nothing of the reservation is left.
+#[tokio::test]
+async fn a_crash_with_a_reservation_in_flight_keeps_the_bound() {
+    // (fault point, whether the crashed order commits)
+    for (point, commits) in [("after-prepare", false), ("after-decide", true)] {
+        let env = env("[txn]\nlease_ms = 800\nstore_timeout_ms = 400\nsweep_interval_ms = 100\n");
+        env.run(json!([
+            step(
+                "inventory",
+                json!({"op": "restock", "sku": "sale", "qty": 1})
+            ),
+            step(
+                "payments",
+                json!({"op": "deposit", "account": "alice", "amount": 100})
+            ),
+        ]))
+        .await;
+        let mut host = env.spawn_host(Some(point));
+        let addr = host.addr;
+        let unanswered = tokio::spawn(async move {
+            let body = json!({"steps": [deduct(1), pay(10)]}).to_string();
+            http::try_request(addr, "POST", "/v1/transactions", body.as_bytes()).await
+        });
+        assert!(
+            host.wait_for(
+                &format!("reached fault point {point}"),
+                Duration::from_secs(20)
+            )
+            .await,
+            "{point}"
+        );
+        host.kill();
+        assert!(
+            unanswered.await.expect("task").is_err(),
+            "{point}: answered"
+        );
+
+        // The reservation holds the unit.
+        let r = env.run(json!([deduct(1), pay(10)])).await;
+        assert_eq!(r.status, Status::Aborted, "{point}: {r:?}");
+        assert_eq!(r.abort.expect("why").code, "insufficient_stock", "{point}");
+
+        // Recovery settles it; then the unit is sold once in all.
+        let _survivor = env.spawn_host(None);
+        let started = Instant::now();
+        while !env.unfinished().is_empty() {
+            assert!(
+                started.elapsed() < Duration::from_secs(20),
+                "{point}: {:?}",
+                env.unfinished()
+            );
+            tokio::time::sleep(Duration::from_millis(50)).await;
+        }
+        let r = env.run(json!([deduct(1), pay(10)])).await;
+        assert_eq!(r.status == Status::Committed, !commits, "{point}: {r:?}");
+        assert_eq!(
+            int(&env, "orders", "inventory:stock:sale").await,
+            0,
+            "{point}"
+        );
+        assert_eq!(
+            int(&env, "ledger", "payments:balance:shop").await,
+            10,
+            "{point}"
+        );
+        assert_eq!(
+            int(&env, "ledger", "payments:balance:alice").await,
+            90,
+            "{point}"
+        );
+        assert_eq!(env.leftovers().await, Vec::<String>::new(), "{point}");
+    }
+}
+
+/// A 0.1.0 component (no adjustments) loads, is listed as such, and runs in
+/// one transaction with 0.2.0 participants that adjust.
+#[tokio::test]
+async fn contract_0_1_and_0_2_participants_share_a_transaction() {
+    let env = env("");
+    env.run(json!([
+        step(
+            "inventory",
+            json!({"op": "restock", "sku": "sale", "qty": 5})
+        ),
+        step(
+            "payments",
+            json!({"op": "deposit", "account": "alice", "amount": 100})
+        ),
+    ]))
+    .await;
+    let api = http::serve(env.coordinator.clone()).await;
+    let (_, listing) = http::get(api, "/v1/participants").await;
+    let contract = |name: &str| {
+        listing["participants"]
+            .as_array()
+            .expect("participants")
+            .iter()
+            .find(|p| p["name"] == name)
+            .map(|p| p["contract"].clone())
+    };
+    assert_eq!(contract("legacy"), Some(json!("0.1.0")), "{listing}");
+    assert_eq!(contract("inventory"), Some(json!("0.2.0")), "{listing}");
+
+    for n in 1..=2 {
+        let r = env
+            .run(json!([step("legacy", json!("orders")), deduct(1), pay(10)]))
+            .await;
+        assert_eq!(r.status, Status::Committed, "{r:?}");
+        assert_eq!(r.steps[0].output, json!(n), "{r:?}");
+        assert_eq!(r.steps[1].output, json!({"sku": "sale", "taken": 1}));
+    }
+    assert_eq!(int(&env, "orders", "legacy:count:orders").await, 2);
+    assert_eq!(int(&env, "orders", "inventory:stock:sale").await, 3);
+    assert_eq!(int(&env, "ledger", "payments:balance:shop").await, 20);
+    // An escrow abort in the same transaction rolls the 0.1.0 write back.
+    let r = env
+        .run(json!([step("legacy", json!("orders")), deduct(9), pay(10)]))
+        .await;
+    assert_eq!(r.abort.expect("why").code, "insufficient_stock");
+    assert_eq!(int(&env, "orders", "legacy:count:orders").await, 2);
+    assert_eq!(env.leftovers().await, Vec::<String>::new());
+}
+
+/// A step that reads a key and another that adjusts it in one transaction:
+/// the key is held exclusively, and the adjustment is applied to the value
+/// read, bound checked.
+#[tokio::test]
+async fn an_adjustment_of_a_key_read_in_the_same_transaction_applies_to_it() {
+    let env = env("");
+    env.run(json!([step(
+        "inventory",
+        json!({"op": "restock", "sku": "sale", "qty": 2})
+    )]))
+    .await;
+    let levels = step("inventory", json!({"op": "levels", "skus": ["sale"]}));
+    let r = env.run(json!([deduct(1), levels.clone()])).await;
+    assert_eq!(r.status, Status::Committed, "{r:?}");
+    assert_eq!(
+        r.steps[1].output,
+        json!({"sale": 1}),
+        "the read sees the deduct"
+    );
+    let r = env.run(json!([levels, deduct(2)])).await;
+    assert_eq!(r.abort.expect("why").code, "insufficient_stock");
+    assert_eq!(int(&env, "orders", "inventory:stock:sale").await, 1);
+}
