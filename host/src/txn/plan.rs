@@ -160,14 +160,12 @@ impl Plan {
         Some(part.keys[i].1)
     }
 
-    /// Every key as `(store, key, exclusive)`, in the global latch order.
-    /// Adjusted keys take shared latches: adjusters do not wait for each
-    /// other, in this process either.
-    pub fn latch_keys(&self) -> impl Iterator<Item = (&str, &str, bool)> {
+    /// Every key with its mode, in the global latch order.
+    pub fn latch_keys(&self) -> impl Iterator<Item = (&str, &str, Mode)> {
         self.parts.iter().flat_map(|p| {
             p.keys
                 .iter()
-                .map(move |(k, m)| (p.store.as_str(), k.as_str(), *m == Mode::Exclusive))
+                .map(move |(k, m)| (p.store.as_str(), k.as_str(), *m))
         })
     }
 }
