@@ -72,12 +72,8 @@ pub async fn run(options: Options, command: String) -> anyhow::Result<Report> {
         eprintln!("store `{name}`: {url}");
     }
     let coordinator = Arc::new(
-        redstage::cli::coordinator(&systems::library::config(
-            stores.urls(),
-            &options.components,
-            options.persistence,
-        )?)
-        .context("loading the inventory and payments components")?,
+        redstage::cli::coordinator(&systems::library::config(stores.urls(), &options)?)
+            .context("loading the inventory and payments components")?,
     );
     eprintln!(
         "timing {} participant calls of each component",
@@ -160,7 +156,8 @@ async fn run_cell(
         wasm_us_per_call: wasm.per_call_us(workload),
         round_trips: coordinator.metrics().round_trips() - round_trips,
     });
-    let after = stores.stats().await?;
+    let mut after = stores.stats().await?;
+    after.memory_bytes = stores.kept_bytes().await?;
     let levels = stores.levels(&space, placement).await?;
     let leftovers = stores.leftovers().await?;
     let audit = workload::Audit::new(workload, &space, &levels, &cell.tally, leftovers);

@@ -81,6 +81,11 @@ pub struct Options {
     /// Customer accounts (and as many merchants, paid by `order`).
     #[arg(long, default_value_t = 1000)]
     pub accounts: usize,
+    /// redstage's `txn.answered_retention_s`: how long the record of an
+    /// answered transaction stays readable by id, and so what `kept
+    /// B/txn` counts (0: nothing is kept).
+    #[arg(long, default_value_t = 600)]
+    pub answered_retention_s: u64,
     /// Participant calls timed, per component, for the wasm cost.
     #[arg(long, default_value_t = 2000)]
     pub wasm_calls: usize,

@@ -107,9 +107,9 @@ pub struct Row {
     /// Rounds of Redis calls a transaction waited for before its answer
     /// (redstage's own count, calls of a round being in parallel).
     pub round_trips_per_txn: Option<f64>,
-    /// Redis memory still held after the cell, per committed transaction:
-    /// what the system keeps of each (redstage's records of answered
-    /// transactions, kept `txn.answered_retention_s`).
+    /// Bytes of redstage's own keys left after the cell (`MEMORY USAGE`
+    /// of every `rs:*` key), per committed transaction: the records of
+    /// answered transactions, kept `txn.answered_retention_s`.
     pub kept_bytes_per_txn: Option<f64>,
     pub audit: Audit,
     /// The audit in words: "nothing", or what was lost.

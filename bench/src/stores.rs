@@ -35,7 +35,9 @@ pub struct Stats {
     pub calls: BTreeMap<String, u64>,
     /// CPU seconds of the redis-server processes (`INFO cpu`).
     pub cpu_s: f64,
-    /// Bytes of data the servers hold (`used_memory`), every store together.
+    /// Bytes of redstage's own keys (`rs:*`: records, locks, indexes) the
+    /// servers hold, by `MEMORY USAGE`, every store together (filled by
+    /// [`Stores::kept_bytes`], not by [`Stores::stats`]).
     pub memory_bytes: i64,
 }
 
@@ -169,7 +171,6 @@ impl Stores {
             let info: String = redis::cmd("INFO")
                 .arg("commandstats")
                 .arg("cpu")
-                .arg("memory")
                 .query_async(&mut conn)
                 .await
                 .context("INFO")?;
@@ -184,9 +185,6 @@ impl Stores {
                         .and_then(|n| n.parse::<u64>().ok())
                         .unwrap_or(0);
                     *stats.calls.entry(name.to_owned()).or_default() += calls;
-                }
-                if let Some(bytes) = line.strip_prefix("used_memory:") {
-                    stats.memory_bytes += bytes.trim().parse::<i64>().unwrap_or(0);
                 }
                 for field in ["used_cpu_sys:", "used_cpu_user:"] {
                     if let Some(s) = line.strip_prefix(field) {
@@ -255,6 +253,17 @@ impl Stores {
         Ok(n)
     }
 
+    /// Bytes of redstage's own keys, every store together (see
+    /// [`Stats::memory_bytes`]); read after the stats, so that its commands
+    /// count in no cell.
+    pub async fn kept_bytes(&self) -> anyhow::Result<i64> {
+        let mut bytes = 0;
+        for mut conn in self.distinct() {
+            bytes += rs_bytes(&mut conn).await?;
+        }
+        Ok(bytes)
+    }
+
     /// `redis_version` of the first store.
     pub async fn version(&self) -> Option<String> {
         let mut conn = self.conn(0);
@@ -276,4 +285,32 @@ async fn connect(url: &str) -> anyhow::Result<MultiplexedConnection> {
         .get_multiplexed_async_connection_with_config(&config)
         .await
         .with_context(|| format!("cannot connect to {url}"))
+}
+
+/// The bytes `MEMORY USAGE` counts for every `rs:*` key of one store.
+async fn rs_bytes(conn: &mut MultiplexedConnection) -> anyhow::Result<i64> {
+    let (mut bytes, mut cursor) = (0, 0u64);
+    loop {
+        let (next, keys): (u64, Vec<String>) = redis::cmd("SCAN")
+            .arg(cursor)
+            .arg("MATCH")
+            .arg("rs:*")
+            .arg("COUNT")
+            .arg(1000)
+            .query_async(conn)
+            .await?;
+        if !keys.is_empty() {
+            let mut pipe = redis::pipe();
+            for key in &keys {
+                pipe.cmd("MEMORY").arg("USAGE").arg(key);
+            }
+            // A key gone between SCAN and MEMORY USAGE is nil: 0 bytes.
+            let sizes: Vec<Option<i64>> = pipe.query_async(conn).await?;
+            bytes += sizes.into_iter().flatten().sum::<i64>();
+        }
+        cursor = next;
+        if cursor == 0 {
+            return Ok(bytes);
+        }
+    }
 }

@@ -1,8 +1,6 @@
 //! redstage through the library: `Coordinator::run` with the example
 //! participants, inventory on `orders` and payments on `ledger`.
 
-use std::path::Path;
-
 use anyhow::Context;
 use redstage::config::Config;
 use redstage::txn::types::{Status, StepRequest, TxnRequest, TxnResponse};
@@ -10,16 +8,15 @@ use redstage::txn::{CONFLICT, Coordinator};
 use serde_json::json;
 
 use super::{Done, Ending};
+use crate::options::{Options, Persistence};
 use crate::workload::Txn;
 
 /// The config of the bench's coordinator: two stores, the two example
-/// participants from `components`, defaults for everything else, and no
-/// compile cache (the components are compiled once per run).
-pub fn config(
-    urls: &[String],
-    components: &Path,
-    persistence: crate::options::Persistence,
-) -> anyhow::Result<Config> {
+/// participants from `--components`, the retention of answered records
+/// from the options, defaults for everything else, and no compile cache
+/// (the components are compiled once per run).
+pub fn config(urls: &[String], options: &Options) -> anyhow::Result<Config> {
+    let components = &options.components;
     let component = |name: &str| -> anyhow::Result<String> {
         let path = components.join(format!("{name}.wasm"));
         let path = path.canonicalize().with_context(|| {
@@ -33,20 +30,21 @@ pub fn config(
     };
     // Without persistence the stores cannot keep a decision through a
     // crash, and the host would refuse them: say so instead.
-    let durability = match persistence {
-        crate::options::Persistence::None => "unsafe",
-        crate::options::Persistence::Aof => "checked",
+    let durability = match options.persistence {
+        Persistence::None => "unsafe",
+        Persistence::Aof => "checked",
     };
     let text = format!(
         "log_store = \"orders\"\ndurability = {durability:?}\n\
          [stores]\norders = {:?}\nledger = {:?}\n\
          [participants.inventory]\ncomponent = {:?}\nstore = \"orders\"\nprefix = \"inventory:\"\n\
          [participants.payments]\ncomponent = {:?}\nstore = \"ledger\"\nprefix = \"payments:\"\n\
-         [cache]\nenabled = false\n",
+         [txn]\nanswered_retention_s = {}\n[cache]\nenabled = false\n",
         urls[0],
         urls[1],
         component("inventory")?,
         component("payments")?,
+        options.answered_retention_s,
     );
     Ok(Config::parse(&text)?)
 }

@@ -60,6 +60,9 @@ pub async fn run(config: Option<PathBuf>, components: PathBuf) -> anyhow::Result
 
     let after = levels(&coordinator).await?;
     println!("\n# after: {after}");
+    // What the host still owes after its answers (releasing the last
+    // read's locks), before the servers stop.
+    coordinator.flush().await;
     if first.status != Status::Committed || second.status != Status::Aborted {
         bail!("the demo did not go as planned");
     }

@@ -63,6 +63,37 @@
 //! A lock table entry (`rs:{K}`) exists only while the key is held; a free
 //! key has no metadata at all.
 //!
+//! # Adjusted keys (escrow)
+//!
+//! A step of contract 0.2.0 may declare keys it only adjusts: it never sees
+//! their values and returns, per key, a signed delta with optional bounds
+//! ("take 2, never below 0") and the abort to report if a bound would
+//! break. Adjustments commute, so such keys take the lock in mode `a`,
+//! which any number of adjusting transactions share and which excludes
+//! readers and writers of the key as `x` does. Each adjuster's delta is
+//! *reserved* before its commit point: the key's adjuster hash keeps the
+//! sum of the reserved negative and positive deltas, and a reservation is
+//! refused unless the bound holds both if every in-flight adjuster commits
+//! and if none does (value + all reserved negatives >= lower bound, value +
+//! all reserved positives <= upper bound). So whichever subset of the
+//! concurrent adjusters commits, the bound holds. Applying a committed
+//! adjustment adds its delta (`INCRBY`, the value stays a decimal string)
+//! and drops its reservation; a rollback drops the reservation only.
+//!
+//! ```text
+//!  lock+read   RT 1: adjusted keys locked in mode `a` (not read)
+//!  execute     the steps' adjustments, summed per key
+//!  reserve     RT 2, only when a store other than the primary has adjusted
+//!     |        keys: one script per such store, in parallel, reserving the
+//!     |        deltas against their bounds (a refusal aborts with the
+//!     |        step's own code)
+//!  commit      the primary checks and applies its own adjustments inside
+//!   point      the commit point itself, against the reservations of others
+//! ```
+//!
+//! Recovery treats a reservation like a lock: roll forward applies it, roll
+//! back drops it, and the hash goes when its last adjuster does.
+//!
 //! # Why it is strictly serializable
 //!
 //! Every transaction holds a lock on every key it reads, from the moment it
@@ -81,7 +112,11 @@
 //! the argument: a lock is only taken away from an undecided transaction
 //! after `aborted` is written where its commit point would write, so it
 //! can no longer commit; a read-only transaction whose reads outlast half a
-//! lease runs again instead of answering.
+//! lease runs again instead of answering. Adjusters share a key's lock, but
+//! none of them reads it and no reader or writer can hold it meanwhile;
+//! their deltas commute, so the value any later reader sees is the same in
+//! every order of their commit points, and reservations keep each bound
+//! true at every one of them.
 //!
 //! # Layout
 //!
