@@ -52,17 +52,7 @@ async fn int(env: &TestEnv, store: &str, key: &str) -> i64 {
 async fn racing_deducts_never_oversell() {
     const STOCK: i64 = 50;
     let env = env("");
-    env.run(json!([
-        step(
-            "inventory",
-            json!({"op": "restock", "sku": "sale", "qty": STOCK})
-        ),
-        step(
-            "payments",
-            json!({"op": "deposit", "account": "alice", "amount": 1_000_000})
-        ),
-    ]))
-    .await;
+    env.stock_and_fund("sale", STOCK, "alice", 1_000_000).await;
     let hosts = [env.coordinator.clone(), env.second_host()];
     let tasks: Vec<_> = (0..16)
         .map(|c| {
@@ -135,17 +125,7 @@ async fn a_crash_with_a_reservation_in_flight_keeps_the_bound() {
     // (fault point, whether the crashed order commits)
     for (point, commits) in [("after-prepare", false), ("after-decide", true)] {
         let env = env("[txn]\nlease_ms = 800\nstore_timeout_ms = 400\nsweep_interval_ms = 100\n");
-        env.run(json!([
-            step(
-                "inventory",
-                json!({"op": "restock", "sku": "sale", "qty": 1})
-            ),
-            step(
-                "payments",
-                json!({"op": "deposit", "account": "alice", "amount": 100})
-            ),
-        ]))
-        .await;
+        env.stock_and_fund("sale", 1, "alice", 100).await;
         let mut host = env.spawn_host(Some(point));
         let addr = host.addr;
         let unanswered = tokio::spawn(async move {
@@ -208,17 +188,7 @@ async fn a_crash_with_a_reservation_in_flight_keeps_the_bound() {
 #[tokio::test]
 async fn contract_0_1_and_0_2_participants_share_a_transaction() {
     let env = env("");
-    env.run(json!([
-        step(
-            "inventory",
-            json!({"op": "restock", "sku": "sale", "qty": 5})
-        ),
-        step(
-            "payments",
-            json!({"op": "deposit", "account": "alice", "amount": 100})
-        ),
-    ]))
-    .await;
+    env.stock_and_fund("sale", 5, "alice", 100).await;
     let api = http::serve(env.coordinator.clone()).await;
     let (_, listing) = http::get(api, "/v1/participants").await;
     let contract = |name: &str| {

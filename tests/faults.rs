@@ -57,19 +57,7 @@ fn locking_order() -> Value {
 }
 
 async fn seed(env: &TestEnv) {
-    let r = env
-        .run(json!([
-            step(
-                "inventory",
-                json!({"op": "restock", "sku": "A1", "qty": STOCK})
-            ),
-            step(
-                "payments",
-                json!({"op": "deposit", "account": "alice", "amount": FUNDS})
-            ),
-        ]))
-        .await;
-    assert_eq!(r.status, Status::Committed, "{r:?}");
+    env.stock_and_fund("A1", STOCK, "alice", FUNDS).await;
 }
 
 async fn int(env: &TestEnv, store: &str, key: &str) -> i64 {
@@ -637,17 +625,7 @@ async fn three_store_orders_applied(env: &TestEnv) -> i64 {
 async fn crash_after_the_answer_then_recover() {
     for point in ["after-answer", "apply-partial"] {
         let env = three_store_env();
-        env.run(json!([
-            step(
-                "inventory",
-                json!({"op": "restock", "sku": "A1", "qty": STOCK})
-            ),
-            step(
-                "payments",
-                json!({"op": "deposit", "account": "alice", "amount": FUNDS})
-            ),
-        ]))
-        .await;
+        env.stock_and_fund("A1", STOCK, "alice", FUNDS).await;
         let mut host = env.spawn_host(Some(point));
         let body = json!({ "steps": three_store_order() }).to_string();
         let (status, reply) = http::post(host.addr, "/v1/transactions", body.as_bytes()).await;

@@ -7,11 +7,42 @@ use std::time::Duration;
 
 use redstage::txn::types::{Status, TxnRequest, TxnResponse};
 use redstage::txn::{Coordinator, TxnError};
-use redstage_tests::{Persistence, TestEnv, http, request, step};
+use redstage_tests::{HostProcess, Persistence, TestEnv, http, request, step};
 use serde_json::{Value, json};
+use tokio::task::JoinHandle;
 
 /// Short leases, so that a dead host's claim and locks end within a test.
 const FAST: &str = "[txn]\nlease_ms = 400\nsweep_interval_ms = 100\nstore_timeout_ms = 200\nidempotency_lease_ms = 800\n";
+
+/// A host that stopped at fault `point` while running `body` (posted to
+/// it), and the task of that request, which answers only if the host goes
+/// on.
+async fn held_at(
+    env: &TestEnv,
+    point: &str,
+    body: Value,
+) -> (HostProcess, JoinHandle<std::io::Result<(u16, Value)>>) {
+    let host = env.spawn_host(Some(point));
+    let addr = host.addr;
+    let request = tokio::spawn(async move {
+        http::try_request(
+            addr,
+            "POST",
+            "/v1/transactions",
+            body.to_string().as_bytes(),
+        )
+        .await
+    });
+    assert!(
+        host.wait_for(
+            &format!("reached fault point {point}"),
+            Duration::from_secs(20)
+        )
+        .await,
+        "{point}"
+    );
+    (host, request)
+}
 
 fn env(extra: &str) -> TestEnv {
     TestEnv::orders_with(extra, Persistence::None)
@@ -19,19 +50,7 @@ fn env(extra: &str) -> TestEnv {
 
 /// Funds alice with 100 and stocks 10 of A1.
 async fn seed(env: &TestEnv) {
-    let r = env
-        .run(json!([
-            step(
-                "inventory",
-                json!({"op": "restock", "sku": "A1", "qty": 10})
-            ),
-            step(
-                "payments",
-                json!({"op": "deposit", "account": "alice", "amount": 100})
-            ),
-        ]))
-        .await;
-    assert_eq!(r.status, Status::Committed, "{r:?}");
+    env.stock_and_fund("A1", 10, "alice", 100).await;
 }
 
 /// One order: 1 x A1 for 30, paid by alice to shop.
@@ -216,16 +235,12 @@ async fn a_retry_waits_for_the_first_request_still_in_flight() {
 async fn a_retry_past_the_wait_bound_is_told_the_request_is_in_flight() {
     let env = env("[txn]\nidempotency_wait_ms = 200\n");
     seed(&env).await;
-    let host = env.spawn_host(Some("after-prepare"));
-    let body = json!({"steps": order(), "idempotency_key": "stuck"}).to_string();
-    let addr = host.addr;
-    let _first = tokio::spawn(async move {
-        http::try_request(addr, "POST", "/v1/transactions", body.as_bytes()).await
-    });
-    assert!(
-        host.wait_for("reached fault point after-prepare", Duration::from_secs(20))
-            .await
-    );
+    let _first = held_at(
+        &env,
+        "after-prepare",
+        json!({"steps": order(), "idempotency_key": "stuck"}),
+    )
+    .await;
     let err = env
         .coordinator
         .run(keyed(order(), "stuck"))
@@ -251,20 +266,12 @@ async fn a_retry_after_a_crash_applies_the_order_once() {
     for (point, same_id) in [("after-prepare", false), ("after-decide", true)] {
         let env = env(FAST);
         seed(&env).await;
-        let mut host = env.spawn_host(Some(point));
-        let body = json!({"steps": order(), "idempotency_key": "crash"}).to_string();
-        let addr = host.addr;
-        let first = tokio::spawn(async move {
-            http::try_request(addr, "POST", "/v1/transactions", body.as_bytes()).await
-        });
-        assert!(
-            host.wait_for(
-                &format!("reached fault point {point}"),
-                Duration::from_secs(20)
-            )
-            .await,
-            "{point}"
-        );
+        let (mut host, first) = held_at(
+            &env,
+            point,
+            json!({"steps": order(), "idempotency_key": "crash"}),
+        )
+        .await;
         let holder = lock_holder(&env);
         host.kill();
         assert!(
@@ -347,16 +354,7 @@ async fn lookups_tell_committed_aborted_in_doubt_and_unknown_apart() {
 
     // A host stopped between prepare and decision: in doubt while its locks
     // are held, aborted once another host's sweep resolves them.
-    let host = env.spawn_host(Some("after-prepare"));
-    let addr = host.addr;
-    let _stuck = tokio::spawn(async move {
-        let body = json!({ "steps": order() }).to_string();
-        http::try_request(addr, "POST", "/v1/transactions", body.as_bytes()).await
-    });
-    assert!(
-        host.wait_for("reached fault point after-prepare", Duration::from_secs(20))
-            .await
-    );
+    let (host, _stuck) = held_at(&env, "after-prepare", json!({ "steps": order() })).await;
     let id = lock_holder(&env);
     let (status, found) = lookup(id.clone()).await;
     assert_eq!(
@@ -487,16 +485,12 @@ async fn a_lost_claim_reply_does_not_block_retries() {
 async fn a_different_request_cannot_take_over_a_pending_key() {
     let env = env(FAST);
     seed(&env).await;
-    let host = env.spawn_host(Some("after-prepare"));
-    let body = json!({"steps": order(), "idempotency_key": "mine"}).to_string();
-    let addr = host.addr;
-    let _first = tokio::spawn(async move {
-        http::try_request(addr, "POST", "/v1/transactions", body.as_bytes()).await
-    });
-    assert!(
-        host.wait_for("reached fault point after-prepare", Duration::from_secs(20))
-            .await
-    );
+    let _first = held_at(
+        &env,
+        "after-prepare",
+        json!({"steps": order(), "idempotency_key": "mine"}),
+    )
+    .await;
     let other = json!([step(
         "payments",
         json!({"op": "deposit", "account": "mallory", "amount": 1})

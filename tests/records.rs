@@ -37,19 +37,7 @@ fn order() -> Value {
 }
 
 async fn seed(env: &TestEnv) {
-    let r = env
-        .run(json!([
-            step(
-                "inventory",
-                json!({"op": "restock", "sku": "A1", "qty": 100})
-            ),
-            step(
-                "payments",
-                json!({"op": "deposit", "account": "alice", "amount": 1000})
-            ),
-        ]))
-        .await;
-    assert_eq!(r.status, Status::Committed, "{r:?}");
+    env.stock_and_fund("A1", 100, "alice", 1000).await;
 }
 
 /// Every `rs:txn:` record on every store, with its TTL in ms (-1: none).
@@ -281,4 +269,105 @@ async fn lookups_take_ids_only_and_scan_the_whole_lock_index() {
     let unknown = "01934f7a-0000-7000-8000-000000000000";
     let (status, _) = http::get(api, &format!("/v1/transactions/{unknown}")).await;
     assert_eq!(status, 404);
+}
+
+/// A store written by the first protocol keeps a metadata hash with a
+/// version for every key it ever committed. Such a hash is dropped where a
+/// transaction meets it, whichever way it holds the key; one that still
+/// holds that protocol's lock stops the transaction with an error naming
+/// it, nothing locked or written, until it is finished.
+#[tokio::test]
+async fn metadata_of_the_first_protocol_is_dropped_and_its_locks_named() {
+    use redstage::store::Key;
+
+    let env = env("");
+    seed(&env).await;
+    let meta = |account: &str| Key::Meta(&format!("payments:balance:{account}")).encode();
+    let mut ledger = env.redis("ledger");
+    for (account, fields) in [
+        ("alice", vec![("ver", "7")]),
+        ("shop", vec![("ver", "2")]),
+        ("carol", vec![("ver", "3")]),
+        (
+            "dave",
+            vec![
+                ("ver", "4"),
+                ("lock", "old-txn"),
+                ("lease", "1"),
+                ("primary", "ledger"),
+            ],
+        ),
+    ] {
+        let mut hset = redis::cmd("HSET");
+        hset.arg(meta(account));
+        for (field, value) in fields {
+            hset.arg(field).arg(value);
+        }
+        hset.exec(&mut ledger).expect("HSET");
+    }
+
+    // Adjusted (an escrow transfer joins the keys' adjusters) and written
+    // (a deposit locks exclusively): both commit, and the hashes are gone.
+    let r = env.run(order()).await;
+    assert_eq!(r.status, Status::Committed, "{r:?}");
+    let r = env
+        .run(json!([step(
+            "payments",
+            json!({"op": "deposit", "account": "carol", "amount": 5})
+        )]))
+        .await;
+    assert_eq!(r.status, Status::Committed, "{r:?}");
+    for account in ["alice", "shop", "carol"] {
+        let exists: bool = redis::cmd("EXISTS")
+            .arg(meta(account))
+            .query(&mut ledger)
+            .expect("EXISTS");
+        assert!(!exists, "{account}'s old metadata is still there");
+    }
+    assert_eq!(
+        env.get("ledger", "payments:balance:carol").await.as_deref(),
+        Some("5")
+    );
+
+    // A key the first protocol still holds: a clear error, nothing applied.
+    for input in [
+        json!({"op": "deposit", "account": "dave", "amount": 5}),
+        json!({"op": "transfer", "from": "alice", "to": "dave", "amount": 1}),
+    ] {
+        let e = env
+            .coordinator
+            .run(redstage_tests::request(json!([step("payments", input)])))
+            .await
+            .expect_err("a key held by the first protocol");
+        assert_eq!(e.code(), "store_error", "{e}");
+        let message = e.to_string();
+        assert!(
+            message.contains("old-txn") && message.contains("recover"),
+            "{message}"
+        );
+    }
+    env.coordinator.flush().await;
+    assert_eq!(env.get("ledger", "payments:balance:dave").await, None);
+    assert_eq!(
+        env.get("ledger", "payments:balance:alice").await.as_deref(),
+        Some("997")
+    );
+    // Finished (here: removed by hand), it is in nobody's way; nothing of
+    // the refused transactions is left.
+    redis::cmd("DEL")
+        .arg(meta("dave"))
+        .exec(&mut ledger)
+        .expect("DEL");
+    assert!(
+        env.leftovers().await.is_empty(),
+        "{:?}",
+        env.leftovers().await
+    );
+    let r = env
+        .run(json!([step(
+            "payments",
+            json!({"op": "deposit", "account": "dave", "amount": 5})
+        )]))
+        .await;
+    assert_eq!(r.status, Status::Committed, "{r:?}");
 }

@@ -469,12 +469,7 @@ impl Store {
         }
         let writes = keys.iter().any(|(_, m)| *m != Mode::Read);
         let items = self.array(self.invoke(&call, writes).await?)?;
-        match items
-            .first()
-            .map(|v| self.string(v))
-            .transpose()?
-            .as_deref()
-        {
+        match self.tag(&items)?.as_deref() {
             Some("ok") if items.len() == keys.len() + 1 => Ok(Locked::Values(
                 items[1..]
                     .iter()
@@ -489,6 +484,17 @@ impl Store {
                     primary: self.string(&items[4])?,
                 },
             }),
+            Some("legacy") if items.len() == 3 => {
+                let key = keys
+                    .get(self.int(&items[1])? as usize)
+                    .map_or("?", |(k, _)| *k);
+                Err(self.protocol(&format!(
+                    "key {key:?} is locked by transaction {} of an earlier redstage \
+                     (protocol 1), which this version cannot finish: run that version's \
+                     `redstage recover --wait` against this store, then send this again",
+                    self.string(&items[2])?
+                )))
+            }
             _ => Err(self.protocol("unknown lock reply")),
         }
     }
@@ -521,14 +527,7 @@ impl Store {
             call.arg(Write::op(*write)).arg(Write::value(*write));
         }
         let items = self.array(self.invoke(&call, true).await?)?;
-        match (
-            items
-                .first()
-                .map(|v| self.string(v))
-                .transpose()?
-                .as_deref(),
-            items.get(1),
-        ) {
+        match (self.tag(&items)?.as_deref(), items.get(1)) {
             (Some("ok"), _) => Ok(Committed::Ok),
             (Some("decided"), Some(r)) => Ok(Committed::Decided(
                 self.bytes_or_nil(r)?.unwrap_or_default(),
@@ -558,12 +557,7 @@ impl Store {
             call.arg(Write::value(Some(&adjust)));
         }
         let items = self.array(self.invoke(&call, true).await?)?;
-        match items
-            .first()
-            .map(|v| self.string(v))
-            .transpose()?
-            .as_deref()
-        {
+        match self.tag(&items)?.as_deref() {
             Some("ok") => Ok(None),
             Some("bound" | "nan" | "range" | "lost") => Ok(Some(self.refusal(&items)?)),
             _ => Err(self.protocol("unknown reserve reply")),
@@ -573,7 +567,7 @@ impl Store {
     /// `{'bound', i, j}`, `{'nan', i}`, `{'range', i}` or `{'lost', i}`
     /// (0-based `i`, 1-based `j`).
     fn refusal(&self, items: &[Value]) -> Result<Refusal, StoreError> {
-        let tag = items.first().map(|v| self.string(v)).transpose()?;
+        let tag = self.tag(items)?;
         let number = |i: usize| -> Result<usize, StoreError> {
             let n = items
                 .get(i)
@@ -758,14 +752,7 @@ impl Store {
             .arg(retention.as_millis() as u64)
             .arg(request);
         let items = self.array(self.invoke(&call, true).await?)?;
-        match (
-            items
-                .first()
-                .map(|v| self.string(v))
-                .transpose()?
-                .as_deref(),
-            items.get(1),
-        ) {
+        match (self.tag(&items)?.as_deref(), items.get(1)) {
             (Some("claimed"), _) => Ok(Claim::Claimed),
             (Some("in_flight"), _) => Ok(Claim::InFlight),
             (Some("reused"), _) => Ok(Claim::Reused),
@@ -907,6 +894,11 @@ impl Store {
             Value::Int(i) => Ok(i.to_string()),
             other => Err(self.protocol(&format!("expected a string, got {other:?}"))),
         }
+    }
+
+    /// The first item of a script's reply: what kind of answer it is.
+    fn tag(&self, items: &[Value]) -> Result<Option<String>, StoreError> {
+        items.first().map(|v| self.string(v)).transpose()
     }
 
     fn protocol(&self, message: &str) -> StoreError {

@@ -231,10 +231,18 @@ end
 /// holding a value that is not a string is an error, before anything is
 /// locked.
 ///
+/// Stores written by the first protocol keep a metadata hash at a key's
+/// lock table entry, with the key's version, for every key it ever
+/// committed. Such a hash is dropped where it is met (versions mean nothing
+/// now), unless it holds that protocol's lock: then nothing is locked and
+/// its holder is named, for an operator to finish with the version that
+/// took it.
+///
 /// KEYS: data1, meta1, adjusters1, ..., index; ARGV: txn, lease_ms,
 /// primary, index entry, then one mode per key.
-/// Reply: `{'ok', value1|nil, ...}` or
-/// `{'locked', i (0-based), holder, remaining_ms, holder's primary}`.
+/// Reply: `{'ok', value1|nil, ...}`,
+/// `{'locked', i (0-based), holder, remaining_ms, holder's primary}` or
+/// `{'legacy', i, holder}`.
 pub const LOCK: &str = lua_clock!(concat!(
     lua_locks!(),
     "local txn = ARGV[1]
@@ -298,23 +306,37 @@ local function taken(keys)
   end
   return nil
 end
-if #xs > 0 then
-  local set = 1
-  if #xs <= 2000 then
-    set = redis.call('MSETNX', unpack(xs))
-  else
-    local keys = {}
-    for j, i in ipairs(xi) do keys[j] = metas[i] end
-    if taken(keys) then set = 0 else call_all('MSET', {}, xs) end
+local function legacy(i)
+  if redis.call('TYPE', metas[i]).ok ~= 'hash' then
+    return redis.error_reply('a lock table entry of another type is in the way')
   end
+  local held = redis.call('HGET', metas[i], 'lock')
+  if held then return {'legacy', i - 1, held} end
+  redis.call('DEL', metas[i])
+  return nil
+end
+if #xs > 0 then
+  local keys = {}
+  for j, i in ipairs(xi) do keys[j] = metas[i] end
+  local function lock_all()
+    if #xs <= 2000 then return redis.call('MSETNX', unpack(xs)) end
+    if taken(keys) then return 0 end
+    call_all('MSET', {}, xs)
+    return 1
+  end
+  local set = lock_all()
   if set == 0 then
-    local keys = {}
-    for j, i in ipairs(xi) do keys[j] = metas[i] end
     local j, v = taken(keys)
-    if not j then
+    if j then return conflict(xi[j], v) end
+    for _, i in ipairs(xi) do
+      if redis.call('EXISTS', metas[i]) == 1 then
+        local refused = legacy(i)
+        if refused then return refused end
+      end
+    end
+    if lock_all() == 0 then
       return redis.error_reply('a lock table entry of another type is in the way')
     end
-    return conflict(xi[j], v)
   end
 end
 local undo = {}
@@ -332,7 +354,15 @@ for _, i in ipairs(joins) do
   local mode = ARGV[4 + i]
   local first = mode .. '0'
   if mode == 's' then first = first .. '\\t' .. mine end
-  local old = redis.call('SET', metas[i], first, 'NX', 'GET')
+  local old = redis.pcall('SET', metas[i], first, 'NX', 'GET')
+  if type(old) == 'table' and old.err then
+    local refused = legacy(i)
+    if refused then
+      rollback()
+      return refused
+    end
+    old = redis.call('SET', metas[i], first, 'NX', 'GET')
+  end
   if old and (string.sub(old, 1, 1) ~= mode or string.sub(old, 2, 2) == '1') then
     rollback()
     return conflict(i, old)
