@@ -263,6 +263,72 @@ async fn huge_output_input_and_values_break_their_limits() {
 }
 
 #[tokio::test]
+async fn participant_aborts_are_bounded_and_cannot_pass_for_the_hosts() {
+    let env = env();
+    let hostile = |input: Value| step("huge_output", input);
+    let abort = contained(
+        &env,
+        hostile(json!({"abort_code": "out_of_luck", "abort_bytes": 3})),
+    )
+    .await;
+    assert_eq!(
+        (abort.code.as_str(), abort.message.as_str()),
+        ("out_of_luck", "mmm"),
+        "a participant's own abort comes back as it was sent"
+    );
+    // A 1 MiB code and a 4 MiB message break limits: no 5 MB answer, no
+    // 1 MiB metrics label.
+    let abort = contained(&env, hostile(json!({"abort_code_bytes": 1 << 20}))).await;
+    assert_limit(
+        &abort,
+        "huge_output",
+        "abort_code_bytes",
+        "64 bytes of abort code",
+    );
+    let abort = contained(
+        &env,
+        hostile(json!({"abort_code": "big", "abort_bytes": 4 << 20})),
+    )
+    .await;
+    assert_limit(
+        &abort,
+        "huge_output",
+        "abort_message_bytes",
+        "4096 bytes of abort message",
+    );
+    // The host's own codes, and codes that cannot be a label as they are,
+    // are not the participant's: a client can tell whose abort it got.
+    for (code, adjust) in [
+        ("conflict", false),
+        ("limit_exceeded", false),
+        ("trap", false),
+        ("bad_abort_code", false),
+        ("", false),
+        ("two words", false),
+        ("line\nbreak", false),
+        ("conflict", true),
+    ] {
+        let abort = contained(&env, hostile(json!({"abort_code": code, "adjust": adjust}))).await;
+        assert_eq!(abort.code, "bad_abort_code", "{code:?}: {abort:?}");
+        assert_eq!(abort.participant.as_deref(), Some("huge_output"));
+        assert!(
+            abort.message.contains("huge_output") && abort.message.contains("may not use"),
+            "{}",
+            abort.message
+        );
+    }
+    // An adjustment's abort within the contract is kept for when its bound
+    // breaks, and this one's does not.
+    let r = env
+        .run(json!([hostile(
+            json!({"abort_code": "never", "adjust": true})
+        )]))
+        .await;
+    assert_eq!(r.status, Status::Committed, "{:?}", r.abort);
+    assert_eq!(env.get(STORE, "huge:count").await.as_deref(), Some("1"));
+}
+
+#[tokio::test]
 async fn thousands_of_keys_or_writes_break_their_limits() {
     let env = env();
     let thousands = json!({"keys": 5000});

@@ -25,7 +25,10 @@ pub struct Abort {
 }
 
 impl Abort {
-    /// An abort with any `code`.
+    /// An abort with `code`: 1 to 64 ASCII letters, digits and `_-.:`, not
+    /// one of the host's own codes (`conflict`, `trap`, `limit_exceeded`,
+    /// ...), and a message of at most 4096 bytes; the host answers
+    /// `bad_abort_code` or `limit_exceeded` for an abort that is not.
     pub fn new(code: impl Into<String>, message: impl Into<String>) -> Self {
         Self {
             code: code.into(),

@@ -3,7 +3,7 @@
 //!
 //! | metric | labels | what |
 //! |---|---|---|
-//! | `redstage_transactions_total` | `status`, `code` | decided transactions; `code` on aborts |
+//! | `redstage_transactions_total` | `status`, `code` | decided transactions; `code` on aborts (at most [`ABORT_CODES_MAX`] codes, then `(other)`) |
 //! | `redstage_transaction_errors_total` | `code` | requests that ended in an error, not a decision |
 //! | `redstage_transaction_attempts_total` | | attempts, re-runs after conflicts included |
 //! | `redstage_transaction_duration_seconds` | | histogram, request to decision |
@@ -20,10 +20,22 @@ use std::sync::Mutex;
 use std::sync::atomic::{AtomicU64, Ordering::Relaxed};
 use std::time::Duration;
 
+use crate::runtime::RESERVED_ABORT_CODES;
+
 /// Upper bounds of the latency histogram's buckets, in seconds.
 const LATENCY_BUCKETS: [f64; 12] = [
     0.0005, 0.001, 0.002, 0.005, 0.01, 0.02, 0.05, 0.1, 0.2, 0.5, 1.0, 5.0,
 ];
+
+/// Distinct abort codes counted under their own label. Participants choose
+/// their codes, so past this many a new one counts as [`OTHER_CODES`]
+/// rather than growing every scrape (the host's own codes always keep
+/// theirs).
+pub const ABORT_CODES_MAX: usize = 100;
+
+/// The label of the codes past [`ABORT_CODES_MAX`]; no participant's code
+/// can have parentheses.
+pub const OTHER_CODES: &str = "(other)";
 
 /// The coordinator's counters.
 #[derive(Debug, Default)]
@@ -47,12 +59,12 @@ impl Metrics {
                 self.committed.fetch_add(1, Relaxed);
             }
             Some(code) => {
-                *self
-                    .aborted
-                    .lock()
-                    .expect("metrics lock")
-                    .entry(code.to_owned())
-                    .or_default() += 1;
+                let mut aborted = self.aborted.lock().expect("metrics lock");
+                let own = aborted.contains_key(code)
+                    || aborted.len() < ABORT_CODES_MAX
+                    || RESERVED_ABORT_CODES.contains(&code);
+                let label = if own { code } else { OTHER_CODES };
+                *aborted.entry(label.to_owned()).or_default() += 1;
             }
         }
         self.attempts.fetch_add(u64::from(attempts), Relaxed);
@@ -324,5 +336,31 @@ mod tests {
             assert!(out.lines().any(|l| l == line), "no `{line}` in\n{out}");
         }
         assert_eq!(render_labels(&[("p", "a\"b\\c\nd")]), r#"{p="a\"b\\c\nd"}"#);
+    }
+
+    #[test]
+    fn abort_codes_past_the_bound_share_one_label() {
+        let m = Metrics::default();
+        for i in 0..ABORT_CODES_MAX + 50 {
+            m.decided(Some(&format!("code_{i}")), 1, Duration::ZERO);
+        }
+        m.decided(Some("code_0"), 1, Duration::ZERO);
+        m.decided(Some("conflict"), 1, Duration::ZERO);
+        let mut out = String::new();
+        m.render(&mut out);
+        let aborted: Vec<&str> = out
+            .lines()
+            .filter(|l| l.starts_with("redstage_transactions_total{status=\"aborted\""))
+            .collect();
+        assert_eq!(aborted.len(), ABORT_CODES_MAX + 2, "{out}");
+        assert!(
+            aborted.contains(&r#"redstage_transactions_total{status="aborted",code="conflict"} 1"#)
+        );
+        assert!(
+            aborted.contains(&r#"redstage_transactions_total{status="aborted",code="code_0"} 2"#)
+        );
+        assert!(
+            aborted.contains(&r#"redstage_transactions_total{status="aborted",code="(other)"} 50"#)
+        );
     }
 }

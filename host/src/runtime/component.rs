@@ -9,7 +9,8 @@ use super::bindings::{Participant, ParticipantPre};
 use super::imports::{self, DeniedImport};
 use super::legacy;
 use super::{
-    AccessSet, CallError, CallLimits, Entry, GuestAbort, Limit, LoadError, Outcome, Write,
+    AccessSet, CallError, CallLimits, Entry, GuestAbort, Limit, LoadError, Outcome,
+    RESERVED_ABORT_CODES, Write, valid_abort_code,
 };
 
 /// A participant component, compiled and linked once; cheap to instantiate.
@@ -244,7 +245,7 @@ impl Instance {
         self.bindings = Some(bindings);
         let access = match self.settle(result)? {
             Ok(access) => access,
-            Err(abort) => return Ok(Err(abort)),
+            Err(abort) => return Ok(Err(self.checked_abort(abort)?)),
         };
         let limits = self.limits();
         let declared = access.reads.len() + access.writes.len() + access.adjusts.len();
@@ -286,7 +287,7 @@ impl Instance {
         self.bindings = Some(bindings);
         let outcome = match self.settle(result)? {
             Ok(outcome) => outcome,
-            Err(abort) => return Ok(Err(abort)),
+            Err(abort) => return Ok(Err(self.checked_abort(abort)?)),
         };
         let limits = self.limits();
         self.check(
@@ -299,7 +300,45 @@ impl Instance {
             Write::Delete(_) | Write::Adjust(_) => false,
         });
         self.check(Limit::ValueBytes, too_big)?;
+        for write in &outcome.writes {
+            if let Write::Adjust(a) = write {
+                self.check_abort(&a.abort)?;
+            }
+        }
         Ok(Ok(outcome))
+    }
+
+    /// `abort`, if it keeps to the contract for a participant's own abort:
+    /// a code and a message within their bounds, and a code of the allowed
+    /// characters that is not one of the host's.
+    fn checked_abort(&self, abort: GuestAbort) -> Result<GuestAbort, CallError> {
+        self.check_abort(&abort)?;
+        Ok(abort)
+    }
+
+    fn check_abort(&self, abort: &GuestAbort) -> Result<(), CallError> {
+        let limits = self.limits();
+        self.check(
+            Limit::AbortCodeBytes,
+            abort.code.len() > limits.abort_code_bytes_max,
+        )?;
+        self.check(
+            Limit::AbortMessageBytes,
+            abort.message.len() > limits.abort_message_bytes_max,
+        )?;
+        if RESERVED_ABORT_CODES.contains(&abort.code.as_str()) {
+            return Err(CallError::BadAbortCode(format!(
+                "`{}` is one of the host's own codes",
+                abort.code
+            )));
+        }
+        if !valid_abort_code(&abort.code) {
+            return Err(CallError::BadAbortCode(format!(
+                "{:?} is not a non-empty run of ASCII letters, digits and `_-.:`",
+                abort.code
+            )));
+        }
+        Ok(())
     }
 
     fn limits(&self) -> &CallLimits {

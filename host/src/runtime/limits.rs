@@ -34,6 +34,12 @@ pub struct CallLimits {
     pub writes_max: usize,
     /// Bytes of one written value.
     pub value_bytes_max: usize,
+    /// Bytes of the code of a participant's own abort. Guards responses,
+    /// logs and the abort counter's labels.
+    pub abort_code_bytes_max: usize,
+    /// Bytes of the message of a participant's own abort. Guards responses
+    /// and the decision records that keep them.
+    pub abort_message_bytes_max: usize,
 }
 
 impl Default for CallLimits {
@@ -49,6 +55,8 @@ impl Default for CallLimits {
             key_bytes_max: 512,
             writes_max: 256,
             value_bytes_max: 1 << 20,
+            abort_code_bytes_max: 64,
+            abort_message_bytes_max: 4096,
         }
     }
 }
@@ -72,6 +80,8 @@ pub enum Limit {
     KeyBytes,
     Writes,
     ValueBytes,
+    AbortCodeBytes,
+    AbortMessageBytes,
 }
 
 impl Limit {
@@ -88,6 +98,8 @@ impl Limit {
             Limit::KeyBytes => "key_bytes",
             Limit::Writes => "writes",
             Limit::ValueBytes => "value_bytes",
+            Limit::AbortCodeBytes => "abort_code_bytes",
+            Limit::AbortMessageBytes => "abort_message_bytes",
         }
     }
 
@@ -107,6 +119,12 @@ impl Limit {
             Limit::KeyBytes => format!("{} bytes per key", limits.key_bytes_max),
             Limit::Writes => format!("{} writes", limits.writes_max),
             Limit::ValueBytes => format!("{} bytes per value", limits.value_bytes_max),
+            Limit::AbortCodeBytes => {
+                format!("{} bytes of abort code", limits.abort_code_bytes_max)
+            }
+            Limit::AbortMessageBytes => {
+                format!("{} bytes of abort message", limits.abort_message_bytes_max)
+            }
         }
     }
 }

@@ -103,6 +103,35 @@ pub enum CallError {
     /// The participant broke one of its limits.
     #[error("{} limit exceeded: the bound is {bound}", limit.name())]
     Limit { limit: Limit, bound: String },
+    /// The participant aborted with a code it may not use (see
+    /// [`RESERVED_ABORT_CODES`] and [`valid_abort_code`]); the message says
+    /// which, escaped and cut to the code's byte bound.
+    #[error("bad abort code: {0}")]
+    BadAbortCode(String),
+}
+
+/// The codes only the host answers with, so that a client can tell the
+/// host's aborts from a participant's. (`not_an_integer` and `overflow`
+/// are shared on purpose: they mean the same arithmetic failure whether the
+/// host or the participant's own checked arithmetic finds it.)
+pub const RESERVED_ABORT_CODES: &[&str] = &[
+    "conflict",
+    "superseded",
+    "trap",
+    "limit_exceeded",
+    "undeclared_write",
+    "bad_key",
+    "bad_abort_code",
+];
+
+/// A participant's abort code is a non-empty run of ASCII letters, digits
+/// and `_ - . :`, so that it can be a metrics label and a log field as it
+/// is. (Its length is bounded by `limits.abort_code_bytes_max`.)
+pub fn valid_abort_code(code: &str) -> bool {
+    !code.is_empty()
+        && code
+            .bytes()
+            .all(|b| b.is_ascii_alphanumeric() || b"_-.:".contains(&b))
 }
 
 /// The wasmtime engine and the thread that drives its epoch.

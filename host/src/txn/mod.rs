@@ -261,6 +261,10 @@ impl Step {
         let name = &self.participant.name;
         match error {
             CallError::Trap(m) => self.abort("trap", format!("participant `{name}` trapped: {m}")),
+            CallError::BadAbortCode(m) => self.abort(
+                "bad_abort_code",
+                format!("participant `{name}` aborted with a code it may not use: {m}"),
+            ),
             CallError::Limit { limit, bound } => AbortInfo {
                 limit: Some(limit.name().to_owned()),
                 ..self.abort(

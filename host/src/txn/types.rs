@@ -60,8 +60,9 @@ pub struct AbortInfo {
     pub step: Option<usize>,
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub participant: Option<String>,
-    /// A participant's own code (`insufficient_stock`), or one of the host's:
-    /// `trap`, `limit_exceeded`, `undeclared_write`, `bad_key`, `conflict`.
+    /// A participant's own code (`insufficient_stock`), or one of the host's
+    /// ([`crate::runtime::RESERVED_ABORT_CODES`], `not_an_integer`,
+    /// `overflow`).
     pub code: String,
     pub message: String,
     /// With `limit_exceeded`: which limit (`memory`, `time`, `output`, ...).
