@@ -433,3 +433,173 @@ async fn a_full_instance_pool_makes_steps_wait_not_fail() {
         Some("92")
     );
 }
+
+/// The orders that stall after their prepare in the backpressure tests,
+/// long enough for everything else a test sends to be answered first.
+const STALL: &str = "after-prepare:3000";
+
+fn order_body() -> Vec<u8> {
+    json!({"steps": [deduct("A1", 1), transfer("alice", "shop", 1)]})
+        .to_string()
+        .into_bytes()
+}
+
+/// Sends `n` orders to `addr`, each on a task of its own.
+fn send_orders(
+    addr: std::net::SocketAddr,
+    n: usize,
+) -> Vec<tokio::task::JoinHandle<(u16, Value, String)>> {
+    (0..n)
+        .map(|_| {
+            tokio::spawn(async move {
+                let (status, head, body) =
+                    http::try_request_with_head(addr, "POST", "/v1/transactions", &order_body())
+                        .await
+                        .expect("an answer");
+                (status, body, head)
+            })
+        })
+        .collect()
+}
+
+/// Asserts an `overloaded` answer: 503, the code, `Retry-After`, and
+/// `what` (the bound) named in the message.
+fn assert_overloaded((status, body, head): &(u16, Value, String), what: &str) {
+    assert_eq!(*status, 503, "{body}");
+    assert_eq!(body["error"]["code"], "overloaded", "{body}");
+    assert!(head.contains("\r\nretry-after: 1"), "{head}");
+    let message = body["error"]["message"].as_str().unwrap_or_default();
+    assert!(
+        message.contains(what) && message.contains("nothing was applied"),
+        "{message}"
+    );
+}
+
+async fn assert_committed(orders: Vec<tokio::task::JoinHandle<(u16, Value, String)>>) {
+    for order in orders {
+        let (status, body, _) = order.await.expect("order task");
+        assert_eq!(
+            (status, &body["status"]),
+            (200, &json!("committed")),
+            "{body}"
+        );
+    }
+}
+
+#[tokio::test]
+async fn a_flood_past_the_in_flight_bound_is_turned_away_at_once_and_the_host_recovers() {
+    const IN_FLIGHT: usize = 4;
+    let env = TestEnv::orders_with(
+        &format!("[txn]\nin_flight_max = {IN_FLIGHT}\n"),
+        redstage_tests::Persistence::None,
+    );
+    env.stock_and_fund("A1", 100, "alice", 100).await;
+    let host = env.spawn_host(Some(STALL));
+    let first = send_orders(host.addr, IN_FLIGHT);
+    assert!(
+        host.wait_for_n(
+            "reached fault point after-prepare",
+            IN_FLIGHT,
+            std::time::Duration::from_secs(20)
+        )
+        .await
+    );
+    // Every place is taken: the flood is answered while the first orders
+    // still stall, having touched nothing.
+    for flooded in send_orders(host.addr, 5 * IN_FLIGHT) {
+        let answer = flooded.await.expect("flood task");
+        assert_overloaded(&answer, "txn.in_flight_max");
+    }
+    assert!(
+        first.iter().all(|o| !o.is_finished()),
+        "the flood waited for the orders in flight"
+    );
+    assert_committed(first).await;
+    // Below the bound again, the host serves.
+    assert_committed(send_orders(host.addr, IN_FLIGHT)).await;
+    let (_, metrics) = http::get(host.addr, "/metrics").await;
+    let metrics = metrics.as_str().expect("text");
+    assert!(
+        metrics.contains(&format!(
+            "redstage_transaction_errors_total{{code=\"overloaded\"}} {}",
+            5 * IN_FLIGHT
+        )),
+        "{metrics}"
+    );
+    assert_eq!(
+        env.get("orders", "inventory:stock:A1").await.as_deref(),
+        Some((100 - 2 * IN_FLIGHT).to_string().as_str()),
+        "only the admitted orders applied"
+    );
+    assert_eq!(env.leftovers().await, Vec::<String>::new());
+}
+
+#[tokio::test]
+async fn a_transaction_that_waits_past_slot_wait_ms_for_instances_is_turned_away() {
+    // One order takes the whole pool and stalls holding it.
+    let env = TestEnv::orders_with(
+        "[runtime]\ninstance_pool = 2\n[txn]\nsteps_max = 2\nslot_wait_ms = 100\n",
+        redstage_tests::Persistence::None,
+    );
+    env.stock_and_fund("A1", 100, "alice", 100).await;
+    let host = env.spawn_host(Some(STALL));
+    let first = send_orders(host.addr, 1);
+    assert!(
+        host.wait_for(
+            "reached fault point after-prepare",
+            std::time::Duration::from_secs(20)
+        )
+        .await
+    );
+    let waited = send_orders(host.addr, 1).pop().expect("one order");
+    assert_overloaded(&waited.await.expect("task"), "txn.slot_wait_ms");
+    assert!(!first[0].is_finished());
+    assert_committed(first).await;
+    assert_committed(send_orders(host.addr, 1)).await;
+    assert_eq!(
+        env.get("orders", "inventory:stock:A1").await.as_deref(),
+        Some("98")
+    );
+}
+
+#[tokio::test]
+async fn a_client_gone_mid_transaction_leaves_it_finished() {
+    use tokio::io::AsyncWriteExt;
+    let env = TestEnv::orders();
+    env.stock_and_fund("A1", 100, "alice", 100).await;
+    let host = env.spawn_host(Some("after-prepare:500"));
+    let mut client = tokio::net::TcpStream::connect(host.addr)
+        .await
+        .expect("connect");
+    let body = order_body();
+    let head = format!(
+        "POST /v1/transactions HTTP/1.1\r\nhost: x\r\ncontent-type: application/json\r\n\
+         content-length: {}\r\n\r\n",
+        body.len()
+    );
+    client.write_all(head.as_bytes()).await.expect("head");
+    client.write_all(&body).await.expect("body");
+    assert!(
+        host.wait_for(
+            "reached fault point after-prepare",
+            std::time::Duration::from_secs(20)
+        )
+        .await
+    );
+    drop(client);
+    // Nobody waits for the answer, and the order still commits, on both
+    // stores, with nothing left for recovery.
+    let started = std::time::Instant::now();
+    while env.get("orders", "inventory:stock:A1").await.as_deref() != Some("99") {
+        assert!(
+            started.elapsed() < std::time::Duration::from_secs(20),
+            "the order was cut short"
+        );
+        tokio::time::sleep(std::time::Duration::from_millis(20)).await;
+    }
+    assert_eq!(
+        env.get("ledger", "payments:balance:alice").await.as_deref(),
+        Some("99")
+    );
+    assert_eq!(env.leftovers().await, Vec::<String>::new());
+}

@@ -208,6 +208,14 @@ pub struct TxnConfig {
     /// Pause between recovery sweeps in `serve`: the longest an expired lock
     /// waits for recovery when no transaction meets it.
     pub sweep_interval_ms: u64,
+    /// Transactions one host runs at once; one more is answered
+    /// `503 overloaded` at once, before it touches Redis. Bounds the memory
+    /// and the queue of a flood.
+    pub in_flight_max: usize,
+    /// How long a transaction waits for instance slots
+    /// (`runtime.instance_pool`) before it is answered `503 overloaded`,
+    /// having touched nothing.
+    pub slot_wait_ms: u64,
 }
 
 impl Default for TxnConfig {
@@ -225,6 +233,8 @@ impl Default for TxnConfig {
             idempotency_lease_ms: 30_000,
             idempotency_wait_ms: 10_000,
             sweep_interval_ms: 1_000,
+            in_flight_max: 1_024,
+            slot_wait_ms: 1_000,
         }
     }
 }
@@ -253,6 +263,9 @@ impl TxnConfig {
     }
     pub fn sweep_interval(&self) -> Duration {
         Duration::from_millis(self.sweep_interval_ms)
+    }
+    pub fn slot_wait(&self) -> Duration {
+        Duration::from_millis(self.slot_wait_ms)
     }
 }
 
@@ -421,9 +434,15 @@ impl Config {
             self.check_placement(name, &p.store, &p.prefix, others)
                 .map_err(ConfigError::Invalid)?;
         }
-        if self.txn.attempts_max == 0 || self.txn.lease_ms == 0 || self.txn.steps_max == 0 {
+        if self.txn.attempts_max == 0
+            || self.txn.lease_ms == 0
+            || self.txn.steps_max == 0
+            || self.txn.in_flight_max == 0
+        {
             return invalid(
-                "txn.attempts_max, txn.lease_ms and txn.steps_max must be positive".into(),
+                "txn.attempts_max, txn.lease_ms, txn.steps_max and txn.in_flight_max must be \
+                 positive"
+                    .into(),
             );
         }
         if self.txn.record_retention_s * 1000 < 100 * self.txn.lease_ms {

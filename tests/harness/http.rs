@@ -23,6 +23,18 @@ pub async fn try_request(
     path: &str,
     body: &[u8],
 ) -> std::io::Result<(u16, Value)> {
+    let (status, _, json) = try_request_with_head(addr, method, path, body).await?;
+    Ok((status, json))
+}
+
+/// [`try_request`], with the response's head (status line and headers,
+/// names in lower case) too.
+pub async fn try_request_with_head(
+    addr: SocketAddr,
+    method: &str,
+    path: &str,
+    body: &[u8],
+) -> std::io::Result<(u16, String, Value)> {
     let mut stream = TcpStream::connect(addr).await?;
     let head = format!(
         "{method} {path} HTTP/1.1\r\nhost: {addr}\r\ncontent-type: application/json\r\n\
@@ -51,7 +63,7 @@ pub async fn try_request(
         body.to_owned()
     };
     let json = serde_json::from_str(&body).unwrap_or(Value::String(body));
-    Ok((status, json))
+    Ok((status, head.to_ascii_lowercase(), json))
 }
 
 pub async fn post(addr: SocketAddr, path: &str, body: &[u8]) -> (u16, Value) {

@@ -116,9 +116,14 @@ impl HostProcess {
 
     /// Waits until the host printed a line containing `needle`.
     pub async fn wait_for(&self, needle: &str, timeout: Duration) -> bool {
+        self.wait_for_n(needle, 1, timeout).await
+    }
+
+    /// Waits until the host printed `n` lines containing `needle`.
+    pub async fn wait_for_n(&self, needle: &str, n: usize, timeout: Duration) -> bool {
         let started = Instant::now();
         while started.elapsed() < timeout {
-            if self.stderr().iter().any(|l| l.contains(needle)) {
+            if self.stderr().iter().filter(|l| l.contains(needle)).count() >= n {
                 return true;
             }
             tokio::time::sleep(Duration::from_millis(10)).await;

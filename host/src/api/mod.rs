@@ -24,7 +24,9 @@
 //! `in_flight` while a first request with the same idempotency key runs,
 //! 413 for a body over the limit, 503 for a store failure
 //! (`store_unavailable`: nothing was applied, send it again;
-//! `outcome_unknown`: look the id up later).
+//! `outcome_unknown`: look the id up later) and for a host at its bounds
+//! (`overloaded`, with `Retry-After`: nothing was applied, send it again
+//! shortly).
 //!
 //! Deploys answer the new version (`200`), or `400` (`bad_participant_name`,
 //! `bad_manifest`), `404` (`unknown_participant`), `409`
@@ -37,7 +39,8 @@ use std::sync::Arc;
 use axum::body::Bytes;
 use axum::extract::rejection::{BytesRejection, QueryRejection};
 use axum::extract::{DefaultBodyLimit, Path, Query, State};
-use axum::http::StatusCode;
+use axum::http::header::RETRY_AFTER;
+use axum::http::{HeaderValue, StatusCode};
 use axum::response::{IntoResponse, Response};
 use axum::routing::{get, post, put};
 use axum::{Json, Router};
@@ -51,6 +54,10 @@ use crate::txn::{Coordinator, TxnError};
 /// The largest request body accepted. Guards the service against memory
 /// exhaustion by a client; far above any sane transaction.
 pub const BODY_BYTES_MAX: usize = 4 << 20;
+
+/// The `Retry-After` of an `overloaded` answer, in seconds: the shortest
+/// the header can say.
+const OVERLOADED_RETRY_AFTER_S: &str = "1";
 
 /// The service's routes over a coordinator.
 pub fn router(coordinator: Arc<Coordinator>) -> Router {
@@ -94,7 +101,10 @@ async fn submit(
             return error(StatusCode::BAD_REQUEST, "malformed_json", &message, None);
         }
     };
-    match coordinator.run(request).await {
+    // On a task of its own, so that a client that disconnects does not cut
+    // the transaction short: it finishes, and its outcome can be looked up.
+    let run = tokio::spawn(async move { coordinator.run(request).await });
+    match run.await.expect("a transaction task does not panic") {
         Ok(response) => Json(response).into_response(),
         Err(e) => txn_error(&e),
     }
@@ -260,13 +270,22 @@ fn txn_error(e: &TxnError) -> Response {
     let status = match e {
         TxnError::BadRequest { .. } => StatusCode::BAD_REQUEST,
         TxnError::InFlight { .. } => StatusCode::CONFLICT,
-        TxnError::Store(_) | TxnError::OutcomeUnknown { .. } => StatusCode::SERVICE_UNAVAILABLE,
+        TxnError::Store(_) | TxnError::OutcomeUnknown { .. } | TxnError::Overloaded { .. } => {
+            StatusCode::SERVICE_UNAVAILABLE
+        }
     };
     let id = match e {
         TxnError::OutcomeUnknown { id, .. } => Some(id.as_str()),
         _ => None,
     };
-    error(status, e.code(), &e.to_string(), id)
+    let mut response = error(status, e.code(), &e.to_string(), id);
+    if let TxnError::Overloaded { .. } = e {
+        response.headers_mut().insert(
+            RETRY_AFTER,
+            HeaderValue::from_static(OVERLOADED_RETRY_AFTER_S),
+        );
+    }
+    response
 }
 
 /// Ready when every store answers and keeps its writes durable (see

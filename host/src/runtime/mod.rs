@@ -256,13 +256,16 @@ impl Runtime {
     /// two transactions can each hold part of what the other waits for.
     /// `steps` must not exceed the pool (the config checks
     /// `txn.steps_max` against it).
-    pub async fn reserve(&self, steps: usize) -> tokio::sync::OwnedSemaphorePermit {
+    /// `None` when they are not free within `wait`.
+    pub async fn reserve(
+        &self,
+        steps: usize,
+        wait: Duration,
+    ) -> Option<tokio::sync::OwnedSemaphorePermit> {
         let steps = u32::try_from(steps).expect("steps are bounded by txn.steps_max");
-        self.slots
-            .clone()
-            .acquire_many_owned(steps)
-            .await
-            .expect("the slot semaphore is never closed")
+        let permit = self.slots.clone().acquire_many_owned(steps);
+        let permit = tokio::time::timeout(wait, permit).await.ok()?;
+        Some(permit.expect("the slot semaphore is never closed"))
     }
 
     pub fn settings(&self) -> &RuntimeSettings {

@@ -143,6 +143,7 @@ mod wake;
 
 use std::collections::BTreeMap;
 use std::sync::Arc;
+use std::sync::atomic::{AtomicUsize, Ordering};
 use std::time::{Duration, Instant};
 
 use crate::config::{Config, TxnConfig};
@@ -183,6 +184,10 @@ pub enum TxnError {
     /// A first request with the same idempotency key is still running.
     #[error("a request with idempotency key `{key}` is still running; send it again later")]
     InFlight { key: String },
+    /// The host is at one of its bounds (`what`); nothing was touched, and
+    /// the request can be sent again after a pause.
+    #[error("the host is overloaded: {what}; nothing was applied, send it again shortly")]
+    Overloaded { what: String },
 }
 
 impl TxnError {
@@ -194,6 +199,7 @@ impl TxnError {
             TxnError::Store(StoreError::Protocol { .. }) => "store_error",
             TxnError::OutcomeUnknown { .. } => "outcome_unknown",
             TxnError::InFlight { .. } => "in_flight",
+            TxnError::Overloaded { .. } => "overloaded",
         }
     }
 
@@ -224,6 +230,17 @@ pub struct Coordinator {
     /// Applies and finalizations still running after their answers.
     pending: Arc<Pending>,
     finalizer: Arc<Finalizer>,
+    /// Transactions running now, bounded by `txn.in_flight_max`.
+    in_flight: Arc<AtomicUsize>,
+}
+
+/// A transaction's place among those in flight, given back when dropped.
+struct Admitted(Arc<AtomicUsize>);
+
+impl Drop for Admitted {
+    fn drop(&mut self) {
+        self.0.fetch_sub(1, Ordering::Relaxed);
+    }
 }
 
 /// One step, declared.
@@ -303,6 +320,7 @@ impl Coordinator {
             latches: Latches::default(),
             waker: wake::Waker::default(),
             finalizer: Arc::new(Finalizer::new(pending.clone())),
+            in_flight: Arc::default(),
             pending,
         })
     }
@@ -348,8 +366,8 @@ impl Coordinator {
     /// outcome instead (see `idempotency`).
     pub async fn run(&self, request: TxnRequest) -> Result<TxnResponse, TxnError> {
         let started = Instant::now();
-        let result = match self.check(&request) {
-            Ok(steps) => match &request.idempotency_key {
+        let result = match self.check(&request).and_then(|s| Ok((s, self.admit()?))) {
+            Ok((steps, _admitted)) => match &request.idempotency_key {
                 Some(key) => self.run_claimed(key, steps).await,
                 None => self.run_steps(steps, None).await.map(|(r, _)| r),
             },
@@ -364,6 +382,24 @@ impl Coordinator {
         }
         faults::point("before-reply").await;
         result
+    }
+
+    /// A place among the transactions in flight, or `overloaded` when all
+    /// `txn.in_flight_max` are taken.
+    fn admit(&self) -> Result<Admitted, TxnError> {
+        let max = self.config.in_flight_max;
+        let admitted = self
+            .in_flight
+            .fetch_update(Ordering::Relaxed, Ordering::Relaxed, |n| {
+                (n < max).then_some(n + 1)
+            })
+            .is_ok();
+        match admitted {
+            true => Ok(Admitted(self.in_flight.clone())),
+            false => Err(TxnError::Overloaded {
+                what: format!("{max} transactions in flight (txn.in_flight_max)"),
+            }),
+        }
     }
 
     /// The coordinator's counters, for `GET /metrics`.
@@ -386,7 +422,17 @@ impl Coordinator {
         claim: Option<&ClaimToken>,
     ) -> Result<(TxnResponse, bool), TxnError> {
         // Instance slots for every step, before the first instance.
-        let _slots = self.registry.runtime().reserve(steps.len()).await;
+        let wait = self.config.slot_wait();
+        let Some(_slots) = self.registry.runtime().reserve(steps.len(), wait).await else {
+            return Err(TxnError::Overloaded {
+                what: format!(
+                    "no {} free instance slots within {} ms (runtime.instance_pool, \
+                     txn.slot_wait_ms)",
+                    steps.len(),
+                    wait.as_millis()
+                ),
+            });
+        };
         let mut steps = match self.declare(steps).await {
             Ok(steps) => steps,
             Err(abort) => return Ok((self.aborted(new_txn_id(), 1, abort).await, false)),
