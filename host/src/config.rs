@@ -24,6 +24,10 @@
 //! dir = "/var/cache/redstage"
 //! [deploy]                              # participants deployed at run time (optional)
 //! folder = "participants"
+//! [[auth.tokens]]                       # bearer tokens (optional; see api::auth)
+//! name = "shop"
+//! token_env = "REDSTAGE_SHOP_TOKEN"
+//! scopes = ["submit"]
 //! ```
 
 use std::collections::BTreeMap;
@@ -33,6 +37,7 @@ use std::time::Duration;
 
 use serde::{Deserialize, Serialize};
 
+use crate::api::auth::AuthConfig;
 use crate::runtime::{CallLimits, LimitOverrides, RuntimeSettings};
 use crate::store::durability::{Durability, Replication};
 use crate::store::keys::RESERVED_PREFIX;
@@ -69,6 +74,9 @@ pub struct Config {
     /// The instance pool every participant call runs in.
     #[serde(default)]
     pub runtime: RuntimeSettings,
+    /// Bearer tokens and their scopes (see `api::auth`).
+    #[serde(default)]
+    pub auth: AuthConfig,
 }
 
 fn default_listen() -> SocketAddr {

@@ -28,17 +28,45 @@ pub async fn try_request(
 }
 
 /// [`try_request`], with the response's head (status line and headers,
-/// names in lower case) too.
+/// lower case) too.
 pub async fn try_request_with_head(
     addr: SocketAddr,
     method: &str,
     path: &str,
     body: &[u8],
 ) -> std::io::Result<(u16, String, Value)> {
+    exchange(addr, method, path, "", body).await
+}
+
+/// [`request`] with `Authorization: Bearer token`, when there is one; the
+/// head too, as [`try_request_with_head`] gives it.
+pub async fn request_as(
+    addr: SocketAddr,
+    token: Option<&str>,
+    method: &str,
+    path: &str,
+    body: &[u8],
+) -> (u16, String, Value) {
+    let header = token
+        .map(|t| format!("authorization: Bearer {t}\r\n"))
+        .unwrap_or_default();
+    exchange(addr, method, path, &header, body)
+        .await
+        .unwrap_or_else(|e| panic!("{method} {path}: {e}"))
+}
+
+/// One request with `headers` (whole lines, each ending in CRLF) added.
+async fn exchange(
+    addr: SocketAddr,
+    method: &str,
+    path: &str,
+    headers: &str,
+    body: &[u8],
+) -> std::io::Result<(u16, String, Value)> {
     let mut stream = TcpStream::connect(addr).await?;
     let head = format!(
         "{method} {path} HTTP/1.1\r\nhost: {addr}\r\ncontent-type: application/json\r\n\
-         content-length: {}\r\nconnection: close\r\n\r\n",
+         {headers}content-length: {}\r\nconnection: close\r\n\r\n",
         body.len()
     );
     stream.write_all(head.as_bytes()).await?;
@@ -94,9 +122,12 @@ pub async fn serve(coordinator: std::sync::Arc<redstage::txn::Coordinator>) -> S
         .expect("bind");
     let addr = listener.local_addr().expect("local addr");
     tokio::spawn(async move {
-        axum::serve(listener, redstage::api::router(coordinator))
-            .await
-            .expect("serve");
+        axum::serve(
+            listener,
+            redstage::api::router(coordinator, redstage::api::auth::Tokens::none()),
+        )
+        .await
+        .expect("serve");
     });
     addr
 }

@@ -10,7 +10,7 @@ pub mod http;
 mod process;
 mod proxy;
 
-pub use process::{HostProcess, signal};
+pub use process::{HostProcess, Launch, signal};
 pub use proxy::Proxy;
 
 use std::path::{Path, PathBuf};
@@ -235,6 +235,12 @@ impl TestEnv {
     /// With `fault`, the named fault point is armed (see `txn::faults`).
     pub fn spawn_host(&self, fault: Option<&str>) -> HostProcess {
         HostProcess::start(&self.config_path, fault)
+    }
+
+    /// A `redstage serve` on this config as `launch` says, or what it
+    /// printed when it refused to start.
+    pub fn launch_host(&self, launch: &Launch) -> Result<HostProcess, Vec<String>> {
+        HostProcess::try_launch(&self.config_path, launch)
     }
 
     /// The classic order: inventory on `orders`, payments on `ledger`.

@@ -36,6 +36,20 @@ fn binary() -> &'static Path {
     })
 }
 
+/// How [`HostProcess::try_launch`] starts a host.
+#[derive(Debug, Default)]
+pub struct Launch<'a> {
+    /// The fault point to arm (see `redstage::txn::faults`).
+    pub fault: Option<&'a str>,
+    /// Listen on every interface rather than on loopback only (the host is
+    /// still reached over loopback).
+    pub all_interfaces: bool,
+    /// More arguments for `serve`.
+    pub args: &'a [&'a str],
+    /// More environment variables.
+    pub envs: &'a [(&'a str, &'a str)],
+}
+
 /// A running `redstage serve`, killed on drop.
 #[derive(Debug)]
 pub struct HostProcess {
@@ -54,21 +68,36 @@ impl HostProcess {
     /// Starts a host that may refuse to: its stderr if it exits instead of
     /// serving.
     pub fn try_start(config: &Path, fault: Option<&str>) -> Result<HostProcess, Vec<String>> {
+        let launch = Launch {
+            fault,
+            ..Launch::default()
+        };
+        HostProcess::try_launch(config, &launch)
+    }
+
+    /// [`HostProcess::try_start`], as `launch` says.
+    pub fn try_launch(config: &Path, launch: &Launch) -> Result<HostProcess, Vec<String>> {
         let port = TcpListener::bind("127.0.0.1:0")
             .and_then(|l| l.local_addr())
             .expect("free port")
             .port();
         let addr: SocketAddr = ([127, 0, 0, 1], port).into();
+        let listen = match launch.all_interfaces {
+            true => SocketAddr::from(([0, 0, 0, 0], port)),
+            false => addr,
+        };
         let mut cmd = Command::new(binary());
         cmd.arg("serve")
             .arg("--config")
             .arg(config)
             .arg("--listen")
-            .arg(addr.to_string());
+            .arg(listen.to_string())
+            .args(launch.args);
         cmd.env("RUST_LOG", "info").env_remove(FAULT_ENV);
-        if let Some(fault) = fault {
+        if let Some(fault) = launch.fault {
             cmd.env(FAULT_ENV, fault);
         }
+        cmd.envs(launch.envs.iter().copied());
         let mut child = cmd
             .stdin(Stdio::null())
             .stdout(Stdio::null())

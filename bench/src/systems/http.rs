@@ -22,7 +22,12 @@ pub async fn serve(coordinator: Arc<Coordinator>) -> anyhow::Result<SocketAddr> 
     let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await?;
     let addr = listener.local_addr()?;
     tokio::spawn(async move {
-        if let Err(e) = axum::serve(listener, redstage::api::router(coordinator)).await {
+        if let Err(e) = axum::serve(
+            listener,
+            redstage::api::router(coordinator, redstage::api::auth::Tokens::none()),
+        )
+        .await
+        {
             eprintln!("the bench's HTTP server stopped: {e}");
         }
     });

@@ -11,6 +11,10 @@
 //! | `GET /v1/ready`           | every store answers, with durable settings  |
 //! | `GET /metrics`            | Prometheus metrics (see `metrics`)          |
 //!
+//! With tokens configured, every route but health and readiness needs a
+//! bearer token with its scope (see [`auth`]): `401 unauthorized`,
+//! `403 forbidden` otherwise.
+//!
 //! A transaction that ran answers 200 whether it committed or aborted: the
 //! body says which. Anything else is an error with a stable code:
 //!
@@ -33,6 +37,8 @@
 //! (`deploy_disabled`, `configured_in_file`), `413` (`component_too_large`),
 //! `422` (`invalid_component`: does not compile, is not a component of the
 //! participant world, or imports what it may not).
+
+pub mod auth;
 
 use std::sync::Arc;
 
@@ -59,8 +65,9 @@ pub const BODY_BYTES_MAX: usize = 4 << 20;
 /// the header can say.
 const OVERLOADED_RETRY_AFTER_S: &str = "1";
 
-/// The service's routes over a coordinator.
-pub fn router(coordinator: Arc<Coordinator>) -> Router {
+/// The service's routes over a coordinator, each behind the scope `tokens`
+/// require of it (see [`auth`]; [`auth::Tokens::none`] leaves all open).
+pub fn router(coordinator: Arc<Coordinator>, tokens: Arc<auth::Tokens>) -> Router {
     let component_bytes_max = coordinator.registry().component_bytes_max();
     Router::new()
         .route("/v1/transactions", post(submit))
@@ -79,6 +86,7 @@ pub fn router(coordinator: Arc<Coordinator>) -> Router {
         .route("/v1/ready", get(ready))
         .route("/metrics", get(metrics))
         .layer(DefaultBodyLimit::max(BODY_BYTES_MAX))
+        .layer(axum::middleware::from_fn_with_state(tokens, auth::require))
         .with_state(coordinator)
 }
 

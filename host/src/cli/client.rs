@@ -10,6 +10,7 @@ use tokio::io::{AsyncReadExt, AsyncWriteExt};
 /// prints the answer.
 pub async fn deploy(
     server: &str,
+    token: Option<&str>,
     name: &str,
     query: &[(&str, String)],
     component: &Path,
@@ -25,7 +26,7 @@ pub async fn deploy(
         percent_encode(name),
         query.join("&")
     );
-    let (status, body) = request(server, "PUT", &path, &bytes).await?;
+    let (status, body) = request(server, token, "PUT", &path, &bytes).await?;
     println!("{body}");
     Ok(if (200..300).contains(&status) {
         ExitCode::SUCCESS
@@ -39,6 +40,7 @@ pub async fn deploy(
 /// status and the body.
 async fn request(
     server: &str,
+    token: Option<&str>,
     method: &str,
     path: &str,
     body: &[u8],
@@ -50,14 +52,32 @@ async fn request(
     let mut stream = tokio::net::TcpStream::connect(authority)
         .await
         .with_context(|| format!("cannot connect to {server}"))?;
+    let authorization = token
+        .map(|t| format!("authorization: Bearer {t}\r\n"))
+        .unwrap_or_default();
+    // `expect: 100-continue`: a server that refuses the request (a missing
+    // token, a component too large) answers before the body is sent, and
+    // the answer is not lost to a connection reset by the unread body.
     let head = format!(
         "{method} {path} HTTP/1.1\r\nhost: {authority}\r\ncontent-type: application/wasm\r\n\
-         content-length: {}\r\nconnection: close\r\n\r\n",
+         {authorization}content-length: {}\r\nexpect: 100-continue\r\nconnection: close\r\n\r\n",
         body.len()
     );
     stream.write_all(head.as_bytes()).await?;
-    stream.write_all(body).await?;
     let mut raw = Vec::new();
+    let first = tokio::time::timeout(CONTINUE_WAIT, read_head(&mut stream, &mut raw)).await;
+    let go_on = match first {
+        // No interim answer: a server that ignores the expectation.
+        Err(_) => true,
+        Ok(read) => {
+            read?;
+            raw.starts_with(b"HTTP/1.1 100")
+        }
+    };
+    if go_on {
+        raw.clear();
+        stream.write_all(body).await?;
+    }
     stream.read_to_end(&mut raw).await?;
     let text = String::from_utf8_lossy(&raw);
     let (head, body) = text
@@ -69,6 +89,20 @@ async fn request(
         .and_then(|s| s.parse().ok())
         .with_context(|| format!("{server} sent no HTTP status line"))?;
     Ok((status, body.to_owned()))
+}
+
+/// How long a request waits for `100 Continue` before it sends its body
+/// anyway.
+const CONTINUE_WAIT: std::time::Duration = std::time::Duration::from_secs(2);
+
+/// Reads into `raw` until it holds a whole response head.
+async fn read_head(stream: &mut tokio::net::TcpStream, raw: &mut Vec<u8>) -> anyhow::Result<()> {
+    while !raw.windows(4).any(|w| w == b"\r\n\r\n") {
+        if stream.read_buf(raw).await? == 0 {
+            bail!("the connection closed before a response");
+        }
+    }
+    Ok(())
 }
 
 /// Percent-encodes everything but the unreserved characters of RFC 3986.

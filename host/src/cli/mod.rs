@@ -40,6 +40,10 @@ enum Command {
         /// Listen here instead of the config's `listen`.
         #[arg(long)]
         listen: Option<std::net::SocketAddr>,
+        /// Listen on a non-loopback address without any `[[auth.tokens]]`,
+        /// so that anyone who reaches the port may deploy participants.
+        #[arg(long)]
+        insecure: bool,
     },
     /// Run one transaction and print its outcome as JSON.
     ///
@@ -95,6 +99,9 @@ enum Command {
         /// Limits to override, as JSON: '{"call_time_ms":50}'.
         #[arg(long)]
         limits: Option<String>,
+        /// A token with the `deploy` scope, if the server requires tokens.
+        #[arg(long, env = "REDSTAGE_TOKEN", hide_env_values = true)]
+        token: Option<String>,
         /// The participant's name.
         name: String,
         /// The component (.wasm) file.
@@ -119,7 +126,11 @@ enum Command {
 impl Cli {
     pub async fn run(self) -> anyhow::Result<ExitCode> {
         match self.command {
-            Command::Serve { config, listen } => serve(config, listen).await,
+            Command::Serve {
+                config,
+                listen,
+                insecure,
+            } => serve(config, listen, insecure).await,
             Command::Run {
                 config,
                 transaction,
@@ -131,12 +142,13 @@ impl Cli {
                 store,
                 prefix,
                 limits,
+                token,
                 name,
                 component,
             } => {
                 let mut query = vec![("store", store), ("prefix", prefix)];
                 query.extend(limits.map(|l| ("limits", l)));
-                client::deploy(&server, &name, &query, &component).await
+                client::deploy(&server, token.as_deref(), &name, &query, &component).await
             }
             Command::Demo { config, components } => demo::run(config, components).await,
         }
@@ -176,11 +188,27 @@ fn load(path: &std::path::Path) -> anyhow::Result<Config> {
     Ok(Config::load(path)?)
 }
 
-async fn serve(path: PathBuf, listen: Option<std::net::SocketAddr>) -> anyhow::Result<ExitCode> {
+async fn serve(
+    path: PathBuf,
+    listen: Option<std::net::SocketAddr>,
+    insecure: bool,
+) -> anyhow::Result<ExitCode> {
     let config = load(&path)?;
+    let addr = listen.unwrap_or(config.listen);
+    let tokens = crate::api::auth::Tokens::from_config(&config.auth)
+        .map_err(|e| anyhow::anyhow!("{}: {e}", path.display()))?;
+    if tokens.is_empty() && !addr.ip().is_loopback() {
+        if !insecure {
+            anyhow::bail!(
+                "refusing to listen on {addr} without any [[auth.tokens]]: anyone who reaches \
+                 it could run transactions and deploy participants. Configure tokens, listen on \
+                 a loopback address, or pass --insecure"
+            );
+        }
+        tracing::warn!(%addr, "--insecure: listening without tokens; every route is open");
+    }
     let coordinator = Arc::new(coordinator(&config)?);
     check_durability(&coordinator).await?;
-    let addr = listen.unwrap_or(config.listen);
     let listener = tokio::net::TcpListener::bind(addr)
         .await
         .with_context(|| format!("cannot listen on {addr}"))?;
@@ -193,9 +221,12 @@ async fn serve(path: PathBuf, listen: Option<std::net::SocketAddr>) -> anyhow::R
         coordinator.registry().clone(),
         config.deploy.poll(),
     ));
-    axum::serve(listener, crate::api::router(coordinator.clone()))
-        .with_graceful_shutdown(shutdown())
-        .await?;
+    axum::serve(
+        listener,
+        crate::api::router(coordinator.clone(), Arc::new(tokens)),
+    )
+    .with_graceful_shutdown(shutdown())
+    .await?;
     sweeper.abort();
     watcher.abort();
     // What answered transactions still owe (other stores' applies) is

@@ -1,0 +1,298 @@
+//! Bearer tokens with scopes.
+//!
+//! Each route needs one scope: `submit` for transactions and their
+//! lookups, `deploy` for deploying and removing participants, `read` for
+//! the participant listing and metrics. `GET /v1/health` and
+//! `GET /v1/ready` stay open (load balancers probe them). A request sends
+//! `Authorization: Bearer <token>`; no token or an unknown one is
+//! `401 unauthorized`, a token without the route's scope `403 forbidden`.
+//! Tokens are compared by their SHA-256 digests, in constant time, all of
+//! them every time: neither the answer's timing nor its content tells how
+//! much of a token was right, or which token was close.
+//!
+//! Without any token configured every route is open, and `serve` refuses a
+//! non-loopback address unless told `--insecure`.
+
+use std::sync::Arc;
+
+use axum::extract::{Request, State};
+use axum::http::header::{AUTHORIZATION, WWW_AUTHENTICATE};
+use axum::http::{HeaderValue, Method, StatusCode};
+use axum::middleware::Next;
+use axum::response::Response;
+use serde::{Deserialize, Serialize};
+use sha2::{Digest, Sha256};
+
+/// The shortest token accepted: 16 bytes (128 bits if random) keep a token
+/// out of reach of guessing.
+pub const TOKEN_BYTES_MIN: usize = 16;
+
+/// What a token allows.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord, Serialize, Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum Scope {
+    /// Run transactions and look them up.
+    Submit,
+    /// Deploy and remove participants.
+    Deploy,
+    /// List participants, read metrics.
+    Read,
+}
+
+impl Scope {
+    pub fn name(self) -> &'static str {
+        match self {
+            Scope::Submit => "submit",
+            Scope::Deploy => "deploy",
+            Scope::Read => "read",
+        }
+    }
+
+    /// The scope a request needs; `None` for the open routes.
+    pub fn of(method: &Method, path: &str) -> Option<Scope> {
+        match (method, path) {
+            (_, "/v1/health" | "/v1/ready") => None,
+            (_, "/v1/transactions") => Some(Scope::Submit),
+            (_, p) if p.starts_with("/v1/transactions/") => Some(Scope::Submit),
+            (&Method::PUT | &Method::DELETE, p) if p.starts_with("/v1/participants/") => {
+                Some(Scope::Deploy)
+            }
+            // Listings, metrics, and paths that are no route: any token.
+            _ => Some(Scope::Read),
+        }
+    }
+}
+
+/// One token of `[[auth.tokens]]`: the secret itself (`token`) or the
+/// environment variable that holds it (`token_env`), and its scopes.
+#[derive(Debug, Clone, PartialEq, Eq, Deserialize, Serialize)]
+#[serde(deny_unknown_fields)]
+pub struct TokenConfig {
+    /// Who holds it, for logs.
+    pub name: String,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub token: Option<String>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub token_env: Option<String>,
+    pub scopes: Vec<Scope>,
+}
+
+/// `[auth]`.
+#[derive(Debug, Clone, Default, PartialEq, Eq, Deserialize, Serialize)]
+#[serde(default, deny_unknown_fields)]
+pub struct AuthConfig {
+    pub tokens: Vec<TokenConfig>,
+}
+
+/// The tokens a server accepts, by digest.
+#[derive(Debug, Default)]
+pub struct Tokens(Vec<Token>);
+
+#[derive(Debug)]
+struct Token {
+    name: String,
+    digest: [u8; 32],
+    scopes: Vec<Scope>,
+}
+
+impl Tokens {
+    /// No token: every route open.
+    pub fn none() -> Arc<Tokens> {
+        Arc::default()
+    }
+
+    /// The configured tokens, with those named by `token_env` read from the
+    /// environment; an error names the first bad one.
+    pub fn from_config(config: &AuthConfig) -> Result<Tokens, String> {
+        let mut tokens = Vec::new();
+        for (i, t) in config.tokens.iter().enumerate() {
+            let what = format!("auth.tokens[{i}] (`{}`)", t.name);
+            let secret = match (&t.token, &t.token_env) {
+                (Some(token), None) => token.clone(),
+                (None, Some(var)) => std::env::var(var)
+                    .map_err(|_| format!("{what}: the environment variable {var} is not set"))?,
+                _ => return Err(format!("{what}: set one of `token` and `token_env`")),
+            };
+            if secret.len() < TOKEN_BYTES_MIN {
+                return Err(format!(
+                    "{what}: a token needs at least {TOKEN_BYTES_MIN} bytes"
+                ));
+            }
+            if t.scopes.is_empty() {
+                return Err(format!(
+                    "{what}: give it scopes (`submit`, `deploy`, `read`)"
+                ));
+            }
+            let digest = Sha256::digest(secret.as_bytes()).into();
+            if tokens.iter().any(|o: &Token| o.digest == digest) {
+                return Err(format!("{what}: the same token is configured twice"));
+            }
+            tokens.push(Token {
+                name: t.name.clone(),
+                digest,
+                scopes: t.scopes.clone(),
+            });
+        }
+        Ok(Tokens(tokens))
+    }
+
+    pub fn is_empty(&self) -> bool {
+        self.0.is_empty()
+    }
+
+    /// Whether `header` (an `Authorization` value) grants `scope`.
+    fn check(&self, header: Option<&[u8]>, scope: Scope) -> Result<(), Refusal> {
+        let presented = header
+            .and_then(|h| h.strip_prefix(b"Bearer "))
+            .ok_or(Refusal::Unauthorized("no `Authorization: Bearer` token"))?;
+        let digest: [u8; 32] = Sha256::digest(presented).into();
+        let mut found = None;
+        for token in &self.0 {
+            if constant_time_eq(&token.digest, &digest) {
+                found = Some(token);
+            }
+        }
+        let token = found.ok_or(Refusal::Unauthorized("an unknown token"))?;
+        if token.scopes.contains(&scope) {
+            tracing::debug!(token = %token.name, scope = scope.name(), "authorized");
+            Ok(())
+        } else {
+            Err(Refusal::Forbidden(token.name.clone()))
+        }
+    }
+}
+
+enum Refusal {
+    Unauthorized(&'static str),
+    /// The token's name.
+    Forbidden(String),
+}
+
+/// Equal digests, in time that does not depend on where they differ.
+fn constant_time_eq(a: &[u8; 32], b: &[u8; 32]) -> bool {
+    let diff = a.iter().zip(b).fold(0u8, |acc, (x, y)| acc | (x ^ y));
+    std::hint::black_box(diff) == 0
+}
+
+/// The middleware: passes a request on only if its token grants the
+/// route's scope.
+pub async fn require(State(tokens): State<Arc<Tokens>>, request: Request, next: Next) -> Response {
+    if tokens.is_empty() {
+        return next.run(request).await;
+    }
+    let Some(scope) = Scope::of(request.method(), request.uri().path()) else {
+        return next.run(request).await;
+    };
+    let header = request
+        .headers()
+        .get(AUTHORIZATION)
+        .map(HeaderValue::as_bytes);
+    match tokens.check(header, scope) {
+        Ok(()) => next.run(request).await,
+        Err(Refusal::Unauthorized(what)) => {
+            let message = format!(
+                "this route needs a token with the `{}` scope, and the request has {what}",
+                scope.name()
+            );
+            let mut response =
+                super::error(StatusCode::UNAUTHORIZED, "unauthorized", &message, None);
+            response
+                .headers_mut()
+                .insert(WWW_AUTHENTICATE, HeaderValue::from_static("Bearer"));
+            response
+        }
+        Err(Refusal::Forbidden(name)) => {
+            let message = format!(
+                "token `{name}` does not have the `{}` scope this route needs",
+                scope.name()
+            );
+            super::error(StatusCode::FORBIDDEN, "forbidden", &message, None)
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn tokens() -> Tokens {
+        let config: AuthConfig = toml::from_str(
+            r#"
+            [[tokens]]
+            name = "shop"
+            token = "0123456789abcdef-shop"
+            scopes = ["submit"]
+            [[tokens]]
+            name = "ops"
+            token = "0123456789abcdef-ops"
+            scopes = ["deploy", "read"]
+            "#,
+        )
+        .expect("parses");
+        Tokens::from_config(&config).expect("valid")
+    }
+
+    #[test]
+    fn scopes_follow_the_routes() {
+        for (method, path, scope) in [
+            (Method::POST, "/v1/transactions", Some(Scope::Submit)),
+            (Method::GET, "/v1/transactions/x", Some(Scope::Submit)),
+            (Method::PUT, "/v1/participants/x", Some(Scope::Deploy)),
+            (Method::DELETE, "/v1/participants/x", Some(Scope::Deploy)),
+            (Method::GET, "/v1/participants", Some(Scope::Read)),
+            (Method::GET, "/metrics", Some(Scope::Read)),
+            (Method::GET, "/v1/health", None),
+            (Method::GET, "/v1/ready", None),
+        ] {
+            assert_eq!(Scope::of(&method, path), scope, "{method} {path}");
+        }
+    }
+
+    #[test]
+    fn a_token_grants_its_scopes_only() {
+        let tokens = tokens();
+        let shop = Some(&b"Bearer 0123456789abcdef-shop"[..]);
+        assert!(tokens.check(shop, Scope::Submit).is_ok());
+        assert!(matches!(
+            tokens.check(shop, Scope::Deploy),
+            Err(Refusal::Forbidden(n)) if n == "shop"
+        ));
+        for header in [
+            None,
+            Some(&b"0123456789abcdef-shop"[..]),
+            Some(&b"Bearer 0123456789abcdef-sho"[..]),
+            Some(&b"Basic 0123456789abcdef-shop"[..]),
+        ] {
+            assert!(matches!(
+                tokens.check(header, Scope::Submit),
+                Err(Refusal::Unauthorized(_))
+            ));
+        }
+    }
+
+    #[test]
+    fn bad_token_configs_are_refused_naming_the_token() {
+        for (toml, says) in [
+            (
+                r#"tokens = [{name = "a", token = "short", scopes = ["read"]}]"#,
+                "at least 16 bytes",
+            ),
+            (
+                r#"tokens = [{name = "a", token = "0123456789abcdefgh", scopes = []}]"#,
+                "give it scopes",
+            ),
+            (
+                r#"tokens = [{name = "a", scopes = ["read"]}]"#,
+                "one of `token` and `token_env`",
+            ),
+            (
+                r#"tokens = [{name = "a", token_env = "REDSTAGE_TEST_NO_SUCH_VAR", scopes = ["read"]}]"#,
+                "REDSTAGE_TEST_NO_SUCH_VAR is not set",
+            ),
+        ] {
+            let config: AuthConfig = toml::from_str(toml).expect("parses");
+            let err = Tokens::from_config(&config).expect_err(toml);
+            assert!(err.contains("`a`") && err.contains(says), "{err}");
+        }
+    }
+}

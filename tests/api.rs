@@ -1,0 +1,373 @@
+//! The served API over real HTTP, against a real `redstage serve` and real
+//! Redis: bearer tokens and their scopes on every route, the bounds that
+//! turn a flood away at once, and a client that disconnects mid-transaction.
+
+use std::time::{Duration, Instant};
+
+use redstage_tests::{
+    Launch, Persistence, TestEnv, Toolchain, component_file, components, http, step, workspace,
+};
+use serde_json::{Value, json};
+
+fn deduct(sku: &str, qty: i64) -> Value {
+    step("inventory", json!({"op": "deduct", "sku": sku, "qty": qty}))
+}
+fn transfer(from: &str, to: &str, amount: i64) -> Value {
+    step(
+        "payments",
+        json!({"op": "transfer", "from": from, "to": to, "amount": amount}),
+    )
+}
+
+/// Method, path, body, the token with the route's scope, one without it,
+/// and the status the route answers once allowed.
+type Route<'a> = (&'a str, &'a str, &'a [u8], &'a str, &'a str, u16);
+
+const SHOP_TOKEN: &str = "shop-0123456789abcdef";
+const OPS_TOKEN: &str = "ops-0123456789abcdef";
+const METRICS_TOKEN: &str = "metrics-0123456789abcdef";
+
+/// Three tokens: one per scope, the metrics one from the environment.
+const TOKENS: &str = r#"
+[[auth.tokens]]
+name = "shop"
+token = "shop-0123456789abcdef"
+scopes = ["submit"]
+[[auth.tokens]]
+name = "ops"
+token = "ops-0123456789abcdef"
+scopes = ["deploy"]
+[[auth.tokens]]
+name = "metrics"
+token_env = "REDSTAGE_TEST_METRICS_TOKEN"
+scopes = ["read"]
+"#;
+
+#[tokio::test]
+async fn every_route_but_health_and_ready_needs_a_token_with_its_scope() {
+    let env = TestEnv::orders_with(TOKENS, Persistence::None);
+    env.stock_and_fund("A1", 100, "alice", 100).await;
+    let host = env
+        .launch_host(&Launch {
+            envs: &[("REDSTAGE_TEST_METRICS_TOKEN", METRICS_TOKEN)],
+            ..Launch::default()
+        })
+        .expect("serves");
+    let order = json!({"steps": [deduct("A1", 1), transfer("alice", "shop", 1)]}).to_string();
+    let id = "0190a0a0-0000-7000-8000-000000000000";
+    let lookup = format!("/v1/transactions/{id}");
+    let routes: [Route; 6] = [
+        (
+            "POST",
+            "/v1/transactions",
+            order.as_bytes(),
+            SHOP_TOKEN,
+            OPS_TOKEN,
+            200,
+        ),
+        ("GET", &lookup, b"", SHOP_TOKEN, METRICS_TOKEN, 404),
+        (
+            "GET",
+            "/v1/participants",
+            b"",
+            METRICS_TOKEN,
+            SHOP_TOKEN,
+            200,
+        ),
+        ("GET", "/metrics", b"", METRICS_TOKEN, OPS_TOKEN, 200),
+        (
+            "PUT",
+            "/v1/participants/x?store=orders&prefix=x:",
+            b"\0asm",
+            OPS_TOKEN,
+            SHOP_TOKEN,
+            409,
+        ),
+        (
+            "DELETE",
+            "/v1/participants/x",
+            b"",
+            OPS_TOKEN,
+            METRICS_TOKEN,
+            409,
+        ),
+    ];
+    for (method, path, body, allowed, other, status) in routes {
+        let what = format!("{method} {path}");
+        for token in [None, Some("not-a-token-at-all-0000"), Some(&allowed[1..])] {
+            let (code, head, answer) = http::request_as(host.addr, token, method, path, body).await;
+            assert_eq!(code, 401, "{what} with {token:?}: {answer}");
+            assert_eq!(answer["error"]["code"], "unauthorized", "{what}");
+            assert!(head.contains("\r\nwww-authenticate: bearer"), "{head}");
+        }
+        let (code, _, answer) = http::request_as(host.addr, Some(other), method, path, body).await;
+        assert_eq!(code, 403, "{what} with another scope: {answer}");
+        assert_eq!(answer["error"]["code"], "forbidden", "{what}");
+        let (code, _, answer) =
+            http::request_as(host.addr, Some(allowed), method, path, body).await;
+        assert_eq!(code, status, "{what} with its scope: {answer}");
+    }
+    for path in ["/v1/health", "/v1/ready"] {
+        let (code, _, answer) = http::request_as(host.addr, None, "GET", path, b"").await;
+        assert_eq!(code, 200, "{path} stays open: {answer}");
+    }
+    // Only the one allowed order ran.
+    assert_eq!(
+        env.get("orders", "inventory:stock:A1").await.as_deref(),
+        Some("99")
+    );
+}
+
+#[tokio::test]
+async fn redstage_deploy_sends_its_token_from_the_flag_or_the_environment() {
+    let folder = tempfile::tempdir().expect("temp dir");
+    let env = TestEnv::orders_with(
+        &format!(
+            "[deploy]\nfolder = {:?}\n{TOKENS}",
+            folder.path().display().to_string()
+        ),
+        Persistence::None,
+    );
+    let host = env
+        .launch_host(&Launch {
+            envs: &[("REDSTAGE_TEST_METRICS_TOKEN", METRICS_TOKEN)],
+            ..Launch::default()
+        })
+        .expect("serves");
+    let deploy = |name: &str, flag: Option<&str>, var: Option<&str>| {
+        let mut cmd = std::process::Command::new(workspace().join("target/debug/redstage"));
+        cmd.args(["deploy", "--server", &format!("http://{}", host.addr)])
+            .args(["--store", "orders", "--prefix", &format!("{name}:")])
+            .env_remove("REDSTAGE_TOKEN");
+        if let Some(token) = flag {
+            cmd.args(["--token", token]);
+        }
+        if let Some(token) = var {
+            cmd.env("REDSTAGE_TOKEN", token);
+        }
+        let component = components(Toolchain::CargoComponent).join(component_file("counter-v1"));
+        let out = cmd.arg(name).arg(component).output().expect("run");
+        let answer: Value = serde_json::from_slice(&out.stdout)
+            .unwrap_or_else(|e| panic!("{e}: {}", String::from_utf8_lossy(&out.stderr)));
+        (out.status.code(), answer)
+    };
+    let (code, answer) = deploy("none", None, None);
+    assert_eq!(
+        (code, &answer["error"]["code"]),
+        (Some(1), &json!("unauthorized"))
+    );
+    let (code, answer) = deploy("shop", Some(SHOP_TOKEN), None);
+    assert_eq!(
+        (code, &answer["error"]["code"]),
+        (Some(1), &json!("forbidden"))
+    );
+    let (code, answer) = deploy("flag", Some(OPS_TOKEN), None);
+    assert_eq!(
+        (code, &answer["name"]),
+        (Some(0), &json!("flag")),
+        "{answer}"
+    );
+    let (code, answer) = deploy("var", None, Some(OPS_TOKEN));
+    assert_eq!(
+        (code, &answer["name"]),
+        (Some(0), &json!("var")),
+        "{answer}"
+    );
+}
+
+#[tokio::test]
+async fn without_tokens_a_host_listens_beyond_loopback_only_when_told_insecure() {
+    let env = TestEnv::orders();
+    let all = Launch {
+        all_interfaces: true,
+        ..Launch::default()
+    };
+    let refused = env.launch_host(&all).expect_err("refused");
+    assert!(
+        refused
+            .iter()
+            .any(|l| l.contains("without any [[auth.tokens]]") && l.contains("--insecure")),
+        "{refused:?}"
+    );
+    let host = env
+        .launch_host(&Launch {
+            args: &["--insecure"],
+            ..all
+        })
+        .expect("serves when told");
+    assert!(host.wait_for("--insecure", Duration::from_secs(5)).await);
+    let (code, _, _) = http::request_as(host.addr, None, "GET", "/v1/participants", b"").await;
+    assert_eq!(code, 200);
+    // With a token configured, every interface is fine.
+    let env = TestEnv::orders_with(
+        "[[auth.tokens]]\nname = \"a\"\ntoken = \"0123456789abcdef\"\nscopes = [\"read\"]\n",
+        Persistence::None,
+    );
+    let host = env.launch_host(&all).expect("serves");
+    let (code, _, _) = http::request_as(host.addr, None, "GET", "/v1/participants", b"").await;
+    assert_eq!(code, 401);
+}
+
+/// The orders that stall after their prepare in the backpressure tests,
+/// long enough for everything else a test sends to be answered first.
+const STALL: &str = "after-prepare:3000";
+
+fn order_body() -> Vec<u8> {
+    json!({"steps": [deduct("A1", 1), transfer("alice", "shop", 1)]})
+        .to_string()
+        .into_bytes()
+}
+
+/// Sends `n` orders to `addr`, each on a task of its own.
+fn send_orders(
+    addr: std::net::SocketAddr,
+    n: usize,
+) -> Vec<tokio::task::JoinHandle<(u16, Value, String)>> {
+    (0..n)
+        .map(|_| {
+            tokio::spawn(async move {
+                let (status, head, body) =
+                    http::try_request_with_head(addr, "POST", "/v1/transactions", &order_body())
+                        .await
+                        .expect("an answer");
+                (status, body, head)
+            })
+        })
+        .collect()
+}
+
+/// Asserts an `overloaded` answer: 503, the code, `Retry-After`, and
+/// `what` (the bound) named in the message.
+fn assert_overloaded((status, body, head): &(u16, Value, String), what: &str) {
+    assert_eq!(*status, 503, "{body}");
+    assert_eq!(body["error"]["code"], "overloaded", "{body}");
+    assert!(head.contains("\r\nretry-after: 1"), "{head}");
+    let message = body["error"]["message"].as_str().unwrap_or_default();
+    assert!(
+        message.contains(what) && message.contains("nothing was applied"),
+        "{message}"
+    );
+}
+
+async fn assert_committed(orders: Vec<tokio::task::JoinHandle<(u16, Value, String)>>) {
+    for order in orders {
+        let (status, body, _) = order.await.expect("order task");
+        assert_eq!(
+            (status, &body["status"]),
+            (200, &json!("committed")),
+            "{body}"
+        );
+    }
+}
+
+#[tokio::test]
+async fn a_flood_past_the_in_flight_bound_is_turned_away_at_once_and_the_host_recovers() {
+    const IN_FLIGHT: usize = 4;
+    let env = TestEnv::orders_with(
+        &format!("[txn]\nin_flight_max = {IN_FLIGHT}\n"),
+        Persistence::None,
+    );
+    env.stock_and_fund("A1", 100, "alice", 100).await;
+    let host = env.spawn_host(Some(STALL));
+    let first = send_orders(host.addr, IN_FLIGHT);
+    assert!(
+        host.wait_for_n(
+            "reached fault point after-prepare",
+            IN_FLIGHT,
+            Duration::from_secs(20)
+        )
+        .await
+    );
+    // Every place is taken: the flood is answered while the first orders
+    // still stall, having touched nothing.
+    for flooded in send_orders(host.addr, 5 * IN_FLIGHT) {
+        let answer = flooded.await.expect("flood task");
+        assert_overloaded(&answer, "txn.in_flight_max");
+    }
+    assert!(
+        first.iter().all(|o| !o.is_finished()),
+        "the flood waited for the orders in flight"
+    );
+    assert_committed(first).await;
+    // Below the bound again, the host serves.
+    assert_committed(send_orders(host.addr, IN_FLIGHT)).await;
+    let (_, metrics) = http::get(host.addr, "/metrics").await;
+    let metrics = metrics.as_str().expect("text");
+    assert!(
+        metrics.contains(&format!(
+            "redstage_transaction_errors_total{{code=\"overloaded\"}} {}",
+            5 * IN_FLIGHT
+        )),
+        "{metrics}"
+    );
+    assert_eq!(
+        env.get("orders", "inventory:stock:A1").await.as_deref(),
+        Some((100 - 2 * IN_FLIGHT).to_string().as_str()),
+        "only the admitted orders applied"
+    );
+    assert_eq!(env.leftovers().await, Vec::<String>::new());
+}
+
+#[tokio::test]
+async fn a_transaction_that_waits_past_slot_wait_ms_for_instances_is_turned_away() {
+    // One order takes the whole pool and stalls holding it.
+    let env = TestEnv::orders_with(
+        "[runtime]\ninstance_pool = 2\n[txn]\nsteps_max = 2\nslot_wait_ms = 100\n",
+        Persistence::None,
+    );
+    env.stock_and_fund("A1", 100, "alice", 100).await;
+    let host = env.spawn_host(Some(STALL));
+    let first = send_orders(host.addr, 1);
+    assert!(
+        host.wait_for("reached fault point after-prepare", Duration::from_secs(20))
+            .await
+    );
+    let waited = send_orders(host.addr, 1).pop().expect("one order");
+    assert_overloaded(&waited.await.expect("task"), "txn.slot_wait_ms");
+    assert!(!first[0].is_finished());
+    assert_committed(first).await;
+    assert_committed(send_orders(host.addr, 1)).await;
+    assert_eq!(
+        env.get("orders", "inventory:stock:A1").await.as_deref(),
+        Some("98")
+    );
+}
+
+#[tokio::test]
+async fn a_client_gone_mid_transaction_leaves_it_finished() {
+    use tokio::io::AsyncWriteExt;
+    let env = TestEnv::orders();
+    env.stock_and_fund("A1", 100, "alice", 100).await;
+    let host = env.spawn_host(Some("after-prepare:500"));
+    let mut client = tokio::net::TcpStream::connect(host.addr)
+        .await
+        .expect("connect");
+    let body = order_body();
+    let head = format!(
+        "POST /v1/transactions HTTP/1.1\r\nhost: x\r\ncontent-type: application/json\r\n\
+         content-length: {}\r\n\r\n",
+        body.len()
+    );
+    client.write_all(head.as_bytes()).await.expect("head");
+    client.write_all(&body).await.expect("body");
+    assert!(
+        host.wait_for("reached fault point after-prepare", Duration::from_secs(20))
+            .await
+    );
+    drop(client);
+    // Nobody waits for the answer, and the order still commits, on both
+    // stores, with nothing left for recovery.
+    let started = Instant::now();
+    while env.get("orders", "inventory:stock:A1").await.as_deref() != Some("99") {
+        assert!(
+            started.elapsed() < Duration::from_secs(20),
+            "the order was cut short"
+        );
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+    assert_eq!(
+        env.get("ledger", "payments:balance:alice").await.as_deref(),
+        Some("99")
+    );
+    assert_eq!(env.leftovers().await, Vec::<String>::new());
+}
