@@ -371,3 +371,124 @@ async fn a_client_gone_mid_transaction_leaves_it_finished() {
     );
     assert_eq!(env.leftovers().await, Vec::<String>::new());
 }
+
+#[tokio::test]
+async fn sigterm_under_load_drains_and_loses_nothing() {
+    const CLIENTS: usize = 8;
+    let env = TestEnv::orders();
+    env.stock_and_fund("A1", 100_000, "alice", 100_000).await;
+    let mut host = env.spawn_host(None);
+    let addr = host.addr;
+    // Each client sends orders, one connection each, until the host no
+    // longer accepts; it counts the orders answered committed.
+    let clients: Vec<_> = (0..CLIENTS)
+        .map(|_| {
+            tokio::spawn(async move {
+                let mut committed = 0u64;
+                loop {
+                    let sent = http::try_request_with_head(
+                        addr,
+                        "POST",
+                        "/v1/transactions",
+                        &order_body(),
+                    )
+                    .await;
+                    match sent {
+                        Ok((200, _, body)) if body["status"] == "committed" => committed += 1,
+                        Ok(other) => panic!("an order answered {other:?}"),
+                        Err(_) => return committed,
+                    }
+                }
+            })
+        })
+        .collect();
+    let started = Instant::now();
+    let stock = || async {
+        let stock = env.get("orders", "inventory:stock:A1").await;
+        stock.and_then(|s| s.parse::<u64>().ok()).expect("a stock")
+    };
+    while stock().await > 100_000 - 50 {
+        assert!(started.elapsed() < Duration::from_secs(30), "no load");
+        tokio::time::sleep(Duration::from_millis(10)).await;
+    }
+    redstage_tests::signal(host.pid(), "TERM");
+    let status = host.wait_exit(Duration::from_secs(30)).await;
+    assert!(status.is_some_and(|s| s.success()), "{status:?}");
+    let mut committed = 0;
+    for client in clients {
+        committed += client.await.expect("client task");
+    }
+    // Every order answered committed applied, on both stores, and no other
+    // did; nothing was left for recovery.
+    assert!(committed > 0);
+    assert_eq!(env.leftovers().await, Vec::<String>::new());
+    assert_eq!(
+        env.get("orders", "inventory:stock:A1").await,
+        Some((100_000 - committed).to_string())
+    );
+    assert_eq!(
+        env.get("ledger", "payments:balance:shop").await,
+        Some(committed.to_string())
+    );
+}
+
+#[tokio::test]
+async fn past_shutdown_grace_ms_the_host_exits_and_recovery_finishes_the_rest() {
+    let env = TestEnv::orders_with(
+        "[txn]\nshutdown_grace_ms = 200\nlease_ms = 800\nstore_timeout_ms = 400\n\
+         sweep_interval_ms = 100\n",
+        Persistence::None,
+    );
+    env.stock_and_fund("A1", 100, "alice", 100).await;
+    // A transaction that stalls far longer than the grace.
+    let mut host = env.spawn_host(Some("after-prepare:60000"));
+    let addr = host.addr;
+    let stalled = tokio::spawn(async move {
+        http::try_request(addr, "POST", "/v1/transactions", &order_body()).await
+    });
+    assert!(
+        host.wait_for("reached fault point after-prepare", Duration::from_secs(20))
+            .await
+    );
+    redstage_tests::signal(host.pid(), "TERM");
+    let status = host.wait_exit(Duration::from_secs(30)).await;
+    assert!(status.is_some_and(|s| s.success()), "{status:?}");
+    assert!(
+        host.stderr()
+            .iter()
+            .any(|l| l.contains("shutdown_grace_ms is over")),
+        "{:?}",
+        host.stderr()
+    );
+    let answer = stalled.await.expect("task");
+    assert!(
+        answer.is_err(),
+        "the stalled order was answered: {answer:?}"
+    );
+    // Its locks are another host's to roll back.
+    let _survivor = env.spawn_host(None);
+    let started = Instant::now();
+    while !env.leftovers().await.is_empty() {
+        assert!(started.elapsed() < Duration::from_secs(20));
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+    assert_eq!(
+        env.get("orders", "inventory:stock:A1").await.as_deref(),
+        Some("100")
+    );
+}
+
+#[tokio::test]
+async fn a_draining_host_is_not_ready() {
+    let env = TestEnv::orders();
+    let addr = http::serve(env.coordinator.clone()).await;
+    let (status, body) = http::get(addr, "/v1/ready").await;
+    assert_eq!((status, &body["status"]), (200, &json!("ready")), "{body}");
+    env.coordinator.drain();
+    let (status, body) = http::get(addr, "/v1/ready").await;
+    assert_eq!(
+        (status, &body["status"]),
+        (503, &json!("draining")),
+        "{body}"
+    );
+}

@@ -224,6 +224,10 @@ pub struct TxnConfig {
     /// (`runtime.instance_pool`) before it is answered `503 overloaded`,
     /// having touched nothing.
     pub slot_wait_ms: u64,
+    /// How long `serve`, told to stop (SIGTERM, Ctrl-C), lets the
+    /// transactions in flight finish before it exits; whatever is still
+    /// running then is left to recovery.
+    pub shutdown_grace_ms: u64,
 }
 
 impl Default for TxnConfig {
@@ -243,6 +247,7 @@ impl Default for TxnConfig {
             sweep_interval_ms: 1_000,
             in_flight_max: 1_024,
             slot_wait_ms: 1_000,
+            shutdown_grace_ms: 10_000,
         }
     }
 }
@@ -274,6 +279,9 @@ impl TxnConfig {
     }
     pub fn slot_wait(&self) -> Duration {
         Duration::from_millis(self.slot_wait_ms)
+    }
+    pub fn shutdown_grace(&self) -> Duration {
+        Duration::from_millis(self.shutdown_grace_ms)
     }
 }
 

@@ -166,6 +166,19 @@ impl HostProcess {
         let _ = self.child.wait();
     }
 
+    /// Waits (up to `timeout`) for the host to exit on its own: its exit
+    /// status, or `None` if it is still running.
+    pub async fn wait_exit(&mut self, timeout: Duration) -> Option<std::process::ExitStatus> {
+        let started = Instant::now();
+        while started.elapsed() < timeout {
+            if let Ok(Some(status)) = self.child.try_wait() {
+                return Some(status);
+            }
+            tokio::time::sleep(Duration::from_millis(20)).await;
+        }
+        None
+    }
+
     /// Whether the process has exited (and was reaped).
     fn exited(&mut self) -> bool {
         !matches!(self.child.try_wait(), Ok(None))

@@ -296,10 +296,15 @@ fn txn_error(e: &TxnError) -> Response {
     response
 }
 
-/// Ready when every store answers and keeps its writes durable (see
-/// `store::durability`): a store whose settings changed since the start
-/// takes the host out of rotation, naming what to set.
+/// Ready when the host is not shutting down and every store answers and
+/// keeps its writes durable (see `store::durability`): a store whose
+/// settings changed since the start takes the host out of rotation, naming
+/// what to set.
 async fn ready(State(coordinator): State<Arc<Coordinator>>) -> Response {
+    if coordinator.draining() {
+        let body = json!({"status": "draining"});
+        return (StatusCode::SERVICE_UNAVAILABLE, Json(body)).into_response();
+    }
     let durability = coordinator.durability();
     let checks = futures::future::join_all(coordinator.stores().map(|s| async move {
         let checked = match s.ping().await {

@@ -9,6 +9,7 @@
 mod client;
 mod demo;
 
+use std::future::IntoFuture;
 use std::path::PathBuf;
 use std::process::ExitCode;
 use std::sync::Arc;
@@ -221,12 +222,32 @@ async fn serve(
         coordinator.registry().clone(),
         config.deploy.poll(),
     ));
-    axum::serve(
+    // Told to stop: no longer ready, no new connections, and the requests
+    // in flight get `shutdown_grace_ms` to finish.
+    let (stopping, mut stopped) = tokio::sync::watch::channel(false);
+    let draining = coordinator.clone();
+    let server = axum::serve(
         listener,
         crate::api::router(coordinator.clone(), Arc::new(tokens)),
     )
-    .with_graceful_shutdown(shutdown())
-    .await?;
+    .with_graceful_shutdown(async move {
+        shutdown().await;
+        draining.drain();
+        let _ = stopping.send(true);
+    });
+    let grace = config.txn.shutdown_grace();
+    let grace_over = async move {
+        let _ = stopped.wait_for(|s| *s).await;
+        tokio::time::sleep(grace).await;
+    };
+    tokio::select! {
+        served = server.into_future() => served?,
+        () = grace_over => tracing::warn!(
+            in_flight = coordinator.in_flight(),
+            "txn.shutdown_grace_ms is over: exiting with transactions in flight; recovery will \
+             finish or roll back what they locked"
+        ),
+    }
     sweeper.abort();
     watcher.abort();
     // What answered transactions still owe (other stores' applies) is
@@ -312,7 +333,7 @@ async fn recover(path: PathBuf, wait_s: u64) -> anyhow::Result<ExitCode> {
     })
 }
 
-/// Resolves on Ctrl-C or SIGTERM; in-flight requests then finish.
+/// Resolves on Ctrl-C or SIGTERM.
 async fn shutdown() {
     let ctrl_c = tokio::signal::ctrl_c();
     let mut term = tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate())

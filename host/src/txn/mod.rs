@@ -143,7 +143,7 @@ mod wake;
 
 use std::collections::BTreeMap;
 use std::sync::Arc;
-use std::sync::atomic::{AtomicUsize, Ordering};
+use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering};
 use std::time::{Duration, Instant};
 
 use crate::config::{Config, TxnConfig};
@@ -232,6 +232,8 @@ pub struct Coordinator {
     finalizer: Arc<Finalizer>,
     /// Transactions running now, bounded by `txn.in_flight_max`.
     in_flight: Arc<AtomicUsize>,
+    /// Set once the host is shutting down: it is no longer ready.
+    draining: AtomicBool,
 }
 
 /// A transaction's place among those in flight, given back when dropped.
@@ -321,6 +323,7 @@ impl Coordinator {
             waker: wake::Waker::default(),
             finalizer: Arc::new(Finalizer::new(pending.clone())),
             in_flight: Arc::default(),
+            draining: AtomicBool::new(false),
             pending,
         })
     }
@@ -359,6 +362,21 @@ impl Coordinator {
     /// Whether the stores are held to the durability rules.
     pub fn durability(&self) -> Durability {
         self.durability
+    }
+
+    /// Marks the host as shutting down: `/v1/ready` answers 503 from now on,
+    /// so that load balancers stop sending it work.
+    pub fn drain(&self) {
+        self.draining.store(true, Ordering::Relaxed);
+    }
+
+    pub fn draining(&self) -> bool {
+        self.draining.load(Ordering::Relaxed)
+    }
+
+    /// Transactions running now.
+    pub fn in_flight(&self) -> usize {
+        self.in_flight.load(Ordering::Relaxed)
     }
 
     /// Runs `request` to a decision: committed, or aborted with a reason.
