@@ -492,3 +492,58 @@ async fn a_draining_host_is_not_ready() {
         "{body}"
     );
 }
+
+#[tokio::test]
+async fn every_answer_names_its_request_and_json_logs_carry_it() {
+    let env = TestEnv::orders();
+    env.stock_and_fund("A1", 100, "alice", 100).await;
+    let host = env
+        .launch_host(&Launch {
+            args: &["--log-format", "json"],
+            envs: &[("RUST_LOG", "redstage=debug")],
+            ..Launch::default()
+        })
+        .expect("serves");
+    let order = order_body();
+    // A new id on every answer: a commit, an error, no route, an open route.
+    let mut ids = std::collections::BTreeSet::new();
+    for (method, path, body) in [
+        ("POST", "/v1/transactions", &order[..]),
+        ("POST", "/v1/transactions", b"{"),
+        ("GET", "/nowhere", b""),
+        ("GET", "/v1/health", b""),
+    ] {
+        let (_, head, _) = http::request_with(host.addr, &[], method, path, body).await;
+        let id = http::header(&head, "x-request-id").expect("an id");
+        assert!(ids.insert(id.to_owned()), "{id} twice");
+    }
+    // A client's own id is kept; one that is no header value fit to log is
+    // replaced.
+    let own = [("x-request-id", "order-42")];
+    let (status, head, _) =
+        http::request_with(host.addr, &own, "POST", "/v1/transactions", &order).await;
+    assert_eq!(status, 200);
+    assert_eq!(http::header(&head, "x-request-id"), Some("order-42"));
+    let long = "x".repeat(200);
+    let (_, head, _) = http::request_with(
+        host.addr,
+        &[("x-request-id", &long)],
+        "GET",
+        "/v1/health",
+        b"",
+    )
+    .await;
+    assert_ne!(http::header(&head, "x-request-id"), Some(&*long));
+    // Its log lines are JSON objects, inside the request's span.
+    assert!(host.wait_for("order-42", Duration::from_secs(10)).await);
+    let answered: Value = host
+        .stderr()
+        .iter()
+        .filter(|l| l.contains("order-42"))
+        .map(|l| serde_json::from_str::<Value>(l).unwrap_or_else(|e| panic!("{e}: {l}")))
+        .find(|l| l["fields"]["message"] == "answered")
+        .expect("the request's answered line");
+    assert_eq!(answered["span"]["name"], "request", "{answered}");
+    assert_eq!(answered["span"]["id"], "order-42", "{answered}");
+    assert_eq!(answered["fields"]["status"], 200, "{answered}");
+}

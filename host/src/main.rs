@@ -10,14 +10,18 @@ static ALLOCATOR: mimalloc::MiMalloc = mimalloc::MiMalloc;
 
 #[tokio::main]
 async fn main() -> ExitCode {
-    tracing_subscriber::fmt()
+    let cli = redstage::cli::Cli::parse();
+    let logs = tracing_subscriber::fmt()
         .with_env_filter(
             tracing_subscriber::EnvFilter::try_from_default_env()
                 .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new("info")),
         )
-        .with_writer(std::io::stderr)
-        .init();
-    match redstage::cli::Cli::parse().run().await {
+        .with_writer(std::io::stderr);
+    match cli.log_format() {
+        redstage::cli::LogFormat::Text => logs.init(),
+        redstage::cli::LogFormat::Json => logs.json().with_current_span(true).init(),
+    }
+    match cli.run().await {
         Ok(code) => code,
         Err(e) => {
             eprintln!("error: {e:#}");

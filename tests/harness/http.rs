@@ -47,12 +47,34 @@ pub async fn request_as(
     path: &str,
     body: &[u8],
 ) -> (u16, String, Value) {
-    let header = token
-        .map(|t| format!("authorization: Bearer {t}\r\n"))
-        .unwrap_or_default();
-    exchange(addr, method, path, &header, body)
+    let bearer = token.map(|t| format!("Bearer {t}"));
+    let headers: Vec<(&str, &str)> = bearer.iter().map(|b| ("authorization", &**b)).collect();
+    request_with(addr, &headers, method, path, body).await
+}
+
+/// [`request`] with `headers` (name, value) added; the head too.
+pub async fn request_with(
+    addr: SocketAddr,
+    headers: &[(&str, &str)],
+    method: &str,
+    path: &str,
+    body: &[u8],
+) -> (u16, String, Value) {
+    let lines: String = headers
+        .iter()
+        .map(|(name, value)| format!("{name}: {value}\r\n"))
+        .collect();
+    exchange(addr, method, path, &lines, body)
         .await
         .unwrap_or_else(|e| panic!("{method} {path}: {e}"))
+}
+
+/// The value of header `name` (lower case) in a head as [`request_with`]
+/// returns it.
+pub fn header<'h>(head: &'h str, name: &str) -> Option<&'h str> {
+    head.split("\r\n")
+        .find_map(|line| line.strip_prefix(name)?.strip_prefix(':'))
+        .map(str::trim)
 }
 
 /// One request with `headers` (whole lines, each ending in CRLF) added.

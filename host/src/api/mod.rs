@@ -46,11 +46,12 @@ use axum::body::Bytes;
 use axum::extract::rejection::{BytesRejection, QueryRejection};
 use axum::extract::{DefaultBodyLimit, Path, Query, State};
 use axum::http::header::RETRY_AFTER;
-use axum::http::{HeaderValue, StatusCode};
+use axum::http::{HeaderName, HeaderValue, StatusCode};
 use axum::response::{IntoResponse, Response};
 use axum::routing::{get, post, put};
 use axum::{Json, Router};
 use serde_json::json;
+use tracing::Instrument;
 
 use crate::participants::DeployError;
 use crate::participants::folder::Manifest;
@@ -87,7 +88,50 @@ pub fn router(coordinator: Arc<Coordinator>, tokens: Arc<auth::Tokens>) -> Route
         .route("/metrics", get(metrics))
         .layer(DefaultBodyLimit::max(BODY_BYTES_MAX))
         .layer(axum::middleware::from_fn_with_state(tokens, auth::require))
+        .layer(axum::middleware::from_fn(request_id))
         .with_state(coordinator)
+}
+
+/// The header naming a request on its answer and in the logs.
+pub const REQUEST_ID: HeaderName = HeaderName::from_static("x-request-id");
+
+/// The longest request id taken from a client; a longer one (or an empty
+/// one, or one with other than visible ASCII) is replaced.
+pub const REQUEST_ID_BYTES_MAX: usize = 128;
+
+/// Names every request: the client's `x-request-id` when it sends a usable
+/// one, else a new UUID. The id is on the answer, whatever it is, and on
+/// every log line of the request (its `request` span), the transaction's
+/// included.
+async fn request_id(request: axum::extract::Request, next: axum::middleware::Next) -> Response {
+    let id = request
+        .headers()
+        .get(&REQUEST_ID)
+        .and_then(|v| v.to_str().ok())
+        .filter(|v| {
+            !v.is_empty()
+                && v.len() <= REQUEST_ID_BYTES_MAX
+                && v.bytes().all(|b| b.is_ascii_graphic())
+        })
+        .map_or_else(|| uuid::Uuid::now_v7().to_string(), str::to_owned);
+    let span = tracing::info_span!(
+        "request",
+        id = %id,
+        method = %request.method(),
+        path = %request.uri().path()
+    );
+    let started = std::time::Instant::now();
+    let mut response = next.run(request).instrument(span.clone()).await;
+    span.in_scope(|| {
+        tracing::debug!(
+            status = response.status().as_u16(),
+            us = started.elapsed().as_micros() as u64,
+            "answered"
+        );
+    });
+    let value = HeaderValue::from_str(&id).expect("a request id is visible ASCII");
+    response.headers_mut().insert(REQUEST_ID, value);
+    response
 }
 
 async fn submit(
@@ -111,7 +155,7 @@ async fn submit(
     };
     // On a task of its own, so that a client that disconnects does not cut
     // the transaction short: it finishes, and its outcome can be looked up.
-    let run = tokio::spawn(async move { coordinator.run(request).await });
+    let run = tokio::spawn(async move { coordinator.run(request).await }.in_current_span());
     match run.await.expect("a transaction task does not panic") {
         Ok(response) => Json(response).into_response(),
         Err(e) => txn_error(&e),

@@ -28,6 +28,17 @@ use crate::txn::types::{Status, TxnRequest};
 pub struct Cli {
     #[command(subcommand)]
     command: Command,
+    /// How logs (on stderr) are written: `text` for people, `json` (one
+    /// object per line, with the request's span) for log pipelines.
+    #[arg(long, global = true, value_enum, default_value_t = LogFormat::Text)]
+    log_format: LogFormat,
+}
+
+/// See [`Cli`]'s `--log-format`.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, clap::ValueEnum)]
+pub enum LogFormat {
+    Text,
+    Json,
 }
 
 #[derive(Debug, Subcommand)]
@@ -125,6 +136,10 @@ enum Command {
 }
 
 impl Cli {
+    pub fn log_format(&self) -> LogFormat {
+        self.log_format
+    }
+
     pub async fn run(self) -> anyhow::Result<ExitCode> {
         match self.command {
             Command::Serve {

@@ -4,6 +4,7 @@ use std::collections::{BTreeMap, HashMap};
 use std::time::Instant;
 
 use futures::future::join_all;
+use tracing::Instrument;
 
 use super::background::Owed;
 use super::idempotency::{self, ClaimToken};
@@ -555,7 +556,15 @@ async fn execute(
             })
             .collect();
         let started = Instant::now();
-        let executed = instance.execute(&step.input, &snapshot).await;
+        let span = tracing::debug_span!(
+            "call",
+            participant = %step.participant.name,
+            phase = "execute"
+        );
+        let executed = instance
+            .execute(&step.input, &snapshot)
+            .instrument(span)
+            .await;
         p.calls.execute.record(started.elapsed());
         let outcome = match executed {
             Ok(Ok(outcome)) => outcome,

@@ -146,6 +146,8 @@ use std::sync::Arc;
 use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering};
 use std::time::{Duration, Instant};
 
+use tracing::Instrument;
+
 use crate::config::{Config, TxnConfig};
 use crate::metrics::Metrics;
 use crate::participants::{Participant, Registry};
@@ -461,7 +463,11 @@ impl Coordinator {
         let mut attempt = 1;
         loop {
             let id = new_txn_id();
-            let outcome = self.attempt(&id, attempt, &mut steps, &plan, claim).await?;
+            let span = tracing::info_span!("txn", id = %id, attempt);
+            let outcome = self
+                .attempt(&id, attempt, &mut steps, &plan, claim)
+                .instrument(span)
+                .await?;
             let (reason, blocked) = match outcome {
                 Outcome::Committed { outputs, after } => {
                     let recorded = claim.is_some() && plan.primary.is_some();
@@ -686,7 +692,8 @@ impl Coordinator {
                 .await
                 .map_err(|e| step.call_failed(e))?;
             let started = Instant::now();
-            let reply = instance.declare(&step.input).await;
+            let span = tracing::debug_span!("call", participant = %step.participant.name, phase = "declare");
+            let reply = instance.declare(&step.input).instrument(span).await;
             step.participant.calls.declare.record(started.elapsed());
             let access = match reply {
                 Ok(Ok(access)) => access,
