@@ -547,3 +547,152 @@ async fn every_answer_names_its_request_and_json_logs_carry_it() {
     assert_eq!(answered["span"]["id"], "order-42", "{answered}");
     assert_eq!(answered["fields"]["status"], 200, "{answered}");
 }
+
+/// Random JSON, shaped now and then like a request, for the fuzz test.
+fn random_json(rng: &mut fastrand::Rng, depth: u32) -> Value {
+    const KEYS: &[&str] = &[
+        "steps",
+        "participant",
+        "input",
+        "idempotency_key",
+        "op",
+        "sku",
+        "qty",
+        "from",
+        "to",
+        "amount",
+        "account",
+    ];
+    let leaf = depth == 0 || rng.u8(..4) == 0;
+    match rng.u8(..if leaf { 6 } else { 8 }) {
+        0 => Value::Null,
+        1 => json!(rng.bool()),
+        2 => json!(rng.i64(..)),
+        3 => json!(rng.f64() * 1e300),
+        4 => json!(["inventory", "payments", "", "x"][rng.usize(..4)]),
+        5 => Value::String((0..rng.usize(..40)).map(|_| rng.char(..)).collect()),
+        6 => Value::Array(
+            (0..rng.usize(..5))
+                .map(|_| random_json(rng, depth - 1))
+                .collect(),
+        ),
+        _ => Value::Object(
+            (0..rng.usize(..5))
+                .map(|_| {
+                    let key = match rng.bool() {
+                        true => KEYS[rng.usize(..KEYS.len())].to_owned(),
+                        false => (0..rng.usize(..8)).map(|_| rng.char(..)).collect(),
+                    };
+                    (key, random_json(rng, depth - 1))
+                })
+                .collect(),
+        ),
+    }
+}
+
+/// Random bytes: sometimes JSON cut short, sometimes noise.
+fn random_body(rng: &mut fastrand::Rng) -> Vec<u8> {
+    match rng.u8(..3) {
+        0 => (0..rng.usize(..256)).map(|_| rng.u8(..)).collect(),
+        1 => {
+            let json = random_json(rng, 4).to_string().into_bytes();
+            let cut = rng.usize(..=json.len());
+            json[..cut].to_vec()
+        }
+        _ => random_json(rng, 5).to_string().into_bytes(),
+    }
+}
+
+/// Random path segment, percent-encoded.
+fn random_segment(rng: &mut fastrand::Rng) -> String {
+    (0..rng.usize(..24))
+        .map(|_| match rng.u8(..3) {
+            0 => format!("%{:02X}", rng.u8(..)),
+            _ => rng.alphanumeric().to_string(),
+        })
+        .collect()
+}
+
+#[tokio::test]
+async fn arbitrary_bytes_and_json_to_every_route_get_an_answer_never_a_5xx() {
+    let seed = std::env::var("REDSTAGE_FUZZ_SEED")
+        .ok()
+        .and_then(|s| s.parse().ok())
+        .unwrap_or_else(|| fastrand::u64(..));
+    eprintln!("REDSTAGE_FUZZ_SEED={seed}");
+    let mut rng = fastrand::Rng::with_seed(seed);
+    let folder = tempfile::tempdir().expect("temp dir");
+    let env = TestEnv::orders_with(
+        &format!(
+            "[deploy]\nfolder = {:?}\n",
+            folder.path().display().to_string()
+        ),
+        Persistence::None,
+    );
+    env.stock_and_fund("A1", 1_000_000, "alice", 1_000_000)
+        .await;
+    let host = env.spawn_host(None);
+    for i in 0..1500 {
+        let body = random_body(&mut rng);
+        let (method, path, body) = match i % 6 {
+            0 | 1 => ("POST", "/v1/transactions".to_owned(), body),
+            2 => (
+                "GET",
+                format!("/v1/transactions/{}", random_segment(&mut rng)),
+                Vec::new(),
+            ),
+            // Half of the deploys have a manifest that holds, so that
+            // their bodies are compiled.
+            3 => (
+                "PUT",
+                match rng.bool() {
+                    true => format!("/v1/participants/fuzz{i}?store=orders&prefix=fuzz{i}:"),
+                    false => format!(
+                        "/v1/participants/{}?{}={}&prefix={}",
+                        random_segment(&mut rng),
+                        ["store", "prefix", "limits", "x"][rng.usize(..4)],
+                        random_segment(&mut rng),
+                        random_segment(&mut rng)
+                    ),
+                },
+                body,
+            ),
+            4 => (
+                "DELETE",
+                format!("/v1/participants/{}", random_segment(&mut rng)),
+                body,
+            ),
+            _ => (
+                ["GET", "POST", "PATCH"][rng.usize(..3)],
+                format!("/{}", random_segment(&mut rng)),
+                body,
+            ),
+        };
+        let what = format!(
+            "seed {seed}, request {i}: {method} {path} {:?}",
+            String::from_utf8_lossy(&body)
+        );
+        let answer = tokio::time::timeout(
+            Duration::from_secs(10),
+            http::try_request(host.addr, method, &path, &body),
+        )
+        .await
+        .unwrap_or_else(|_| panic!("no answer within 10 s: {what}"))
+        .unwrap_or_else(|e| panic!("{e}: {what}"));
+        match answer {
+            (200, ref v) if v["status"] == "committed" || v["status"] == "aborted" => {}
+            (400..=499, ref v) => {
+                assert!(
+                    v["error"]["code"].is_string() && v["error"]["message"].is_string(),
+                    "no error shape: {v}: {what}"
+                );
+            }
+            other => panic!("{other:?}: {what}"),
+        }
+    }
+    // The host still serves, and nothing but the transactions that ran
+    // changed anything: no lock is left behind.
+    let (status, _) = http::get(host.addr, "/v1/ready").await;
+    assert_eq!(status, 200);
+    assert_eq!(env.leftovers().await, Vec::<String>::new());
+}

@@ -88,9 +88,54 @@ pub fn router(coordinator: Arc<Coordinator>, tokens: Arc<auth::Tokens>) -> Route
         .route("/metrics", get(metrics))
         .layer(DefaultBodyLimit::max(BODY_BYTES_MAX))
         .layer(axum::middleware::from_fn_with_state(tokens, auth::require))
+        .layer(axum::middleware::from_fn(json_errors))
         .layer(axum::middleware::from_fn(request_id))
         .with_state(coordinator)
 }
+
+/// Gives every error the JSON shape of the others, whoever answered it:
+/// axum's own rejections (a path that is not UTF-8, a method a route does
+/// not have) and the fallback for paths that are no route answer plain
+/// text, which this wraps as `{"error": {"code", "message"}}`, the code
+/// named after the status.
+async fn json_errors(request: axum::extract::Request, next: axum::middleware::Next) -> Response {
+    let response = next.run(request).await;
+    let status = response.status();
+    let json = response
+        .headers()
+        .get(axum::http::header::CONTENT_TYPE)
+        .is_some_and(|t| t.as_bytes().starts_with(b"application/json"));
+    if json || !(status.is_client_error() || status.is_server_error()) {
+        return response;
+    }
+    let (parts, body) = response.into_parts();
+    let text = axum::body::to_bytes(body, REJECTION_BYTES_MAX)
+        .await
+        .unwrap_or_default();
+    let code = match status {
+        StatusCode::NOT_FOUND => "not_found",
+        StatusCode::METHOD_NOT_ALLOWED => "method_not_allowed",
+        StatusCode::PAYLOAD_TOO_LARGE => "body_too_large",
+        StatusCode::UNSUPPORTED_MEDIA_TYPE => "unsupported_media_type",
+        s if s.is_server_error() => "internal_error",
+        _ => "bad_request",
+    };
+    let message = match String::from_utf8_lossy(&text).trim() {
+        "" => status.canonical_reason().unwrap_or("error").to_owned(),
+        text => text.to_owned(),
+    };
+    let mut wrapped = error(status, code, &message, None);
+    for (name, value) in &parts.headers {
+        if name != axum::http::header::CONTENT_TYPE && name != axum::http::header::CONTENT_LENGTH {
+            wrapped.headers_mut().append(name, value.clone());
+        }
+    }
+    wrapped
+}
+
+/// The most of a plain-text error body [`json_errors`] keeps as the
+/// message.
+const REJECTION_BYTES_MAX: usize = 4096;
 
 /// The header naming a request on its answer and in the logs.
 pub const REQUEST_ID: HeaderName = HeaderName::from_static("x-request-id");
