@@ -1,11 +1,15 @@
 //! The served API over real HTTP, against a real `redstage serve` and real
-//! Redis: bearer tokens and their scopes on every route, the bounds that
-//! turn a flood away at once, and a client that disconnects mid-transaction.
+//! Redis, and the commands operators run: bearer tokens and their scopes on
+//! every route, the bounds that turn a flood away at once, a client that
+//! disconnects mid-transaction, SIGTERM, request ids and JSON logs, random
+//! input to every route, config values from the environment and
+//! `redstage check`.
 
 use std::time::{Duration, Instant};
 
 use redstage_tests::{
-    Launch, Persistence, TestEnv, Toolchain, component_file, components, http, step, workspace,
+    Launch, Persistence, TestEnv, Toolchain, component_file, components, http, redstage_binary,
+    step,
 };
 use serde_json::{Value, json};
 
@@ -135,7 +139,7 @@ async fn redstage_deploy_sends_its_token_from_the_flag_or_the_environment() {
         })
         .expect("serves");
     let deploy = |name: &str, flag: Option<&str>, var: Option<&str>| {
-        let mut cmd = std::process::Command::new(workspace().join("target/debug/redstage"));
+        let mut cmd = std::process::Command::new(redstage_binary());
         cmd.args(["deploy", "--server", &format!("http://{}", host.addr)])
             .args(["--store", "orders", "--prefix", &format!("{name}:")])
             .env_remove("REDSTAGE_TOKEN");
@@ -695,4 +699,71 @@ async fn arbitrary_bytes_and_json_to_every_route_get_an_answer_never_a_5xx() {
     let (status, _) = http::get(host.addr, "/v1/ready").await;
     assert_eq!(status, 200);
     assert_eq!(env.leftovers().await, Vec::<String>::new());
+}
+
+/// `redstage check --config PATH` with `envs`: its exit code, stdout as
+/// JSON (or null) and stderr.
+fn check(config: &std::path::Path, envs: &[(&str, &str)]) -> (Option<i32>, Value, String) {
+    let out = std::process::Command::new(redstage_binary())
+        .arg("check")
+        .arg("--config")
+        .arg(config)
+        .envs(envs.iter().copied())
+        .output()
+        .expect("run redstage check");
+    let summary = serde_json::from_slice(&out.stdout).unwrap_or(Value::Null);
+    (
+        out.status.code(),
+        summary,
+        String::from_utf8_lossy(&out.stderr).into_owned(),
+    )
+}
+
+#[tokio::test]
+async fn redstage_check_names_the_first_thing_wrong_and_the_environment_sets_values() {
+    let env = TestEnv::orders_with(TOKENS, Persistence::None);
+    let metrics = [("REDSTAGE_TEST_METRICS_TOKEN", METRICS_TOKEN)];
+    let (code, summary, stderr) = check(&env.config_path, &metrics);
+    assert_eq!(code, Some(0), "{stderr}");
+    assert_eq!(summary["status"], "ok");
+    assert_eq!(summary["participants"], json!(["inventory", "payments"]));
+    assert_eq!(summary["stores"], json!(["ledger", "orders"]));
+    assert_eq!(summary["tokens"], 3);
+    // Each of these is the first thing wrong, and named.
+    let dead = format!(
+        "redis://127.0.0.1:{}",
+        std::net::TcpListener::bind("127.0.0.1:0")
+            .and_then(|l| l.local_addr())
+            .expect("a free port")
+            .port()
+    );
+    for (envs, says) in [
+        (vec![], "REDSTAGE_TEST_METRICS_TOKEN is not set"),
+        (
+            vec![metrics[0], ("REDSTAGE_TXN__LEASE_MS", "soon")],
+            "REDSTAGE_TXN__LEASE_MS",
+        ),
+        (
+            vec![metrics[0], ("REDSTAGE_STORES__LEDGER", dead.as_str())],
+            "store `ledger`",
+        ),
+        (
+            vec![metrics[0], ("REDSTAGE_DURABILITY", "checked")],
+            "appendfsync",
+        ),
+        (
+            vec![
+                metrics[0],
+                (
+                    "REDSTAGE_PARTICIPANTS__PAYMENTS__COMPONENT",
+                    "/no/such.wasm",
+                ),
+            ],
+            "payments",
+        ),
+    ] {
+        let (code, _, stderr) = check(&env.config_path, &envs);
+        assert_eq!(code, Some(1), "{envs:?}: {stderr}");
+        assert!(stderr.contains(says), "{envs:?}: {stderr}");
+    }
 }

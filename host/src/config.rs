@@ -42,6 +42,53 @@ use crate::runtime::{CallLimits, LimitOverrides, RuntimeSettings};
 use crate::store::durability::{Durability, Replication};
 use crate::store::keys::RESERVED_PREFIX;
 
+/// What the names of the environment variables that set config values
+/// start with (see [`Config::parse_with`]).
+pub const ENV_PREFIX: &str = "REDSTAGE_";
+
+/// The config's top-level keys and sections: the first level of a
+/// variable's path must be one of them.
+const TOP_LEVEL_KEYS: &[&str] = &[
+    "listen",
+    "log_store",
+    "durability",
+    "stores",
+    "participants",
+    "limits",
+    "txn",
+    "cache",
+    "deploy",
+    "runtime",
+    "auth",
+];
+
+/// Sets `path` in `table` to `value` (see [`Config::parse_with`]), making
+/// the tables on the way.
+fn set_path(table: &mut toml::Table, path: &[String], value: &str) -> Result<(), String> {
+    let (leaf, parents) = path.split_last().expect("a path has a level");
+    let mut at = table;
+    for (i, key) in parents.iter().enumerate() {
+        let next = at
+            .entry(key.clone())
+            .or_insert_with(|| toml::Value::Table(toml::Table::new()));
+        at = next.as_table_mut().ok_or_else(|| {
+            format!(
+                "`{}` is a value, not a table to set keys in",
+                path[..=i].join(".")
+            )
+        })?;
+    }
+    let typed = match at.get(leaf) {
+        Some(toml::Value::String(_)) => toml::Value::String(value.to_owned()),
+        _ => toml::from_str::<toml::Table>(&format!("v = {value}"))
+            .ok()
+            .and_then(|mut t| t.remove("v"))
+            .unwrap_or_else(|| toml::Value::String(value.to_owned())),
+    };
+    at.insert(leaf.clone(), typed);
+    Ok(())
+}
+
 /// The address `serve` listens on when the config names none.
 pub const DEFAULT_LISTEN: &str = "127.0.0.1:7878";
 
@@ -367,13 +414,15 @@ pub enum ConfigError {
 }
 
 impl Config {
-    /// Reads, parses and checks `path`; component paths come back absolute.
+    /// Reads, parses and checks `path`, with the values the environment
+    /// sets (see [`Config::parse_with`]); component paths come back
+    /// absolute.
     pub fn load(path: &Path) -> Result<Config, ConfigError> {
         let text = std::fs::read_to_string(path).map_err(|source| ConfigError::Read {
             path: path.to_owned(),
             source,
         })?;
-        let mut config = Config::parse(&text).map_err(|e| match e {
+        let mut config = Config::parse_with(&text, std::env::vars()).map_err(|e| match e {
             ConfigError::Parse { message, .. } => ConfigError::Parse {
                 path: path.to_owned(),
                 message,
@@ -395,10 +444,52 @@ impl Config {
 
     /// Parses and checks a config text (paths left as written).
     pub fn parse(text: &str) -> Result<Config, ConfigError> {
-        let config: Config = toml::from_str(text).map_err(|e| ConfigError::Parse {
+        Config::parse_with(text, std::iter::empty())
+    }
+
+    /// [`Config::parse`], with any value set by the variables among `vars`
+    /// named `REDSTAGE_` and the value's path upper-cased, levels joined by
+    /// `__`: `REDSTAGE_TXN__LEASE_MS=3000`,
+    /// `REDSTAGE_STORES__LEDGER=redis://:secret@host:6379`. Variables whose
+    /// first level is no section or key of the config are not for it. A
+    /// value replaces a string of the file as it is; otherwise it is read
+    /// as a TOML value (`3000`, `true`, `["read"]`), and taken as a string
+    /// if it is none.
+    pub fn parse_with(
+        text: &str,
+        vars: impl IntoIterator<Item = (String, String)>,
+    ) -> Result<Config, ConfigError> {
+        let parse_error = |message: String| ConfigError::Parse {
             path: PathBuf::new(),
-            message: e.to_string(),
-        })?;
+            message,
+        };
+        let vars: Vec<(String, Vec<String>, String)> = vars
+            .into_iter()
+            .filter_map(|(name, value)| {
+                let path = name.strip_prefix(ENV_PREFIX)?;
+                let path: Vec<String> = path.split("__").map(str::to_lowercase).collect();
+                TOP_LEVEL_KEYS
+                    .contains(&path[0].as_str())
+                    .then_some((name, path, value))
+            })
+            .collect();
+        // Without variables, straight from the text: errors keep their line.
+        let config: Config = if vars.is_empty() {
+            toml::from_str(text).map_err(|e| parse_error(e.to_string()))?
+        } else {
+            let mut table: toml::Table =
+                toml::from_str(text).map_err(|e| parse_error(e.to_string()))?;
+            for (name, path, value) in &vars {
+                set_path(&mut table, path, value)
+                    .map_err(|m| ConfigError::Invalid(format!("{name}: {m}")))?;
+            }
+            toml::Value::Table(table)
+                .try_into()
+                .map_err(|e: toml::de::Error| {
+                    let names: Vec<&str> = vars.iter().map(|(n, ..)| n.as_str()).collect();
+                    parse_error(format!("{e} (with values from {})", names.join(", ")))
+                })?
+        };
         config.check()?;
         Ok(config)
     }
@@ -532,6 +623,53 @@ mod tests {
         orders = "redis://127.0.0.1:6379"
         ledger = "redis://127.0.0.1:6380"
     "#;
+
+    fn env(vars: &[(&str, &str)]) -> Vec<(String, String)> {
+        vars.iter()
+            .map(|(n, v)| ((*n).to_owned(), (*v).to_owned()))
+            .collect()
+    }
+
+    #[test]
+    fn the_environment_sets_any_value() {
+        let config = Config::parse_with(
+            BASE,
+            env(&[
+                ("REDSTAGE_TXN__LEASE_MS", "6000"),
+                ("REDSTAGE_STORES__LEDGER", "redis://:s3cret@10.0.0.2:6380"),
+                ("REDSTAGE_STORES__ORDERS", "123456"),
+                ("REDSTAGE_DURABILITY", "unsafe"),
+                ("REDSTAGE_LIMITS__CALL_TIME_MS", "50"),
+                (
+                    "REDSTAGE_AUTH__TOKENS",
+                    r#"[{name = "a", token_env = "T", scopes = ["read"]}]"#,
+                ),
+                // Not config values: another program's, or no key of it.
+                ("REDSTAGE_TOKEN", "x"),
+                ("REDSTAGE_FAULT", "after-decide"),
+                ("OTHER_TXN__LEASE_MS", "1"),
+            ]),
+        )
+        .expect("valid");
+        assert_eq!(config.txn.lease_ms, 6000);
+        assert_eq!(config.stores["ledger"].url, "redis://:s3cret@10.0.0.2:6380");
+        // The file had a string there: a string it stays.
+        assert_eq!(config.stores["orders"].url, "123456");
+        assert_eq!(config.durability, Durability::Unsafe);
+        assert_eq!(config.limits.call_time_ms, 50);
+        assert_eq!(config.auth.tokens[0].token_env.as_deref(), Some("T"));
+    }
+
+    #[test]
+    fn a_bad_value_from_the_environment_is_named() {
+        let err = Config::parse_with(BASE, env(&[("REDSTAGE_TXN__LEASE_MS", "soon")]))
+            .expect_err("not a number");
+        let message = err.to_string();
+        assert!(message.contains("REDSTAGE_TXN__LEASE_MS"), "{message}");
+        let err = Config::parse_with(BASE, env(&[("REDSTAGE_LOG_STORE__X", "y")]))
+            .expect_err("not a table");
+        assert!(err.to_string().contains("REDSTAGE_LOG_STORE__X"), "{err}");
+    }
 
     fn with(participants: &str) -> Result<Config, ConfigError> {
         Config::parse(&format!("{BASE}\n{participants}"))

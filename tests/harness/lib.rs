@@ -10,7 +10,7 @@ pub mod http;
 mod process;
 mod proxy;
 
-pub use process::{HostProcess, Launch, signal};
+pub use process::{HostProcess, Launch, binary as redstage_binary, signal};
 pub use proxy::Proxy;
 
 use std::path::{Path, PathBuf};

@@ -15,7 +15,7 @@ const STARTUP_TIMEOUT: Duration = Duration::from_secs(30);
 
 /// The `redstage` binary with fault points compiled in, built once per
 /// test process.
-fn binary() -> &'static Path {
+pub fn binary() -> &'static Path {
     static BINARY: OnceLock<PathBuf> = OnceLock::new();
     BINARY.get_or_init(|| {
         let status = Command::new(env!("CARGO"))

@@ -140,6 +140,10 @@ impl Tokens {
         self.0.is_empty()
     }
 
+    pub fn len(&self) -> usize {
+        self.0.len()
+    }
+
     /// Whether `header` (an `Authorization` value) grants `scope`.
     fn check(&self, header: Option<&[u8]>, scope: Scope) -> Result<(), Refusal> {
         let presented = header

@@ -1,5 +1,5 @@
-//! The `redstage` command line: `serve`, `run`, `status`, `recover`,
-//! `deploy`, `demo`.
+//! The `redstage` command line: `serve`, `check`, `run`, `status`,
+//! `recover`, `deploy`, `demo`.
 //!
 //! Every command reads the same TOML config (see `config`); `demo` can do
 //! without one by starting local `redis-server` processes itself. Errors
@@ -56,6 +56,16 @@ enum Command {
         /// so that anyone who reaches the port may deploy participants.
         #[arg(long)]
         insecure: bool,
+    },
+    /// Check a config as `serve` would start from it, without serving: load
+    /// it (with the values the environment sets), compile every participant,
+    /// read the tokens, ping every store and run the durability check.
+    /// Prints a JSON summary.
+    ///
+    /// Exit status: 0 when all is well, 1 naming the first thing that is not.
+    Check {
+        #[arg(long)]
+        config: PathBuf,
     },
     /// Run one transaction and print its outcome as JSON.
     ///
@@ -147,6 +157,7 @@ impl Cli {
                 listen,
                 insecure,
             } => serve(config, listen, insecure).await,
+            Command::Check { config } => check(config).await,
             Command::Run {
                 config,
                 transaction,
@@ -358,6 +369,35 @@ async fn shutdown() {
         _ = term.recv() => {}
     }
     tracing::info!("shutting down");
+}
+
+async fn check(path: PathBuf) -> anyhow::Result<ExitCode> {
+    let config = load(&path)?;
+    let tokens = crate::api::auth::Tokens::from_config(&config.auth)
+        .map_err(|e| anyhow::anyhow!("{}: {e}", path.display()))?;
+    let coordinator = coordinator(&config)?;
+    for store in coordinator.stores() {
+        store
+            .ping()
+            .await
+            .with_context(|| format!("store `{}`", store.name()))?;
+    }
+    check_durability(&coordinator).await?;
+    let participants: Vec<String> = coordinator
+        .registry()
+        .all()
+        .iter()
+        .map(|p| p.name.clone())
+        .collect();
+    let summary = serde_json::json!({
+        "status": "ok",
+        "stores": coordinator.stores().map(|s| s.name()).collect::<Vec<_>>(),
+        "participants": participants,
+        "tokens": tokens.len(),
+        "durability": coordinator.durability(),
+    });
+    println!("{}", serde_json::to_string_pretty(&summary)?);
+    Ok(ExitCode::SUCCESS)
 }
 
 async fn run(path: PathBuf, transaction: &str) -> anyhow::Result<ExitCode> {
