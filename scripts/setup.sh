@@ -1,5 +1,5 @@
 # Installs what building and testing redstage needs and is missing:
-# redis-server, the wasm32-wasip2 target, cargo-component. Sourced by the
+# redis-server, openssl, the wasm32-wasip2 target, cargo-component. Sourced by the
 # other scripts; says what it does.
 set -euo pipefail
 
@@ -11,10 +11,14 @@ as_root() {
     if [ "$(id -u)" = 0 ]; then "$@"; else sudo "$@"; fi
 }
 
-if ! command -v redis-server >/dev/null 2>&1; then
-    say "installing redis-server (apt-get)"
+# openssl makes the certificates of the TLS tests.
+missing=()
+command -v redis-server >/dev/null 2>&1 || missing+=(redis-server)
+command -v openssl >/dev/null 2>&1 || missing+=(openssl)
+if [ ${#missing[@]} -gt 0 ]; then
+    say "installing ${missing[*]} (apt-get)"
     as_root apt-get update -qq
-    as_root env DEBIAN_FRONTEND=noninteractive apt-get install -y -qq redis-server >/dev/null
+    as_root env DEBIAN_FRONTEND=noninteractive apt-get install -y -qq "${missing[@]}" >/dev/null
 fi
 
 # wasm32-wasip2 for plain cargo builds, wasm32-wasip1 for cargo component.

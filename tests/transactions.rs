@@ -1,9 +1,13 @@
 //! End to end: orders across two real Redis instances, through the library
 //! and through the HTTP API.
 
+use redstage::config::Config;
 use redstage::txn::TxnError;
 use redstage::txn::types::Status;
-use redstage_tests::{TestEnv, Toolchain, components, http, request, step};
+use redstage_tests::{
+    ParticipantSpec, Persistence, RedisServer, TestEnv, TlsFiles, Toolchain, components,
+    config_text, http, request, step,
+};
 use serde_json::{Value, json};
 
 fn restock(sku: &str, qty: i64) -> Value {
@@ -287,13 +291,13 @@ async fn components_built_for_wasm32_wasip2_run_too() {
     let env = TestEnv::start(
         &["orders", "ledger"],
         &[
-            redstage_tests::ParticipantSpec {
+            ParticipantSpec {
                 name: "inventory".into(),
                 component: dir.join("inventory.wasm"),
                 store: "orders".into(),
                 prefix: "inventory:".into(),
             },
-            redstage_tests::ParticipantSpec {
+            ParticipantSpec {
                 name: "payments".into(),
                 component: dir.join("payments.wasm"),
                 store: "ledger".into(),
@@ -320,10 +324,7 @@ async fn a_restart_with_a_warm_cache_does_not_recompile() {
     use std::sync::atomic::Ordering::Relaxed;
     let cache = tempfile::tempdir().expect("temp dir");
     let dir = cache.path().display().to_string();
-    let env = TestEnv::orders_with(
-        &format!("[cache]\ndir = {dir:?}\n"),
-        redstage_tests::Persistence::None,
-    );
+    let env = TestEnv::orders_with(&format!("[cache]\ndir = {dir:?}\n"), Persistence::None);
     let counts = |host: &redstage::txn::Coordinator| {
         let stats = host.registry().runtime().cache().expect("a cache").stats();
         (stats.compiled.load(Relaxed), stats.hits.load(Relaxed))
@@ -405,7 +406,7 @@ async fn a_full_instance_pool_makes_steps_wait_not_fail() {
     // holding one slot and waiting for the other).
     let env = TestEnv::orders_with(
         "[runtime]\ninstance_pool = 2\n[txn]\nsteps_max = 2\n",
-        redstage_tests::Persistence::None,
+        Persistence::None,
     );
     let r = env
         .run(json!([restock("A1", 100), deposit("alice", 100)]))
@@ -432,4 +433,82 @@ async fn a_full_instance_pool_makes_steps_wait_not_fail() {
         env.get("orders", "inventory:stock:A1").await.as_deref(),
         Some("92")
     );
+}
+
+/// The orders config on `servers` (`orders`, `ledger`), with `orders`
+/// reached over TLS as `table` says (the keys after `url`).
+fn tls_config(servers: &[(String, RedisServer)], table: &str) -> Config {
+    let specs = [
+        ParticipantSpec::example("inventory", "inventory", "orders", "inventory:"),
+        ParticipantSpec::example("payments", "payments", "ledger", "payments:"),
+    ];
+    let orders = &servers[0].1;
+    let url = orders.tls_url().expect("a TLS port");
+    let text = config_text(servers, &specs, "").replacen(
+        &format!("orders = {:?}\n", orders.url()),
+        &format!("orders = {{ url = {url:?}{table} }}\n"),
+        1,
+    );
+    Config::parse(&text).unwrap_or_else(|e| panic!("{e}: {text}"))
+}
+
+#[tokio::test]
+async fn a_store_reached_over_tls_with_a_client_certificate_runs_orders() {
+    let tls = TlsFiles::generate();
+    let servers = [
+        (
+            "orders".to_owned(),
+            RedisServer::start_tls(Persistence::None, &tls.server()).expect("TLS redis"),
+        ),
+        (
+            "ledger".to_owned(),
+            RedisServer::start(Persistence::None).expect("redis"),
+        ),
+    ];
+    let file = |name: &str| format!("{:?}", tls.path(name).display().to_string());
+    let client = format!(
+        ", tls_cert_file = {}, tls_key_file = {}",
+        file("client.crt"),
+        file("client.key")
+    );
+    let trusted = format!(", tls_ca_file = {}{client}", file("ca.crt"));
+    let config = tls_config(&servers, &trusted);
+    let coordinator = redstage::cli::coordinator(&config).expect("coordinator");
+    assert_eq!(coordinator.check_durability().await, Vec::<String>::new());
+    for steps in [
+        json!([restock("A1", 10), deposit("alice", 100)]),
+        json!([deduct("A1", 2), transfer("alice", "shop", 30)]),
+    ] {
+        let r = coordinator.run(request(steps)).await.expect("runs");
+        assert_eq!(r.status, Status::Committed, "{r:?}");
+    }
+    coordinator.flush().await;
+    // On the TLS server (read here through its plain port, for tools).
+    let stock: Option<String> = redis::cmd("GET")
+        .arg("inventory:stock:A1")
+        .query(
+            &mut redis::Client::open(servers[0].1.url())
+                .and_then(|c| c.get_connection())
+                .expect("plain port"),
+        )
+        .expect("GET");
+    assert_eq!(stock.as_deref(), Some("8"));
+    // A server signed by a CA not trusted, or a server that asks for a
+    // client certificate that is not sent: the store is unavailable, named.
+    let untrusted = format!(", tls_ca_file = {}{client}", file("other-ca.crt"));
+    let anonymous = format!(", tls_ca_file = {}", file("ca.crt"));
+    for table in [untrusted, anonymous] {
+        let coordinator = redstage::cli::coordinator(&tls_config(&servers, &table)).expect("lazy");
+        let store = coordinator
+            .stores()
+            .find(|s| s.name() == "orders")
+            .expect("orders");
+        let err = store.ping().await.expect_err(&table);
+        assert!(err.to_string().contains("orders"), "{err}");
+        let err = coordinator
+            .run(request(json!([deduct("A1", 1)])))
+            .await
+            .expect_err("unavailable");
+        assert_eq!(err.code(), "store_unavailable", "{table}: {err}");
+    }
 }

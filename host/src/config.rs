@@ -137,6 +137,19 @@ pub struct StoreConfig {
     pub url: String,
     /// `WAIT` for replicas after every write, if set.
     pub replication: Option<Replication>,
+    /// Certificates for a `rediss://` URL, if not the system's.
+    pub tls: StoreTls,
+}
+
+/// The certificates of a store reached over TLS (`rediss://`): the CA that
+/// signed the server's certificate (else the system's roots are trusted),
+/// and the client's own certificate and key when the server asks for one
+/// (`tls-auth-clients`). Paths are relative to the config file.
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+pub struct StoreTls {
+    pub ca_file: Option<PathBuf>,
+    pub cert_file: Option<PathBuf>,
+    pub key_file: Option<PathBuf>,
 }
 
 /// The table form of a store.
@@ -150,6 +163,12 @@ struct StoreTable {
     /// How long a write waits for them before it fails.
     #[serde(default = "default_wait_timeout_ms")]
     wait_timeout_ms: u64,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    tls_ca_file: Option<PathBuf>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    tls_cert_file: Option<PathBuf>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    tls_key_file: Option<PathBuf>,
 }
 
 fn default_wait_timeout_ms() -> u64 {
@@ -164,7 +183,8 @@ impl TryFrom<toml::Value> for StoreConfig {
             toml::Value::String(url) => return Ok(StoreConfig::from(url.as_str())),
             toml::Value::Table(_) => value.try_into().map_err(|e: toml::de::Error| {
                 format!(
-                    "{}; a store is a URL or a table {{url, wait_replicas, wait_timeout_ms}}",
+                    "{}; a store is a URL or a table {{url, wait_replicas, wait_timeout_ms, \
+                     tls_ca_file, tls_cert_file, tls_key_file}}",
                     e.message()
                 )
             })?,
@@ -175,12 +195,27 @@ impl TryFrom<toml::Value> for StoreConfig {
                 ));
             }
         };
+        let tls = StoreTls {
+            ca_file: table.tls_ca_file,
+            cert_file: table.tls_cert_file,
+            key_file: table.tls_key_file,
+        };
+        if tls.cert_file.is_some() != tls.key_file.is_some() {
+            return Err("tls_cert_file and tls_key_file go together".into());
+        }
+        if tls != StoreTls::default() && !table.url.starts_with("rediss://") {
+            return Err(format!(
+                "tls_* files are for a rediss:// URL, not {}",
+                table.url
+            ));
+        }
         Ok(StoreConfig {
             url: table.url,
             replication: (table.wait_replicas > 0).then_some(Replication {
                 replicas: table.wait_replicas,
                 timeout_ms: table.wait_timeout_ms,
             }),
+            tls,
         })
     }
 }
@@ -193,6 +228,9 @@ impl From<StoreConfig> for StoreTable {
             wait_timeout_ms: store
                 .replication
                 .map_or(default_wait_timeout_ms(), |r| r.timeout_ms),
+            tls_ca_file: store.tls.ca_file,
+            tls_cert_file: store.tls.cert_file,
+            tls_key_file: store.tls.key_file,
         }
     }
 }
@@ -202,6 +240,7 @@ impl From<&str> for StoreConfig {
         StoreConfig {
             url: url.to_owned(),
             replication: None,
+            tls: StoreTls::default(),
         }
     }
 }
@@ -433,8 +472,16 @@ impl Config {
         for p in config.participants.values_mut() {
             p.component = base.join(&p.component);
         }
+        let tls_files = config.stores.values_mut().flat_map(|s| {
+            [
+                &mut s.tls.ca_file,
+                &mut s.tls.cert_file,
+                &mut s.tls.key_file,
+            ]
+        });
         for dir in [&mut config.cache.dir, &mut config.deploy.folder]
             .into_iter()
+            .chain(tls_files)
             .flatten()
         {
             *dir = base.join(&*dir);

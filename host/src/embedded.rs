@@ -31,7 +31,19 @@ pub struct RedisServer {
     dir: tempfile::TempDir,
     /// The port of the server this one replicates, if it is a replica.
     primary: Option<u16>,
+    /// A second port, served over TLS, and its certificates.
+    tls: Option<(u16, ServerTls)>,
     child: Option<Child>,
+}
+
+/// The certificates of a server that also listens over TLS, PEM files: its
+/// own certificate and key, and the CA its clients' certificates must be
+/// signed by (it asks every client for one).
+#[derive(Debug, Clone)]
+pub struct ServerTls {
+    pub cert_file: PathBuf,
+    pub key_file: PathBuf,
+    pub ca_file: PathBuf,
 }
 
 /// Why a server could not be started.
@@ -47,7 +59,16 @@ impl RedisServer {
     /// Starts a server on a free port. Another process may take the port
     /// between our probe and the server's bind, so a few ports are tried.
     pub fn start(persistence: Persistence) -> Result<RedisServer, EmbeddedError> {
-        RedisServer::start_with(persistence, None)
+        RedisServer::start_with(persistence, None, None)
+    }
+
+    /// [`RedisServer::start`], also listening over TLS on a port of its own
+    /// (see [`RedisServer::tls_url`]); the plain port stays, for tools.
+    pub fn start_tls(
+        persistence: Persistence,
+        tls: &ServerTls,
+    ) -> Result<RedisServer, EmbeddedError> {
+        RedisServer::start_with(persistence, None, Some(tls))
     }
 
     /// Starts a replica of `primary` and waits until it has synchronized.
@@ -55,7 +76,7 @@ impl RedisServer {
         primary: &RedisServer,
         persistence: Persistence,
     ) -> Result<RedisServer, EmbeddedError> {
-        let replica = RedisServer::start_with(persistence, Some(primary.port))?;
+        let replica = RedisServer::start_with(persistence, Some(primary.port), None)?;
         let started = Instant::now();
         loop {
             let info: String = redis::Client::open(replica.url())
@@ -96,6 +117,7 @@ impl RedisServer {
     fn start_with(
         persistence: Persistence,
         primary: Option<u16>,
+        tls: Option<&ServerTls>,
     ) -> Result<RedisServer, EmbeddedError> {
         let mut last = None;
         for _ in 0..PORT_TRIES {
@@ -108,6 +130,10 @@ impl RedisServer {
                 persistence,
                 dir,
                 primary,
+                tls: match tls {
+                    Some(tls) => Some((free_port().map_err(EmbeddedError::Spawn)?, tls.clone())),
+                    None => None,
+                },
                 child: None,
             };
             match server.spawn() {
@@ -129,6 +155,12 @@ impl RedisServer {
 
     pub fn url(&self) -> String {
         format!("redis://127.0.0.1:{}", self.port)
+    }
+
+    /// The URL of the TLS port, if it has one.
+    pub fn tls_url(&self) -> Option<String> {
+        let (port, _) = self.tls.as_ref()?;
+        Some(format!("rediss://127.0.0.1:{port}"))
     }
 
     pub fn dir(&self) -> &Path {
@@ -163,6 +195,15 @@ impl RedisServer {
         let mut cmd = Command::new("redis-server");
         if let Some(primary) = self.primary {
             cmd.args(["--replicaof", "127.0.0.1", &primary.to_string()]);
+        }
+        if let Some((port, tls)) = &self.tls {
+            cmd.args(["--tls-port", &port.to_string(), "--tls-auth-clients", "yes"])
+                .arg("--tls-cert-file")
+                .arg(&tls.cert_file)
+                .arg("--tls-key-file")
+                .arg(&tls.key_file)
+                .arg("--tls-ca-cert-file")
+                .arg(&tls.ca_file);
         }
         let child = cmd
             .args(["--port", &self.port.to_string(), "--bind", "127.0.0.1"])

@@ -9,9 +9,11 @@
 pub mod http;
 mod process;
 mod proxy;
+mod tls;
 
 pub use process::{HostProcess, Launch, binary as redstage_binary, signal};
 pub use proxy::Proxy;
+pub use tls::TlsFiles;
 
 use std::path::{Path, PathBuf};
 use std::process::Command;

@@ -65,6 +65,8 @@ use std::time::Duration;
 use redis::aio::ConnectionManager;
 use redis::{Cmd, Value};
 
+use crate::config::{StoreConfig, StoreTls};
+
 pub use durability::{Replication, Settings};
 pub use keys::{IndexEntry, Key};
 
@@ -402,15 +404,17 @@ impl Store {
     /// down at start-up fails the transactions that need it, not the service.
     pub fn connect(
         name: &str,
-        url: &str,
+        store: &StoreConfig,
         timeout: Duration,
-        replication: Option<Replication>,
     ) -> Result<Store, StoreError> {
         let unavailable = |e: redis::RedisError| StoreError::Unavailable {
             store: name.to_owned(),
             message: e.to_string(),
         };
-        let client = redis::Client::open(url).map_err(unavailable)?;
+        let client = client(&store.url, &store.tls).map_err(|message| StoreError::Unavailable {
+            store: name.to_owned(),
+            message,
+        })?;
         // Replies are bounded by `bounded`, one timer per call; the
         // manager's own response timer would be a second one.
         let config = redis::aio::ConnectionManagerConfig::new()
@@ -425,7 +429,7 @@ impl Store {
             conn,
             client,
             timeout,
-            replication,
+            replication: store.replication,
         })
     }
 
@@ -913,4 +917,33 @@ impl Store {
 /// did: connection trouble and timeouts, as opposed to an error reply.
 fn is_unavailable(e: &redis::RedisError) -> bool {
     e.is_io_error() || e.is_timeout() || e.is_connection_dropped() || e.is_connection_refusal()
+}
+
+/// A client for `url`, over TLS with `tls`'s certificates when it names
+/// any (a `rediss://` URL without them trusts the system's roots).
+fn client(url: &str, tls: &StoreTls) -> Result<redis::Client, String> {
+    if url.starts_with("rediss://") {
+        // rustls needs a process-wide crypto provider; a second install
+        // (another store) finds it there.
+        let _ = rustls::crypto::ring::default_provider().install_default();
+    }
+    if *tls == StoreTls::default() {
+        return redis::Client::open(url).map_err(|e| e.to_string());
+    }
+    let read = |path: &std::path::Path| {
+        std::fs::read(path).map_err(|e| format!("cannot read {}: {e}", path.display()))
+    };
+    let client_tls = match (&tls.cert_file, &tls.key_file) {
+        (Some(cert), Some(key)) => Some(redis::ClientTlsConfig {
+            client_cert: read(cert)?,
+            client_key: read(key)?,
+        }),
+        _ => None,
+    };
+    let root_cert = tls.ca_file.as_deref().map(read).transpose()?;
+    let certificates = redis::TlsCertificates {
+        client_tls,
+        root_cert,
+    };
+    redis::Client::build_with_tls(url, certificates).map_err(|e| e.to_string())
 }

@@ -309,7 +309,7 @@ impl Coordinator {
             .iter()
             .map(|(name, store)| {
                 let timeout = config.txn.store_timeout();
-                let store = Store::connect(name, &store.url, timeout, store.replication)?;
+                let store = Store::connect(name, store, timeout)?;
                 Ok((name.clone(), store))
             })
             .collect::<Result<_, StoreError>>()?;
