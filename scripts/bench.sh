@@ -9,6 +9,7 @@
 set -euo pipefail
 cd "$(dirname "$0")/.."
 source scripts/setup.sh
+need_cargo_component
 
 say "building the example participants (cargo component build --release)"
 cargo component build --release --quiet -p inventory -p payments

@@ -29,7 +29,11 @@ for target in wasm32-wasip2 wasm32-wasip1; do
     fi
 done
 
-if ! cargo component --version 2>/dev/null | grep -q "$CARGO_COMPONENT_VERSION"; then
-    say "installing cargo-component $CARGO_COMPONENT_VERSION (cargo install; takes several minutes once)"
-    cargo install --locked --quiet "cargo-component@$CARGO_COMPONENT_VERSION"
-fi
+# cargo-component, for the scripts that build with it (the tests prove both
+# toolchains; the demo needs only the wasm32-wasip2 target).
+need_cargo_component() {
+    if ! cargo component --version 2>/dev/null | grep -q "$CARGO_COMPONENT_VERSION"; then
+        say "installing cargo-component $CARGO_COMPONENT_VERSION (cargo install; takes several minutes once)"
+        cargo install --locked --quiet "cargo-component@$CARGO_COMPONENT_VERSION"
+    fi
+}

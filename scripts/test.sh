@@ -5,6 +5,7 @@
 set -euo pipefail
 cd "$(dirname "$0")/.."
 source scripts/setup.sh
+need_cargo_component
 
 say "running the test suite (cargo test --workspace)"
 cargo test --workspace

@@ -14,6 +14,7 @@
 set -euo pipefail
 cd "$(dirname "$0")/.."
 source scripts/setup.sh
+need_cargo_component
 
 WORKLOAD=${1:-shop}
 PERSISTENCE=${2:-none}

@@ -140,7 +140,7 @@ enum Command {
         #[arg(long, conflicts_with = "components")]
         config: Option<PathBuf>,
         /// Folder with inventory.wasm and payments.wasm.
-        #[arg(long, default_value = "target/wasm32-wasip1/release")]
+        #[arg(long, default_value = "target/wasm32-wasip2/release")]
         components: PathBuf,
     },
 }
