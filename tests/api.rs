@@ -767,3 +767,96 @@ async fn redstage_check_names_the_first_thing_wrong_and_the_environment_sets_val
         assert!(stderr.contains(says), "{envs:?}: {stderr}");
     }
 }
+
+/// The value of the sample `name` (with its labels, as rendered) in the
+/// `/metrics` of `addr`; 0 when there is none.
+async fn metric(addr: std::net::SocketAddr, name: &str) -> f64 {
+    let (status, text) = http::get(addr, "/metrics").await;
+    assert_eq!(status, 200);
+    let text = text.as_str().expect("text");
+    text.lines()
+        .find_map(|l| l.strip_prefix(name)?.strip_prefix(' ')?.parse().ok())
+        .unwrap_or(0.0)
+}
+
+/// Polls the sum of the samples `names` of `addr` until `holds` says yes.
+async fn metrics_until(addr: std::net::SocketAddr, names: &[&str], holds: impl Fn(f64) -> bool) {
+    let started = Instant::now();
+    loop {
+        let mut sum = 0.0;
+        for name in names {
+            sum += metric(addr, name).await;
+        }
+        if holds(sum) {
+            return;
+        }
+        assert!(
+            started.elapsed() < Duration::from_secs(20),
+            "{names:?} stay at {sum}"
+        );
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+}
+
+#[tokio::test]
+async fn metrics_move_with_the_traffic_recovery_and_store_failures() {
+    let env = TestEnv::orders_with(
+        "[txn]\nlease_ms = 800\nstore_timeout_ms = 400\nsweep_interval_ms = 100\n",
+        Persistence::None,
+    );
+    env.stock_and_fund("A1", 100, "alice", 100).await;
+    // The phases of what this host ran, and the stores' locks (none).
+    let here = http::serve(env.coordinator.clone()).await;
+    for phase in ["declare", "lock", "execute", "commit"] {
+        let count = format!("redstage_phase_seconds_count{{phase=\"{phase}\"}}");
+        assert_eq!(metric(here, &count).await, 1.0, "{phase}");
+    }
+    for store in ["orders", "ledger"] {
+        let held = format!("redstage_locks{{store=\"{store}\"}}");
+        assert_eq!(metric(here, &held).await, 0.0);
+    }
+    // A host dies after its decision: its locks are in doubt once their
+    // lease is over (nothing here sweeps), until another host's sweep
+    // rolls them forward.
+    let mut dead = env.spawn_host(Some("after-decide"));
+    let addr = dead.addr;
+    let order = tokio::spawn(async move {
+        http::try_request(addr, "POST", "/v1/transactions", &order_body()).await
+    });
+    assert!(
+        dead.wait_for("reached fault point after-decide", Duration::from_secs(20))
+            .await
+    );
+    dead.kill();
+    assert!(order.await.expect("task").is_err());
+    let expired = [
+        "redstage_locks_expired{store=\"orders\"}",
+        "redstage_locks_expired{store=\"ledger\"}",
+    ];
+    metrics_until(here, &expired, |n| n >= 1.0).await;
+    let survivor = env.spawn_host(None);
+    let forward = ["redstage_recovery_actions_total{action=\"roll_forward\"}"];
+    metrics_until(survivor.addr, &forward, |n| n >= 1.0).await;
+    let held = [
+        "redstage_locks{store=\"orders\"}",
+        "redstage_locks{store=\"ledger\"}",
+    ];
+    metrics_until(here, &held, |n| n == 0.0).await;
+    // A store that does not answer: its failures are counted, by store.
+    let unavailable = "redstage_store_errors_total{store=\"ledger\",kind=\"unavailable\"}";
+    assert_eq!(metric(here, unavailable).await, 0.0);
+    let ledger = env.server("ledger").pid().expect("running");
+    redstage_tests::signal(ledger, "STOP");
+    let (status, body) = http::post(here, "/v1/transactions", &order_body()).await;
+    redstage_tests::signal(ledger, "CONT");
+    assert_eq!(status, 503, "{body}");
+    assert!(metric(here, unavailable).await >= 1.0);
+    assert_eq!(
+        metric(
+            here,
+            "redstage_store_errors_total{store=\"orders\",kind=\"unavailable\"}"
+        )
+        .await,
+        0.0
+    );
+}

@@ -12,6 +12,11 @@
 //! | `redstage_components_compiled_total` | | compilations (compile cache misses) |
 //! | `redstage_compile_cache_hits_total` | | components loaded from the compile cache |
 //! | `redstage_recovered_locks_total` | | expired locks resolved by sweeps and readers |
+//! | `redstage_recovery_actions_total` | `action` | the same, by `roll_forward` or `roll_back` |
+//! | `redstage_phase_seconds` | `phase` | histogram of each phase: `declare`, `lock`, `execute`, `reserve`, `commit` |
+//! | `redstage_store_errors_total` | `store`, `kind` | failed Redis calls: `unavailable` (no answer in time, connection lost) or `protocol` |
+//! | `redstage_locks` | `store` | locks held right now, read from each store's lock index at scrape |
+//! | `redstage_locks_expired` | `store` | of those, locks past their lease: transactions in doubt until recovery finishes them |
 //! | `redstage_round_trips_total` | | rounds of Redis calls transactions waited for before their answers (calls of one round run in parallel) |
 
 use std::collections::BTreeMap;
@@ -37,6 +42,41 @@ pub const ABORT_CODES_MAX: usize = 100;
 /// can have parentheses.
 pub const OTHER_CODES: &str = "(other)";
 
+/// The phases of a transaction whose time is measured.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Phase {
+    /// Instantiating the steps and calling `declare` on each.
+    Declare,
+    /// The round that locks and reads every key, on every store at once.
+    Lock,
+    /// Calling `execute` on each step.
+    Execute,
+    /// The round that reserves adjustments on the stores but the primary.
+    Reserve,
+    /// The commit point, on the primary.
+    Commit,
+}
+
+impl Phase {
+    pub const ALL: [Phase; 5] = [
+        Phase::Declare,
+        Phase::Lock,
+        Phase::Execute,
+        Phase::Reserve,
+        Phase::Commit,
+    ];
+
+    pub fn name(self) -> &'static str {
+        match self {
+            Phase::Declare => "declare",
+            Phase::Lock => "lock",
+            Phase::Execute => "execute",
+            Phase::Reserve => "reserve",
+            Phase::Commit => "commit",
+        }
+    }
+}
+
 /// The coordinator's counters.
 #[derive(Debug, Default)]
 pub struct Metrics {
@@ -46,7 +86,11 @@ pub struct Metrics {
     errors: Mutex<BTreeMap<&'static str, u64>>,
     attempts: AtomicU64,
     latency: Histogram,
-    pub recovered_locks: AtomicU64,
+    /// Recovery actions, each one transaction's locks on one store.
+    rolled_forward: AtomicU64,
+    rolled_back: AtomicU64,
+    /// How long each phase of a transaction took.
+    phases: [Histogram; Phase::ALL.len()],
     /// Rounds of Redis calls waited for before answers: what latency is
     /// made of, whatever the network.
     round_trips: AtomicU64,
@@ -69,6 +113,21 @@ impl Metrics {
         }
         self.attempts.fetch_add(u64::from(attempts), Relaxed);
         self.latency.observe(took);
+    }
+
+    /// One run of `phase` took `took`.
+    pub fn phase(&self, phase: Phase, took: Duration) {
+        self.phases[phase as usize].observe(took);
+    }
+
+    /// Recovery finished a transaction's locks on one store: `forward`
+    /// (it had committed) or back.
+    pub fn recovered(&self, forward: bool) {
+        let counter = match forward {
+            true => &self.rolled_forward,
+            false => &self.rolled_back,
+        };
+        counter.fetch_add(1, Relaxed);
     }
 
     /// A transaction waited for one more round of Redis calls before its
@@ -155,12 +214,38 @@ impl Metrics {
             "counter",
             "expired locks resolved",
         );
-        sample(
-            out,
-            "redstage_recovered_locks_total",
-            &[],
-            self.recovered_locks.load(Relaxed),
+        let (forward, back) = (
+            self.rolled_forward.load(Relaxed),
+            self.rolled_back.load(Relaxed),
         );
+        sample(out, "redstage_recovered_locks_total", &[], forward + back);
+        header(
+            out,
+            "redstage_recovery_actions_total",
+            "counter",
+            "transactions finished by recovery on one store, by what it did",
+        );
+        for (action, n) in [("roll_forward", forward), ("roll_back", back)] {
+            sample(
+                out,
+                "redstage_recovery_actions_total",
+                &[("action", action)],
+                n,
+            );
+        }
+        header(
+            out,
+            "redstage_phase_seconds",
+            "histogram",
+            "time of each phase of a transaction, per attempt",
+        );
+        for phase in Phase::ALL {
+            self.phases[phase as usize].render_samples(
+                out,
+                "redstage_phase_seconds",
+                &[("phase", phase.name())],
+            );
+        }
         header(
             out,
             "redstage_round_trips_total",
@@ -266,17 +351,26 @@ impl Histogram {
 
     fn render(&self, out: &mut String, name: &str, help: &str) {
         header(out, name, "histogram", help);
+        self.render_samples(out, name, &[]);
+    }
+
+    /// The samples alone, each with `labels` too.
+    fn render_samples(&self, out: &mut String, name: &str, labels: &[(&str, &str)]) {
+        let bucket = format!("{name}_bucket");
         let mut cumulative = 0;
-        for (le, bucket) in LATENCY_BUCKETS.iter().zip(&self.buckets) {
-            cumulative += bucket.load(Relaxed);
+        for (le, n) in LATENCY_BUCKETS.iter().zip(&self.buckets) {
+            cumulative += n.load(Relaxed);
             let le = le.to_string();
-            sample(out, &format!("{name}_bucket"), &[("le", &le)], cumulative);
+            let labels: Vec<_> = labels.iter().copied().chain([("le", &*le)]).collect();
+            sample(out, &bucket, &labels, cumulative);
         }
         let count = self.count.load(Relaxed);
-        sample(out, &format!("{name}_bucket"), &[("le", "+Inf")], count);
+        let labels: Vec<_> = labels.iter().copied().chain([("le", "+Inf")]).collect();
+        sample(out, &bucket, &labels, count);
+        let labels = &labels[..labels.len() - 1];
         let sum = Duration::from_nanos(self.sum_nanos.load(Relaxed)).as_secs_f64();
-        sample_f64(out, &format!("{name}_sum"), &[], sum);
-        sample(out, &format!("{name}_count"), &[], count);
+        sample_f64(out, &format!("{name}_sum"), labels, sum);
+        sample(out, &format!("{name}_count"), labels, count);
     }
 }
 

@@ -233,6 +233,7 @@ async fn lookup(State(coordinator): State<Arc<Coordinator>>, Path(id): Path<Stri
 async fn metrics(State(coordinator): State<Arc<Coordinator>>) -> Response {
     let mut out = String::new();
     coordinator.metrics().render(&mut out);
+    render_stores(&coordinator, &mut out).await;
     crate::metrics::call_headers(&mut out);
     let registry = coordinator.registry();
     for p in registry.all() {
@@ -269,6 +270,51 @@ async fn metrics(State(coordinator): State<Arc<Coordinator>>) -> Response {
         out,
     )
         .into_response()
+}
+
+/// The per-store metrics: failed calls, and the locks each store's index
+/// holds (read now, all stores at once; a store that does not answer is
+/// left out of the lock gauges, and its failure counted).
+async fn render_stores(coordinator: &Coordinator, out: &mut String) {
+    use crate::metrics::{header, sample};
+    header(
+        out,
+        "redstage_store_errors_total",
+        "counter",
+        "failed Redis calls, by store and kind",
+    );
+    for store in coordinator.stores() {
+        let (unavailable, protocol) = store.errors();
+        for (kind, n) in [("unavailable", unavailable), ("protocol", protocol)] {
+            let labels = [("store", store.name()), ("kind", kind)];
+            sample(out, "redstage_store_errors_total", &labels, n);
+        }
+    }
+    let counts = futures::future::join_all(
+        coordinator
+            .stores()
+            .map(|s| async move { (s.name(), s.lock_counts().await) }),
+    )
+    .await;
+    for (name, help, pick) in [
+        (
+            "redstage_locks",
+            "locks held now, by store",
+            (|c: (u64, u64)| c.0) as fn((u64, u64)) -> u64,
+        ),
+        (
+            "redstage_locks_expired",
+            "locks past their lease now, in doubt until recovery finishes them",
+            |c: (u64, u64)| c.1,
+        ),
+    ] {
+        header(out, name, "gauge", help);
+        for (store, c) in &counts {
+            if let Ok(c) = c {
+                sample(out, name, &[("store", store)], pick(*c));
+            }
+        }
+    }
 }
 
 async fn participants(State(coordinator): State<Arc<Coordinator>>) -> Response {

@@ -60,6 +60,7 @@ pub mod keys;
 pub mod scripts;
 
 use std::fmt;
+use std::sync::Arc;
 use std::time::Duration;
 
 use redis::aio::ConnectionManager;
@@ -310,6 +311,7 @@ struct Scripts {
     apply: Script,
     finalize: Script,
     expired: Script,
+    lock_counts: Script,
     rescore: Script,
     claim: Script,
     settle_claim: Script,
@@ -324,6 +326,7 @@ fn scripts() -> &'static Scripts {
         apply: Script::new(scripts::APPLY),
         finalize: Script::new(scripts::FINALIZE),
         expired: Script::new(scripts::EXPIRED),
+        lock_counts: Script::new(scripts::LOCK_COUNTS),
         rescore: Script::new(scripts::RESCORE),
         claim: Script::new(scripts::CLAIM),
         settle_claim: Script::new(scripts::SETTLE_CLAIM),
@@ -391,6 +394,15 @@ pub struct Store {
     /// Replicas every write must reach before it counts (`WAIT`), if the
     /// config asks for it.
     replication: Option<Replication>,
+    /// Failed calls, for `/metrics`.
+    errors: Arc<ErrorCounts>,
+}
+
+/// Failed calls to one store, by kind.
+#[derive(Debug, Default)]
+struct ErrorCounts {
+    unavailable: std::sync::atomic::AtomicU64,
+    protocol: std::sync::atomic::AtomicU64,
 }
 
 impl fmt::Debug for Store {
@@ -430,6 +442,7 @@ impl Store {
             client,
             timeout,
             replication: store.replication,
+            errors: Arc::default(),
         })
     }
 
@@ -703,6 +716,30 @@ impl Store {
     }
 
     /// How many lock index entries this store has (live or expired).
+    /// Locks held here right now, and how many of them are past their
+    /// lease (in doubt until someone finishes them).
+    pub async fn lock_counts(&self) -> Result<(u64, u64), StoreError> {
+        let mut call = Call::new(&scripts().lock_counts);
+        call.key(Key::LockIndex.encode());
+        let counts = self.array(self.invoke(&call, false).await?)?;
+        match counts.as_slice() {
+            [Value::Int(held), Value::Int(expired)] => Ok((*held as u64, *expired as u64)),
+            other => Err(self.protocol(&format!("expected two counts, got {other:?}"))),
+        }
+    }
+
+    /// Failed calls so far: `(unavailable, protocol)` (see [`StoreError`]).
+    pub fn errors(&self) -> (u64, u64) {
+        (
+            self.errors
+                .unavailable
+                .load(std::sync::atomic::Ordering::Relaxed),
+            self.errors
+                .protocol
+                .load(std::sync::atomic::Ordering::Relaxed),
+        )
+    }
+
     pub async fn lock_count(&self) -> Result<usize, StoreError> {
         let mut card = redis::cmd("ZCARD");
         card.arg(Key::LockIndex.encode());
@@ -847,18 +884,24 @@ impl Store {
         &self,
         result: Result<redis::RedisResult<T>, tokio::time::error::Elapsed>,
     ) -> Result<T, StoreError> {
-        match result {
-            Ok(Ok(v)) => Ok(v),
-            Ok(Err(e)) if is_unavailable(&e) => Err(StoreError::Unavailable {
+        let settled = match result {
+            Ok(Ok(v)) => return Ok(v),
+            Ok(Err(e)) if is_unavailable(&e) => StoreError::Unavailable {
                 store: self.name.clone(),
                 message: e.to_string(),
-            }),
-            Ok(Err(e)) => Err(self.protocol(&e.to_string())),
-            Err(_) => Err(StoreError::Unavailable {
+            },
+            Ok(Err(e)) => self.protocol(&e.to_string()),
+            Err(_) => StoreError::Unavailable {
                 store: self.name.clone(),
                 message: format!("no answer within {} ms", self.timeout.as_millis()),
-            }),
-        }
+            },
+        };
+        let counter = match settled {
+            StoreError::Unavailable { .. } => &self.errors.unavailable,
+            StoreError::Protocol { .. } => &self.errors.protocol,
+        };
+        counter.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
+        Err(settled)
     }
 
     fn array(&self, v: Value) -> Result<Vec<Value>, StoreError> {

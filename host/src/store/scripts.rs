@@ -547,6 +547,14 @@ pub const EXPIRED: &str = lua_clock!(
 "
 );
 
+/// How many locks the index holds, and how many of them are past their
+/// lease by the server's clock: what `/metrics` reports per store.
+/// KEYS: index. Reply: {held, expired}.
+pub const LOCK_COUNTS: &str = lua_clock!(
+    "return {redis.call('ZCARD', KEYS[1]), redis.call('ZCOUNT', KEYS[1], '-inf', now_ms)}
+"
+);
+
 /// Puts an index entry the sweep could not resolve back in line, `ARGV[2]`
 /// ms from now by the server's clock, behind the others, so that an entry
 /// that fails every time cannot starve the rest.

@@ -13,6 +13,7 @@ use super::types::{
     AbortInfo, Base64, KeyWrite, Record, Status, StepOutput, StoreWork, TxnResponse, output_json,
 };
 use super::{Coordinator, Step, TxnError, faults};
+use crate::metrics::Phase;
 use crate::runtime::{Adjustment, Entry, Write as GuestWrite};
 use crate::store::{
     Bounded, ClaimedOutcome, CommitPoint, Committed, Holder, Locked, Mode, Refusal, Release,
@@ -86,12 +87,17 @@ impl Coordinator {
             .map(|p| p.locks().then(|| p.entry(id, primary).encode()))
             .collect();
         self.metrics.round_trip();
-        let view = match self.lock(id, plan, &entries).await {
+        let locked = self.lock(id, plan, &entries).await;
+        self.metrics.phase(Phase::Lock, started.elapsed());
+        let view = match locked {
             Ok(view) => view,
             Err(Ok(blocked)) => return Ok(Outcome::Blocked(blocked)),
             Err(Err(e)) => return Err(e.into()),
         };
-        let (outputs, writes, aborts) = match execute(steps, plan, view).await {
+        let executing = Instant::now();
+        let executed = execute(steps, plan, view).await;
+        self.metrics.phase(Phase::Execute, executing.elapsed());
+        let (outputs, writes, aborts) = match executed {
             Ok(done) => done,
             Err(abort) => {
                 self.release(id, plan, &entries).await;
@@ -115,6 +121,7 @@ impl Coordinator {
         };
         let outcome = claim.map(|c| c.done_record(&response));
         self.metrics.round_trip();
+        let committing = Instant::now();
         let decided = self
             .commit_point(
                 id,
@@ -124,11 +131,12 @@ impl Coordinator {
                 &writes,
                 claim.zip(outcome.as_deref()),
             )
-            .await
-            .map_err(|e| TxnError::OutcomeUnknown {
-                id: id.to_owned(),
-                message: e.to_string(),
-            })?;
+            .await;
+        self.metrics.phase(Phase::Commit, committing.elapsed());
+        let decided = decided.map_err(|e| TxnError::OutcomeUnknown {
+            id: id.to_owned(),
+            message: e.to_string(),
+        })?;
         let outputs = response.steps;
         match decided {
             Committed::Ok => {
@@ -190,6 +198,7 @@ impl Coordinator {
             return None;
         }
         self.metrics.round_trip();
+        let reserving = Instant::now();
         let replies = join_all(parts.iter().map(|(part, adjusted)| async move {
             (
                 part,
@@ -198,6 +207,7 @@ impl Coordinator {
             )
         }))
         .await;
+        self.metrics.phase(Phase::Reserve, reserving.elapsed());
         for (part, adjusted, reply) in replies {
             match reply {
                 Ok(None) => {}

@@ -149,7 +149,7 @@ use std::time::{Duration, Instant};
 use tracing::Instrument;
 
 use crate::config::{Config, TxnConfig};
-use crate::metrics::Metrics;
+use crate::metrics::{Metrics, Phase};
 use crate::participants::{Participant, Registry};
 use crate::runtime::{CallError, GuestAbort, Instance};
 use crate::store::durability::Durability;
@@ -453,7 +453,10 @@ impl Coordinator {
                 ),
             });
         };
-        let mut steps = match self.declare(steps).await {
+        let declaring = Instant::now();
+        let declared = self.declare(steps).await;
+        self.metrics.phase(Phase::Declare, declaring.elapsed());
+        let mut steps = match declared {
             Ok(steps) => steps,
             Err(abort) => return Ok((self.aborted(new_txn_id(), 1, abort).await, false)),
         };

@@ -128,7 +128,7 @@ impl Coordinator {
                     return Err(inconsistent(store, &holder.txn));
                 };
                 apply_work(store, &holder.txn, &holder.primary, work).await?;
-                self.count_recovery();
+                self.metrics.recovered(true);
                 tracing::info!(
                     txn = holder.txn,
                     store = store.name(),
@@ -138,7 +138,7 @@ impl Coordinator {
             }
             Some(Record::Aborted { .. }) => {
                 store.apply(&holder.txn, None, &[(key, None)]).await?;
-                self.count_recovery();
+                self.metrics.recovered(false);
                 tracing::info!(
                     txn = holder.txn,
                     store = store.name(),
@@ -273,13 +273,14 @@ impl Coordinator {
             let keys = release(&entry.keys);
             return self.release_keys(store, &entry.txn, &member, &keys).await;
         }
-        match self.decision(&entry.txn, &entry.primary, true).await? {
+        let forward = match self.decision(&entry.txn, &entry.primary, true).await? {
             // On the primary, a committed transaction's entry is the
             // record's marker: its keys there were applied at the commit
             // point; the other stores may not have been.
             Some(Record::Committed { stores }) if store.name() == entry.primary => {
                 self.roll_forward(&entry.txn, &entry.primary, &stores, Some(member))
                     .await?;
+                true
             }
             Some(Record::Committed { stores }) => {
                 if !stores.contains_key(store.name()) {
@@ -291,6 +292,7 @@ impl Coordinator {
                     txn = entry.txn,
                     "rolled forward an expired committed transaction"
                 );
+                true
             }
             Some(Record::Aborted { .. }) | None => {
                 let keys = release(&entry.keys);
@@ -300,9 +302,10 @@ impl Coordinator {
                     store = store.name(),
                     "rolled back expired locks"
                 );
+                false
             }
-        }
-        self.count_recovery();
+        };
+        self.metrics.recovered(forward);
         Ok(())
     }
 
@@ -315,12 +318,6 @@ impl Coordinator {
     ) -> Result<(), StoreError> {
         let releases: Vec<Release> = keys.iter().map(|(k, w)| (k.as_str(), w.as_ref())).collect();
         store.apply(txn, Some(member), &releases).await.map(drop)
-    }
-
-    fn count_recovery(&self) {
-        self.metrics
-            .recovered_locks
-            .fetch_add(1, std::sync::atomic::Ordering::Relaxed);
     }
 }
 
