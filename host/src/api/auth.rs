@@ -19,9 +19,11 @@ use axum::extract::{Request, State};
 use axum::http::header::{AUTHORIZATION, WWW_AUTHENTICATE};
 use axum::http::{HeaderValue, Method, StatusCode};
 use axum::middleware::Next;
-use axum::response::Response;
+use axum::response::{IntoResponse, Response};
 use serde::{Deserialize, Serialize};
 use sha2::{Digest, Sha256};
+
+use super::ApiError;
 
 /// The shortest token accepted: 16 bytes (128 bits if random) keep a token
 /// out of reach of guessing.
@@ -198,19 +200,16 @@ pub async fn require(State(tokens): State<Arc<Tokens>>, request: Request, next: 
                 "this route needs a token with the `{}` scope, and the request has {what}",
                 scope.name()
             );
-            let mut response =
-                super::error(StatusCode::UNAUTHORIZED, "unauthorized", &message, None);
-            response
-                .headers_mut()
-                .insert(WWW_AUTHENTICATE, HeaderValue::from_static("Bearer"));
-            response
+            ApiError::new(StatusCode::UNAUTHORIZED, "unauthorized", message)
+                .with_header(WWW_AUTHENTICATE, "Bearer")
+                .into_response()
         }
         Err(Refusal::Forbidden(name)) => {
             let message = format!(
                 "token `{name}` does not have the `{}` scope this route needs",
                 scope.name()
             );
-            super::error(StatusCode::FORBIDDEN, "forbidden", &message, None)
+            ApiError::new(StatusCode::FORBIDDEN, "forbidden", message).into_response()
         }
     }
 }

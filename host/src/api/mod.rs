@@ -120,11 +120,11 @@ async fn json_errors(request: axum::extract::Request, next: axum::middleware::Ne
         s if s.is_server_error() => "internal_error",
         _ => "bad_request",
     };
-    let message = match String::from_utf8_lossy(&text).trim() {
+    let message: String = match String::from_utf8_lossy(&text).trim() {
         "" => status.canonical_reason().unwrap_or("error").to_owned(),
         text => text.to_owned(),
     };
-    let mut wrapped = error(status, code, &message, None);
+    let mut wrapped = ApiError::new(status, code, message).into_response();
     for (name, value) in &parts.headers {
         if name != axum::http::header::CONTENT_TYPE && name != axum::http::header::CONTENT_LENGTH {
             wrapped.headers_mut().append(name, value.clone());
@@ -182,51 +182,37 @@ async fn request_id(request: axum::extract::Request, next: axum::middleware::Nex
 async fn submit(
     State(coordinator): State<Arc<Coordinator>>,
     body: Result<Bytes, BytesRejection>,
-) -> Response {
-    let body = match body {
-        Ok(body) => body,
-        Err(rejection) => {
-            return error(rejection.status(), "bad_body", &rejection.body_text(), None);
-        }
-    };
-    let request: TxnRequest = match serde_json::from_slice(&body) {
-        Ok(r) => r,
-        Err(e) => {
-            let message = format!(
-                "{e}; expected {{\"steps\":[{{\"participant\":\"...\",\"input\":{{...}}}}],\"idempotency_key\":\"optional\"}}"
-            );
-            return error(StatusCode::BAD_REQUEST, "malformed_json", &message, None);
-        }
-    };
+) -> Result<Response, ApiError> {
+    let body = body.map_err(|r| ApiError::new(r.status(), "bad_body", r.body_text()))?;
+    let request: TxnRequest = serde_json::from_slice(&body).map_err(|e| {
+        let message = format!(
+            "{e}; expected {{\"steps\":[{{\"participant\":\"...\",\"input\":{{...}}}}],\"idempotency_key\":\"optional\"}}"
+        );
+        ApiError::new(StatusCode::BAD_REQUEST, "malformed_json", message)
+    })?;
     // On a task of its own, so that a client that disconnects does not cut
     // the transaction short: it finishes, and its outcome can be looked up.
     let run = tokio::spawn(async move { coordinator.run(request).await }.in_current_span());
-    match run.await.expect("a transaction task does not panic") {
-        Ok(response) => Json(response).into_response(),
-        Err(e) => txn_error(&e),
-    }
+    let response = run.await.expect("a transaction task does not panic")?;
+    Ok(Json(response).into_response())
 }
 
-async fn lookup(State(coordinator): State<Arc<Coordinator>>, Path(id): Path<String>) -> Response {
-    match coordinator.lookup(&id).await {
-        Ok(Some(found)) => Json(found).into_response(),
-        Ok(None) if !crate::txn::is_txn_id(&id) => error(
-            StatusCode::NOT_FOUND,
-            "unknown_transaction",
-            &format!("{id:?} is not a transaction id (ids are UUIDs, as responses name them)"),
-            None,
-        ),
-        Ok(None) => error(
-            StatusCode::NOT_FOUND,
-            "unknown_transaction",
-            &format!(
-                "no record and no lock of transaction {id}: it never ran here, it was read-only, or \
-                 its record is past its retention (txn.answered_retention_s once answered, \
-                 txn.record_retention_s otherwise)"
-            ),
-            None,
-        ),
-        Err(e) => txn_error(&e),
+async fn lookup(
+    State(coordinator): State<Arc<Coordinator>>,
+    Path(id): Path<String>,
+) -> Result<Response, ApiError> {
+    let found = coordinator.lookup(&id).await?;
+    let unknown = |message| ApiError::new(StatusCode::NOT_FOUND, "unknown_transaction", message);
+    match found {
+        Some(found) => Ok(Json(found).into_response()),
+        None if !crate::txn::is_txn_id(&id) => Err(unknown(format!(
+            "{id:?} is not a transaction id (ids are UUIDs, as responses name them)"
+        ))),
+        None => Err(unknown(format!(
+            "no record and no lock of transaction {id}: it never ran here, it was read-only, or \
+             its record is past its retention (txn.answered_retention_s once answered, \
+             txn.record_retention_s otherwise)"
+        ))),
     }
 }
 
@@ -336,42 +322,36 @@ async fn deploy(
     Path(name): Path<String>,
     query: Result<Query<DeployQuery>, QueryRejection>,
     body: Result<Bytes, BytesRejection>,
-) -> Response {
-    let body = match body {
-        Ok(body) => body,
-        Err(rejection) if rejection.status() == StatusCode::PAYLOAD_TOO_LARGE => {
-            let message = format!(
+) -> Result<Response, ApiError> {
+    let body = body.map_err(|r| match r.status() {
+        StatusCode::PAYLOAD_TOO_LARGE => ApiError::new(
+            r.status(),
+            "component_too_large",
+            format!(
                 "the component is larger than deploy.component_bytes_max ({} bytes)",
                 coordinator.registry().component_bytes_max()
-            );
-            return error(rejection.status(), "component_too_large", &message, None);
-        }
-        Err(rejection) => {
-            return error(rejection.status(), "bad_body", &rejection.body_text(), None);
-        }
-    };
-    let query = match query {
-        Ok(Query(query)) => query,
-        Err(rejection) => {
-            let message = format!(
-                "{}; expected ?store=STORE&prefix=PREFIX[&limits={{\"call_time_ms\":50}}]",
-                rejection.body_text()
-            );
-            return error(StatusCode::BAD_REQUEST, "bad_manifest", &message, None);
-        }
-    };
-    let limits = match query
+            ),
+        ),
+        status => ApiError::new(status, "bad_body", r.body_text()),
+    })?;
+    let bad_manifest = |message| ApiError::new(StatusCode::BAD_REQUEST, "bad_manifest", message);
+    let Query(query) = query.map_err(|r| {
+        bad_manifest(format!(
+            "{}; expected ?store=STORE&prefix=PREFIX[&limits={{\"call_time_ms\":50}}]",
+            r.body_text()
+        ))
+    })?;
+    let limits = query
         .limits
         .as_deref()
         .map(serde_json::from_str)
         .transpose()
-    {
-        Ok(limits) => limits.unwrap_or_default(),
-        Err(e) => {
-            let message = format!("limits must be a JSON object of [limits] keys: {e}");
-            return error(StatusCode::BAD_REQUEST, "bad_manifest", &message, None);
-        }
-    };
+        .map_err(|e| {
+            bad_manifest(format!(
+                "limits must be a JSON object of [limits] keys: {e}"
+            ))
+        })?
+        .unwrap_or_default();
     let manifest = Manifest {
         store: query.store,
         prefix: query.prefix,
@@ -382,53 +362,96 @@ async fn deploy(
     // Compiling takes a while: keep it off the async workers.
     let deployed =
         tokio::task::spawn_blocking(move || registry.deploy(&name, manifest, &body)).await;
-    match deployed.expect("the deploy task does not panic") {
-        Ok(participant) => Json(crate::participants::Listed::from(&*participant)).into_response(),
-        Err(e) => deploy_error(&e),
-    }
+    let participant = deployed.expect("the deploy task does not panic")?;
+    Ok(Json(crate::participants::Listed::from(&*participant)).into_response())
 }
 
-async fn remove(State(coordinator): State<Arc<Coordinator>>, Path(name): Path<String>) -> Response {
+async fn remove(
+    State(coordinator): State<Arc<Coordinator>>,
+    Path(name): Path<String>,
+) -> Result<Response, ApiError> {
     let registry = coordinator.registry().clone();
     let removed = tokio::task::spawn_blocking(move || registry.remove(&name)).await;
-    match removed.expect("the removal task does not panic") {
-        Ok(()) => Json(json!({"status": "removed"})).into_response(),
-        Err(e) => deploy_error(&e),
-    }
+    removed.expect("the removal task does not panic")?;
+    Ok(Json(json!({"status": "removed"})).into_response())
 }
 
-fn deploy_error(e: &DeployError) -> Response {
-    let status = match e {
-        DeployError::BadName(_) | DeployError::BadManifest(_) => StatusCode::BAD_REQUEST,
-        DeployError::Unknown(_) => StatusCode::NOT_FOUND,
-        DeployError::Disabled | DeployError::ConfiguredInFile(_) => StatusCode::CONFLICT,
-        DeployError::TooLarge { .. } => StatusCode::PAYLOAD_TOO_LARGE,
-        DeployError::InvalidComponent(_) => StatusCode::UNPROCESSABLE_ENTITY,
-        DeployError::Io(_) => StatusCode::INTERNAL_SERVER_ERROR,
-    };
-    error(status, e.code(), &e.to_string(), None)
+/// An error answer: `{"error": {"code", "message"[, "id"]}}` with its
+/// status, and the header it needs, if any.
+#[derive(Debug)]
+pub struct ApiError {
+    status: StatusCode,
+    code: String,
+    message: String,
+    /// The transaction an `outcome_unknown` names.
+    id: Option<String>,
+    header: Option<(HeaderName, HeaderValue)>,
 }
 
-fn txn_error(e: &TxnError) -> Response {
-    let status = match e {
-        TxnError::BadRequest { .. } => StatusCode::BAD_REQUEST,
-        TxnError::InFlight { .. } => StatusCode::CONFLICT,
-        TxnError::Store(_) | TxnError::OutcomeUnknown { .. } | TxnError::Overloaded { .. } => {
-            StatusCode::SERVICE_UNAVAILABLE
+impl ApiError {
+    pub fn new(status: StatusCode, code: &str, message: String) -> ApiError {
+        ApiError {
+            status,
+            code: code.to_owned(),
+            message,
+            id: None,
+            header: None,
         }
-    };
-    let id = match e {
-        TxnError::OutcomeUnknown { id, .. } => Some(id.as_str()),
-        _ => None,
-    };
-    let mut response = error(status, e.code(), &e.to_string(), id);
-    if let TxnError::Overloaded { .. } = e {
-        response.headers_mut().insert(
-            RETRY_AFTER,
-            HeaderValue::from_static(OVERLOADED_RETRY_AFTER_S),
-        );
     }
-    response
+
+    fn with_header(mut self, name: HeaderName, value: &'static str) -> ApiError {
+        self.header = Some((name, HeaderValue::from_static(value)));
+        self
+    }
+}
+
+impl IntoResponse for ApiError {
+    fn into_response(self) -> Response {
+        let mut body = json!({"error": {"code": self.code, "message": self.message}});
+        if let Some(id) = self.id {
+            body["error"]["id"] = json!(id);
+        }
+        let mut response = (self.status, Json(body)).into_response();
+        if let Some((name, value)) = self.header {
+            response.headers_mut().insert(name, value);
+        }
+        response
+    }
+}
+
+impl From<TxnError> for ApiError {
+    fn from(e: TxnError) -> ApiError {
+        let status = match e {
+            TxnError::BadRequest { .. } => StatusCode::BAD_REQUEST,
+            TxnError::InFlight { .. } => StatusCode::CONFLICT,
+            TxnError::Store(_) | TxnError::OutcomeUnknown { .. } | TxnError::Overloaded { .. } => {
+                StatusCode::SERVICE_UNAVAILABLE
+            }
+        };
+        let mut error = ApiError::new(status, e.code(), e.to_string());
+        match e {
+            TxnError::OutcomeUnknown { id, .. } => error.id = Some(id),
+            TxnError::Overloaded { .. } => {
+                error = error.with_header(RETRY_AFTER, OVERLOADED_RETRY_AFTER_S);
+            }
+            _ => {}
+        }
+        error
+    }
+}
+
+impl From<DeployError> for ApiError {
+    fn from(e: DeployError) -> ApiError {
+        let status = match e {
+            DeployError::BadName(_) | DeployError::BadManifest(_) => StatusCode::BAD_REQUEST,
+            DeployError::Unknown(_) => StatusCode::NOT_FOUND,
+            DeployError::Disabled | DeployError::ConfiguredInFile(_) => StatusCode::CONFLICT,
+            DeployError::TooLarge { .. } => StatusCode::PAYLOAD_TOO_LARGE,
+            DeployError::InvalidComponent(_) => StatusCode::UNPROCESSABLE_ENTITY,
+            DeployError::Io(_) => StatusCode::INTERNAL_SERVER_ERROR,
+        };
+        ApiError::new(status, e.code(), e.to_string())
+    }
 }
 
 /// Ready when the host is not shutting down and every store answers and
@@ -462,12 +485,4 @@ async fn ready(State(coordinator): State<Arc<Coordinator>>) -> Response {
         )
             .into_response()
     }
-}
-
-fn error(status: StatusCode, code: &str, message: &str, id: Option<&str>) -> Response {
-    let mut body = json!({"error": {"code": code, "message": message}});
-    if let Some(id) = id {
-        body["error"]["id"] = json!(id);
-    }
-    (status, Json(body)).into_response()
 }
