@@ -124,14 +124,7 @@ async fn every_route_but_health_and_ready_needs_a_token_with_its_scope() {
 
 #[tokio::test]
 async fn redstage_deploy_sends_its_token_from_the_flag_or_the_environment() {
-    let folder = tempfile::tempdir().expect("temp dir");
-    let env = TestEnv::orders_with(
-        &format!(
-            "[deploy]\nfolder = {:?}\n{TOKENS}",
-            folder.path().display().to_string()
-        ),
-        Persistence::None,
-    );
+    let (env, _folder) = TestEnv::orders_with_folder(TOKENS);
     let host = env
         .launch_host(&Launch {
             envs: &[("REDSTAGE_TEST_METRICS_TOKEN", METRICS_TOKEN)],
@@ -216,10 +209,12 @@ async fn without_tokens_a_host_listens_beyond_loopback_only_when_told_insecure()
 /// long enough for everything else a test sends to be answered first.
 const STALL: &str = "after-prepare:3000";
 
-fn order_body() -> Vec<u8> {
+fn order() -> Value {
     json!({"steps": [deduct("A1", 1), transfer("alice", "shop", 1)]})
-        .to_string()
-        .into_bytes()
+}
+
+fn order_body() -> Vec<u8> {
+    order().to_string().into_bytes()
 }
 
 /// Sends `n` orders to `addr`, each on a task of its own.
@@ -322,10 +317,7 @@ async fn a_transaction_that_waits_past_slot_wait_ms_for_instances_is_turned_away
     env.stock_and_fund("A1", 100, "alice", 100).await;
     let host = env.spawn_host(Some(STALL));
     let first = send_orders(host.addr, 1);
-    assert!(
-        host.wait_for("reached fault point after-prepare", Duration::from_secs(20))
-            .await
-    );
+    host.wait_for_point("after-prepare").await;
     let waited = send_orders(host.addr, 1).pop().expect("one order");
     assert_overloaded(&waited.await.expect("task"), "txn.slot_wait_ms");
     assert!(!first[0].is_finished());
@@ -354,10 +346,7 @@ async fn a_client_gone_mid_transaction_leaves_it_finished() {
     );
     client.write_all(head.as_bytes()).await.expect("head");
     client.write_all(&body).await.expect("body");
-    assert!(
-        host.wait_for("reached fault point after-prepare", Duration::from_secs(20))
-            .await
-    );
+    host.wait_for_point("after-prepare").await;
     drop(client);
     // Nobody waits for the answer, and the order still commits, on both
     // stores, with nothing left for recovery.
@@ -445,15 +434,7 @@ async fn past_shutdown_grace_ms_the_host_exits_and_recovery_finishes_the_rest() 
     );
     env.stock_and_fund("A1", 100, "alice", 100).await;
     // A transaction that stalls far longer than the grace.
-    let mut host = env.spawn_host(Some("after-prepare:60000"));
-    let addr = host.addr;
-    let stalled = tokio::spawn(async move {
-        http::try_request(addr, "POST", "/v1/transactions", &order_body()).await
-    });
-    assert!(
-        host.wait_for("reached fault point after-prepare", Duration::from_secs(20))
-            .await
-    );
+    let (mut host, stalled) = env.held_at("after-prepare:60000", &order()).await;
     redstage_tests::signal(host.pid(), "TERM");
     let status = host.wait_exit(Duration::from_secs(30)).await;
     assert!(status.is_some_and(|s| s.success()), "{status:?}");
@@ -625,14 +606,7 @@ async fn arbitrary_bytes_and_json_to_every_route_get_an_answer_never_a_5xx() {
         .unwrap_or_else(|| fastrand::u64(..));
     eprintln!("REDSTAGE_FUZZ_SEED={seed}");
     let mut rng = fastrand::Rng::with_seed(seed);
-    let folder = tempfile::tempdir().expect("temp dir");
-    let env = TestEnv::orders_with(
-        &format!(
-            "[deploy]\nfolder = {:?}\n",
-            folder.path().display().to_string()
-        ),
-        Persistence::None,
-    );
+    let (env, _folder) = TestEnv::orders_with_folder("");
     env.stock_and_fund("A1", 1_000_000, "alice", 1_000_000)
         .await;
     let host = env.spawn_host(None);
@@ -818,15 +792,7 @@ async fn metrics_move_with_the_traffic_recovery_and_store_failures() {
     // A host dies after its decision: its locks are in doubt once their
     // lease is over (nothing here sweeps), until another host's sweep
     // rolls them forward.
-    let mut dead = env.spawn_host(Some("after-decide"));
-    let addr = dead.addr;
-    let order = tokio::spawn(async move {
-        http::try_request(addr, "POST", "/v1/transactions", &order_body()).await
-    });
-    assert!(
-        dead.wait_for("reached fault point after-decide", Duration::from_secs(20))
-            .await
-    );
+    let (mut dead, order) = env.held_at("after-decide", &order()).await;
     dead.kill();
     assert!(order.await.expect("task").is_err());
     let expired = [

@@ -10,22 +10,12 @@ use std::sync::atomic::{AtomicBool, Ordering};
 use std::time::{Duration, Instant};
 
 use redstage::txn::types::Status;
-use redstage_tests::{
-    Persistence, TestEnv, Toolchain, component_file, components, http, request, step,
-};
+use redstage_tests::{TestEnv, Toolchain, component_file, components, http, request, step};
 use serde_json::{Value, json};
 
 /// The orders environment, with a deploy folder (returned) watched often.
 fn env_with_folder() -> (TestEnv, tempfile::TempDir) {
-    let folder = tempfile::tempdir().expect("temp dir");
-    let env = TestEnv::orders_with(
-        &format!(
-            "[deploy]\nfolder = {:?}\npoll_ms = 100\ncomponent_bytes_max = 4194304\n",
-            folder.path().display().to_string()
-        ),
-        Persistence::None,
-    );
-    (env, folder)
+    TestEnv::orders_with_folder("poll_ms = 100\ncomponent_bytes_max = 4194304\n")
 }
 
 fn counter(version: u32) -> Vec<u8> {

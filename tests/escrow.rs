@@ -126,20 +126,8 @@ async fn a_crash_with_a_reservation_in_flight_keeps_the_bound() {
     for (point, commits) in [("after-prepare", false), ("after-decide", true)] {
         let env = env("[txn]\nlease_ms = 800\nstore_timeout_ms = 400\nsweep_interval_ms = 100\n");
         env.stock_and_fund("sale", 1, "alice", 100).await;
-        let mut host = env.spawn_host(Some(point));
-        let addr = host.addr;
-        let unanswered = tokio::spawn(async move {
-            let body = json!({"steps": [deduct(1), pay(10)]}).to_string();
-            http::try_request(addr, "POST", "/v1/transactions", body.as_bytes()).await
-        });
-        assert!(
-            host.wait_for(
-                &format!("reached fault point {point}"),
-                Duration::from_secs(20)
-            )
-            .await,
-            "{point}"
-        );
+        let body = json!({"steps": [deduct(1), pay(10)]});
+        let (mut host, unanswered) = env.held_at(point, &body).await;
         host.kill();
         assert!(
             unanswered.await.expect("task").is_err(),

@@ -155,15 +155,7 @@ async fn crash_at_every_fault_point_then_recover() {
         let mut host = env.spawn_host(Some(point));
         let addr = host.addr;
         let request = tokio::spawn(post_order_unanswered(addr));
-        assert!(
-            host.wait_for(
-                &format!("reached fault point {point}"),
-                Duration::from_secs(20)
-            )
-            .await,
-            "{point}: never reached; {:?}",
-            host.stderr()
-        );
+        host.wait_for_point(point).await;
         let in_doubt = lock_holders(&env);
         host.kill();
         request.await.expect("the connection dies with the host");
@@ -200,10 +192,7 @@ async fn recover_command_finishes_a_crashed_commit() {
     seed(&env).await;
     let mut host = env.spawn_host(Some("after-decide"));
     let request = tokio::spawn(post_order_unanswered(host.addr));
-    assert!(
-        host.wait_for("reached fault point after-decide", Duration::from_secs(20))
-            .await
-    );
+    host.wait_for_point("after-decide").await;
     let in_doubt = lock_holders(&env);
     assert_eq!(in_doubt.len(), 1, "one transaction holds locks");
     host.kill();
@@ -407,11 +396,7 @@ async fn a_stalled_host_is_fenced_and_commits_nothing_rolled_back() {
     // Host A stalls for 3 s after locking both stores (leases: 400 ms).
     let host_a: HostProcess = env.spawn_host(Some("after-prepare:3000"));
     let first = tokio::spawn(post(host_a.addr, locking_order()));
-    assert!(
-        host_a
-            .wait_for("reached fault point after-prepare", Duration::from_secs(20))
-            .await
-    );
+    host_a.wait_for_point("after-prepare").await;
     host_a.pause();
     let stalled = lock_holders(&env);
     assert_eq!(stalled.len(), 1);
@@ -518,10 +503,7 @@ async fn decided_locks_are_finished_on_sight_not_after_their_lease() {
     seed(&env).await;
     let mut host = env.spawn_host(Some("after-decide"));
     let request_task = tokio::spawn(post_unanswered(host.addr, locking_order()));
-    assert!(
-        host.wait_for("reached fault point after-decide", Duration::from_secs(20))
-            .await
-    );
+    host.wait_for_point("after-decide").await;
     let crashed = lock_holders(&env);
     assert_eq!(crashed.len(), 1, "{crashed:?}");
     host.kill();
@@ -550,13 +532,7 @@ async fn recovery_reads_the_decision_where_the_lock_says() {
     seed(&env).await;
     let mut host = env.spawn_host(Some("commit-partial"));
     let request_task = tokio::spawn(post_order_unanswered(host.addr));
-    assert!(
-        host.wait_for(
-            "reached fault point commit-partial",
-            Duration::from_secs(20)
-        )
-        .await
-    );
+    host.wait_for_point("commit-partial").await;
     let crashed = lock_holders(&env);
     host.kill();
     request_task
@@ -634,14 +610,7 @@ async fn crash_after_the_answer_then_recover() {
             (200, Some("committed")),
             "{point}: {reply}"
         );
-        assert!(
-            host.wait_for(
-                &format!("reached fault point {point}"),
-                Duration::from_secs(20)
-            )
-            .await,
-            "{point}: never reached"
-        );
+        host.wait_for_point(point).await;
         host.kill();
         let _survivor = env.spawn_host(None);
         settled(&env).await;
@@ -718,10 +687,7 @@ async fn the_sweep_does_not_starve_behind_entries_that_always_fail() {
     // And a real transaction whose host died holding locks.
     let mut host = env.spawn_host(Some("after-prepare"));
     let request_task = tokio::spawn(post_order_unanswered(host.addr));
-    assert!(
-        host.wait_for("reached fault point after-prepare", Duration::from_secs(20))
-            .await
-    );
+    host.wait_for_point("after-prepare").await;
     host.kill();
     request_task
         .await

@@ -7,42 +7,11 @@ use std::time::Duration;
 
 use redstage::txn::types::{Status, TxnRequest, TxnResponse};
 use redstage::txn::{Coordinator, TxnError};
-use redstage_tests::{HostProcess, Persistence, TestEnv, http, request, step};
+use redstage_tests::{Persistence, TestEnv, http, request, step};
 use serde_json::{Value, json};
-use tokio::task::JoinHandle;
 
 /// Short leases, so that a dead host's claim and locks end within a test.
 const FAST: &str = "[txn]\nlease_ms = 400\nsweep_interval_ms = 100\nstore_timeout_ms = 200\nidempotency_lease_ms = 800\n";
-
-/// A host that stopped at fault `point` while running `body` (posted to
-/// it), and the task of that request, which answers only if the host goes
-/// on.
-async fn held_at(
-    env: &TestEnv,
-    point: &str,
-    body: Value,
-) -> (HostProcess, JoinHandle<std::io::Result<(u16, Value)>>) {
-    let host = env.spawn_host(Some(point));
-    let addr = host.addr;
-    let request = tokio::spawn(async move {
-        http::try_request(
-            addr,
-            "POST",
-            "/v1/transactions",
-            body.to_string().as_bytes(),
-        )
-        .await
-    });
-    assert!(
-        host.wait_for(
-            &format!("reached fault point {point}"),
-            Duration::from_secs(20)
-        )
-        .await,
-        "{point}"
-    );
-    (host, request)
-}
 
 fn env(extra: &str) -> TestEnv {
     TestEnv::orders_with(extra, Persistence::None)
@@ -235,12 +204,12 @@ async fn a_retry_waits_for_the_first_request_still_in_flight() {
 async fn a_retry_past_the_wait_bound_is_told_the_request_is_in_flight() {
     let env = env("[txn]\nidempotency_wait_ms = 200\n");
     seed(&env).await;
-    let _first = held_at(
-        &env,
-        "after-prepare",
-        json!({"steps": order(), "idempotency_key": "stuck"}),
-    )
-    .await;
+    let _first = env
+        .held_at(
+            "after-prepare",
+            &json!({"steps": order(), "idempotency_key": "stuck"}),
+        )
+        .await;
     let err = env
         .coordinator
         .run(keyed(order(), "stuck"))
@@ -266,12 +235,12 @@ async fn a_retry_after_a_crash_applies_the_order_once() {
     for (point, same_id) in [("after-prepare", false), ("after-decide", true)] {
         let env = env(FAST);
         seed(&env).await;
-        let (mut host, first) = held_at(
-            &env,
-            point,
-            json!({"steps": order(), "idempotency_key": "crash"}),
-        )
-        .await;
+        let (mut host, first) = env
+            .held_at(
+                point,
+                &json!({"steps": order(), "idempotency_key": "crash"}),
+            )
+            .await;
         let holder = lock_holder(&env);
         host.kill();
         assert!(
@@ -354,7 +323,9 @@ async fn lookups_tell_committed_aborted_in_doubt_and_unknown_apart() {
 
     // A host stopped between prepare and decision: in doubt while its locks
     // are held, aborted once another host's sweep resolves them.
-    let (host, _stuck) = held_at(&env, "after-prepare", json!({ "steps": order() })).await;
+    let (host, _stuck) = env
+        .held_at("after-prepare", &json!({ "steps": order() }))
+        .await;
     let id = lock_holder(&env);
     let (status, found) = lookup(id.clone()).await;
     assert_eq!(
@@ -485,12 +456,12 @@ async fn a_lost_claim_reply_does_not_block_retries() {
 async fn a_different_request_cannot_take_over_a_pending_key() {
     let env = env(FAST);
     seed(&env).await;
-    let _first = held_at(
-        &env,
-        "after-prepare",
-        json!({"steps": order(), "idempotency_key": "mine"}),
-    )
-    .await;
+    let _first = env
+        .held_at(
+            "after-prepare",
+            &json!({"steps": order(), "idempotency_key": "mine"}),
+        )
+        .await;
     let other = json!([step(
         "payments",
         json!({"op": "deposit", "account": "mallory", "amount": 1})
@@ -534,13 +505,7 @@ async fn a_superseded_request_says_so_on_every_path() {
             tokio::spawn(
                 async move { http::post(addr, "/v1/transactions", body.as_bytes()).await },
             );
-        assert!(
-            host.wait_for(
-                "reached fault point prepare-partial",
-                Duration::from_secs(20)
-            )
-            .await
-        );
+        host.wait_for_point("prepare-partial").await;
         tokio::time::sleep(Duration::from_millis(1000)).await;
         let retry = run_keyed(&env.coordinator, steps.clone(), &key).await;
         let (status, first) = first.await.expect("the first request answers");

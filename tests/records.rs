@@ -6,8 +6,6 @@
 //! serializable; lookups that take only transaction ids and find a lock
 //! wherever it is in the lock index.
 
-use std::time::Duration;
-
 use redstage::txn::types::Status;
 use redstage_tests::{ParticipantSpec, Persistence, TestEnv, http, step};
 use serde_json::{Value, json};
@@ -68,16 +66,9 @@ async fn a_record_has_no_ttl_while_a_store_is_unapplied() {
          answered_retention_s = 0\n",
     );
     seed(&env).await;
-    let mut host = env.spawn_host(Some("after-decide"));
-    let addr = host.addr;
-    let unanswered = tokio::spawn(async move {
-        let body = json!({ "steps": order() }).to_string();
-        http::try_request(addr, "POST", "/v1/transactions", body.as_bytes()).await
-    });
-    assert!(
-        host.wait_for("reached fault point after-decide", Duration::from_secs(20))
-            .await
-    );
+    let (mut host, unanswered) = env
+        .held_at("after-decide", &json!({ "steps": order() }))
+        .await;
     host.kill();
     assert!(unanswered.await.expect("task").is_err());
     let open = records(&env);
@@ -191,10 +182,7 @@ async fn keys_deleted_and_created_again_leave_no_trace_and_wait_for_their_reader
         let body = json!({ "steps": register("bump", "k", None) }).to_string();
         http::post(addr, "/v1/transactions", body.as_bytes()).await
     });
-    assert!(
-        host.wait_for("reached fault point after-prepare", Duration::from_secs(20))
-            .await
-    );
+    host.wait_for_point("after-prepare").await;
     let deleted = env.run(register("delete", "k", None)).await;
     let created = env.run(register("set", "k", Some("b"))).await;
     let (status, bumped) = bump.await.expect("the bump answers");
@@ -234,16 +222,9 @@ async fn lookups_take_ids_only_and_scan_the_whole_lock_index() {
     }
     add.query::<()>(&mut ledger).expect("ZADD");
 
-    let host = env.spawn_host(Some("after-prepare"));
-    let addr = host.addr;
-    let _stuck = tokio::spawn(async move {
-        let body = json!({ "steps": order() }).to_string();
-        http::try_request(addr, "POST", "/v1/transactions", body.as_bytes()).await
-    });
-    assert!(
-        host.wait_for("reached fault point after-prepare", Duration::from_secs(20))
-            .await
-    );
+    let (_host, _stuck) = env
+        .held_at("after-prepare", &json!({ "steps": order() }))
+        .await;
     let holders: Vec<String> = redis::cmd("ZRANGEBYSCORE")
         .arg("rs:locks")
         .arg("-inf")

@@ -239,6 +239,26 @@ impl TestEnv {
         HostProcess::start(&self.config_path, fault)
     }
 
+    /// A host armed at fault `point` (see [`HostProcess::wait_for_point`]),
+    /// once the request `body`, posted to it on a task of its own, stopped
+    /// there; and that task, which answers only if the host goes on.
+    pub async fn held_at(
+        &self,
+        point: &str,
+        body: &Value,
+    ) -> (
+        HostProcess,
+        tokio::task::JoinHandle<std::io::Result<(u16, Value)>>,
+    ) {
+        let host = self.spawn_host(Some(point));
+        let (addr, body) = (host.addr, body.to_string());
+        let request = tokio::spawn(async move {
+            http::try_request(addr, "POST", "/v1/transactions", body.as_bytes()).await
+        });
+        host.wait_for_point(point).await;
+        (host, request)
+    }
+
     /// A `redstage serve` on this config as `launch` says, or what it
     /// printed when it refused to start.
     pub fn launch_host(&self, launch: &Launch) -> Result<HostProcess, Vec<String>> {
@@ -262,6 +282,21 @@ impl TestEnv {
             extra,
             persistence,
         )
+    }
+
+    /// [`TestEnv::orders`] with a deploy folder (returned, removed when
+    /// dropped) and `extra` config right after its `folder` key, so that
+    /// it may go on with keys of `[deploy]`.
+    pub fn orders_with_folder(extra: &str) -> (TestEnv, tempfile::TempDir) {
+        let folder = tempfile::tempdir().expect("temp dir");
+        let env = TestEnv::orders_with(
+            &format!(
+                "[deploy]\nfolder = {:?}\n{extra}",
+                folder.path().display().to_string()
+            ),
+            Persistence::None,
+        );
+        (env, folder)
     }
 
     pub fn server(&self, store: &str) -> &RedisServer {

@@ -10,6 +10,9 @@ use std::time::{Duration, Instant};
 
 use redstage::txn::faults::FAULT_ENV;
 
+/// How long a request gets to reach an armed fault point.
+pub const FAULT_POINT_TIMEOUT: Duration = Duration::from_secs(20);
+
 /// How long a host gets to start serving.
 const STARTUP_TIMEOUT: Duration = Duration::from_secs(30);
 
@@ -146,6 +149,17 @@ impl HostProcess {
     /// Waits until the host printed a line containing `needle`.
     pub async fn wait_for(&self, needle: &str, timeout: Duration) -> bool {
         self.wait_for_n(needle, 1, timeout).await
+    }
+
+    /// Waits until the host reached fault point `point` (its name, or
+    /// `name:ms`), and panics with what it printed if it does not within
+    /// [`FAULT_POINT_TIMEOUT`].
+    pub async fn wait_for_point(&self, point: &str) {
+        let name = point.split(':').next().unwrap_or(point);
+        let reached = format!("reached fault point {name}");
+        if !self.wait_for(&reached, FAULT_POINT_TIMEOUT).await {
+            panic!("{point}: never reached; {:?}", self.stderr());
+        }
     }
 
     /// Waits until the host printed `n` lines containing `needle`.
