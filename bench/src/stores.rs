@@ -232,23 +232,7 @@ impl Stores {
                 .arg("rs:locks")
                 .query_async(&mut conn)
                 .await?;
-            let mut cursor = 0u64;
-            loop {
-                let (next, keys): (u64, Vec<String>) = redis::cmd("SCAN")
-                    .arg(cursor)
-                    .arg("MATCH")
-                    .arg("naive:*")
-                    .arg("COUNT")
-                    .arg(1000)
-                    .query_async(&mut conn)
-                    .await?;
-                n += keys.len();
-                cursor = next;
-                if cursor == 0 {
-                    break;
-                }
-            }
-            n += locks;
+            n += locks + keys_matching(&mut conn, "naive:*").await?.len();
         }
         Ok(n)
     }
@@ -287,30 +271,43 @@ async fn connect(url: &str) -> anyhow::Result<MultiplexedConnection> {
         .with_context(|| format!("cannot connect to {url}"))
 }
 
-/// The bytes `MEMORY USAGE` counts for every `rs:*` key of one store.
-async fn rs_bytes(conn: &mut MultiplexedConnection) -> anyhow::Result<i64> {
-    let (mut bytes, mut cursor) = (0, 0u64);
+/// Every key of one store matching `pattern`, by `SCAN`.
+async fn keys_matching(
+    conn: &mut MultiplexedConnection,
+    pattern: &str,
+) -> anyhow::Result<Vec<String>> {
+    let (mut all, mut cursor) = (Vec::new(), 0u64);
     loop {
         let (next, keys): (u64, Vec<String>) = redis::cmd("SCAN")
             .arg(cursor)
             .arg("MATCH")
-            .arg("rs:*")
+            .arg(pattern)
             .arg("COUNT")
-            .arg(1000)
+            .arg(SCAN_COUNT)
             .query_async(conn)
             .await?;
-        if !keys.is_empty() {
-            let mut pipe = redis::pipe();
-            for key in &keys {
-                pipe.cmd("MEMORY").arg("USAGE").arg(key);
-            }
-            // A key gone between SCAN and MEMORY USAGE is nil: 0 bytes.
-            let sizes: Vec<Option<i64>> = pipe.query_async(conn).await?;
-            bytes += sizes.into_iter().flatten().sum::<i64>();
-        }
+        all.extend(keys);
         cursor = next;
         if cursor == 0 {
-            return Ok(bytes);
+            return Ok(all);
         }
     }
+}
+
+/// Keys per `SCAN` page, and per pipeline of `MEMORY USAGE`.
+const SCAN_COUNT: usize = 1000;
+
+/// The bytes `MEMORY USAGE` counts for every `rs:*` key of one store.
+async fn rs_bytes(conn: &mut MultiplexedConnection) -> anyhow::Result<i64> {
+    let mut bytes = 0;
+    for keys in keys_matching(conn, "rs:*").await?.chunks(SCAN_COUNT) {
+        let mut pipe = redis::pipe();
+        for key in keys {
+            pipe.cmd("MEMORY").arg("USAGE").arg(key);
+        }
+        // A key gone between SCAN and MEMORY USAGE is nil: 0 bytes.
+        let sizes: Vec<Option<i64>> = pipe.query_async(conn).await?;
+        bytes += sizes.into_iter().flatten().sum::<i64>();
+    }
+    Ok(bytes)
 }
