@@ -282,22 +282,19 @@ async fn render_stores(coordinator: &Coordinator, out: &mut String) {
             .map(|s| async move { (s.name(), s.lock_counts().await) }),
     )
     .await;
-    for (name, help, pick) in [
-        (
-            "redstage_locks",
-            "locks held now, by store",
-            (|c: (u64, u64)| c.0) as fn((u64, u64)) -> u64,
-        ),
+    for (name, help, expired) in [
+        ("redstage_locks", "locks held now, by store", false),
         (
             "redstage_locks_expired",
             "locks past their lease now, in doubt until recovery finishes them",
-            |c: (u64, u64)| c.1,
+            true,
         ),
     ] {
         header(out, name, "gauge", help);
-        for (store, c) in &counts {
-            if let Ok(c) = c {
-                sample(out, name, &[("store", store)], pick(*c));
+        for (store, counts) in &counts {
+            if let Ok((held, past_lease)) = counts {
+                let n = if expired { *past_lease } else { *held };
+                sample(out, name, &[("store", store)], n);
             }
         }
     }
