@@ -111,7 +111,7 @@ async fn every_route_but_health_and_ready_needs_a_token_with_its_scope() {
             http::request_as(host.addr, Some(allowed), method, path, body).await;
         assert_eq!(code, status, "{what} with its scope: {answer}");
     }
-    for path in ["/v1/health", "/v1/ready"] {
+    for path in ["/v1/health", "/v1/ready", "/openapi.json"] {
         let (code, _, answer) = http::request_as(host.addr, None, "GET", path, b"").await;
         assert_eq!(code, 200, "{path} stays open: {answer}");
     }
@@ -610,6 +610,7 @@ async fn arbitrary_bytes_and_json_to_every_route_get_an_answer_never_a_5xx() {
     env.stock_and_fund("A1", 1_000_000, "alice", 1_000_000)
         .await;
     let host = env.spawn_host(None);
+    let document = Document::served(host.addr).await;
     for i in 0..1500 {
         let body = random_body(&mut rng);
         let (method, path, body) = match i % 6 {
@@ -657,6 +658,7 @@ async fn arbitrary_bytes_and_json_to_every_route_get_an_answer_never_a_5xx() {
         .await
         .unwrap_or_else(|_| panic!("no answer within 10 s: {what}"))
         .unwrap_or_else(|e| panic!("{e}: {what}"));
+        document.check(method, &path, &answer, &what);
         match answer {
             (200, ref v) if v["status"] == "committed" || v["status"] == "aborted" => {}
             (400..=499, ref v) => {
@@ -673,6 +675,144 @@ async fn arbitrary_bytes_and_json_to_every_route_get_an_answer_never_a_5xx() {
     let (status, _) = http::get(host.addr, "/v1/ready").await;
     assert_eq!(status, 200);
     assert_eq!(env.leftovers().await, Vec::<String>::new());
+}
+
+/// The OpenAPI document a host serves, valid by the OpenAPI 3.1 schema, and
+/// a check of real answers against it.
+struct Document(Value);
+
+impl Document {
+    async fn served(addr: std::net::SocketAddr) -> Document {
+        let (status, document) = http::get(addr, "/openapi.json").await;
+        assert_eq!(status, 200, "{document}");
+        let schema: Value = serde_json::from_str(include_str!("data/openapi-3.1-schema.json"))
+            .expect("the OpenAPI 3.1 schema is JSON");
+        let validator = jsonschema::draft202012::new(&schema).expect("the schema compiles");
+        let errors: Vec<String> = validator
+            .iter_errors(&document)
+            .map(|e| format!("{} at {}", e, e.instance_path()))
+            .collect();
+        assert!(
+            errors.is_empty(),
+            "not an OpenAPI 3.1 document: {errors:#?}"
+        );
+        Document(document)
+    }
+
+    /// The document's template of `path` (its query left out), if any.
+    fn template(&self, path: &str) -> Option<&str> {
+        let path = path.split('?').next().unwrap_or_default();
+        let segments: Vec<&str> = path.split('/').collect();
+        self.0["paths"]
+            .as_object()?
+            .keys()
+            .map(String::as_str)
+            .find(|t| {
+                let template: Vec<&str> = t.split('/').collect();
+                template.len() == segments.len()
+                    && template
+                        .iter()
+                        .zip(&segments)
+                        .all(|(t, s)| t == s || (t.starts_with('{') && !s.is_empty()))
+            })
+    }
+
+    /// Panics unless `answer` is one the document gives for `method path`:
+    /// its status listed, its body fitting the schema listed with it.
+    /// Paths the document does not have must answer `404 not_found`.
+    fn check(&self, method: &str, path: &str, (status, body): &(u16, Value), what: &str) {
+        let Some(template) = self.template(path) else {
+            assert_eq!(
+                (*status, &body["error"]["code"]),
+                (404, &json!("not_found")),
+                "{what}"
+            );
+            return;
+        };
+        let Some(operation) = self.0["paths"][template].get(method.to_lowercase()) else {
+            assert_eq!(*status, 405, "{what}: {body}");
+            return;
+        };
+        let Some(response) = operation["responses"].get(status.to_string()) else {
+            panic!("{what}: answered {status}, which {method} {template} does not list: {body}");
+        };
+        let Some(schema) = response["content"]["application/json"].get("schema") else {
+            return;
+        };
+        let mut schema = schema.clone();
+        schema["components"] = self.0["components"].clone();
+        let validator = jsonschema::draft202012::new(&schema).expect("a response schema compiles");
+        if let Err(e) = validator.validate(body) {
+            panic!(
+                "{what}: answered {status} with a body its schema refuses: {e} at {}: {body}",
+                e.instance_path()
+            );
+        }
+    }
+}
+
+/// The document lists every route the router serves, and the router serves
+/// every operation the document lists and nothing else on its paths; the
+/// answers of a real run fit the schemas it gives them.
+#[tokio::test]
+async fn the_openapi_document_is_valid_lists_every_route_and_fits_the_answers() {
+    let env = TestEnv::orders();
+    env.stock_and_fund("A1", 10, "alice", 100).await;
+    let host = env.spawn_host(None);
+    let document = Document::served(host.addr).await;
+    let paths: Vec<String> = document.0["paths"]
+        .as_object()
+        .unwrap()
+        .keys()
+        .cloned()
+        .collect();
+    assert_eq!(
+        paths,
+        [
+            "/metrics",
+            "/openapi.json",
+            "/v1/health",
+            "/v1/participants",
+            "/v1/participants/{name}",
+            "/v1/ready",
+            "/v1/transactions",
+            "/v1/transactions/{id}",
+        ]
+    );
+    let id = "0190a0a0-0000-7000-8000-000000000000";
+    for template in &paths {
+        let path = template.replace("{id}", id).replace("{name}", "x");
+        for method in ["GET", "PUT", "POST", "DELETE", "PATCH"] {
+            let answer = http::request(host.addr, method, &path, b"{}").await;
+            let what = format!("{method} {path}");
+            document.check(method, &path, &answer, &what);
+            let listed = document.0["paths"][template]
+                .get(method.to_lowercase())
+                .is_some();
+            assert_eq!(answer.0 != 405, listed, "{what}: {answer:?}");
+        }
+    }
+    // Answers of each shape, checked against their schemas.
+    let committed = json!({"steps": [deduct("A1", 1), transfer("alice", "shop", 1)]});
+    let aborted = json!({"steps": [deduct("A1", 100)]});
+    for body in [
+        committed,
+        aborted,
+        json!({"steps": []}),
+        json!({"steps": 1}),
+    ] {
+        let answer = http::post(host.addr, "/v1/transactions", body.to_string().as_bytes()).await;
+        document.check("POST", "/v1/transactions", &answer, &body.to_string());
+        if let Some(id) = answer.1["id"].as_str() {
+            let path = format!("/v1/transactions/{id}");
+            let answer = http::get(host.addr, &path).await;
+            assert_eq!(answer.0, 200);
+            document.check("GET", &path, &answer, &path);
+        }
+    }
+    for path in ["/v1/participants", "/v1/transactions/x", "/nowhere"] {
+        document.check("GET", path, &http::get(host.addr, path).await, path);
+    }
 }
 
 /// `redstage check --config PATH` with `envs`: its exit code, stdout as

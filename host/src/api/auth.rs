@@ -53,7 +53,7 @@ impl Scope {
     /// The scope a request needs; `None` for the open routes.
     pub fn of(method: &Method, path: &str) -> Option<Scope> {
         match (method, path) {
-            (_, "/v1/health" | "/v1/ready") => None,
+            (_, "/v1/health" | "/v1/ready" | "/openapi.json") => None,
             (_, "/v1/transactions") => Some(Scope::Submit),
             (_, p) if p.starts_with("/v1/transactions/") => Some(Scope::Submit),
             (&Method::PUT | &Method::DELETE, p) if p.starts_with("/v1/participants/") => {

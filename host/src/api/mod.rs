@@ -10,6 +10,7 @@
 //! | `GET /v1/health`          | the process is up                           |
 //! | `GET /v1/ready`           | every store answers, with durable settings  |
 //! | `GET /metrics`            | Prometheus metrics (see `metrics`)          |
+//! | `GET /openapi.json`       | this API as an OpenAPI 3.1 document         |
 //!
 //! With tokens configured, every route but health and readiness needs a
 //! bearer token with its scope (see [`auth`]): `401 unauthorized`,
@@ -39,6 +40,7 @@
 //! participant world, or imports what it may not).
 
 pub mod auth;
+pub mod openapi;
 
 use std::sync::Arc;
 
@@ -48,14 +50,15 @@ use axum::extract::{DefaultBodyLimit, Path, Query, State};
 use axum::http::header::RETRY_AFTER;
 use axum::http::{HeaderName, HeaderValue, StatusCode};
 use axum::response::{IntoResponse, Response};
-use axum::routing::{get, post, put};
 use axum::{Json, Router};
 use serde_json::json;
 use tracing::Instrument;
+use utoipa_axum::router::OpenApiRouter;
+use utoipa_axum::routes;
 
-use crate::participants::DeployError;
 use crate::participants::folder::Manifest;
-use crate::txn::types::TxnRequest;
+use crate::participants::{DeployError, Listed, Listing};
+use crate::txn::types::{Lookup, TxnRequest, TxnResponse};
 use crate::txn::{Coordinator, TxnError};
 
 /// The largest request body accepted. Guards the service against memory
@@ -70,27 +73,31 @@ const OVERLOADED_RETRY_AFTER_S: &str = "1";
 /// require of it (see [`auth`]; [`auth::Tokens::none`] leaves all open).
 pub fn router(coordinator: Arc<Coordinator>, tokens: Arc<auth::Tokens>) -> Router {
     let component_bytes_max = coordinator.registry().component_bytes_max();
-    Router::new()
-        .route("/v1/transactions", post(submit))
-        .route("/v1/transactions/{id}", get(lookup))
-        .route("/v1/participants", get(participants))
-        .route(
-            "/v1/participants/{name}",
-            put(deploy)
-                .delete(remove)
-                .layer(DefaultBodyLimit::max(component_bytes_max)),
-        )
-        .route(
-            "/v1/health",
-            get(|| async { Json(json!({"status": "ok"})) }),
-        )
-        .route("/v1/ready", get(ready))
-        .route("/metrics", get(metrics))
+    let (router, _) = routes(component_bytes_max).split_for_parts();
+    router
         .layer(DefaultBodyLimit::max(BODY_BYTES_MAX))
         .layer(axum::middleware::from_fn_with_state(tokens, auth::require))
         .layer(axum::middleware::from_fn(json_errors))
         .layer(axum::middleware::from_fn(request_id))
         .with_state(coordinator)
+}
+
+/// Every route, each registered with its OpenAPI operation (the
+/// `#[utoipa::path]` on its handler), so that the router serves exactly what
+/// [`openapi::document`] lists.
+fn routes(component_bytes_max: usize) -> OpenApiRouter<Arc<Coordinator>> {
+    let participant = OpenApiRouter::new()
+        .routes(routes!(deploy, remove))
+        .layer(DefaultBodyLimit::max(component_bytes_max));
+    OpenApiRouter::with_openapi(openapi::base())
+        .routes(routes!(submit))
+        .routes(routes!(lookup))
+        .routes(routes!(participants))
+        .merge(participant)
+        .routes(routes!(health))
+        .routes(routes!(ready))
+        .routes(routes!(metrics))
+        .routes(routes!(openapi::serve))
 }
 
 /// Gives every error the JSON shape of the others, whoever answered it:
@@ -179,6 +186,25 @@ async fn request_id(request: axum::extract::Request, next: axum::middleware::Nex
     response
 }
 
+/// Runs a transaction: its steps' declared keys are locked on every store
+/// they live on, each step executes against the values read, and the
+/// writes commit on all stores or on none. A transaction that ran answers
+/// 200, committed or aborted.
+#[utoipa::path(
+    post,
+    path = "/v1/transactions",
+    tag = "transactions",
+    request_body = TxnRequest,
+    responses(
+        (status = 200, description = "The transaction ran: `status` says whether it committed or aborted", body = TxnResponse),
+        (status = 400, description = "`malformed_json`, `empty_transaction`, `unknown_participant`, `too_many_steps`, `bad_idempotency_key`, `idempotency_key_reused`, `bad_body`: will never work as sent", body = openapi::ErrorBody),
+        (status = 409, description = "`in_flight`: a first request with the same idempotency key is still running", body = openapi::ErrorBody),
+        (status = 413, description = "`body_too_large`: over the request body limit", body = openapi::ErrorBody),
+        (status = 503, description = "`store_unavailable` (nothing applied, send again), `outcome_unknown` (look `error.id` up later), `overloaded` (nothing applied, send again after `Retry-After`), `store_error` (a store holds what the protocol does not expect; nothing applied)", body = openapi::ErrorBody,
+            headers(("retry-after" = u32, description = "With `overloaded`: seconds to wait"))),
+    ),
+    security(("bearer" = ["submit"])),
+)]
 async fn submit(
     State(coordinator): State<Arc<Coordinator>>,
     body: Result<Bytes, BytesRejection>,
@@ -197,6 +223,20 @@ async fn submit(
     Ok(Json(response).into_response())
 }
 
+/// What became of a transaction: committed, aborted, or in doubt while
+/// its locks are held with no decision.
+#[utoipa::path(
+    get,
+    path = "/v1/transactions/{id}",
+    tag = "transactions",
+    params(("id" = String, Path, description = "The id a transaction response (or an `outcome_unknown` error) named")),
+    responses(
+        (status = 200, description = "What is known of the transaction", body = Lookup),
+        (status = 404, description = "`unknown_transaction`: not an id, or no record and no lock of it", body = openapi::ErrorBody),
+        (status = 503, description = "`store_unavailable`: a store did not answer; `store_error`: it answered what the protocol does not expect", body = openapi::ErrorBody),
+    ),
+    security(("bearer" = ["submit"])),
+)]
 async fn lookup(
     State(coordinator): State<Arc<Coordinator>>,
     Path(id): Path<String>,
@@ -216,6 +256,16 @@ async fn lookup(
     }
 }
 
+/// Prometheus metrics, in the text exposition format.
+#[utoipa::path(
+    get,
+    path = "/metrics",
+    tag = "operations",
+    responses(
+        (status = 200, description = "Metrics of this host and of its stores", body = String, content_type = "text/plain"),
+    ),
+    security(("bearer" = ["read"])),
+)]
 async fn metrics(State(coordinator): State<Arc<Coordinator>>) -> Response {
     let mut out = String::new();
     coordinator.metrics().render(&mut out);
@@ -300,20 +350,53 @@ async fn render_stores(coordinator: &Coordinator, out: &mut String) {
     }
 }
 
+/// Every participant this host runs, and the deploy folder entries that
+/// failed to load.
+#[utoipa::path(
+    get,
+    path = "/v1/participants",
+    tag = "participants",
+    responses(
+        (status = 200, description = "Participants and broken deploys", body = Listing),
+    ),
+    security(("bearer" = ["read"])),
+)]
 async fn participants(State(coordinator): State<Arc<Coordinator>>) -> Response {
     Json(coordinator.registry().list()).into_response()
 }
 
 /// The manifest fields of a deploy, as query parameters.
-#[derive(Debug, serde::Deserialize)]
+#[derive(Debug, serde::Deserialize, utoipa::IntoParams)]
 #[serde(deny_unknown_fields)]
+#[into_params(parameter_in = Query)]
 struct DeployQuery {
+    /// The store the participant's keys live on.
     store: String,
+    /// The prefix of every key it declares, e.g. `inventory:`.
     prefix: String,
     /// JSON object of `[limits]` keys to override, e.g. `{"call_time_ms":50}`.
     limits: Option<String>,
 }
 
+/// Deploys a participant: the body is its component. Compiled and checked
+/// before it replaces the running version; every host sharing the deploy
+/// folder picks it up.
+#[utoipa::path(
+    put,
+    path = "/v1/participants/{name}",
+    tag = "participants",
+    params(("name" = String, Path, description = "The participant's name"), DeployQuery),
+    request_body(content = Vec<u8>, content_type = "application/wasm", description = "The component"),
+    responses(
+        (status = 200, description = "The new version, running", body = Listed),
+        (status = 400, description = "`bad_participant_name`, `bad_manifest`, `bad_body`", body = openapi::ErrorBody),
+        (status = 409, description = "`deploy_disabled` (no deploy folder), `configured_in_file` (defined in the config file)", body = openapi::ErrorBody),
+        (status = 413, description = "`component_too_large`: over `deploy.component_bytes_max`", body = openapi::ErrorBody),
+        (status = 422, description = "`invalid_component`: does not compile, is not a participant component, or imports what it may not", body = openapi::ErrorBody),
+        (status = 500, description = "`deploy_failed`: the deploy folder could not be written", body = openapi::ErrorBody),
+    ),
+    security(("bearer" = ["deploy"])),
+)]
 async fn deploy(
     State(coordinator): State<Arc<Coordinator>>,
     Path(name): Path<String>,
@@ -360,9 +443,24 @@ async fn deploy(
     let deployed =
         tokio::task::spawn_blocking(move || registry.deploy(&name, manifest, &body)).await;
     let participant = deployed.expect("the deploy task does not panic")?;
-    Ok(Json(crate::participants::Listed::from(&*participant)).into_response())
+    Ok(Json(Listed::from(&*participant)).into_response())
 }
 
+/// Removes a deployed participant.
+#[utoipa::path(
+    delete,
+    path = "/v1/participants/{name}",
+    tag = "participants",
+    params(("name" = String, Path, description = "The participant's name")),
+    responses(
+        (status = 200, description = "Removed", body = openapi::ServiceStatus),
+        (status = 400, description = "`bad_participant_name`", body = openapi::ErrorBody),
+        (status = 404, description = "`unknown_participant`: no deployed participant of that name", body = openapi::ErrorBody),
+        (status = 409, description = "`deploy_disabled`, `configured_in_file`", body = openapi::ErrorBody),
+        (status = 500, description = "`deploy_failed`: the deploy folder could not be written", body = openapi::ErrorBody),
+    ),
+    security(("bearer" = ["deploy"])),
+)]
 async fn remove(
     State(coordinator): State<Arc<Coordinator>>,
     Path(name): Path<String>,
@@ -404,10 +502,13 @@ impl ApiError {
 
 impl IntoResponse for ApiError {
     fn into_response(self) -> Response {
-        let mut body = json!({"error": {"code": self.code, "message": self.message}});
-        if let Some(id) = self.id {
-            body["error"]["id"] = json!(id);
-        }
+        let body = openapi::ErrorBody {
+            error: openapi::ErrorDetail {
+                code: self.code,
+                message: self.message,
+                id: self.id,
+            },
+        };
         let mut response = (self.status, Json(body)).into_response();
         if let Some((name, value)) = self.header {
             response.headers_mut().insert(name, value);
@@ -451,10 +552,30 @@ impl From<DeployError> for ApiError {
     }
 }
 
+/// The process is up.
+#[utoipa::path(
+    get,
+    path = "/v1/health",
+    tag = "operations",
+    responses((status = 200, description = "Up", body = openapi::ServiceStatus)),
+)]
+async fn health() -> Json<serde_json::Value> {
+    Json(json!({"status": "ok"}))
+}
+
 /// Ready when the host is not shutting down and every store answers and
 /// keeps its writes durable (see `store::durability`): a store whose
 /// settings changed since the start takes the host out of rotation, naming
 /// what to set.
+#[utoipa::path(
+    get,
+    path = "/v1/ready",
+    tag = "operations",
+    responses(
+        (status = 200, description = "`{\"status\":\"ready\"}`", body = openapi::ServiceStatus),
+        (status = 503, description = "`{\"status\":\"draining\"}` while shutting down, or `{\"status\":\"not_ready\",\"stores\":[{store, error}]}`", body = openapi::ServiceStatus),
+    ),
+)]
 async fn ready(State(coordinator): State<Arc<Coordinator>>) -> Response {
     if coordinator.draining() {
         let body = json!({"status": "draining"});

@@ -143,6 +143,9 @@ enum Command {
         #[arg(long, default_value = "target/wasm32-wasip2/release")]
         components: PathBuf,
     },
+    /// Print the HTTP API's OpenAPI 3.1 document (what `serve` answers at
+    /// GET /openapi.json), e.g. to generate a client.
+    Openapi,
 }
 
 impl Cli {
@@ -178,6 +181,13 @@ impl Cli {
                 client::deploy(&server, token.as_deref(), &name, &query, &component).await
             }
             Command::Demo { config, components } => demo::run(config, components).await,
+            Command::Openapi => {
+                println!(
+                    "{}",
+                    serde_json::to_string_pretty(crate::api::openapi::document())?
+                );
+                Ok(ExitCode::SUCCESS)
+            }
         }
     }
 }

@@ -46,7 +46,7 @@ pub struct Participant {
 }
 
 /// Which version of a participant this is, and where it came from.
-#[derive(Debug, Clone, PartialEq, Eq, Serialize)]
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, utoipa::ToSchema)]
 pub struct Version {
     /// `sha256:<hex>` of the component bytes.
     pub digest: String,
@@ -57,7 +57,7 @@ pub struct Version {
 }
 
 /// Where a participant is defined.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize)]
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, utoipa::ToSchema)]
 #[serde(rename_all = "snake_case")]
 pub enum Source {
     /// `[participants.NAME]` of the config file: changed by editing it and
@@ -153,7 +153,7 @@ impl DeployError {
 }
 
 /// One participant in the listing of `GET /v1/participants`.
-#[derive(Debug, Clone, Serialize)]
+#[derive(Debug, Clone, Serialize, utoipa::ToSchema)]
 pub struct Listed {
     pub name: String,
     pub store: String,
@@ -178,7 +178,7 @@ impl From<&Participant> for Listed {
 }
 
 /// Everything the registry holds, for `GET /v1/participants`.
-#[derive(Debug, Clone, Serialize)]
+#[derive(Debug, Clone, Serialize, utoipa::ToSchema)]
 pub struct Listing {
     pub participants: Vec<Listed>,
     /// Folder entries that failed to load, by name: why.

@@ -7,7 +7,7 @@ use serde::{Deserialize, Serialize};
 
 /// Bounds on one participant's calls. Each guards the host (and the other
 /// participants) against guest-controlled resource use.
-#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize, utoipa::ToSchema)]
 #[serde(default, deny_unknown_fields)]
 pub struct CallLimits {
     /// Linear memory of one step's instance, all its memories together.

@@ -6,7 +6,7 @@ use std::collections::BTreeMap;
 use serde::{Deserialize, Serialize};
 
 /// A transaction as a client submits it.
-#[derive(Debug, Clone, Deserialize, Serialize)]
+#[derive(Debug, Clone, Deserialize, Serialize, utoipa::ToSchema)]
 #[serde(deny_unknown_fields)]
 pub struct TxnRequest {
     /// Run in order; each sees the writes of the ones before it.
@@ -17,7 +17,7 @@ pub struct TxnRequest {
 }
 
 /// One step: which participant, and the input (any JSON) it is given.
-#[derive(Debug, Clone, Deserialize, Serialize)]
+#[derive(Debug, Clone, Deserialize, Serialize, utoipa::ToSchema)]
 #[serde(deny_unknown_fields)]
 pub struct StepRequest {
     pub participant: String,
@@ -25,7 +25,7 @@ pub struct StepRequest {
 }
 
 /// How a transaction ended.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize, utoipa::ToSchema)]
 #[serde(rename_all = "snake_case")]
 pub enum Status {
     Committed,
@@ -33,7 +33,7 @@ pub enum Status {
 }
 
 /// What a client gets back.
-#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize, utoipa::ToSchema)]
 pub struct TxnResponse {
     /// The id of the attempt that decided the outcome.
     pub id: String,
@@ -46,14 +46,14 @@ pub struct TxnResponse {
     pub abort: Option<AbortInfo>,
 }
 
-#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize, utoipa::ToSchema)]
 pub struct StepOutput {
     pub participant: String,
     pub output: serde_json::Value,
 }
 
 /// Why a transaction aborted.
-#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize, utoipa::ToSchema)]
 pub struct AbortInfo {
     /// The step that said no; absent when no step did (`conflict`).
     #[serde(default, skip_serializing_if = "Option::is_none")]
@@ -155,7 +155,7 @@ impl Record {
 }
 
 /// What a lookup by id finds.
-#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize, utoipa::ToSchema)]
 #[serde(rename_all = "snake_case")]
 pub enum LookupStatus {
     Committed,
@@ -167,7 +167,7 @@ pub enum LookupStatus {
 }
 
 /// The answer to `GET /v1/transactions/{id}`.
-#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize, utoipa::ToSchema)]
 pub struct Lookup {
     pub id: String,
     pub status: LookupStatus,

@@ -1,0 +1,195 @@
+//! The API's OpenAPI 3.1 document, served at `GET /openapi.json`.
+//!
+//! It is not written by hand: every route is registered through
+//! `utoipa_axum::routes!` from the `#[utoipa::path]` on its handler (see
+//! `super::routes`), which puts the route in the router and its operation
+//! in the document together. This module adds what no handler says: the
+//! bearer scheme, and the `401`/`403` every route behind a scope may give.
+
+use std::sync::LazyLock;
+
+use axum::Json;
+use utoipa::openapi::path::{Operation, Parameter, ParameterIn};
+use utoipa::openapi::security::{HttpAuthScheme, HttpBuilder, SecurityScheme};
+use utoipa::openapi::{ContentBuilder, OpenApi, Ref, RefOr, ResponseBuilder};
+use utoipa::{OpenApi as _, ToSchema};
+
+/// The name of the security scheme operations refer to.
+pub const BEARER: &str = "bearer";
+
+#[derive(utoipa::OpenApi)]
+#[openapi(
+    info(
+        title = "redstage",
+        description = "Atomic, serializable transactions across Redis stores, with each \
+                       participant's business logic a sandboxed WebAssembly component.\n\n\
+                       Every error answer is `{\"error\": {\"code\", \"message\"[, \"id\"]}}` \
+                       with a stable `code`; every answer carries `x-request-id`."
+    ),
+    tags(
+        (name = "transactions", description = "Run transactions and look them up"),
+        (name = "participants", description = "List, deploy and remove participants"),
+        (name = "operations", description = "Health, readiness, metrics and this document"),
+    ),
+    components(schemas(ErrorBody))
+)]
+struct Base;
+
+/// The document's frame, before the routes add their operations.
+pub(super) fn base() -> OpenApi {
+    Base::openapi()
+}
+
+/// The whole document: the routes' operations in the frame, with the
+/// bearer scheme and the answers of `auth::require` added.
+pub fn document() -> &'static OpenApi {
+    static DOCUMENT: LazyLock<OpenApi> = LazyLock::new(|| {
+        let mut document = super::routes(0).into_openapi();
+        let scheme = HttpBuilder::new()
+            .scheme(HttpAuthScheme::Bearer)
+            .description(Some(
+                "A token of `[[auth.tokens]]`; each operation names the scope it needs. \
+                 Without tokens configured, every route is open.",
+            ))
+            .build();
+        document
+            .components
+            .get_or_insert_with(Default::default)
+            .add_security_scheme(BEARER, SecurityScheme::Http(scheme));
+        for item in document.paths.paths.values_mut() {
+            for operation in operations(item) {
+                if operation.security.as_ref().is_some_and(|s| !s.is_empty()) {
+                    let unauthorized =
+                        "`unauthorized`: no token, or not one of the configured tokens";
+                    add_error(operation, "401", unauthorized);
+                    let forbidden = "`forbidden`: the token lacks the scope this route needs";
+                    add_error(operation, "403", forbidden);
+                }
+                let in_path = |p: &Parameter| p.parameter_in == ParameterIn::Path;
+                if operation.parameters.iter().flatten().any(in_path) {
+                    let bad = "`bad_request`: a path parameter that is not UTF-8";
+                    add_error(operation, "400", bad);
+                }
+            }
+        }
+        document
+    });
+    &DOCUMENT
+}
+
+/// Lists an error answer of `operation`: a new `status` with the error
+/// shape, or one more case in the description of the one listed.
+fn add_error(operation: &mut Operation, status: &str, description: &str) {
+    match operation.responses.responses.get_mut(status) {
+        Some(RefOr::T(listed)) => {
+            listed.description = format!("{}; {description}", listed.description);
+        }
+        _ => {
+            let error_body = RefOr::Ref(Ref::from_schema_name("ErrorBody"));
+            let response = ResponseBuilder::new()
+                .description(description)
+                .content(
+                    "application/json",
+                    ContentBuilder::new().schema(Some(error_body)).build(),
+                )
+                .build();
+            operation
+                .responses
+                .responses
+                .insert(status.to_owned(), RefOr::T(response));
+        }
+    }
+}
+
+/// The operations of a path item, whatever their methods.
+fn operations(item: &mut utoipa::openapi::PathItem) -> impl Iterator<Item = &mut Operation> {
+    [
+        &mut item.get,
+        &mut item.put,
+        &mut item.post,
+        &mut item.delete,
+        &mut item.options,
+        &mut item.head,
+        &mut item.patch,
+        &mut item.trace,
+    ]
+    .into_iter()
+    .filter_map(Option::as_mut)
+}
+
+/// This document.
+#[utoipa::path(
+    get,
+    path = "/openapi.json",
+    tag = "operations",
+    responses((status = 200, description = "The OpenAPI 3.1 document of this API", content_type = "application/json")),
+)]
+pub(super) async fn serve() -> Json<&'static OpenApi> {
+    Json(document())
+}
+
+/// Every error answer.
+#[derive(Debug, serde::Serialize, ToSchema)]
+pub struct ErrorBody {
+    pub error: ErrorDetail,
+}
+
+#[derive(Debug, serde::Serialize, ToSchema)]
+pub struct ErrorDetail {
+    /// Stable, for programs: `malformed_json`, `outcome_unknown`, ...
+    pub code: String,
+    /// For people: what went wrong and what to do.
+    pub message: String,
+    /// With `outcome_unknown`: the transaction to look up.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub id: Option<String>,
+}
+
+/// `{"status": ...}` of health, readiness and removal.
+#[derive(Debug, serde::Serialize, ToSchema)]
+pub struct ServiceStatus {
+    /// `ok`, `ready`, `draining`, `not_ready`, `removed`.
+    pub status: String,
+    /// With `not_ready`: each store that failed its check, and why.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub stores: Option<Vec<StoreDown>>,
+}
+
+#[derive(Debug, serde::Serialize, ToSchema)]
+pub struct StoreDown {
+    pub store: String,
+    pub error: String,
+}
+
+#[cfg(test)]
+mod tests {
+    use axum::http::Method;
+
+    use super::*;
+    use crate::api::auth::Scope;
+
+    /// The scope each operation names is the one `auth::require` enforces
+    /// on its route, and the open routes name none.
+    #[test]
+    fn every_operation_names_the_scope_auth_requires() {
+        for (path, item) in &document().paths.paths {
+            // A concrete path for the templated ones.
+            let concrete = path.replace("{id}", "x").replace("{name}", "x");
+            for (method, operation) in [
+                (Method::GET, &item.get),
+                (Method::PUT, &item.put),
+                (Method::POST, &item.post),
+                (Method::DELETE, &item.delete),
+            ] {
+                let Some(operation) = operation else { continue };
+                let named = serde_json::to_value(&operation.security).unwrap();
+                let named = named[0][BEARER][0].as_str();
+                let enforced = Scope::of(&method, &concrete).map(Scope::name);
+                assert_eq!(
+                    named, enforced,
+                    "{method} {path}: the document and auth disagree"
+                );
+            }
+        }
+    }
+}
