@@ -1,11 +1,9 @@
-//! A minimal HTTP/1.1 client: enough to talk to the served API for real,
-//! one request per connection.
+//! Requests to the served API for real, one connection each (so that a
+//! server going away is met by the request that needed it).
 
 use std::net::SocketAddr;
 
 use serde_json::Value;
-use tokio::io::{AsyncReadExt, AsyncWriteExt};
-use tokio::net::TcpStream;
 
 /// Sends `method path` with `body` and returns the status and the body
 /// parsed as JSON (or as a JSON string when it is not JSON).
@@ -35,7 +33,7 @@ pub async fn try_request_with_head(
     path: &str,
     body: &[u8],
 ) -> std::io::Result<(u16, String, Value)> {
-    exchange(addr, method, path, "", body).await
+    exchange(addr, method, path, &[], body).await
 }
 
 /// [`request`] with `Authorization: Bearer token`, when there is one; the
@@ -60,11 +58,7 @@ pub async fn request_with(
     path: &str,
     body: &[u8],
 ) -> (u16, String, Value) {
-    let lines: String = headers
-        .iter()
-        .map(|(name, value)| format!("{name}: {value}\r\n"))
-        .collect();
-    exchange(addr, method, path, &lines, body)
+    exchange(addr, method, path, headers, body)
         .await
         .unwrap_or_else(|e| panic!("{method} {path}: {e}"))
 }
@@ -77,41 +71,38 @@ pub fn header<'h>(head: &'h str, name: &str) -> Option<&'h str> {
         .map(str::trim)
 }
 
-/// One request with `headers` (whole lines, each ending in CRLF) added.
+/// One request with `headers` (name, value) added, on a connection of its
+/// own.
 async fn exchange(
     addr: SocketAddr,
     method: &str,
     path: &str,
-    headers: &str,
+    headers: &[(&str, &str)],
     body: &[u8],
 ) -> std::io::Result<(u16, String, Value)> {
-    let mut stream = TcpStream::connect(addr).await?;
-    let head = format!(
-        "{method} {path} HTTP/1.1\r\nhost: {addr}\r\ncontent-type: application/json\r\n\
-         {headers}content-length: {}\r\nconnection: close\r\n\r\n",
-        body.len()
-    );
-    stream.write_all(head.as_bytes()).await?;
-    stream.write_all(body).await?;
-    let mut raw = Vec::new();
-    stream.read_to_end(&mut raw).await?;
-    let text = String::from_utf8_lossy(&raw);
-    let incomplete =
-        || std::io::Error::new(std::io::ErrorKind::UnexpectedEof, "no complete response");
-    let (head, body) = text.split_once("\r\n\r\n").ok_or_else(incomplete)?;
-    let status = head
-        .split(' ')
-        .nth(1)
-        .and_then(|s| s.parse().ok())
-        .ok_or_else(incomplete)?;
-    let body = if head
-        .to_ascii_lowercase()
-        .contains("transfer-encoding: chunked")
-    {
-        dechunk(body)
-    } else {
-        body.to_owned()
-    };
+    let other = |e: reqwest::Error| std::io::Error::other(format!("{e:?}"));
+    let method = reqwest::Method::from_bytes(method.as_bytes()).map_err(std::io::Error::other)?;
+    let client = reqwest::Client::builder()
+        .pool_max_idle_per_host(0)
+        .build()
+        .map_err(other)?;
+    let mut request = client
+        .request(method, format!("http://{addr}{path}"))
+        .header("content-type", "application/json")
+        .body(body.to_vec());
+    for (name, value) in headers {
+        request = request.header(*name, *value);
+    }
+    let response = request.send().await.map_err(other)?;
+    let status = response.status().as_u16();
+    let mut head = format!("{:?} {status}", response.version());
+    for (name, value) in response.headers() {
+        head.push_str(&format!(
+            "\r\n{name}: {}",
+            String::from_utf8_lossy(value.as_bytes())
+        ));
+    }
+    let body = response.text().await.map_err(other)?;
     let json = serde_json::from_str(&body).unwrap_or(Value::String(body));
     Ok((status, head.to_ascii_lowercase(), json))
 }
@@ -122,19 +113,6 @@ pub async fn post(addr: SocketAddr, path: &str, body: &[u8]) -> (u16, Value) {
 
 pub async fn get(addr: SocketAddr, path: &str) -> (u16, Value) {
     request(addr, "GET", path, b"").await
-}
-
-fn dechunk(mut body: &str) -> String {
-    let mut out = String::new();
-    while let Some((size, rest)) = body.split_once("\r\n") {
-        let n = usize::from_str_radix(size.trim(), 16).unwrap_or(0);
-        if n == 0 {
-            break;
-        }
-        out.push_str(&rest[..n]);
-        body = &rest[n + 2..];
-    }
-    out
 }
 
 /// Serves the API of `coordinator` on a free port, in this runtime.

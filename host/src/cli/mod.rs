@@ -124,6 +124,10 @@ enum Command {
         /// A token with the `deploy` scope, if the server requires tokens.
         #[arg(long, env = "REDSTAGE_TOKEN", hide_env_values = true)]
         token: Option<String>,
+        /// Seconds to wait for the whole deploy, the server's compile
+        /// included.
+        #[arg(long, default_value_t = 120)]
+        timeout_s: u64,
         /// The participant's name.
         name: String,
         /// The component (.wasm) file.
@@ -173,12 +177,22 @@ impl Cli {
                 prefix,
                 limits,
                 token,
+                timeout_s,
                 name,
                 component,
             } => {
                 let mut query = vec![("store", store), ("prefix", prefix)];
                 query.extend(limits.map(|l| ("limits", l)));
-                client::deploy(&server, token.as_deref(), &name, &query, &component).await
+                let timeout = std::time::Duration::from_secs(timeout_s);
+                client::deploy(
+                    &server,
+                    token.as_deref(),
+                    &name,
+                    &query,
+                    &component,
+                    timeout,
+                )
+                .await
             }
             Command::Demo { config, components } => demo::run(config, components).await,
             Command::Openapi => {
