@@ -1,5 +1,8 @@
-//! Metrics, kept in atomics on the hot path and rendered in the Prometheus
-//! text format by `GET /metrics`.
+//! Metrics in one `prometheus-client` registry per coordinator, rendered in
+//! the Prometheus text format (0.0.4) by `GET /metrics`. What other parts
+//! count in their own atomics (each store's failed calls, each participant's
+//! calls, the compile cache) and the lock gauges read from the stores are
+//! copied in at each scrape ([`Scraped`]).
 //!
 //! | metric | labels | what |
 //! |---|---|---|
@@ -19,11 +22,16 @@
 //! | `redstage_locks_expired` | `store` | of those, locks past their lease: transactions in doubt until recovery finishes them |
 //! | `redstage_round_trips_total` | | rounds of Redis calls transactions waited for before their answers (calls of one round run in parallel) |
 
-use std::collections::BTreeMap;
-use std::fmt::Write as _;
 use std::sync::Mutex;
 use std::sync::atomic::{AtomicU64, Ordering::Relaxed};
 use std::time::Duration;
+
+use prometheus_client::encoding::prometheus_text;
+use prometheus_client::metrics::counter::Counter;
+use prometheus_client::metrics::family::Family;
+use prometheus_client::metrics::gauge::Gauge;
+use prometheus_client::metrics::histogram::Histogram;
+use prometheus_client::registry::Registry;
 
 use crate::runtime::RESERVED_ABORT_CODES;
 
@@ -41,6 +49,20 @@ pub const ABORT_CODES_MAX: usize = 100;
 /// The label of the codes past [`ABORT_CODES_MAX`]; no participant's code
 /// can have parentheses.
 pub const OTHER_CODES: &str = "(other)";
+
+/// The `Content-Type` of what [`Metrics::encode`] writes.
+pub const CONTENT_TYPE: &str = prometheus_text::CONTENT_TYPE;
+
+/// A sample's labels, in order.
+type Labels = Vec<(&'static str, String)>;
+
+fn labels<const N: usize>(pairs: [(&'static str, &str); N]) -> Labels {
+    pairs.into_iter().map(|(k, v)| (k, v.to_owned())).collect()
+}
+
+fn latency_histogram() -> Histogram {
+    Histogram::new(LATENCY_BUCKETS)
+}
 
 /// The phases of a transaction whose time is measured.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -77,188 +99,265 @@ impl Phase {
     }
 }
 
-/// The coordinator's counters.
-#[derive(Debug, Default)]
+/// The coordinator's metrics and their registry.
+#[derive(Debug)]
 pub struct Metrics {
-    committed: AtomicU64,
-    /// Aborts by code: few distinct codes, so a lock is cheap enough.
-    aborted: Mutex<BTreeMap<String, u64>>,
-    errors: Mutex<BTreeMap<&'static str, u64>>,
-    attempts: AtomicU64,
+    registry: Registry,
+    /// By `status` and, for aborts, `code`.
+    transactions: Family<Labels, Counter>,
+    committed: Counter,
+    /// Distinct abort codes with a label of their own; held while a code is
+    /// looked up and maybe added, so that the bound is exact.
+    abort_codes: Mutex<usize>,
+    errors: Family<Labels, Counter>,
+    attempts: Counter,
     latency: Histogram,
-    /// Recovery actions, each one transaction's locks on one store.
-    rolled_forward: AtomicU64,
-    rolled_back: AtomicU64,
-    /// How long each phase of a transaction took.
-    phases: [Histogram; Phase::ALL.len()],
+    recovered_locks: Counter,
+    rolled_forward: Counter,
+    rolled_back: Counter,
+    /// How long each phase of a transaction took, by [`Phase`].
+    phases: Vec<Histogram>,
     /// Rounds of Redis calls waited for before answers: what latency is
     /// made of, whatever the network.
-    round_trips: AtomicU64,
+    round_trips: Counter,
+    // Copied in at each scrape.
+    store_errors: Family<Labels, Counter>,
+    locks: Family<Labels, Gauge>,
+    locks_expired: Family<Labels, Gauge>,
+    calls: Family<Labels, Counter>,
+    call_seconds: Family<Labels, Counter<f64, AtomicU64>>,
+    compiled: Counter,
+    cache_hits: Counter,
+}
+
+impl Default for Metrics {
+    fn default() -> Metrics {
+        let mut registry = Registry::with_prefix("redstage");
+        let transactions = Family::<Labels, Counter>::default();
+        let committed = transactions.get_or_create_owned(&labels([("status", "committed")]));
+        let phase_family =
+            Family::<Labels, Histogram, fn() -> Histogram>::new_with_constructor(latency_histogram);
+        let phases = Phase::ALL
+            .iter()
+            .map(|p| phase_family.get_or_create_owned(&labels([("phase", p.name())])))
+            .collect();
+        let recovery_actions = Family::<Labels, Counter>::default();
+        let rolled_forward =
+            recovery_actions.get_or_create_owned(&labels([("action", "roll_forward")]));
+        let rolled_back = recovery_actions.get_or_create_owned(&labels([("action", "roll_back")]));
+        let m = Metrics {
+            registry: Registry::default(),
+            transactions,
+            committed,
+            abort_codes: Mutex::new(0),
+            errors: Family::default(),
+            attempts: Counter::default(),
+            latency: latency_histogram(),
+            recovered_locks: Counter::default(),
+            rolled_forward,
+            rolled_back,
+            phases,
+            round_trips: Counter::default(),
+            store_errors: Family::default(),
+            locks: Family::default(),
+            locks_expired: Family::default(),
+            calls: Family::default(),
+            call_seconds: Family::default(),
+            compiled: Counter::default(),
+            cache_hits: Counter::default(),
+        };
+        let r = &mut registry;
+        r.register(
+            "transactions",
+            "decided transactions",
+            m.transactions.clone(),
+        );
+        r.register(
+            "transaction_errors",
+            "requests that ended in an error rather than a decision",
+            m.errors.clone(),
+        );
+        r.register(
+            "transaction_attempts",
+            "attempts, re-runs after conflicts included",
+            m.attempts.clone(),
+        );
+        r.register(
+            "transaction_duration_seconds",
+            "from request to decision",
+            m.latency.clone(),
+        );
+        r.register(
+            "recovered_locks",
+            "expired locks resolved",
+            m.recovered_locks.clone(),
+        );
+        r.register(
+            "recovery_actions",
+            "transactions finished by recovery on one store, by what it did",
+            recovery_actions,
+        );
+        r.register(
+            "phase_seconds",
+            "time of each phase of a transaction, per attempt",
+            phase_family,
+        );
+        r.register(
+            "round_trips",
+            "rounds of Redis calls transactions waited for before their answers",
+            m.round_trips.clone(),
+        );
+        r.register(
+            "store_errors",
+            "failed Redis calls, by store and kind",
+            m.store_errors.clone(),
+        );
+        r.register("locks", "locks held now, by store", m.locks.clone());
+        r.register(
+            "locks_expired",
+            "locks past their lease now, in doubt until recovery finishes them",
+            m.locks_expired.clone(),
+        );
+        r.register(
+            "participant_calls",
+            "calls into participant components",
+            m.calls.clone(),
+        );
+        r.register(
+            "participant_call_seconds",
+            "wall time spent in participant calls",
+            m.call_seconds.clone(),
+        );
+        r.register(
+            "components_compiled",
+            "components compiled",
+            m.compiled.clone(),
+        );
+        r.register(
+            "compile_cache_hits",
+            "components loaded from the compile cache",
+            m.cache_hits.clone(),
+        );
+        Metrics { registry, ..m }
+    }
 }
 
 impl Metrics {
     pub fn decided(&self, abort_code: Option<&str>, attempts: u32, took: Duration) {
         match abort_code {
             None => {
-                self.committed.fetch_add(1, Relaxed);
+                self.committed.inc();
             }
             Some(code) => {
-                let mut aborted = self.aborted.lock().expect("metrics lock");
-                let own = aborted.contains_key(code)
-                    || aborted.len() < ABORT_CODES_MAX
-                    || RESERVED_ABORT_CODES.contains(&code);
-                let label = if own { code } else { OTHER_CODES };
-                *aborted.entry(label.to_owned()).or_default() += 1;
+                let mut codes = self.abort_codes.lock().expect("metrics lock");
+                let mut labels = labels([("status", "aborted"), ("code", code)]);
+                if self.transactions.get(&labels).is_none() {
+                    if *codes < ABORT_CODES_MAX || RESERVED_ABORT_CODES.contains(&code) {
+                        *codes += 1;
+                    } else {
+                        labels[1].1 = OTHER_CODES.to_owned();
+                    }
+                }
+                self.transactions.get_or_create(&labels).inc();
             }
         }
-        self.attempts.fetch_add(u64::from(attempts), Relaxed);
-        self.latency.observe(took);
+        self.attempts.inc_by(u64::from(attempts));
+        self.latency.observe(took.as_secs_f64());
     }
 
     /// One run of `phase` took `took`.
     pub fn phase(&self, phase: Phase, took: Duration) {
-        self.phases[phase as usize].observe(took);
+        self.phases[phase as usize].observe(took.as_secs_f64());
     }
 
     /// Recovery finished a transaction's locks on one store: `forward`
     /// (it had committed) or back.
     pub fn recovered(&self, forward: bool) {
-        let counter = match forward {
-            true => &self.rolled_forward,
-            false => &self.rolled_back,
+        self.recovered_locks.inc();
+        match forward {
+            true => self.rolled_forward.inc(),
+            false => self.rolled_back.inc(),
         };
-        counter.fetch_add(1, Relaxed);
     }
 
     /// A transaction waited for one more round of Redis calls before its
     /// answer.
     pub fn round_trip(&self) {
-        self.round_trips.fetch_add(1, Relaxed);
+        self.round_trips.inc();
     }
 
     /// Rounds of Redis calls waited for before answers, so far.
     pub fn round_trips(&self) -> u64 {
-        self.round_trips.load(Relaxed)
+        self.round_trips.get()
     }
 
     /// Transactions decided committed, so far.
     pub fn committed(&self) -> u64 {
-        self.committed.load(Relaxed)
+        self.committed.get()
     }
 
     pub fn failed(&self, code: &'static str) {
-        *self
-            .errors
-            .lock()
-            .expect("metrics lock")
-            .entry(code)
-            .or_default() += 1;
+        self.errors.get_or_create(&labels([("code", code)])).inc();
     }
 
-    /// Appends the coordinator's metrics to `out`.
-    pub fn render(&self, out: &mut String) {
-        header(
-            out,
-            "redstage_transactions_total",
-            "counter",
-            "decided transactions",
-        );
-        sample(
-            out,
-            "redstage_transactions_total",
-            &[("status", "committed")],
-            self.committed.load(Relaxed),
-        );
-        for (code, n) in self.aborted.lock().expect("metrics lock").iter() {
-            sample(
-                out,
-                "redstage_transactions_total",
-                &[("status", "aborted"), ("code", code)],
-                *n,
-            );
+    /// Copies in what was read at this scrape, then renders every metric.
+    pub fn encode(&self, scraped: &Scraped) -> String {
+        for family in [&self.store_errors, &self.calls] {
+            family.clear();
         }
-        header(
-            out,
-            "redstage_transaction_errors_total",
-            "counter",
-            "requests that ended in an error rather than a decision",
-        );
-        for (code, n) in self.errors.lock().expect("metrics lock").iter() {
-            sample(
-                out,
-                "redstage_transaction_errors_total",
-                &[("code", code)],
-                *n,
-            );
+        for family in [&self.locks, &self.locks_expired] {
+            family.clear();
         }
-        header(
-            out,
-            "redstage_transaction_attempts_total",
-            "counter",
-            "attempts, re-runs after conflicts included",
-        );
-        sample(
-            out,
-            "redstage_transaction_attempts_total",
-            &[],
-            self.attempts.load(Relaxed),
-        );
-        self.latency.render(
-            out,
-            "redstage_transaction_duration_seconds",
-            "from request to decision",
-        );
-        header(
-            out,
-            "redstage_recovered_locks_total",
-            "counter",
-            "expired locks resolved",
-        );
-        let (forward, back) = (
-            self.rolled_forward.load(Relaxed),
-            self.rolled_back.load(Relaxed),
-        );
-        sample(out, "redstage_recovered_locks_total", &[], forward + back);
-        header(
-            out,
-            "redstage_recovery_actions_total",
-            "counter",
-            "transactions finished by recovery on one store, by what it did",
-        );
-        for (action, n) in [("roll_forward", forward), ("roll_back", back)] {
-            sample(
-                out,
-                "redstage_recovery_actions_total",
-                &[("action", action)],
-                n,
-            );
+        self.call_seconds.clear();
+        for (store, unavailable, protocol) in &scraped.store_errors {
+            for (kind, n) in [("unavailable", unavailable), ("protocol", protocol)] {
+                let labels = labels([("store", store), ("kind", kind)]);
+                self.store_errors.get_or_create(&labels).inc_by(*n);
+            }
         }
-        header(
-            out,
-            "redstage_phase_seconds",
-            "histogram",
-            "time of each phase of a transaction, per attempt",
-        );
-        for phase in Phase::ALL {
-            self.phases[phase as usize].render_samples(
-                out,
-                "redstage_phase_seconds",
-                &[("phase", phase.name())],
-            );
+        for (store, held, expired) in &scraped.locks {
+            self.locks
+                .get_or_create(&labels([("store", store)]))
+                .set(*held as i64);
+            let family = &self.locks_expired;
+            family
+                .get_or_create(&labels([("store", store)]))
+                .set(*expired as i64);
         }
-        header(
-            out,
-            "redstage_round_trips_total",
-            "counter",
-            "rounds of Redis calls transactions waited for before their answers",
-        );
-        sample(
-            out,
-            "redstage_round_trips_total",
-            &[],
-            self.round_trips.load(Relaxed),
-        );
+        for (participant, stats) in &scraped.calls {
+            for (call, timer) in stats.timers() {
+                let (count, total) = timer.get();
+                let labels = labels([("participant", participant), ("call", call)]);
+                self.calls.get_or_create(&labels).inc_by(count);
+                self.call_seconds
+                    .get_or_create(&labels)
+                    .inc_by(total.as_secs_f64());
+            }
+        }
+        if let Some((compiled, hits)) = scraped.cache {
+            // Counters of the cache's own, mirrored: never less than before.
+            self.compiled
+                .inc_by(compiled.saturating_sub(self.compiled.get()));
+            self.cache_hits
+                .inc_by(hits.saturating_sub(self.cache_hits.get()));
+        }
+        let mut out = String::new();
+        prometheus_text::encode(&mut out, &self.registry).expect("writing to a String");
+        out
     }
+}
+
+/// What a scrape reads from outside the coordinator's metrics.
+#[derive(Debug, Default)]
+pub struct Scraped<'a> {
+    /// Per store: failed calls (unavailable, protocol).
+    pub store_errors: Vec<(&'a str, u64, u64)>,
+    /// Per store that answered: locks held, and of those past their lease.
+    pub locks: Vec<(&'a str, u64, u64)>,
+    /// Per participant: its calls.
+    pub calls: Vec<(&'a str, &'a CallStats)>,
+    /// The compile cache's (compilations, hits), when there is one.
+    pub cache: Option<(u64, u64)>,
 }
 
 /// Calls into one participant's component, and the wall time they took.
@@ -293,120 +392,22 @@ impl Timer {
 }
 
 impl CallStats {
-    /// Appends one participant's call metrics to `out` (headers written by
-    /// [`call_headers`]).
-    pub fn render(&self, out: &mut String, participant: &str) {
-        for (call, timer) in [
+    fn timers(&self) -> [(&'static str, &Timer); 3] {
+        [
             ("instantiate", &self.instantiate),
             ("declare", &self.declare),
             ("execute", &self.execute),
-        ] {
-            let (count, total) = timer.get();
-            let labels = [("participant", participant), ("call", call)];
-            sample(out, "redstage_participant_calls_total", &labels, count);
-            sample_f64(
-                out,
-                "redstage_participant_call_seconds_total",
-                &labels,
-                total.as_secs_f64(),
-            );
-        }
+        ]
     }
-}
-
-/// The headers of the participant call metrics.
-pub fn call_headers(out: &mut String) {
-    header(
-        out,
-        "redstage_participant_calls_total",
-        "counter",
-        "calls into participant components",
-    );
-    header(
-        out,
-        "redstage_participant_call_seconds_total",
-        "counter",
-        "wall time spent in participant calls",
-    );
-}
-
-/// A latency histogram over [`LATENCY_BUCKETS`].
-#[derive(Debug, Default)]
-struct Histogram {
-    buckets: [AtomicU64; LATENCY_BUCKETS.len()],
-    count: AtomicU64,
-    sum_nanos: AtomicU64,
-}
-
-impl Histogram {
-    fn observe(&self, took: Duration) {
-        let secs = took.as_secs_f64();
-        if let Some(i) = LATENCY_BUCKETS.iter().position(|&le| secs <= le) {
-            self.buckets[i].fetch_add(1, Relaxed);
-        }
-        self.count.fetch_add(1, Relaxed);
-        self.sum_nanos
-            .fetch_add(u64::try_from(took.as_nanos()).unwrap_or(u64::MAX), Relaxed);
-    }
-
-    fn render(&self, out: &mut String, name: &str, help: &str) {
-        header(out, name, "histogram", help);
-        self.render_samples(out, name, &[]);
-    }
-
-    /// The samples alone, each with `labels` too.
-    fn render_samples(&self, out: &mut String, name: &str, labels: &[(&str, &str)]) {
-        let bucket = format!("{name}_bucket");
-        let mut cumulative = 0;
-        for (le, n) in LATENCY_BUCKETS.iter().zip(&self.buckets) {
-            cumulative += n.load(Relaxed);
-            let le = le.to_string();
-            let labels: Vec<_> = labels.iter().copied().chain([("le", &*le)]).collect();
-            sample(out, &bucket, &labels, cumulative);
-        }
-        let count = self.count.load(Relaxed);
-        let labels: Vec<_> = labels.iter().copied().chain([("le", "+Inf")]).collect();
-        sample(out, &bucket, &labels, count);
-        let labels = &labels[..labels.len() - 1];
-        let sum = Duration::from_nanos(self.sum_nanos.load(Relaxed)).as_secs_f64();
-        sample_f64(out, &format!("{name}_sum"), labels, sum);
-        sample(out, &format!("{name}_count"), labels, count);
-    }
-}
-
-pub fn header(out: &mut String, name: &str, kind: &str, help: &str) {
-    let _ = writeln!(out, "# HELP {name} {help}\n# TYPE {name} {kind}");
-}
-
-pub fn sample(out: &mut String, name: &str, labels: &[(&str, &str)], value: u64) {
-    let _ = writeln!(out, "{name}{} {value}", render_labels(labels));
-}
-
-fn sample_f64(out: &mut String, name: &str, labels: &[(&str, &str)], value: f64) {
-    let _ = writeln!(out, "{name}{} {value}", render_labels(labels));
-}
-
-/// `{a="x",b="y"}`, values escaped as the text format requires.
-fn render_labels(labels: &[(&str, &str)]) -> String {
-    if labels.is_empty() {
-        return String::new();
-    }
-    let parts: Vec<String> = labels
-        .iter()
-        .map(|(k, v)| {
-            let v = v
-                .replace('\\', r"\\")
-                .replace('"', "\\\"")
-                .replace('\n', r"\n");
-            format!("{k}=\"{v}\"")
-        })
-        .collect();
-    format!("{{{}}}", parts.join(","))
 }
 
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    fn render(m: &Metrics) -> String {
+        m.encode(&Scraped::default())
+    }
 
     #[test]
     fn renders_the_text_format() {
@@ -414,8 +415,15 @@ mod tests {
         m.decided(None, 1, Duration::from_micros(800));
         m.decided(Some("conflict"), 10, Duration::from_millis(30));
         m.failed("store_unavailable");
-        let mut out = String::new();
-        m.render(&mut out);
+        let stats = CallStats::default();
+        stats.execute.record(Duration::from_millis(3));
+        let scraped = Scraped {
+            store_errors: vec![("ledger", 2, 0)],
+            locks: vec![("ledger", 5, 1)],
+            calls: vec![("pay\"ments", &stats)],
+            cache: Some((3, 4)),
+        };
+        let out = m.encode(&scraped);
         for line in [
             "# TYPE redstage_transactions_total counter",
             "redstage_transactions_total{status=\"committed\"} 1",
@@ -426,10 +434,22 @@ mod tests {
             "redstage_transaction_duration_seconds_bucket{le=\"0.05\"} 2",
             "redstage_transaction_duration_seconds_bucket{le=\"+Inf\"} 2",
             "redstage_transaction_duration_seconds_count 2",
+            "redstage_phase_seconds_count{phase=\"commit\"} 0",
+            "redstage_store_errors_total{store=\"ledger\",kind=\"unavailable\"} 2",
+            "redstage_locks{store=\"ledger\"} 5",
+            "redstage_locks_expired{store=\"ledger\"} 1",
+            r#"redstage_participant_calls_total{participant="pay\"ments",call="execute"} 1"#,
+            "redstage_components_compiled_total 3",
+            "redstage_compile_cache_hits_total 4",
         ] {
             assert!(out.lines().any(|l| l == line), "no `{line}` in\n{out}");
         }
-        assert_eq!(render_labels(&[("p", "a\"b\\c\nd")]), r#"{p="a\"b\\c\nd"}"#);
+        // What a scrape copies in is what it read, not a sum of scrapes.
+        let out = m.encode(&scraped);
+        assert!(
+            out.contains("redstage_store_errors_total{store=\"ledger\",kind=\"unavailable\"} 2\n")
+        );
+        assert!(!m.encode(&Scraped::default()).contains("redstage_locks{"));
     }
 
     #[test]
@@ -440,8 +460,7 @@ mod tests {
         }
         m.decided(Some("code_0"), 1, Duration::ZERO);
         m.decided(Some("conflict"), 1, Duration::ZERO);
-        let mut out = String::new();
-        m.render(&mut out);
+        let out = render(&m);
         let aborted: Vec<&str> = out
             .lines()
             .filter(|l| l.starts_with("redstage_transactions_total{status=\"aborted\""))

@@ -267,87 +267,45 @@ async fn lookup(
     security(("bearer" = ["read"])),
 )]
 async fn metrics(State(coordinator): State<Arc<Coordinator>>) -> Response {
-    let mut out = String::new();
-    coordinator.metrics().render(&mut out);
-    render_stores(&coordinator, &mut out).await;
-    crate::metrics::call_headers(&mut out);
-    let registry = coordinator.registry();
-    for p in registry.all() {
-        p.calls.render(&mut out, &p.name);
-    }
-    if let Some(cache) = registry.runtime().cache() {
-        let stats = cache.stats();
-        for (name, help, value) in [
-            (
-                "redstage_components_compiled_total",
-                "components compiled",
-                &stats.compiled,
-            ),
-            (
-                "redstage_compile_cache_hits_total",
-                "components loaded from the compile cache",
-                &stats.hits,
-            ),
-        ] {
-            crate::metrics::header(&mut out, name, "counter", help);
-            crate::metrics::sample(
-                &mut out,
-                name,
-                &[],
-                value.load(std::sync::atomic::Ordering::Relaxed),
-            );
-        }
-    }
-    (
-        [(
-            axum::http::header::CONTENT_TYPE,
-            "text/plain; version=0.0.4",
-        )],
-        out,
-    )
-        .into_response()
-}
-
-/// The per-store metrics: failed calls, and the locks each store's index
-/// holds (read now, all stores at once; a store that does not answer is
-/// left out of the lock gauges, and its failure counted).
-async fn render_stores(coordinator: &Coordinator, out: &mut String) {
-    use crate::metrics::{header, sample};
-    header(
-        out,
-        "redstage_store_errors_total",
-        "counter",
-        "failed Redis calls, by store and kind",
-    );
-    for store in coordinator.stores() {
-        let (unavailable, protocol) = store.errors();
-        for (kind, n) in [("unavailable", unavailable), ("protocol", protocol)] {
-            let labels = [("store", store.name()), ("kind", kind)];
-            sample(out, "redstage_store_errors_total", &labels, n);
-        }
-    }
-    let counts = futures::future::join_all(
+    // The lock gauges are read from every store at once; a store that does
+    // not answer is left out of them (and its failure counted).
+    let locks = futures::future::join_all(
         coordinator
             .stores()
             .map(|s| async move { (s.name(), s.lock_counts().await) }),
     )
     .await;
-    for (name, help, expired) in [
-        ("redstage_locks", "locks held now, by store", false),
-        (
-            "redstage_locks_expired",
-            "locks past their lease now, in doubt until recovery finishes them",
-            true,
-        ),
-    ] {
-        header(out, name, "gauge", help);
-        for (store, counts) in &counts {
-            if let Ok((held, past_lease)) = counts {
-                let n = if expired { *past_lease } else { *held };
-                sample(out, name, &[("store", store)], n);
-            }
-        }
-    }
+    let registry = coordinator.registry();
+    let participants = registry.all();
+    let scraped = crate::metrics::Scraped {
+        store_errors: coordinator
+            .stores()
+            .map(|s| {
+                let (unavailable, protocol) = s.errors();
+                (s.name(), unavailable, protocol)
+            })
+            .collect(),
+        locks: locks
+            .into_iter()
+            .filter_map(|(store, counts)| counts.ok().map(|(held, expired)| (store, held, expired)))
+            .collect(),
+        calls: participants.iter().map(|p| (&*p.name, &p.calls)).collect(),
+        cache: registry.runtime().cache().map(|cache| {
+            let stats = cache.stats();
+            let get =
+                |n: &std::sync::atomic::AtomicU64| n.load(std::sync::atomic::Ordering::Relaxed);
+            (get(&stats.compiled), get(&stats.hits))
+        }),
+    };
+    let text = coordinator.metrics().encode(&scraped);
+    (
+        [(
+            axum::http::header::CONTENT_TYPE,
+            crate::metrics::CONTENT_TYPE,
+        )],
+        text,
+    )
+        .into_response()
 }
 
 /// Every participant this host runs, and the deploy folder entries that
