@@ -290,12 +290,10 @@ async fn metrics(State(coordinator): State<Arc<Coordinator>>) -> Response {
             .filter_map(|(store, counts)| counts.ok().map(|(held, expired)| (store, held, expired)))
             .collect(),
         calls: participants.iter().map(|p| (&*p.name, &p.calls)).collect(),
-        cache: registry.runtime().cache().map(|cache| {
-            let stats = cache.stats();
-            let get =
-                |n: &std::sync::atomic::AtomicU64| n.load(std::sync::atomic::Ordering::Relaxed);
-            (get(&stats.compiled), get(&stats.hits))
-        }),
+        cache: registry
+            .runtime()
+            .cache()
+            .map(|cache| (cache.compiled(), cache.hits())),
     };
     let text = coordinator.metrics().encode(&scraped);
     (

@@ -228,7 +228,10 @@ pub async fn check_durability(coordinator: &Coordinator) -> anyhow::Result<()> {
 /// Loads a config and builds the coordinator it describes.
 pub fn coordinator(config: &Config) -> anyhow::Result<Coordinator> {
     use crate::runtime::{CompileCache, Runtime};
-    let cache = config.cache.folder().map(CompileCache::new);
+    let cache = config
+        .cache
+        .folder()
+        .and_then(|dir| CompileCache::open(&dir));
     let runtime =
         Runtime::with(config.runtime.clone(), cache).context("starting the WebAssembly runtime")?;
     let registry = crate::participants::Registry::load(&runtime, config)?;

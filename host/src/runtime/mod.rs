@@ -46,7 +46,7 @@ mod component;
 mod imports;
 mod limits;
 
-pub use cache::{CacheStats, CompileCache};
+pub use cache::CompileCache;
 pub use component::{Component, Instance};
 pub use imports::CONSOLE_BYTES_MAX;
 pub use limits::{CallLimits, Limit, LimitOverrides};
@@ -237,6 +237,7 @@ impl Runtime {
         // wasmtime drop bounds checks: thousands of slots stay affordable.
         config.memory_reservation(settings.memory_slot_bytes as u64);
         config.memory_reservation_for_growth(0);
+        config.cache(cache.as_ref().map(CompileCache::wasmtime));
         let engine = wasmtime::Engine::new(&config)
             .map_err(|e| LoadError::Invalid(format!("cannot start the engine: {e:#}")))?;
         let ticker = Arc::new(EpochTicker::start(engine.clone()));
