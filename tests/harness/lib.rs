@@ -488,33 +488,40 @@ pub fn config_text(
     participants: &[ParticipantSpec],
     extra: &str,
 ) -> String {
-    let mut text = format!("log_store = {:?}\n", servers[0].0);
+    let mut config = toml::Table::new();
+    config.insert("log_store".into(), servers[0].0.clone().into());
     // Stores without persistence cannot pass the durability check; the
     // tests that are about durability start durable ones.
     let durable = servers
         .iter()
         .all(|(_, s)| s.persistence() == Persistence::AofAlways);
     if !durable && !extra.contains("durability") {
-        text += "durability = \"unsafe\"\n";
+        config.insert("durability".into(), "unsafe".into());
     }
-    text += "[stores]\n";
-    for (name, server) in servers {
-        text += &format!("{name} = {:?}\n", server.url());
-    }
-    for p in participants {
-        text += &format!(
-            "[participants.{}]\ncomponent = {:?}\nstore = {:?}\nprefix = {:?}\n",
-            p.name,
-            p.component.display().to_string(),
-            p.store,
-            p.prefix
-        );
-    }
+    let stores: toml::Table = servers
+        .iter()
+        .map(|(name, server)| (name.clone(), server.url().into()))
+        .collect();
+    config.insert("stores".into(), stores.into());
+    let participants: toml::Table = participants
+        .iter()
+        .map(|p| {
+            let table = toml::Table::from_iter([
+                (
+                    "component".to_owned(),
+                    p.component.display().to_string().into(),
+                ),
+                ("store".to_owned(), p.store.clone().into()),
+                ("prefix".to_owned(), p.prefix.clone().into()),
+            ]);
+            (p.name.clone(), table.into())
+        })
+        .collect();
+    config.insert("participants".into(), participants.into());
     if !extra.contains("[cache]") {
-        text += &format!(
-            "[cache]\ndir = {:?}\n",
-            shared_cache_dir().display().to_string()
-        );
+        let dir = shared_cache_dir().display().to_string();
+        let cache = toml::Table::from_iter([("dir".to_owned(), dir.into())]);
+        config.insert("cache".into(), cache.into());
     }
-    text + extra
+    toml::to_string(&config).expect("a table is TOML") + extra
 }

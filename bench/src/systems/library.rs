@@ -2,6 +2,7 @@
 //! participants, inventory on `orders` and payments on `ledger`.
 
 use anyhow::Context;
+use redstage::cli::demo::example_config;
 use redstage::config::Config;
 use redstage::txn::types::{Status, StepRequest, TxnRequest, TxnResponse};
 use redstage::txn::{CONFLICT, Coordinator};
@@ -16,37 +17,22 @@ use crate::workload::Txn;
 /// from the options, defaults for everything else, and no compile cache
 /// (the components are compiled once per run).
 pub fn config(urls: &[String], options: &Options) -> anyhow::Result<Config> {
-    let components = &options.components;
-    let component = |name: &str| -> anyhow::Result<String> {
-        let path = components.join(format!("{name}.wasm"));
-        let path = path.canonicalize().with_context(|| {
-            format!(
-                "no component at {}: build them with \
-                 `cargo component build --release -p inventory -p payments`",
-                path.display()
-            )
-        })?;
-        Ok(path.display().to_string())
-    };
+    let mut config = example_config(&urls[0], &urls[1], &options.components).context(
+        "build the components with `cargo component build --release -p inventory -p payments`",
+    )?;
     // Without persistence the stores cannot keep a decision through a
     // crash, and the host would refuse them: say so instead.
     let durability = match options.persistence {
         Persistence::None => "unsafe",
         Persistence::Aof => "checked",
     };
-    let text = format!(
-        "log_store = \"orders\"\ndurability = {durability:?}\n\
-         [stores]\norders = {:?}\nledger = {:?}\n\
-         [participants.inventory]\ncomponent = {:?}\nstore = \"orders\"\nprefix = \"inventory:\"\n\
-         [participants.payments]\ncomponent = {:?}\nstore = \"ledger\"\nprefix = \"payments:\"\n\
-         [txn]\nanswered_retention_s = {}\n[cache]\nenabled = false\n",
-        urls[0],
-        urls[1],
-        component("inventory")?,
-        component("payments")?,
-        options.answered_retention_s,
-    );
-    Ok(Config::parse(&text)?)
+    config.insert("durability".into(), durability.into());
+    let retention = i64::try_from(options.answered_retention_s)?;
+    let txn = toml::Table::from_iter([("answered_retention_s".to_owned(), retention.into())]);
+    config.insert("txn".into(), txn.into());
+    let cache = toml::Table::from_iter([("enabled".to_owned(), false.into())]);
+    config.insert("cache".into(), cache.into());
+    Ok(Config::parse(&toml::to_string(&config)?)?)
 }
 
 /// The request for `txn`: an inventory deduct step when it has an item,

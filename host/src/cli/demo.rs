@@ -27,7 +27,8 @@ pub async fn run(config: Option<PathBuf>, components: PathBuf) -> anyhow::Result
                 );
                 servers.push(server);
             }
-            embedded_config(&servers[0].url(), &servers[1].url(), &components)?
+            let config = example_config(&servers[0].url(), &servers[1].url(), &components)?;
+            Config::parse(&toml::to_string(&config)?)?
         }
     };
     let coordinator = super::coordinator(&config)?;
@@ -69,12 +70,19 @@ pub async fn run(config: Option<PathBuf>, components: PathBuf) -> anyhow::Result
     Ok(ExitCode::SUCCESS)
 }
 
-fn embedded_config(
+/// The config of the examples: inventory on store `orders` (which keeps
+/// the log) at `orders`, payments on `ledger`, their components in
+/// `components`; everything else default. A table, for callers that set
+/// more before they parse it.
+pub fn example_config(
     orders: &str,
     ledger: &str,
     components: &std::path::Path,
-) -> anyhow::Result<Config> {
-    let component = |name: &str| -> anyhow::Result<String> {
+) -> anyhow::Result<toml::Table> {
+    let table = |pairs: Vec<(&str, toml::Value)>| -> toml::Table {
+        pairs.into_iter().map(|(k, v)| (k.to_owned(), v)).collect()
+    };
+    let participant = |name: &str, store: &str| -> anyhow::Result<toml::Value> {
         let path = components.join(format!("{name}.wasm"));
         let path = path.canonicalize().with_context(|| {
             format!(
@@ -82,17 +90,23 @@ fn embedded_config(
                 path.display()
             )
         })?;
-        Ok(path.display().to_string())
+        Ok(table(vec![
+            ("component", path.display().to_string().into()),
+            ("store", store.into()),
+            ("prefix", format!("{name}:").into()),
+        ])
+        .into())
     };
-    let text = format!(
-        "log_store = \"orders\"\n\
-         [stores]\norders = {orders:?}\nledger = {ledger:?}\n\
-         [participants.inventory]\ncomponent = {:?}\nstore = \"orders\"\nprefix = \"inventory:\"\n\
-         [participants.payments]\ncomponent = {:?}\nstore = \"ledger\"\nprefix = \"payments:\"\n",
-        component("inventory")?,
-        component("payments")?,
-    );
-    Ok(Config::parse(&text)?)
+    let stores = table(vec![("orders", orders.into()), ("ledger", ledger.into())]);
+    let participants = table(vec![
+        ("inventory", participant("inventory", "orders")?),
+        ("payments", participant("payments", "ledger")?),
+    ]);
+    Ok(table(vec![
+        ("log_store", "orders".into()),
+        ("stores", stores.into()),
+        ("participants", participants.into()),
+    ]))
 }
 
 fn step(participant: &str, input: Value) -> Value {

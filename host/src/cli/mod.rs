@@ -7,7 +7,7 @@
 //! through `tracing` (`RUST_LOG=debug` for more).
 
 mod client;
-mod demo;
+pub mod demo;
 
 use std::future::IntoFuture;
 use std::path::PathBuf;
