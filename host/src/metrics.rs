@@ -132,7 +132,6 @@ pub struct Metrics {
 
 impl Default for Metrics {
     fn default() -> Metrics {
-        let mut registry = Registry::with_prefix("redstage");
         let transactions = Family::<Labels, Counter>::default();
         let committed = transactions.get_or_create_owned(&labels([("status", "committed")]));
         let phase_family =
@@ -145,8 +144,8 @@ impl Default for Metrics {
         let rolled_forward =
             recovery_actions.get_or_create_owned(&labels([("action", "roll_forward")]));
         let rolled_back = recovery_actions.get_or_create_owned(&labels([("action", "roll_back")]));
-        let m = Metrics {
-            registry: Registry::default(),
+        let mut m = Metrics {
+            registry: Registry::with_prefix("redstage"),
             transactions,
             committed,
             abort_codes: Mutex::new(0),
@@ -166,7 +165,7 @@ impl Default for Metrics {
             compiled: Counter::default(),
             cache_hits: Counter::default(),
         };
-        let r = &mut registry;
+        let r = &mut m.registry;
         r.register(
             "transactions",
             "decided transactions",
@@ -238,7 +237,7 @@ impl Default for Metrics {
             "components loaded from the compile cache",
             m.cache_hits.clone(),
         );
-        Metrics { registry, ..m }
+        m
     }
 }
 
@@ -302,12 +301,12 @@ impl Metrics {
 
     /// Copies in what was read at this scrape, then renders every metric.
     pub fn encode(&self, scraped: &Scraped) -> String {
-        for family in [&self.store_errors, &self.calls] {
-            family.clear();
-        }
-        for family in [&self.locks, &self.locks_expired] {
-            family.clear();
-        }
+        // Only what this scrape read: a removed participant, or a store
+        // that did not answer, is left out.
+        self.store_errors.clear();
+        self.locks.clear();
+        self.locks_expired.clear();
+        self.calls.clear();
         self.call_seconds.clear();
         for (store, unavailable, protocol) in &scraped.store_errors {
             for (kind, n) in [("unavailable", unavailable), ("protocol", protocol)] {
@@ -316,12 +315,10 @@ impl Metrics {
             }
         }
         for (store, held, expired) in &scraped.locks {
-            self.locks
-                .get_or_create(&labels([("store", store)]))
-                .set(*held as i64);
-            let family = &self.locks_expired;
-            family
-                .get_or_create(&labels([("store", store)]))
+            let labels = labels([("store", store)]);
+            self.locks.get_or_create(&labels).set(*held as i64);
+            self.locks_expired
+                .get_or_create(&labels)
                 .set(*expired as i64);
         }
         for (participant, stats) in &scraped.calls {
