@@ -1,10 +1,16 @@
 //! redstage through its HTTP API: the API served in this process on a
-//! loopback port, and a keep-alive HTTP/1.1 client per bench client.
+//! loopback port, and one keep-alive HTTP/1.1 connection per bench client
+//! (hyper's client connection: what a service with a connection pool does,
+//! with as little of the client's own work as a real client can have).
 
 use std::net::SocketAddr;
 use std::sync::Arc;
 
 use anyhow::{Context, bail};
+use http_body_util::{BodyExt, Full};
+use hyper::body::Bytes;
+use hyper::client::conn::http1::SendRequest;
+use hyper_util::rt::TokioIo;
 use redstage::txn::Coordinator;
 use redstage::txn::types::TxnResponse;
 
@@ -28,38 +34,44 @@ pub async fn serve(coordinator: Arc<Coordinator>) -> anyhow::Result<SocketAddr> 
     Ok(addr)
 }
 
-/// A bench client's connection to the API: a client of its own, so that
-/// each keeps one keep-alive connection (what a service with a connection
-/// pool does).
+/// A bench client's connection to the API.
 #[derive(Debug)]
 pub struct Client {
-    client: reqwest::Client,
-    url: reqwest::Url,
+    sender: SendRequest<Full<Bytes>>,
+    authority: String,
 }
 
 impl Client {
     pub async fn connect(addr: SocketAddr) -> anyhow::Result<Client> {
-        let client = reqwest::Client::builder()
-            .tcp_nodelay(true)
-            .pool_max_idle_per_host(1)
-            .build()?;
-        let url = format!("http://{addr}/v1/transactions").parse()?;
-        Ok(Client { client, url })
+        let stream = tokio::net::TcpStream::connect(addr)
+            .await
+            .with_context(|| format!("connecting to the API at {addr}"))?;
+        stream.set_nodelay(true)?;
+        let (sender, connection) =
+            hyper::client::conn::http1::handshake(TokioIo::new(stream)).await?;
+        // Drives the connection; its errors reach the requests that meet them.
+        tokio::spawn(connection);
+        Ok(Client {
+            sender,
+            authority: addr.to_string(),
+        })
     }
 
     pub async fn run(&mut self, txn: &Txn) -> anyhow::Result<Done> {
         let body = serde_json::to_vec(&super::library::request(txn, false))?;
+        let request = hyper::Request::post("/v1/transactions")
+            .header(hyper::header::HOST, &self.authority)
+            .header(hyper::header::CONTENT_TYPE, "application/json")
+            .body(Full::new(Bytes::from(body)))?;
+        self.sender.ready().await.context("the API connection")?;
         let response = self
-            .client
-            .post(self.url.clone())
-            .header(reqwest::header::CONTENT_TYPE, "application/json")
-            .body(body)
-            .send()
+            .sender
+            .send_request(request)
             .await
-            .with_context(|| format!("POST {}", self.url))?;
+            .context("POST /v1/transactions")?;
         let status = response.status();
-        let body = response.bytes().await?;
-        if status != reqwest::StatusCode::OK {
+        let body = response.into_body().collect().await?.to_bytes();
+        if status != hyper::StatusCode::OK {
             bail!(
                 "POST /v1/transactions answered {status}: {}",
                 String::from_utf8_lossy(&body)
