@@ -65,8 +65,10 @@ impl Scope {
     }
 }
 
-/// One token of `[[auth.tokens]]`: the secret itself (`token`) or the
-/// environment variable that holds it (`token_env`), and its scopes.
+/// One token of `[[auth.tokens]]`: the secret itself (`token`), the
+/// environment variable that holds it (`token_env`) or the file that does
+/// (`token_file`: a Docker or Kubernetes secret; a final newline is not
+/// part of the token), and its scopes.
 #[derive(Debug, Clone, PartialEq, Eq, Deserialize, Serialize)]
 #[serde(deny_unknown_fields)]
 pub struct TokenConfig {
@@ -76,6 +78,8 @@ pub struct TokenConfig {
     pub token: Option<String>,
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub token_env: Option<String>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub token_file: Option<std::path::PathBuf>,
     pub scopes: Vec<Scope>,
 }
 
@@ -104,16 +108,25 @@ impl Tokens {
     }
 
     /// The configured tokens, with those named by `token_env` read from the
-    /// environment; an error names the first bad one.
+    /// environment and by `token_file` from their files; an error names the
+    /// first bad one.
     pub fn from_config(config: &AuthConfig) -> Result<Tokens, String> {
         let mut tokens = Vec::new();
         for (i, t) in config.tokens.iter().enumerate() {
             let what = format!("auth.tokens[{i}] (`{}`)", t.name);
-            let secret = match (&t.token, &t.token_env) {
-                (Some(token), None) => token.clone(),
-                (None, Some(var)) => std::env::var(var)
+            let secret = match (&t.token, &t.token_env, &t.token_file) {
+                (Some(token), None, None) => token.clone(),
+                (None, Some(var), None) => std::env::var(var)
                     .map_err(|_| format!("{what}: the environment variable {var} is not set"))?,
-                _ => return Err(format!("{what}: set one of `token` and `token_env`")),
+                (None, None, Some(path)) => std::fs::read_to_string(path)
+                    .map_err(|e| format!("{what}: cannot read {}: {e}", path.display()))?
+                    .trim_end_matches(['\n', '\r'])
+                    .to_owned(),
+                _ => {
+                    return Err(format!(
+                        "{what}: set one of `token`, `token_env` and `token_file`"
+                    ));
+                }
             };
             if secret.len() < TOKEN_BYTES_MIN {
                 return Err(format!(
@@ -286,7 +299,15 @@ mod tests {
             ),
             (
                 r#"tokens = [{name = "a", scopes = ["read"]}]"#,
-                "one of `token` and `token_env`",
+                "one of `token`, `token_env` and `token_file`",
+            ),
+            (
+                r#"tokens = [{name = "a", token = "0123456789abcdefgh", token_file = "/x", scopes = ["read"]}]"#,
+                "one of `token`, `token_env` and `token_file`",
+            ),
+            (
+                r#"tokens = [{name = "a", token_file = "/nonexistent/redstage-token", scopes = ["read"]}]"#,
+                "cannot read /nonexistent/redstage-token",
             ),
             (
                 r#"tokens = [{name = "a", token_env = "REDSTAGE_TEST_NO_SUCH_VAR", scopes = ["read"]}]"#,
@@ -297,5 +318,34 @@ mod tests {
             let err = Tokens::from_config(&config).expect_err(toml);
             assert!(err.contains("`a`") && err.contains(says), "{err}");
         }
+    }
+
+    /// A secret mounted as a file, as Docker and Kubernetes do: the file
+    /// holds the token, a final newline aside.
+    #[test]
+    fn a_token_can_come_from_a_file() {
+        let dir = tempfile::tempdir().expect("temp dir");
+        let path = dir.path().join("shop-token");
+        std::fs::write(&path, "0123456789abcdef-file\n").expect("write");
+        let config = AuthConfig {
+            tokens: vec![TokenConfig {
+                name: "shop".into(),
+                token: None,
+                token_env: None,
+                token_file: Some(path),
+                scopes: vec![Scope::Submit],
+            }],
+        };
+        let tokens = Tokens::from_config(&config).expect("valid");
+        assert!(
+            tokens
+                .check(Some(b"Bearer 0123456789abcdef-file"), Scope::Submit)
+                .is_ok()
+        );
+        assert!(
+            tokens
+                .check(Some(b"Bearer 0123456789abcdef-file\n"), Scope::Submit)
+                .is_err()
+        );
     }
 }
