@@ -109,6 +109,9 @@ pub struct Metrics {
     /// Distinct abort codes with a label of their own; held while a code is
     /// looked up and maybe added, so that the bound is exact.
     abort_codes: Mutex<usize>,
+    /// Held from copying a scrape's values in to rendering them, so that
+    /// two scrapes at once cannot add what each copies to the other's.
+    scraping: Mutex<()>,
     errors: Family<Labels, Counter>,
     attempts: Counter,
     latency: Histogram,
@@ -149,6 +152,7 @@ impl Default for Metrics {
             transactions,
             committed,
             abort_codes: Mutex::new(0),
+            scraping: Mutex::new(()),
             errors: Family::default(),
             attempts: Counter::default(),
             latency: latency_histogram(),
@@ -301,6 +305,7 @@ impl Metrics {
 
     /// Copies in what was read at this scrape, then renders every metric.
     pub fn encode(&self, scraped: &Scraped) -> String {
+        let _scraping = self.scraping.lock().expect("metrics lock");
         // Only what this scrape read: a removed participant, or a store
         // that did not answer, is left out.
         self.store_errors.clear();
@@ -447,6 +452,28 @@ mod tests {
             out.contains("redstage_store_errors_total{store=\"ledger\",kind=\"unavailable\"} 2\n")
         );
         assert!(!m.encode(&Scraped::default()).contains("redstage_locks{"));
+    }
+
+    /// Each scrape shows what it read, whatever other scrapes run at the
+    /// same time.
+    #[test]
+    fn scrapes_at_once_do_not_add_up() {
+        let m = Metrics::default();
+        let line = "redstage_store_errors_total{store=\"ledger\",kind=\"unavailable\"} 7";
+        std::thread::scope(|s| {
+            for _ in 0..4 {
+                s.spawn(|| {
+                    for _ in 0..200 {
+                        let scraped = Scraped {
+                            store_errors: vec![("ledger", 7, 0)],
+                            ..Scraped::default()
+                        };
+                        let out = m.encode(&scraped);
+                        assert!(out.lines().any(|l| l == line), "no `{line}` in\n{out}");
+                    }
+                });
+            }
+        });
     }
 
     #[test]
