@@ -51,7 +51,6 @@ use axum::http::header::RETRY_AFTER;
 use axum::http::{HeaderName, HeaderValue, StatusCode};
 use axum::response::{IntoResponse, Response};
 use axum::{Json, Router};
-use serde_json::json;
 use tracing::Instrument;
 use utoipa_axum::router::OpenApiRouter;
 use utoipa_axum::routes;
@@ -424,7 +423,7 @@ async fn remove(
     let registry = coordinator.registry().clone();
     let removed = tokio::task::spawn_blocking(move || registry.remove(&name)).await;
     removed.expect("the removal task does not panic")?;
-    Ok(Json(json!({"status": "removed"})).into_response())
+    Ok(openapi::ServiceStatus::of("removed").into_response())
 }
 
 /// An error answer: `{"error": {"code", "message"[, "id"]}}` with its
@@ -515,8 +514,8 @@ impl From<DeployError> for ApiError {
     tag = "operations",
     responses((status = 200, description = "Up", body = openapi::ServiceStatus)),
 )]
-async fn health() -> Json<serde_json::Value> {
-    Json(json!({"status": "ok"}))
+async fn health() -> Json<openapi::ServiceStatus> {
+    openapi::ServiceStatus::of("ok")
 }
 
 /// Ready when the host is not shutting down and every store answers and
@@ -534,8 +533,8 @@ async fn health() -> Json<serde_json::Value> {
 )]
 async fn ready(State(coordinator): State<Arc<Coordinator>>) -> Response {
     if coordinator.draining() {
-        let body = json!({"status": "draining"});
-        return (StatusCode::SERVICE_UNAVAILABLE, Json(body)).into_response();
+        let body = openapi::ServiceStatus::of("draining");
+        return (StatusCode::SERVICE_UNAVAILABLE, body).into_response();
     }
     let durability = coordinator.durability();
     let checks = futures::future::join_all(coordinator.stores().map(|s| async move {
@@ -547,16 +546,16 @@ async fn ready(State(coordinator): State<Arc<Coordinator>>) -> Response {
     }))
     .await;
     let down: Vec<_> = checks
-        .iter()
-        .filter_map(|(n, r)| r.as_ref().err().map(|e| json!({"store": n, "error": e})))
+        .into_iter()
+        .filter_map(|(store, r)| r.err().map(|error| openapi::StoreDown { store, error }))
         .collect();
     if down.is_empty() {
-        Json(json!({"status": "ready"})).into_response()
+        openapi::ServiceStatus::of("ready").into_response()
     } else {
-        (
-            StatusCode::SERVICE_UNAVAILABLE,
-            Json(json!({"status": "not_ready", "stores": down})),
-        )
-            .into_response()
+        let body = openapi::ServiceStatus {
+            status: "not_ready".to_owned(),
+            stores: Some(down),
+        };
+        (StatusCode::SERVICE_UNAVAILABLE, Json(body)).into_response()
     }
 }

@@ -155,6 +155,16 @@ pub struct ServiceStatus {
     pub stores: Option<Vec<StoreDown>>,
 }
 
+impl ServiceStatus {
+    /// `{"status": status}`.
+    pub fn of(status: &str) -> Json<ServiceStatus> {
+        Json(ServiceStatus {
+            status: status.to_owned(),
+            stores: None,
+        })
+    }
+}
+
 #[derive(Debug, serde::Serialize, ToSchema)]
 pub struct StoreDown {
     pub store: String,
