@@ -386,7 +386,10 @@ return out
 /// Reserves a transaction's adjustments of keys it holds in `a` mode on a
 /// store other than its primary, before its decision: each checked against
 /// its bounds with what the other adjusters reserved (see the module
-/// essay), and recorded with its adjuster, all or none.
+/// essay), and recorded with its adjuster, all or none. A key this
+/// transaction already reserved is left as it is, so that the same call
+/// delivered twice (a client that resends after a lost reply, as a
+/// cluster client does) reserves once.
 /// KEYS: data1, meta1, adjusters1, ...; ARGV: txn, then per key its
 /// adjustments `delta:lower:upper;...`.
 /// Reply: `{'ok'}`, `{'bound', i, j}` (adjustment `j`, 1-based, of key `i`),
@@ -399,17 +402,21 @@ local held, totals = {}, {}
 for i = 1, n do
   local r = redis.call('HMGET', KEYS[3 * i], 't:' .. txn, 'neg', 'pos')
   if not r[1] then return {'lost', i - 1} end
-  local total, refused = bounded(KEYS[3 * i - 2], tonumber(r[2]) or 0, tonumber(r[3]) or 0, ARGV[1 + i])
-  if refused then return {refused[1], i - 1, refused[2]} end
-  held[i], totals[i] = r[1], total
+  if string.match(r[1], '\\t([^\\t]*)$') == '0' then
+    local total, refused = bounded(KEYS[3 * i - 2], tonumber(r[2]) or 0, tonumber(r[3]) or 0, ARGV[1 + i])
+    if refused then return {refused[1], i - 1, refused[2]} end
+    held[i], totals[i] = r[1], total
+  end
 end
 for i = 1, n do
-  local lease, primary = string.match(held[i], '^([^\\t]*)\\t([^\\t]*)\\t')
-  redis.call('HSET', KEYS[3 * i], 't:' .. txn, lease .. '\\t' .. primary .. '\\t' .. totals[i])
-  if totals[i] < 0 then
-    redis.call('HINCRBY', KEYS[3 * i], 'neg', totals[i])
-  elseif totals[i] > 0 then
-    redis.call('HINCRBY', KEYS[3 * i], 'pos', totals[i])
+  if held[i] then
+    local lease, primary = string.match(held[i], '^([^\\t]*)\\t([^\\t]*)\\t')
+    redis.call('HSET', KEYS[3 * i], 't:' .. txn, lease .. '\\t' .. primary .. '\\t' .. totals[i])
+    if totals[i] < 0 then
+      redis.call('HINCRBY', KEYS[3 * i], 'neg', totals[i])
+    elseif totals[i] > 0 then
+      redis.call('HINCRBY', KEYS[3 * i], 'pos', totals[i])
+    end
   end
 end
 return {'ok'}
