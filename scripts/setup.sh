@@ -1,5 +1,5 @@
 # Installs what building and testing redstage needs and is missing:
-# redis-server, openssl, the wasm32-wasip2 target, cargo-component. Sourced by the
+# redis-server, redis-cli, openssl, the wasm32-wasip2 target, cargo-component. Sourced by the
 # other scripts; says what it does.
 set -euo pipefail
 
@@ -11,9 +11,11 @@ as_root() {
     if [ "$(id -u)" = 0 ]; then "$@"; else sudo "$@"; fi
 }
 
-# openssl makes the certificates of the TLS tests.
+# openssl makes the certificates of the TLS tests; redis-cli creates the
+# cluster of the cluster tests.
 missing=()
 command -v redis-server >/dev/null 2>&1 || missing+=(redis-server)
+command -v redis-cli >/dev/null 2>&1 || missing+=(redis-tools)
 command -v openssl >/dev/null 2>&1 || missing+=(openssl)
 if [ ${#missing[@]} -gt 0 ]; then
     say "installing ${missing[*]} (apt-get)"

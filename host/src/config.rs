@@ -104,8 +104,10 @@ pub struct Config {
     /// (see `store::durability`); checked at start unless `unsafe`.
     #[serde(default)]
     pub durability: Durability,
-    /// Store name -> Redis URL (`redis://`, `redis://user:pass@host:port/db`),
-    /// or a table with the URL and the replicas its writes wait for.
+    /// Store name -> Redis URL (`redis://`, `redis://user:pass@host:port/db`,
+    /// `rediss://` for TLS, `redis+cluster://[user:pass@]host:port,host:port`
+    /// for a Redis Cluster's seed nodes), or a table with the URL and the
+    /// replicas its writes wait for.
     pub stores: BTreeMap<String, StoreConfig>,
     #[serde(default)]
     pub participants: BTreeMap<String, ParticipantConfig>,
@@ -554,6 +556,18 @@ impl Config {
         if !self.stores.contains_key(&self.log_store) {
             return invalid(format!("log_store `{}` is not in [stores]", self.log_store));
         }
+        if self.stores[&self.log_store]
+            .url
+            .starts_with(crate::store::cluster::SCHEME)
+        {
+            return invalid(format!(
+                "log_store `{}` is a Redis Cluster: the log store keeps decision records and \
+                 idempotency keys, written in one script with a transaction's commit point, so \
+                 it must be a single Redis (with replicas if it needs them); a cluster store can \
+                 hold any participant's data",
+                self.log_store
+            ));
+        }
         let fits = |what: &str, limits: &CallLimits| {
             let (memory, table) = (
                 self.runtime.memory_slot_bytes,
@@ -803,5 +817,22 @@ mod tests {
             p("ledger", "a:")
         ))
         .unwrap();
+    }
+
+    #[test]
+    fn a_cluster_holds_data_but_not_the_log() {
+        let cluster = "redis+cluster://127.0.0.1:7000,127.0.0.1:7001";
+        let c = Config::parse(&format!(
+            "log_store = \"orders\"\n[stores]\norders = \"redis://127.0.0.1:6379\"\n\
+             shop = \"{cluster}\"\n"
+        ))
+        .unwrap();
+        assert_eq!(c.stores["shop"].url, cluster);
+        let err = Config::parse(&format!(
+            "log_store = \"shop\"\n[stores]\nshop = \"{cluster}\"\n"
+        ))
+        .unwrap_err()
+        .to_string();
+        assert!(err.contains("must be a single Redis"), "{err}");
     }
 }

@@ -50,14 +50,19 @@ pub struct Settings {
 }
 
 impl Store {
-    /// Reads the settings that decide durability (`CONFIG GET`).
-    pub async fn settings(&self) -> Result<Settings, StoreError> {
+    /// Reads the settings that decide durability (`CONFIG GET`), of the
+    /// server, or of one cluster node.
+    pub async fn settings(&self, node: Option<&(String, u16)>) -> Result<Settings, StoreError> {
         let mut get = redis::cmd("CONFIG");
         get.arg("GET")
             .arg("appendonly")
             .arg("appendfsync")
             .arg("maxmemory-policy");
-        let pairs: std::collections::HashMap<String, String> = self.query(&get).await?;
+        let pairs: std::collections::HashMap<String, String> = match node {
+            Some((host, port)) => redis::from_redis_value(self.on_node(get, host, *port).await?)
+                .map_err(|e| self.protocol(&format!("unexpected CONFIG GET reply: {e}")))?,
+            None => self.query(&get).await?,
+        };
         let field = |name: &str| {
             pairs
                 .get(name)
@@ -74,16 +79,26 @@ impl Store {
         })
     }
 
-    /// Checks this store against the rules; the error says what to set.
+    /// Checks this store against the rules (every master of a cluster);
+    /// the error says what to set, and where.
     pub async fn check_durability(&self, durability: Durability) -> Result<(), String> {
-        let settings = self.settings().await.map_err(|e| {
+        let unreadable = |e: StoreError| {
             format!(
                 "{e}; cannot check its persistence settings (CONFIG GET), so a decision \
                  written there may not survive a crash. Allow CONFIG GET, or set \
                  durability = \"unsafe\" to run without the check"
             )
-        })?;
-        judge(&self.name, &settings, self.replication.as_ref(), durability)
+        };
+        if !self.is_cluster() {
+            let settings = self.settings(None).await.map_err(unreadable)?;
+            return judge(&self.name, &settings, self.replication.as_ref(), durability);
+        }
+        for node in self.masters().await.map_err(unreadable)? {
+            let settings = self.settings(Some(&node)).await.map_err(unreadable)?;
+            judge(&self.name, &settings, self.replication.as_ref(), durability)
+                .map_err(|e| format!("{e} (cluster master {}:{})", node.0, node.1))?;
+        }
+        Ok(())
     }
 }
 

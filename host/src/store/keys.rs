@@ -28,7 +28,14 @@ pub enum Key<'a> {
     /// [`IndexEntry`]), scored by lease deadline: what the recovery sweep
     /// walks.
     LockIndex,
+    /// The lock index of one hash slot of a Redis Cluster store: the same
+    /// entries, for the keys of that slot only, so that every script
+    /// touches one slot.
+    SlotIndex(u16),
 }
+
+/// What `SCAN ... MATCH` finds every [`Key::SlotIndex`] of a node with.
+pub const SLOT_INDEX_PATTERN: &str = "rs:{*}:locks";
 
 /// The channel on which releasing scripts name the keys that had waiters
 /// (`PUBLISH`), so that waiting transactions wake up at once.
@@ -44,6 +51,7 @@ impl Key<'_> {
             Key::TxnRecord(id) => format!("{RESERVED_PREFIX}txn:{id}"),
             Key::Idempotency(k) => format!("{RESERVED_PREFIX}idem:{k}"),
             Key::LockIndex => format!("{RESERVED_PREFIX}locks"),
+            Key::SlotIndex(slot) => format!("{RESERVED_PREFIX}{{{}}}:locks", slot_tag(*slot)),
         }
     }
 }
@@ -80,6 +88,16 @@ impl IndexEntry {
             primary,
             keys,
         })
+    }
+
+    /// The same entry with only the keys `keep` accepts, in their order:
+    /// its part in one slot's index on a cluster.
+    pub fn within(&self, keep: impl Fn(&str) -> bool) -> IndexEntry {
+        IndexEntry {
+            txn: self.txn.clone(),
+            primary: self.primary.clone(),
+            keys: self.keys.iter().filter(|k| keep(k)).cloned().collect(),
+        }
     }
 
     /// The `MATCH` pattern of every entry of `txn`, which must be a
@@ -229,6 +247,20 @@ mod tests {
         assert!(encoded.starts_with("0193-id\n"));
         assert_eq!(IndexEntry::decode(&encoded), Some(e));
         assert_eq!(IndexEntry::decode("no newline"), None);
+    }
+
+    #[test]
+    fn slot_indexes_land_in_their_slot_and_match_their_pattern() {
+        for slot in [0, 1, 777, 12182, SLOTS - 1] {
+            let index = Key::SlotIndex(slot).encode();
+            assert_eq!(key_slot(index.as_bytes()), slot, "{index}");
+            assert!(index.starts_with("rs:{") && index.ends_with("}:locks"));
+        }
+        // No data key's lock table entry or adjusters take an index's name.
+        let tag = slot_tag(5);
+        assert_ne!(Key::Adjusters(tag).encode(), Key::SlotIndex(5).encode());
+        assert_ne!(Key::Meta("locks").encode(), Key::SlotIndex(5).encode());
+        assert_eq!(SLOT_INDEX_PATTERN, "rs:{*}:locks");
     }
 
     #[test]

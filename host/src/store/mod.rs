@@ -27,6 +27,10 @@
 //!                                    On the primary, the entry stays
 //!                                    after the commit point as the
 //!                                    record's marker, until finalized
+//!  rs:{<tag>}:locks          zset    the same, per hash slot, on a    a cluster store, in
+//!                                    Redis Cluster store: entries     the slot it indexes
+//!                                    for that slot's keys only
+//!                                    (see `cluster`)
 //!  rs:txn:<txn>              string  the decision record, see         the primary store:
 //!                                    `txn::types::Record`             no TTL while a store
 //!                                                                     is unapplied, then
@@ -55,6 +59,7 @@
 //! [`Store::record`], [`Store::expired`]. The protocol that strings them
 //! together is in `txn`.
 
+pub mod cluster;
 pub mod durability;
 pub mod keys;
 pub mod scripts;
@@ -63,7 +68,9 @@ use std::fmt;
 use std::sync::Arc;
 use std::time::Duration;
 
+use futures::future::join_all;
 use redis::aio::ConnectionManager;
+use redis::cluster_async::ClusterConnection;
 use redis::{Cmd, Value};
 
 use crate::config::{StoreConfig, StoreTls};
@@ -215,6 +222,21 @@ pub enum Refusal {
     /// A lock of the transaction on the key at `index` is gone (recovery
     /// took it): nothing was reserved.
     Lost { index: usize },
+}
+
+impl Refusal {
+    /// The same refusal with its key's index passed through `f`.
+    pub fn reindex(self, f: impl Fn(usize) -> usize) -> Refusal {
+        match self {
+            Refusal::Bound { index, step } => Refusal::Bound {
+                index: f(index),
+                step,
+            },
+            Refusal::NotInteger { index } => Refusal::NotInteger { index: f(index) },
+            Refusal::Range { index } => Refusal::Range { index: f(index) },
+            Refusal::Lost { index } => Refusal::Lost { index: f(index) },
+        }
+    }
 }
 
 /// A key being released, with the write to apply first (none: just release).
@@ -379,14 +401,56 @@ impl Call {
     }
 }
 
-/// One named Redis store.
+/// A connection to a single Redis, or to every node of a Redis Cluster
+/// (commands routed by their first key, `MOVED` and `ASK` followed). Both
+/// reconnect by themselves and are cheap to clone.
+#[derive(Clone)]
+enum Conn {
+    Single(ConnectionManager),
+    Cluster(ClusterConnection),
+}
+
+impl redis::aio::ConnectionLike for Conn {
+    fn req_packed_command<'a>(&'a mut self, cmd: &'a Cmd) -> redis::RedisFuture<'a, Value> {
+        match self {
+            Conn::Single(c) => c.req_packed_command(cmd),
+            Conn::Cluster(c) => c.req_packed_command(cmd),
+        }
+    }
+
+    fn req_packed_commands<'a>(
+        &'a mut self,
+        pipeline: &'a redis::Pipeline,
+        offset: usize,
+        count: usize,
+    ) -> redis::RedisFuture<'a, Vec<Value>> {
+        match self {
+            Conn::Single(c) => c.req_packed_commands(pipeline, offset, count),
+            Conn::Cluster(c) => c.req_packed_commands(pipeline, offset, count),
+        }
+    }
+
+    fn get_db(&self) -> i64 {
+        match self {
+            Conn::Single(c) => c.get_db(),
+            Conn::Cluster(c) => c.get_db(),
+        }
+    }
+}
+
+/// The first wait before a cluster call is sent again (TRYAGAIN while a
+/// slot migrates, a node that went away), in ms; each further wait doubles.
+const CLUSTER_RETRY_WAIT_MS: u64 = 10;
+
+/// One named Redis store: a single Redis, or a Redis Cluster (see
+/// [`cluster`]).
 #[derive(Clone)]
 pub struct Store {
     /// The name operators gave it in the config; errors and records use it.
     name: String,
-    /// Reconnects by itself after the store restarts; cheap to clone.
-    conn: ConnectionManager,
-    /// For connections of other kinds (the wake subscription).
+    conn: Conn,
+    /// For connections of other kinds (the wake subscription; on a cluster,
+    /// to its first seed node, which hears what every node publishes).
     client: redis::Client,
     /// Upper bound on any one operation, so that a stopped store fails a
     /// transaction instead of hanging it.
@@ -423,10 +487,40 @@ impl Store {
             store: name.to_owned(),
             message: e.to_string(),
         };
-        let client = client(&store.url, &store.tls).map_err(|message| StoreError::Unavailable {
+        let bad_url = |message| StoreError::Unavailable {
             store: name.to_owned(),
             message,
-        })?;
+        };
+        if store.url.starts_with(cluster::SCHEME) {
+            let seeds = cluster::seeds(&store.url).map_err(bad_url)?;
+            // A slot on the move answers TRYAGAIN to a script whose keys
+            // are half moved, for the few milliseconds a MIGRATE takes: wait
+            // 10 ms, then twice that, and so on, up to a tenth of the store
+            // timeout, which bounds the whole call.
+            let max_wait = (timeout.as_millis() as u64 / 10).max(CLUSTER_RETRY_WAIT_MS + 1);
+            let cluster = redis::cluster::ClusterClient::builder(seeds.clone())
+                .connection_timeout(timeout)
+                .response_timeout(timeout)
+                .min_retry_wait(CLUSTER_RETRY_WAIT_MS)
+                .max_retry_wait(max_wait)
+                .retry_wait_formula(CLUSTER_RETRY_WAIT_MS, 2)
+                .build()
+                .map_err(unavailable)?;
+            let conn = cluster.get_pending_async_connection_with_config(
+                redis::cluster::ClusterConfig::new()
+                    .set_connection_timeout(timeout)
+                    .set_response_timeout(timeout),
+            );
+            return Ok(Store {
+                name: name.to_owned(),
+                conn: Conn::Cluster(conn),
+                client: redis::Client::open(seeds[0].as_str()).map_err(unavailable)?,
+                timeout,
+                replication: store.replication,
+                errors: Arc::default(),
+            });
+        }
+        let client = client(&store.url, &store.tls).map_err(bad_url)?;
         // Replies are bounded by `bounded`, one timer per call; the
         // manager's own response timer would be a second one.
         let config = redis::aio::ConnectionManagerConfig::new()
@@ -438,7 +532,7 @@ impl Store {
             ConnectionManager::new_lazy_with_config(client.clone(), config).map_err(unavailable)?;
         Ok(Store {
             name: name.to_owned(),
-            conn,
+            conn: Conn::Single(conn),
             client,
             timeout,
             replication: store.replication,
@@ -464,7 +558,8 @@ impl Store {
         Ok(())
     }
 
-    /// Reads `keys` and locks them in their modes, all or none.
+    /// Reads `keys` and locks them in their modes, all or none: on a
+    /// cluster, a conflict in one slot releases what the others locked.
     pub async fn lock(
         &self,
         txn: &str,
@@ -472,11 +567,60 @@ impl Store {
         entry: &IndexEntry,
         keys: &[(&str, Mode)],
     ) -> Result<Locked, StoreError> {
+        let groups = self.groups(keys.iter().map(|(k, _)| *k));
+        let replies = join_all(groups.iter().map(|g| {
+            let keys: Vec<(&str, Mode)> = g.at.iter().map(|&i| keys[i]).collect();
+            let entry = entry.within(|k| g.holds(k));
+            async move { self.lock_group(txn, lease, &g.index, &entry, &keys).await }
+        }))
+        .await;
+        let mut values = vec![None; keys.len()];
+        let (mut conflict, mut locked) = (None, Vec::new());
+        for (g, reply) in groups.iter().zip(replies) {
+            match reply? {
+                Locked::Values(vs) => {
+                    for (&i, v) in g.at.iter().zip(vs) {
+                        values[i] = v;
+                    }
+                    locked.push(g);
+                }
+                Locked::Conflict { index, holder } => {
+                    conflict.get_or_insert(Locked::Conflict {
+                        index: g.at[index],
+                        holder,
+                    });
+                }
+            }
+        }
+        let Some(conflict) = conflict else {
+            return Ok(Locked::Values(values));
+        };
+        let released = join_all(locked.iter().map(|g| {
+            let keys: Vec<Release> = g.at.iter().map(|&i| (keys[i].0, None)).collect();
+            let entry = entry.within(|k| g.holds(k)).encode();
+            async move { self.apply_group(txn, &g.index, &entry, &keys).await }
+        }))
+        .await;
+        for r in released {
+            r?;
+        }
+        Ok(conflict)
+    }
+
+    /// [`Store::lock`] on the keys of one slot.
+    async fn lock_group(
+        &self,
+        txn: &str,
+        lease: Duration,
+        index: &Key<'_>,
+        entry: &IndexEntry,
+        keys: &[(&str, Mode)],
+    ) -> Result<Locked, StoreError> {
         let mut call = Call::new(&scripts().lock);
         for (key, _) in keys {
             call.locked(key);
         }
-        call.key(Key::LockIndex.encode());
+        call.key(index.encode());
         call.arg(txn)
             .arg(lease.as_millis() as u64)
             .arg(&entry.primary)
@@ -518,6 +662,10 @@ impl Store {
 
     /// The commit point (see [`CommitPoint`]).
     pub async fn commit(&self, point: &CommitPoint<'_>) -> Result<Committed, StoreError> {
+        if self.is_cluster() {
+            // The plan never puts a commit point here: its keys span slots.
+            return Err(self.protocol("a Redis Cluster store cannot hold a commit point"));
+        }
         let mut call = Call::new(&scripts().commit);
         let record_key = Key::TxnRecord(point.txn).encode();
         call.key(record_key.clone()).key(Key::LockIndex.encode());
@@ -564,6 +712,26 @@ impl Store {
         txn: &str,
         keys: &[(&str, &[Bounded])],
     ) -> Result<Option<Refusal>, StoreError> {
+        let groups = self.groups(keys.iter().map(|(k, _)| *k));
+        let replies = join_all(groups.iter().map(|g| {
+            let keys: Vec<(&str, &[Bounded])> = g.at.iter().map(|&i| keys[i]).collect();
+            async move { self.reserve_group(txn, &keys).await }
+        }))
+        .await;
+        for (g, reply) in groups.iter().zip(replies) {
+            if let Some(refusal) = reply? {
+                return Ok(Some(refusal.reindex(|i| g.at[i])));
+            }
+        }
+        Ok(None)
+    }
+
+    /// [`Store::reserve`] on the keys of one slot.
+    async fn reserve_group(
+        &self,
+        txn: &str,
+        keys: &[(&str, &[Bounded])],
+    ) -> Result<Option<Refusal>, StoreError> {
         let mut call = Call::new(&scripts().reserve);
         for (key, _) in keys {
             call.locked(key);
@@ -605,19 +773,54 @@ impl Store {
 
     /// Applies `keys`' writes for `txn` and releases its locks on them (a
     /// key with no write is just released); removes `entry` from the lock
-    /// index. Returns how many of the keys `txn` still held.
+    /// index. Returns how many of the keys `txn` still held. On a cluster,
+    /// each slot's keys and its part of the entry go to that slot's index;
+    /// a slot that fails keeps its locks, and its error is returned.
     pub async fn apply(
         &self,
         txn: &str,
         entry: Option<&str>,
         keys: &[Release<'_>],
     ) -> Result<usize, StoreError> {
+        if !self.is_cluster() {
+            return self
+                .apply_group(txn, &Key::LockIndex, entry.unwrap_or(""), keys)
+                .await;
+        }
+        let entry = entry
+            .map(|e| IndexEntry::decode(e).ok_or_else(|| self.protocol("unreadable index entry")))
+            .transpose()?;
+        let entry_keys = entry.iter().flat_map(|e| e.keys.iter().map(String::as_str));
+        let all: Vec<&str> = keys.iter().map(|(k, _)| *k).chain(entry_keys).collect();
+        let groups = self.groups(all);
+        let applied = join_all(groups.iter().map(|g| {
+            let keys: Vec<Release> = g.at.iter().filter_map(|&i| keys.get(i).copied()).collect();
+            let entry = entry
+                .as_ref()
+                .map(|e| e.within(|k| g.holds(k)))
+                .filter(|e| !e.keys.is_empty())
+                .map(|e| e.encode())
+                .unwrap_or_default();
+            async move { self.apply_group(txn, &g.index, &entry, &keys).await }
+        }))
+        .await;
+        applied.into_iter().sum()
+    }
+
+    /// [`Store::apply`] on the keys of one slot.
+    async fn apply_group(
+        &self,
+        txn: &str,
+        index: &Key<'_>,
+        entry: &str,
+        keys: &[Release<'_>],
+    ) -> Result<usize, StoreError> {
         let mut call = Call::new(&scripts().apply);
         for (key, _) in keys {
             call.locked(key);
         }
-        call.key(Key::LockIndex.encode());
-        call.arg(txn).arg(entry.unwrap_or(""));
+        call.key(index.encode());
+        call.arg(txn).arg(entry);
         for (_, write) in keys {
             call.arg(Write::op(*write)).arg(Write::value(*write));
         }
@@ -648,7 +851,7 @@ impl Store {
         pipe.add_command(set).ignore().add_command(get);
         let mut conn = self.conn.clone();
         let (stored,): (Option<Vec<u8>>,) = self.bounded(pipe.query_async(&mut conn)).await?;
-        self.replicated().await?;
+        self.replicated(None).await?;
         stored.ok_or_else(|| self.protocol("decision record vanished right after SET NX"))
     }
 
@@ -662,7 +865,7 @@ impl Store {
             .arg("PX")
             .arg(ttl.as_millis() as u64);
         let _: Value = self.query(&set).await?;
-        self.replicated().await
+        self.replicated(None).await
     }
 
     /// The decision record of `txn`, if any.
@@ -693,39 +896,61 @@ impl Store {
     /// Entries that cannot be read are returned as errors, one each, so
     /// that the caller can put them aside.
     pub async fn expired(&self, max: usize) -> Result<Vec<Result<IndexEntry, String>>, StoreError> {
-        let mut call = Call::new(&scripts().expired);
-        call.key(Key::LockIndex.encode()).arg(max);
-        let entries = self.array(self.invoke(&call, false).await?)?;
-        entries
-            .iter()
-            .map(|e| {
-                let member = self.string(e)?;
-                Ok(IndexEntry::decode(&member).ok_or(member))
-            })
-            .collect()
+        let mut found = Vec::new();
+        for index in self.indexes().await? {
+            if found.len() >= max {
+                break;
+            }
+            let mut call = Call::new(&scripts().expired);
+            call.key(index.encode()).arg(max - found.len());
+            for e in self.array(self.invoke(&call, false).await?)? {
+                let member = self.string(&e)?;
+                found.push(IndexEntry::decode(&member).ok_or(member));
+            }
+        }
+        Ok(found)
     }
 
     /// Sends an index entry to the back of the sweep's line, `delay` from now.
+    /// On a cluster, the entry's keys name its slot; one that cannot be
+    /// read is looked for in every slot's index.
     pub async fn rescore(&self, member: &str, delay: Duration) -> Result<(), StoreError> {
-        let mut call = Call::new(&scripts().rescore);
-        call.key(Key::LockIndex.encode())
-            .arg(member)
-            .arg(delay.as_millis() as u64);
-        self.invoke(&call, true).await?;
+        let slot = IndexEntry::decode(member).and_then(|e| e.keys.first().cloned());
+        let indexes = match slot {
+            Some(key) => self
+                .groups([key.as_str()])
+                .into_iter()
+                .map(|g| g.index)
+                .collect(),
+            None => self.indexes().await?,
+        };
+        for index in indexes {
+            let mut call = Call::new(&scripts().rescore);
+            call.key(index.encode())
+                .arg(member)
+                .arg(delay.as_millis() as u64);
+            self.invoke(&call, true).await?;
+        }
         Ok(())
     }
 
-    /// How many lock index entries this store has (live or expired).
     /// Locks held here right now, and how many of them are past their
-    /// lease (in doubt until someone finishes them).
+    /// lease (in doubt until someone finishes them): lock index entries.
     pub async fn lock_counts(&self) -> Result<(u64, u64), StoreError> {
-        let mut call = Call::new(&scripts().lock_counts);
-        call.key(Key::LockIndex.encode());
-        let counts = self.array(self.invoke(&call, false).await?)?;
-        match counts.as_slice() {
-            [Value::Int(held), Value::Int(expired)] => Ok((*held as u64, *expired as u64)),
-            other => Err(self.protocol(&format!("expected two counts, got {other:?}"))),
+        let (mut held, mut expired) = (0, 0);
+        for index in self.indexes().await? {
+            let mut call = Call::new(&scripts().lock_counts);
+            call.key(index.encode());
+            let counts = self.array(self.invoke(&call, false).await?)?;
+            match counts.as_slice() {
+                [Value::Int(h), Value::Int(e)] => {
+                    held += *h as u64;
+                    expired += *e as u64;
+                }
+                other => return Err(self.protocol(&format!("expected two counts, got {other:?}"))),
+            }
         }
+        Ok((held, expired))
     }
 
     /// Failed calls so far: `(unavailable, protocol)` (see [`StoreError`]).
@@ -740,33 +965,41 @@ impl Store {
         )
     }
 
+    /// How many lock index entries this store has (live or expired).
     pub async fn lock_count(&self) -> Result<usize, StoreError> {
-        let mut card = redis::cmd("ZCARD");
-        card.arg(Key::LockIndex.encode());
-        self.query(&card).await
+        let mut count = 0;
+        for index in self.indexes().await? {
+            let mut card = redis::cmd("ZCARD");
+            card.arg(index.encode());
+            count += self.query::<usize>(&card).await?;
+        }
+        Ok(count)
     }
 
     /// Whether `txn` (a well-formed transaction id) holds any lock here:
-    /// the whole lock index, page by page.
+    /// every lock index, page by page.
     pub async fn holds_locks(&self, txn: &str) -> Result<bool, StoreError> {
-        let mut cursor = 0u64;
-        loop {
-            let mut scan = redis::cmd("ZSCAN");
-            scan.arg(Key::LockIndex.encode())
-                .arg(cursor)
-                .arg("MATCH")
-                .arg(IndexEntry::pattern(txn))
-                .arg("COUNT")
-                .arg(1000);
-            let (next, found): (u64, Vec<String>) = self.query(&scan).await?;
-            if !found.is_empty() {
-                return Ok(true);
+        for index in self.indexes().await? {
+            let mut cursor = 0u64;
+            loop {
+                let mut scan = redis::cmd("ZSCAN");
+                scan.arg(index.encode())
+                    .arg(cursor)
+                    .arg("MATCH")
+                    .arg(IndexEntry::pattern(txn))
+                    .arg("COUNT")
+                    .arg(1000);
+                let (next, found): (u64, Vec<String>) = self.query(&scan).await?;
+                if !found.is_empty() {
+                    return Ok(true);
+                }
+                if next == 0 {
+                    break;
+                }
+                cursor = next;
             }
-            if next == 0 {
-                return Ok(false);
-            }
-            cursor = next;
         }
+        Ok(false)
     }
 
     /// Whether `key` is locked by anyone right now.
@@ -839,20 +1072,47 @@ impl Store {
             first => self.settle(first)?,
         };
         if writes {
-            self.replicated().await?;
+            self.replicated(call.keys.first().map(|k| keys::key_slot(k)))
+                .await?;
         }
         Ok(reply)
     }
 
     /// Waits for the configured replicas to acknowledge every write made so
-    /// far on this connection (`WAIT`); an error if fewer do in time.
-    async fn replicated(&self) -> Result<(), StoreError> {
+    /// far on this connection (`WAIT`); an error if fewer do in time. On a
+    /// cluster, on the master of `slot`, which took the write.
+    async fn replicated(&self, slot: Option<u16>) -> Result<(), StoreError> {
         let Some(r) = &self.replication else {
             return Ok(());
         };
         let mut wait = redis::cmd("WAIT");
         wait.arg(r.replicas).arg(r.timeout_ms);
-        let acked: u32 = self.query(&wait).await?;
+        let acked: u32 = match (&self.conn, slot) {
+            (Conn::Cluster(conn), Some(slot)) => {
+                use redis::cluster_routing::{Route, RoutingInfo, SingleNodeRoutingInfo, SlotAddr};
+                let route = Route::new(slot, SlotAddr::Master);
+                let routing = RoutingInfo::SingleNode(SingleNodeRoutingInfo::SpecificNode(route));
+                match self
+                    .bounded(conn.clone().route_command(wait, routing))
+                    .await?
+                {
+                    Value::Int(n) => n.try_into().unwrap_or(0),
+                    // The slot's master changed since the write (a replica
+                    // answers that it cannot WAIT): whether the write
+                    // survived the change is unknown.
+                    other => {
+                        return Err(StoreError::Unavailable {
+                            store: self.name.clone(),
+                            message: format!(
+                                "could not wait for replicas on the master of slot {slot}: \
+                                 {other:?}"
+                            ),
+                        });
+                    }
+                }
+            }
+            _ => self.query(&wait).await?,
+        };
         if acked < r.replicas {
             return Err(StoreError::Unavailable {
                 store: self.name.clone(),
@@ -957,9 +1217,17 @@ impl Store {
 }
 
 /// Errors after which the store may still be fine but we cannot tell what it
-/// did: connection trouble and timeouts, as opposed to an error reply.
+/// did: connection trouble and timeouts, as opposed to an error reply; and
+/// on a cluster, the replies of a slot in transit or without a master
+/// (`MOVED`, `ASK` or `TRYAGAIN` still answered once the client's retries
+/// ran out, `CLUSTERDOWN`, `MASTERDOWN`), which say the call did not run.
 fn is_unavailable(e: &redis::RedisError) -> bool {
-    e.is_io_error() || e.is_timeout() || e.is_connection_dropped() || e.is_connection_refusal()
+    e.is_io_error()
+        || e.is_timeout()
+        || e.is_connection_dropped()
+        || e.is_connection_refusal()
+        || e.is_cluster_error()
+        || e.kind() == redis::ErrorKind::Server(redis::ServerErrorKind::MasterDown)
 }
 
 /// A client for `url`, over TLS with `tls`'s certificates when it names

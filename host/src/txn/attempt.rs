@@ -215,21 +215,7 @@ impl Coordinator {
                     // Indexes count the adjusted keys only: map them back.
                     let key = |index: usize| adjusted[index].0;
                     let index = |k: &str| part.keys.iter().position(|(p, _)| p == k).unwrap_or(0);
-                    let refusal = match refusal {
-                        Refusal::Bound { index: i, step } => Refusal::Bound {
-                            index: index(key(i)),
-                            step,
-                        },
-                        Refusal::NotInteger { index: i } => Refusal::NotInteger {
-                            index: index(key(i)),
-                        },
-                        Refusal::Range { index: i } => Refusal::Range {
-                            index: index(key(i)),
-                        },
-                        Refusal::Lost { index: i } => Refusal::Lost {
-                            index: index(key(i)),
-                        },
-                    };
+                    let refusal = refusal.reindex(|i| index(key(i)));
                     return Some(refused(id, part, refusal, aborts));
                 }
                 Err(e) => return Some(Err(e.into())),

@@ -9,9 +9,10 @@
 //!     |        (once per transaction; keys get the participant's prefix)
 //!  latch       queue in this process for every key, in one global order
 //!     |        (see `latch`): a host's own transactions never race in Redis
-//!  lock+read   ROUND TRIP 1, every store in parallel, one script each: lock
-//!     |        every key (exclusive if some step may write it, shared if
-//!     |        only read) and read its value, all or nothing per store. A
+//!  lock+read   ROUND TRIP 1, every store in parallel, one script each (one
+//!     |        per hash slot on a Redis Cluster store, see `store::cluster`):
+//!     |        lock every key (exclusive if some step may write it, shared
+//!     |        if only read) and read its value, all or nothing per store. A
 //!     |        lock held by another transaction: release what was locked,
 //!     |        get it out of the way (see `recovery`: roll it forward or back
 //!     |        if decided, else wait for its release), run again.
@@ -23,9 +24,9 @@
 //!     +-- read-only, several .... committed: the shared locks were all held
 //!     |                           once the last store answered; they are
 //!     |                           released after the answer
-//!  commit      ROUND TRIP 2, one script on the primary store (the log store
-//!   point      if the transaction touches it, else the first store it
-//!     |        writes): unless a decision stands, write the record
+//!  commit      ROUND TRIP 2, one script on the primary store (see `plan`:
+//!   point      the log store, or the single Redis it writes most, never a
+//!     |        Redis Cluster): unless a decision stands, write the record
 //!     |        {"state":"committed", other stores' keys and writes}, apply
 //!     |        the primary's own writes and release its locks, all at once.
 //!     |        THIS IS THE COMMIT POINT. A standing `aborted` means our lease
@@ -116,7 +117,10 @@
 //! none of them reads it and no reader or writer can hold it meanwhile;
 //! their deltas commute, so the value any later reader sees is the same in
 //! every order of their commit points, and reservations keep each bound
-//! true at every one of them.
+//! true at every one of them. A Redis Cluster store changes nothing in the
+//! argument: the locks are per key whichever slot holds them, its slots
+//! lock and apply like separate stores, and the commit point is never on a
+//! cluster, so it stays one script.
 //!
 //! # Layout
 //!
@@ -460,7 +464,9 @@ impl Coordinator {
             Ok(steps) => steps,
             Err(abort) => return Ok((self.aborted(new_txn_id(), 1, abort).await, false)),
         };
-        let plan = Plan::new(&steps, &self.log_store, claim.is_some());
+        let plan = Plan::new(&steps, &self.log_store, claim.is_some(), |store| {
+            self.stores.get(store).is_some_and(Store::is_cluster)
+        });
         let latches = self.latches.acquire(plan.latch_keys()).await;
         let mut waited = Duration::ZERO;
         let mut attempt = 1;

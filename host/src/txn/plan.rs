@@ -4,6 +4,7 @@
 use std::collections::BTreeMap;
 
 use super::Step;
+use crate::store::keys::key_slot;
 use crate::store::{IndexEntry, Mode};
 
 /// The keys of one store, sorted, each once, with the mode it is held in.
@@ -53,7 +54,18 @@ impl Plan {
     /// and frees its keys at once, while the others wait for the apply after
     /// the answer, so the store with the most written keys (an order's
     /// payer and payee, against one SKU) should not be the one waiting.
-    pub fn new(steps: &[Step], log_store: &str, claimed: bool) -> Plan {
+    ///
+    /// A store for which `cluster` says so is a Redis Cluster, where one
+    /// script reaches one hash slot only: it is never the primary (the log
+    /// store, a single Redis, decides a transaction that writes only
+    /// there), and a read-only transaction on it alone is read without
+    /// locks only when its keys share a slot.
+    pub fn new(
+        steps: &[Step],
+        log_store: &str,
+        claimed: bool,
+        cluster: impl Fn(&str) -> bool,
+    ) -> Plan {
         let mut stores: BTreeMap<&str, BTreeMap<&str, Mode>> = BTreeMap::new();
         for step in steps {
             let keys = stores.entry(&step.participant.store).or_default();
@@ -78,10 +90,24 @@ impl Plan {
             ks.values()
                 .any(|m| matches!(m, Mode::Exclusive | Mode::Adjust))
         });
-        if writes && claimed {
+        let writes_single = stores.iter().any(|(store, ks)| {
+            !cluster(store)
+                && ks
+                    .values()
+                    .any(|m| matches!(m, Mode::Exclusive | Mode::Adjust))
+        });
+        let log_decides = writes && (claimed || !writes_single);
+        if log_decides {
             stores.entry(log_store).or_default();
         }
-        let single = stores.len() == 1;
+        let single = match stores.iter().next() {
+            Some((store, keys)) if stores.len() == 1 && cluster(store) => {
+                let mut slots = keys.keys().map(|k| key_slot(k.as_bytes()));
+                let first = slots.next();
+                slots.all(|s| Some(s) == first)
+            }
+            _ => stores.len() == 1,
+        };
         let parts: Vec<Part> = stores
             .into_iter()
             .map(|(store, keys)| Part {
@@ -104,10 +130,11 @@ impl Plan {
         let primary = writes.then(|| {
             let log = parts.iter().position(|p| p.store == log_store);
             match log {
-                Some(log) if claimed => log,
+                Some(log) if log_decides => log,
                 _ => parts
                     .iter()
                     .enumerate()
+                    .filter(|(_, p)| !cluster(&p.store))
                     .max_by_key(|(i, p)| (written(p), Some(*i) == log))
                     .map(|(i, _)| i)
                     .expect("a transaction with writes writes somewhere"),

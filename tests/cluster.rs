@@ -1,0 +1,420 @@
+//! Transactions on a real Redis Cluster (3 masters, 3 replicas) next to a
+//! single Redis: the bank test with accounts on every master, while slots
+//! migrate, and through a master's failover; an order across the cluster
+//! and the single Redis; a crash after the commit point.
+//!
+//! Twelve accounts live on the cluster (`bank`, the payments example), four
+//! on the single Redis that keeps the log (`ledger`). Clients on two hosts
+//! move money between random accounts: within the cluster as one `transfer`
+//! step (an escrow transfer, or one that reads and sets both balances),
+//! across the two stores as a `withdraw` and a `deposit` step. Readers add
+//! every balance up in one read-only transaction. Money must neither appear
+//! nor vanish, no balance may go negative, and the final balances must be
+//! the initial ones with every acknowledged transfer applied.
+
+use std::collections::BTreeMap;
+use std::sync::Arc;
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::time::{Duration, Instant};
+
+use redstage::store::StoreError;
+use redstage::store::keys::key_slot;
+use redstage::txn::types::{Status, TxnResponse};
+use redstage::txn::{Coordinator, TxnError};
+use redstage_tests::cluster::{CLUSTER_STORE, ClusterEnv, LOG_STORE};
+use redstage_tests::{ParticipantSpec, request, step};
+use serde_json::{Value, json};
+
+const BANK: usize = 12;
+const LEDGER: usize = 4;
+const ACCOUNTS: usize = BANK + LEDGER;
+const INITIAL: i64 = 100;
+const TOTAL: i64 = INITIAL * ACCOUNTS as i64;
+const CLIENTS: usize = 6;
+const READERS: usize = 2;
+/// How long the clients run.
+const DURATION: Duration = Duration::from_secs(6);
+
+/// Account `i`: the first [`BANK`] on the cluster, the rest on the log
+/// store.
+fn participant(i: usize) -> &'static str {
+    if i < BANK { "bank" } else { "ledger" }
+}
+
+fn account(i: usize) -> String {
+    format!("acc{i}")
+}
+
+fn bank_key(i: usize) -> String {
+    format!("bank:balance:{}", account(i))
+}
+
+fn participants() -> Vec<ParticipantSpec> {
+    vec![
+        ParticipantSpec::example("bank", "payments", CLUSTER_STORE, "bank:"),
+        ParticipantSpec::example("ledger", "payments", LOG_STORE, "ledger:"),
+    ]
+}
+
+fn env(replicas: usize, store: toml::Table) -> ClusterEnv {
+    let extra = "[txn]\nlease_ms = 3000\nstore_timeout_ms = 1000\n";
+    ClusterEnv::start(&participants(), replicas, store, extra)
+}
+
+/// The steps moving `amount` from account `from` to `to`, and the index of
+/// the step that pays.
+fn transfer(from: usize, to: usize, amount: i64, read: bool) -> (Value, usize) {
+    let (p, q) = (participant(from), participant(to));
+    if p == q {
+        let input = json!({"op": "transfer", "from": account(from), "to": account(to),
+            "amount": amount, "read": read});
+        return (json!([step(p, input)]), 0);
+    }
+    let withdraw = step(
+        p,
+        json!({"op": "withdraw", "account": account(from), "amount": amount}),
+    );
+    let deposit = step(
+        q,
+        json!({"op": "deposit", "account": account(to), "amount": amount}),
+    );
+    if read {
+        (json!([deposit, withdraw]), 1)
+    } else {
+        (json!([withdraw, deposit]), 0)
+    }
+}
+
+/// Every balance, in one read-only transaction.
+fn read_all() -> Value {
+    let of = |range: std::ops::Range<usize>| range.map(account).collect::<Vec<_>>();
+    json!([
+        step("bank", json!({"op": "balances", "accounts": of(0..BANK)})),
+        step(
+            "ledger",
+            json!({"op": "balances", "accounts": of(BANK..ACCOUNTS)})
+        ),
+    ])
+}
+
+fn balances(reply: &TxnResponse) -> [i64; ACCOUNTS] {
+    let mut out = [None; ACCOUNTS];
+    for s in &reply.steps {
+        for (name, balance) in s.output.as_object().expect("an object of balances") {
+            let i: usize = name["acc".len()..].parse().expect("an account");
+            out[i] = balance.as_i64();
+        }
+    }
+    out.map(|b| b.expect("every account"))
+}
+
+/// Runs a transaction; a store that is unavailable (a master killed, a
+/// failover under way) counts as nothing applied, which is what the error
+/// promises.
+async fn run(host: &Coordinator, steps: Value) -> Option<TxnResponse> {
+    match host.run(request(steps)).await {
+        Ok(reply) => Some(reply),
+        Err(TxnError::Store(e @ StoreError::Unavailable { .. })) => {
+            println!("unavailable: {e}");
+            None
+        }
+        Err(e) => panic!("not a decision: {e:?}"),
+    }
+}
+
+async fn seed(env: &ClusterEnv) {
+    let steps: Vec<Value> = (0..ACCOUNTS)
+        .map(|i| {
+            step(
+                participant(i),
+                json!({"op": "deposit", "account": account(i), "amount": INITIAL}),
+            )
+        })
+        .collect();
+    let reply = run(&env.coordinator, json!(steps)).await.expect("seeding");
+    assert_eq!(reply.status, Status::Committed, "seeding: {reply:?}");
+}
+
+/// What disturbs the cluster while the bank runs.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum Disturb {
+    Nothing,
+    /// The accounts' slots move from master to master, one after another.
+    Reshard,
+    /// The master holding the most accounts is killed, and its replica
+    /// takes over.
+    Failover,
+}
+
+#[derive(Debug, Default)]
+struct Log {
+    committed: Vec<(usize, usize, i64)>,
+    aborted: BTreeMap<String, usize>,
+    unavailable: usize,
+}
+
+async fn bank(mut env: ClusterEnv, disturb: Disturb) {
+    let masters: std::collections::BTreeSet<u16> =
+        (0..BANK).map(|i| env.master_of(&bank_key(i))).collect();
+    assert_eq!(
+        masters.len(),
+        3,
+        "the cluster's accounts should be spread over all three masters"
+    );
+    seed(&env).await;
+    let hosts = [env.coordinator.clone(), env.second_host()];
+    let seed = fastrand::u64(..);
+    println!("cluster bank ({disturb:?}): seed {seed}");
+    let done = Arc::new(AtomicBool::new(false));
+    let started = Instant::now();
+
+    let readers: Vec<_> = (0..READERS)
+        .map(|r| {
+            let (host, done) = (hosts[r % 2].clone(), done.clone());
+            tokio::spawn(async move {
+                let (mut reads, mut unavailable) = (0, 0);
+                while !done.load(Ordering::Relaxed) {
+                    let Some(reply) = run(&host, read_all()).await else {
+                        unavailable += 1;
+                        continue;
+                    };
+                    if reply.status != Status::Committed {
+                        let code = &reply.abort.as_ref().expect("an abort").code;
+                        assert_eq!(code, "conflict", "{reply:?}");
+                        continue;
+                    }
+                    let b = balances(&reply);
+                    assert_eq!(b.iter().sum::<i64>(), TOTAL, "a read saw {b:?}");
+                    assert!(b.iter().all(|&x| x >= 0), "a read saw {b:?}");
+                    reads += 1;
+                }
+                (reads, unavailable)
+            })
+        })
+        .collect();
+
+    let clients: Vec<_> = (0..CLIENTS)
+        .map(|c| {
+            let host = hosts[c % 2].clone();
+            let mut rng = fastrand::Rng::with_seed(seed.wrapping_add(c as u64));
+            tokio::spawn(async move {
+                let mut log = Log::default();
+                while started.elapsed() < DURATION {
+                    let from = rng.usize(0..ACCOUNTS);
+                    let to = (from + rng.usize(1..ACCOUNTS)) % ACCOUNTS;
+                    let amount = rng.i64(1..=60);
+                    let (steps, paying) = transfer(from, to, amount, rng.bool());
+                    let Some(reply) = run(&host, steps).await else {
+                        log.unavailable += 1;
+                        continue;
+                    };
+                    match reply.status {
+                        Status::Committed => log.committed.push((from, to, amount)),
+                        Status::Aborted => {
+                            let abort = reply.abort.as_ref().expect("an abort");
+                            match abort.code.as_str() {
+                                "insufficient_funds" => {
+                                    assert_eq!(abort.step, Some(paying), "{reply:?}")
+                                }
+                                "conflict" => {}
+                                _ => panic!("aborted unexpectedly: {reply:?}"),
+                            }
+                            *log.aborted.entry(abort.code.clone()).or_default() += 1;
+                        }
+                    }
+                }
+                log
+            })
+        })
+        .collect();
+
+    match disturb {
+        Disturb::Nothing => {}
+        Disturb::Reshard => {
+            // Each account's slot in turn goes to the next master, while
+            // the clients run.
+            let mut moved = 0;
+            while started.elapsed() < DURATION - Duration::from_secs(1) {
+                let key = bank_key(moved % BANK);
+                let slot = key_slot(key.as_bytes());
+                let ports: Vec<u16> = env.cluster.masters().iter().map(|m| m.0).collect();
+                let from = env.master_of(&key);
+                let to = ports[(ports.iter().position(|&p| p == from).unwrap() + 1) % ports.len()];
+                let cluster = &env.cluster;
+                tokio::task::block_in_place(|| cluster.migrate_slot(slot, to))
+                    .unwrap_or_else(|e| panic!("migrating slot {slot}: {e}"));
+                moved += 1;
+                tokio::time::sleep(Duration::from_millis(100)).await;
+            }
+            println!("cluster bank: {moved} slots migrated during the run");
+            assert!(moved >= 3, "too few migrations to mean anything");
+        }
+        Disturb::Failover => {
+            tokio::time::sleep(DURATION / 3).await;
+            let mut held: BTreeMap<u16, usize> = BTreeMap::new();
+            for i in 0..BANK {
+                *held.entry(env.master_of(&bank_key(i))).or_default() += 1;
+            }
+            let (&victim, _) = held.iter().max_by_key(|(_, n)| **n).expect("a master");
+            let promoted =
+                tokio::task::block_in_place(|| env.cluster.kill_master_and_failover(victim))
+                    .expect("failover");
+            println!("cluster bank: master {victim} killed, {promoted} took over");
+        }
+    }
+
+    let mut log = Log::default();
+    for client in clients {
+        let l = client.await.expect("client task");
+        log.committed.extend(l.committed);
+        for (code, n) in l.aborted {
+            *log.aborted.entry(code).or_default() += n;
+        }
+        log.unavailable += l.unavailable;
+    }
+    done.store(true, Ordering::Relaxed);
+    let mut reads = 0;
+    for reader in readers {
+        let (r, unavailable) = reader.await.expect("reader task");
+        reads += r;
+        log.unavailable += unavailable;
+    }
+
+    let mut expected = [INITIAL; ACCOUNTS];
+    for &(from, to, amount) in &log.committed {
+        expected[from] -= amount;
+        expected[to] += amount;
+    }
+    let last = loop {
+        if let Some(reply) = run(&env.coordinator, read_all()).await
+            && reply.status == Status::Committed
+        {
+            break balances(&reply);
+        }
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    };
+    assert_eq!(
+        last,
+        expected,
+        "the final balances are not the initial ones with the {} acknowledged transfers applied",
+        log.committed.len()
+    );
+    assert_eq!(env.leftovers().await, Vec::<String>::new());
+    for (i, balance) in expected.iter().enumerate().take(BANK) {
+        assert_eq!(env.get(&bank_key(i)), Some(balance.to_string()));
+    }
+    println!(
+        "cluster bank ({disturb:?}): {} transfers committed, aborted {:?}, {} found a store \
+         unavailable; {reads} reads",
+        log.committed.len(),
+        log.aborted,
+        log.unavailable
+    );
+    assert!(log.committed.len() > CLIENTS, "too few transfers committed");
+    assert!(reads > 0, "no read committed while the transfers ran");
+    if disturb != Disturb::Failover {
+        assert_eq!(
+            log.unavailable, 0,
+            "a store failed with nothing disturbing it"
+        );
+    }
+    drop(hosts);
+    env.cluster.flushall().ok();
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn bank_on_a_cluster_keeps_every_invariant() {
+    bank(env(1, toml::Table::new()), Disturb::Nothing).await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn bank_on_a_cluster_while_slots_migrate() {
+    bank(env(1, toml::Table::new()), Disturb::Reshard).await;
+}
+
+/// With `wait_replicas = 1`, every write that counted reached a replica
+/// before it was acknowledged, so the replica that takes over has it: no
+/// acknowledged transfer is lost. Each master has two replicas, so that the
+/// promoted one still has a replica to wait for. (Without `WAIT`,
+/// replication is asynchronous and the killed master may take the last
+/// writes with it: an applied transfer could vanish from one account, which
+/// the exact final balances would catch.) Transactions that meet the dead
+/// master before the failover fail with `store_unavailable`, having
+/// applied nothing.
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn bank_on_a_cluster_through_a_master_failover() {
+    let store = toml::Table::from_iter([
+        ("wait_replicas".to_owned(), 1.into()),
+        ("wait_timeout_ms".to_owned(), 500.into()),
+    ]);
+    bank(env(2, store), Disturb::Failover).await;
+}
+
+/// A host killed at a fault point of an order that spans the single Redis
+/// and three masters of the cluster: before its commit point, what it
+/// locked on every slot is rolled back; after it, a transaction that meets
+/// a lock rolls the order forward at once, and the sweep finishes every
+/// slot's lock index, so nothing is left anywhere.
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn a_crash_around_the_commit_point_is_finished_on_every_slot() {
+    let env = env(1, toml::Table::new());
+    seed(&env).await;
+    // Three cluster accounts on three masters, paid from the single Redis.
+    let mut payees: Vec<usize> = Vec::new();
+    for i in 0..BANK {
+        if payees
+            .iter()
+            .all(|&p| env.master_of(&bank_key(p)) != env.master_of(&bank_key(i)))
+        {
+            payees.push(i);
+        }
+    }
+    assert_eq!(payees.len(), 3, "an account on each master");
+    let payer = BANK;
+    let mut expected = [INITIAL; ACCOUNTS];
+    for (point, applied) in [("after-prepare", false), ("after-decide", true)] {
+        let mut steps = vec![step(
+            "ledger",
+            json!({"op": "withdraw", "account": account(payer), "amount": 3}),
+        )];
+        for &p in &payees {
+            steps.push(step(
+                "bank",
+                json!({"op": "deposit", "account": account(p), "amount": 1}),
+            ));
+        }
+        let body = json!({ "steps": steps }).to_string();
+        let mut host = env.spawn_host(Some(point));
+        let addr = host.addr;
+        let request = tokio::spawn(async move {
+            redstage_tests::http::try_request(addr, "POST", "/v1/transactions", body.as_bytes())
+                .await
+        });
+        host.wait_for_point(point).await;
+        let held = env.unfinished();
+        assert!(
+            held.iter().filter(|k| k.ends_with(":locks")).count() >= 3,
+            "{point}: a lock index entry on every master: {held:?}"
+        );
+        host.kill();
+        let _ = request.await;
+
+        if applied {
+            // Met at once: the lock of a committed transaction is rolled
+            // forward by whoever meets it, lease or not.
+            expected[payer] -= 3;
+            for &p in &payees {
+                expected[p] += 1;
+            }
+            let reply = run(&env.coordinator, read_all()).await.expect("a read");
+            assert_eq!(reply.status, Status::Committed, "{point}: {reply:?}");
+            assert_eq!(balances(&reply), expected, "{point}: the order is visible");
+        }
+        assert_eq!(env.leftovers().await, Vec::<String>::new(), "{point}");
+        let reply = run(&env.coordinator, read_all()).await.expect("a read");
+        assert_eq!(balances(&reply), expected, "{point}");
+        for &p in &payees {
+            assert_eq!(env.get(&bank_key(p)), Some(expected[p].to_string()));
+        }
+    }
+}
