@@ -229,7 +229,9 @@ end
 /// waited for, when this one would join its holders), nothing is locked,
 /// the key is marked as waited for, and a holder is named. A declared key
 /// holding a value that is not a string is an error, before anything is
-/// locked.
+/// locked. When the transaction's index entry is already there, this very
+/// call went through before (a client that resends after a lost reply, as
+/// a cluster client does): the values are read again and nothing changes.
 ///
 /// Stores written by the first protocol keep a metadata hash at a key's
 /// lock table entry, with the key's version, for every key it ever
@@ -260,6 +262,11 @@ for i = 1, n do
 end
 if #absent > 0 and redis.call('EXISTS', unpack(absent)) > 0 then
   return redis.error_reply('WRONGTYPE a declared key holds a value that is not a string')
+end
+if redis.call('ZSCORE', KEYS[#KEYS], ARGV[4]) then
+  local out = {'ok'}
+  for i = 1, n do out[i + 1] = values[i] end
+  return out
 end
 local lease = now_ms + tonumber(ARGV[2])
 local mine = txn .. '\\t' .. lease .. '\\t' .. ARGV[3]
