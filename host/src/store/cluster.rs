@@ -70,16 +70,8 @@ pub fn seeds(url: &str) -> Result<Vec<String>, String> {
 /// the lock index they are entered in.
 pub(super) struct Group {
     pub index: Key<'static>,
-    /// The slot, on a cluster.
-    pub slot: Option<u16>,
+    /// In increasing order.
     pub at: Vec<usize>,
-}
-
-impl Group {
-    /// Whether `key` belongs to this group.
-    pub fn holds(&self, key: &str) -> bool {
-        self.slot.is_none_or(|s| key_slot(key.as_bytes()) == s)
-    }
 }
 
 impl Store {
@@ -94,7 +86,6 @@ impl Store {
         if !self.is_cluster() {
             return vec![Group {
                 index: Key::LockIndex,
-                slot: None,
                 at: (0..keys.into_iter().count()).collect(),
             }];
         }
@@ -106,7 +97,6 @@ impl Store {
             .into_iter()
             .map(|(slot, at)| Group {
                 index: Key::SlotIndex(slot),
-                slot: Some(slot),
                 at,
             })
             .collect()

@@ -90,13 +90,13 @@ impl IndexEntry {
         })
     }
 
-    /// The same entry with only the keys `keep` accepts, in their order:
+    /// The same entry with only the keys at positions `at`, in that order:
     /// its part in one slot's index on a cluster.
-    pub fn within(&self, keep: impl Fn(&str) -> bool) -> IndexEntry {
+    pub fn part(&self, at: impl IntoIterator<Item = usize>) -> IndexEntry {
         IndexEntry {
             txn: self.txn.clone(),
             primary: self.primary.clone(),
-            keys: self.keys.iter().filter(|k| keep(k)).cloned().collect(),
+            keys: at.into_iter().map(|i| self.keys[i].clone()).collect(),
         }
     }
 

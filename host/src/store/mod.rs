@@ -567,22 +567,29 @@ impl Store {
         entry: &IndexEntry,
         keys: &[(&str, Mode)],
     ) -> Result<Locked, StoreError> {
+        debug_assert!(
+            entry
+                .keys
+                .iter()
+                .map(String::as_str)
+                .eq(keys.iter().map(|(k, _)| *k))
+        );
         let groups = self.groups(keys.iter().map(|(k, _)| *k));
         let replies = join_all(groups.iter().map(|g| {
             let keys: Vec<(&str, Mode)> = g.at.iter().map(|&i| keys[i]).collect();
-            let entry = entry.within(|k| g.holds(k));
+            let entry = entry.part(g.at.iter().copied());
             async move { self.lock_group(txn, lease, &g.index, &entry, &keys).await }
         }))
         .await;
         let mut values = vec![None; keys.len()];
-        let (mut conflict, mut locked) = (None, Vec::new());
+        let (mut conflict, mut locked) = (None, false);
         for (g, reply) in groups.iter().zip(replies) {
             match reply? {
                 Locked::Values(vs) => {
                     for (&i, v) in g.at.iter().zip(vs) {
                         values[i] = v;
                     }
-                    locked.push(g);
+                    locked = true;
                 }
                 Locked::Conflict { index, holder } => {
                     conflict.get_or_insert(Locked::Conflict {
@@ -595,14 +602,11 @@ impl Store {
         let Some(conflict) = conflict else {
             return Ok(Locked::Values(values));
         };
-        let released = join_all(locked.iter().map(|g| {
-            let keys: Vec<Release> = g.at.iter().map(|&i| (keys[i].0, None)).collect();
-            let entry = entry.within(|k| g.holds(k)).encode();
-            async move { self.apply_group(txn, &g.index, &entry, &keys).await }
-        }))
-        .await;
-        for r in released {
-            r?;
+        if locked {
+            // Other slots locked: release them (a key this call did not
+            // lock is left as it is).
+            let releases: Vec<Release> = keys.iter().map(|(k, _)| (*k, None)).collect();
+            self.apply(txn, Some(&entry.encode()), &releases).await?;
         }
         Ok(conflict)
     }
@@ -790,17 +794,19 @@ impl Store {
         let entry = entry
             .map(|e| IndexEntry::decode(e).ok_or_else(|| self.protocol("unreadable index entry")))
             .transpose()?;
+        // The keys to release, then the entry's: each slot gets its share
+        // of both.
         let entry_keys = entry.iter().flat_map(|e| e.keys.iter().map(String::as_str));
         let all: Vec<&str> = keys.iter().map(|(k, _)| *k).chain(entry_keys).collect();
         let groups = self.groups(all);
         let applied = join_all(groups.iter().map(|g| {
-            let keys: Vec<Release> = g.at.iter().filter_map(|&i| keys.get(i).copied()).collect();
-            let entry = entry
-                .as_ref()
-                .map(|e| e.within(|k| g.holds(k)))
-                .filter(|e| !e.keys.is_empty())
-                .map(|e| e.encode())
-                .unwrap_or_default();
+            let n = keys.len();
+            let (released, listed) = g.at.split_at(g.at.partition_point(|&i| i < n));
+            let entry = match (&entry, listed) {
+                (Some(e), [_, ..]) => e.part(listed.iter().map(|&i| i - n)).encode(),
+                _ => String::new(),
+            };
+            let keys: Vec<Release> = released.iter().map(|&i| keys[i]).collect();
             async move { self.apply_group(txn, &g.index, &entry, &keys).await }
         }))
         .await;
@@ -851,7 +857,7 @@ impl Store {
         pipe.add_command(set).ignore().add_command(get);
         let mut conn = self.conn.clone();
         let (stored,): (Option<Vec<u8>>,) = self.bounded(pipe.query_async(&mut conn)).await?;
-        self.replicated(None).await?;
+        self.replicated().await?;
         stored.ok_or_else(|| self.protocol("decision record vanished right after SET NX"))
     }
 
@@ -865,7 +871,7 @@ impl Store {
             .arg("PX")
             .arg(ttl.as_millis() as u64);
         let _: Value = self.query(&set).await?;
-        self.replicated(None).await
+        self.replicated().await
     }
 
     /// The decision record of `txn`, if any.
@@ -965,17 +971,6 @@ impl Store {
         )
     }
 
-    /// How many lock index entries this store has (live or expired).
-    pub async fn lock_count(&self) -> Result<usize, StoreError> {
-        let mut count = 0;
-        for index in self.indexes().await? {
-            let mut card = redis::cmd("ZCARD");
-            card.arg(index.encode());
-            count += self.query::<usize>(&card).await?;
-        }
-        Ok(count)
-    }
-
     /// Whether `txn` (a well-formed transaction id) holds any lock here:
     /// every lock index, page by page.
     pub async fn holds_locks(&self, txn: &str) -> Result<bool, StoreError> {
@@ -1056,64 +1051,60 @@ impl Store {
     }
 
     /// Runs a script (loading it first if the server lost it, after a
-    /// restart). A script that `writes` waits for the configured replicas.
+    /// restart). A script that `writes` waits for the configured replicas:
+    /// `WAIT` goes in one pipeline with the script, so that it follows the
+    /// script on the same connection to the same node whatever the client
+    /// does in between (reconnect, follow a cluster redirection, resend).
     async fn invoke(&self, call: &Call, writes: bool) -> Result<Value, StoreError> {
-        let evalsha = call.command("EVALSHA", &call.script.sha);
+        let wait = self.replication.filter(|_| writes);
+        let pipeline = |verb: &str, body: &str| {
+            let mut pipe = redis::pipe();
+            pipe.add_command(call.command(verb, body));
+            if let Some(r) = wait {
+                pipe.cmd("WAIT").arg(r.replicas).arg(r.timeout_ms);
+            }
+            pipe
+        };
         let mut conn = self.conn.clone();
         let no_script = redis::ErrorKind::Server(redis::ServerErrorKind::NoScript);
-        let reply = match tokio::time::timeout(self.timeout, evalsha.query_async(&mut conn)).await {
-            Ok(Err(e)) if e.kind() == no_script => {
-                self.bounded(
-                    call.command("EVAL", call.script.code)
-                        .query_async(&mut conn),
-                )
-                .await?
-            }
-            first => self.settle(first)?,
-        };
-        if writes {
-            self.replicated(call.keys.first().map(|k| keys::key_slot(k)))
-                .await?;
+        let evalsha = pipeline("EVALSHA", &call.script.sha);
+        let replies: Vec<Value> =
+            match tokio::time::timeout(self.timeout, evalsha.query_async(&mut conn)).await {
+                Ok(Err(e)) if e.kind() == no_script => {
+                    let eval = pipeline("EVAL", call.script.code);
+                    self.bounded(eval.query_async(&mut conn)).await?
+                }
+                first => self.settle(first)?,
+            };
+        let mut replies = replies.into_iter();
+        let reply = replies
+            .next()
+            .ok_or_else(|| self.protocol("a script without its reply"))?;
+        if let Some(r) = wait {
+            let acked = match replies.next() {
+                Some(Value::Int(n)) => n,
+                other => return Err(self.protocol(&format!("unexpected WAIT reply: {other:?}"))),
+            };
+            self.enough_replicas(&r, acked)?;
         }
         Ok(reply)
     }
 
     /// Waits for the configured replicas to acknowledge every write made so
-    /// far on this connection (`WAIT`); an error if fewer do in time. On a
-    /// cluster, on the master of `slot`, which took the write.
-    async fn replicated(&self, slot: Option<u16>) -> Result<(), StoreError> {
+    /// far on this connection (`WAIT`); an error if fewer do in time.
+    async fn replicated(&self) -> Result<(), StoreError> {
         let Some(r) = &self.replication else {
             return Ok(());
         };
         let mut wait = redis::cmd("WAIT");
         wait.arg(r.replicas).arg(r.timeout_ms);
-        let acked: u32 = match (&self.conn, slot) {
-            (Conn::Cluster(conn), Some(slot)) => {
-                use redis::cluster_routing::{Route, RoutingInfo, SingleNodeRoutingInfo, SlotAddr};
-                let route = Route::new(slot, SlotAddr::Master);
-                let routing = RoutingInfo::SingleNode(SingleNodeRoutingInfo::SpecificNode(route));
-                match self
-                    .bounded(conn.clone().route_command(wait, routing))
-                    .await?
-                {
-                    Value::Int(n) => n.try_into().unwrap_or(0),
-                    // The slot's master changed since the write (a replica
-                    // answers that it cannot WAIT): whether the write
-                    // survived the change is unknown.
-                    other => {
-                        return Err(StoreError::Unavailable {
-                            store: self.name.clone(),
-                            message: format!(
-                                "could not wait for replicas on the master of slot {slot}: \
-                                 {other:?}"
-                            ),
-                        });
-                    }
-                }
-            }
-            _ => self.query(&wait).await?,
-        };
-        if acked < r.replicas {
+        let acked: i64 = self.query(&wait).await?;
+        self.enough_replicas(r, acked)
+    }
+
+    /// An error unless `acked` replicas are as many as `r` asks for.
+    fn enough_replicas(&self, r: &Replication, acked: i64) -> Result<(), StoreError> {
+        if acked < i64::from(r.replicas) {
             return Err(StoreError::Unavailable {
                 store: self.name.clone(),
                 message: format!(
@@ -1220,14 +1211,22 @@ impl Store {
 /// did: connection trouble and timeouts, as opposed to an error reply; and
 /// on a cluster, the replies of a slot in transit or without a master
 /// (`MOVED`, `ASK` or `TRYAGAIN` still answered once the client's retries
-/// ran out, `CLUSTERDOWN`, `MASTERDOWN`), which say the call did not run.
+/// ran out, `CLUSTERDOWN`, `MASTERDOWN`, `READONLY` from a master just
+/// demoted, `LOADING`), which say the call did not run.
 fn is_unavailable(e: &redis::RedisError) -> bool {
     e.is_io_error()
         || e.is_timeout()
         || e.is_connection_dropped()
         || e.is_connection_refusal()
         || e.is_cluster_error()
-        || e.kind() == redis::ErrorKind::Server(redis::ServerErrorKind::MasterDown)
+        || matches!(
+            e.kind(),
+            redis::ErrorKind::Server(
+                redis::ServerErrorKind::MasterDown
+                    | redis::ServerErrorKind::ReadOnly
+                    | redis::ServerErrorKind::BusyLoading
+            )
+        )
 }
 
 /// A client for `url`, over TLS with `tls`'s certificates when it names
