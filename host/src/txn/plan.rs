@@ -86,16 +86,12 @@ impl Plan {
                 *held = held.combine(mode);
             }
         }
-        let writes = stores.values().any(|ks| {
+        let written = |ks: &BTreeMap<&str, Mode>| {
             ks.values()
                 .any(|m| matches!(m, Mode::Exclusive | Mode::Adjust))
-        });
-        let writes_single = stores.iter().any(|(store, ks)| {
-            !cluster(store)
-                && ks
-                    .values()
-                    .any(|m| matches!(m, Mode::Exclusive | Mode::Adjust))
-        });
+        };
+        let writes = stores.values().any(written);
+        let writes_single = stores.iter().any(|(s, ks)| !cluster(s) && written(ks));
         let log_decides = writes && (claimed || !writes_single);
         if log_decides {
             stores.entry(log_store).or_default();

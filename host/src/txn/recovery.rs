@@ -40,7 +40,7 @@
 //! share stores must give them the same names: a lock's `primary` is a
 //! store name.
 
-use std::collections::BTreeMap;
+use std::collections::{BTreeMap, HashSet};
 use std::time::Duration;
 
 use futures::future::join_all;
@@ -221,6 +221,10 @@ impl Coordinator {
     /// Resolves up to [`SWEEP_BATCH`] expired index entries per store.
     pub async fn sweep(&self) -> SweepReport {
         let mut report = SweepReport::default();
+        // Transactions rolled forward in this pass: on every store and
+        // slot at once, so their other entries (a cluster store has one per
+        // slot, read in the same batch) are already gone.
+        let mut finished: HashSet<String> = HashSet::new();
         for store in self.stores.values() {
             let expired = match store.expired(SWEEP_BATCH).await {
                 Ok(expired) => expired,
@@ -232,9 +236,13 @@ impl Coordinator {
             };
             for entry in expired {
                 let (member, delay, result) = match entry {
+                    Ok(entry) if finished.contains(&entry.txn) => continue,
                     Ok(entry) => {
                         let result = self.resolve_entry(store, &entry).await;
-                        (entry.encode(), SWEEP_RETRY, result)
+                        if let Ok(true) = result {
+                            finished.insert(entry.txn.clone());
+                        }
+                        (entry.encode(), SWEEP_RETRY, result.map(drop))
                     }
                     Err(member) => {
                         let e = StoreError::Protocol {
@@ -255,23 +263,27 @@ impl Coordinator {
                     }
                 }
             }
-            match store.lock_count().await {
-                Ok(n) => report.remaining += n,
+            match store.lock_counts().await {
+                Ok((held, _)) => report.remaining += held as usize,
                 Err(_) => report.failed += 1,
             }
         }
         report
     }
 
-    /// Finishes the transaction of an expired index entry of `store`.
-    async fn resolve_entry(&self, store: &Store, entry: &IndexEntry) -> Result<(), StoreError> {
+    /// Finishes the transaction of an expired index entry of `store`; true
+    /// when it rolled the transaction forward (everywhere).
+    async fn resolve_entry(&self, store: &Store, entry: &IndexEntry) -> Result<bool, StoreError> {
         let member = entry.encode();
         let release = |keys: &[String]| -> Vec<(String, Option<Write>)> {
             keys.iter().map(|k| (k.clone(), None)).collect()
         };
         if entry.primary.is_empty() {
             let keys = release(&entry.keys);
-            return self.release_keys(store, &entry.txn, &member, &keys).await;
+            return self
+                .release_keys(store, &entry.txn, &member, &keys)
+                .await
+                .map(|()| false);
         }
         let forward = match self.decision(&entry.txn, &entry.primary, true).await? {
             // On the primary, a committed transaction's entry is the
@@ -306,7 +318,7 @@ impl Coordinator {
             }
         };
         self.metrics.recovered(forward);
-        Ok(())
+        Ok(forward)
     }
 
     async fn release_keys(
