@@ -135,6 +135,19 @@ async fn seed(env: &ClusterEnv) {
     assert_eq!(reply.status, Status::Committed, "seeding: {reply:?}");
 }
 
+/// A cluster account on each master.
+fn one_per_master(env: &ClusterEnv) -> Vec<usize> {
+    let mut found: Vec<usize> = Vec::new();
+    for i in 0..BANK {
+        let master = env.master_of(&bank_key(i));
+        if found.iter().all(|&f| env.master_of(&bank_key(f)) != master) {
+            found.push(i);
+        }
+    }
+    assert_eq!(found.len(), 3, "an account on each master");
+    found
+}
+
 /// What disturbs the cluster while the bank runs.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 enum Disturb {
@@ -360,16 +373,7 @@ async fn a_crash_around_the_commit_point_is_finished_on_every_slot() {
     let env = env(1, toml::Table::new());
     seed(&env).await;
     // Three cluster accounts on three masters, paid from the single Redis.
-    let mut payees: Vec<usize> = Vec::new();
-    for i in 0..BANK {
-        if payees
-            .iter()
-            .all(|&p| env.master_of(&bank_key(p)) != env.master_of(&bank_key(i)))
-        {
-            payees.push(i);
-        }
-    }
-    assert_eq!(payees.len(), 3, "an account on each master");
+    let payees = one_per_master(&env);
     let payer = BANK;
     let mut expected = [INITIAL; ACCOUNTS];
     for (point, applied) in [("after-prepare", false), ("after-decide", true)] {
@@ -417,4 +421,75 @@ async fn a_crash_around_the_commit_point_is_finished_on_every_slot() {
             assert_eq!(env.get(&bank_key(p)), Some(expected[p].to_string()));
         }
     }
+}
+
+/// The cluster client sends a call again when the connection drops before
+/// its reply, so each script may run twice: lock, reserve and apply, run
+/// twice on keys of three slots, do what they do once.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn scripts_delivered_twice_act_once() {
+    use redstage::store::keys::Key;
+    use redstage::store::{Bounded, IndexEntry, Locked, Mode, Write};
+
+    let env = env(1, toml::Table::new());
+    seed(&env).await;
+    let store = env
+        .coordinator
+        .stores()
+        .find(|s| s.name() == CLUSTER_STORE)
+        .expect("the cluster store");
+    let [set, adjusted, read] = [0, 1, 2].map(|i| bank_key(one_per_master(&env)[i]));
+    let keys = [
+        (set.as_str(), Mode::Exclusive),
+        (adjusted.as_str(), Mode::Adjust),
+        (read.as_str(), Mode::Shared),
+    ];
+    let txn = "00000000-0000-4000-8000-000000000001";
+    let entry = IndexEntry {
+        txn: txn.into(),
+        primary: LOG_STORE.into(),
+        keys: keys.iter().map(|(k, _)| (*k).to_owned()).collect(),
+    };
+    let lease = Duration::from_secs(30);
+    for _ in 0..2 {
+        let locked = store.lock(txn, lease, &entry, &keys).await.expect("lock");
+        let Locked::Values(values) = locked else {
+            panic!("a second delivery conflicted with itself: {locked:?}");
+        };
+        assert_eq!(values[0].as_deref(), Some(&b"100"[..]));
+    }
+    let take = [Bounded {
+        delta: -30,
+        lower: Some(0),
+        upper: None,
+    }];
+    for _ in 0..2 {
+        let refused = store
+            .reserve(txn, &[(adjusted.as_str(), &take[..])])
+            .await
+            .expect("reserve");
+        assert_eq!(refused, None);
+    }
+    let adjusters: BTreeMap<String, String> = redis::cmd("HGETALL")
+        .arg(Key::Adjusters(&adjusted).encode())
+        .query(&mut env.node_of(&adjusted))
+        .expect("HGETALL");
+    assert_eq!(adjusters["n"], "1", "{adjusters:?}");
+    assert_eq!(adjusters["neg"], "-30", "{adjusters:?}");
+
+    let (value, adjust) = (Write::Set(b"7".to_vec()), Write::Adjust(take.to_vec()));
+    let releases = [
+        (set.as_str(), Some(&value)),
+        (adjusted.as_str(), Some(&adjust)),
+        (read.as_str(), None),
+    ];
+    let encoded = entry.encode();
+    let held = store.apply(txn, Some(&encoded), &releases).await;
+    assert_eq!(held.expect("apply"), 3);
+    let again = store.apply(txn, Some(&encoded), &releases).await;
+    assert_eq!(again.expect("apply again"), 0);
+    assert_eq!(env.get(&set).as_deref(), Some("7"));
+    assert_eq!(env.get(&adjusted).as_deref(), Some("70"));
+    assert_eq!(env.get(&read).as_deref(), Some("100"));
+    assert_eq!(env.unfinished(), Vec::<String>::new());
 }

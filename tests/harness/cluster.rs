@@ -82,14 +82,15 @@ impl ClusterEnv {
     /// `GET key` on the cluster, from the master that serves its slot (no
     /// slot may be migrating meanwhile).
     pub fn get(&self, key: &str) -> Option<String> {
-        let port = self
-            .cluster
-            .port_of_slot(key_slot(key.as_bytes()))
-            .expect("every slot is served");
         redis::cmd("GET")
             .arg(key)
-            .query(&mut connect(port))
+            .query(&mut self.node_of(key))
             .expect("GET")
+    }
+
+    /// A plain connection to the master that serves `key`'s slot.
+    pub fn node_of(&self, key: &str) -> redis::Connection {
+        connect(self.master_of(key))
     }
 
     /// The master serving `key` now.
