@@ -67,9 +67,26 @@ use systems::{Driver, SystemKind};
 /// Runs every cell the options ask for and returns the report (also
 /// printed, and written to `--out` and `--svg`).
 pub async fn run(options: Options, command: String) -> anyhow::Result<Report> {
-    let stores = Stores::open(&options.stores, options.persistence).await?;
+    let urls = options.stores.as_ref().map_or(&[][..], |s| &s.0[..]);
+    let stores = Stores::open(urls, options.persistence, options.cluster).await?;
     for (name, url) in ["orders", "ledger"].iter().zip(stores.urls()) {
         eprintln!("store `{name}`: {url}");
+    }
+    let mut options = options;
+    if (0..2).any(|i| stores.is_cluster(i)) {
+        let (kept, left): (Vec<SystemKind>, Vec<SystemKind>) =
+            options.systems.iter().partition(|s| s.runs_on_a_cluster());
+        if !left.is_empty() {
+            eprintln!(
+                "a store is a Redis Cluster: leaving out {left:?}, which need every key on one \
+                 Redis"
+            );
+        }
+        anyhow::ensure!(
+            !kept.is_empty(),
+            "no system asked for runs on a Redis Cluster"
+        );
+        options.systems = kept;
     }
     let coordinator = Arc::new(
         redstage::cli::coordinator(&systems::library::config(stores.urls(), &options)?)

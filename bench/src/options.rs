@@ -29,11 +29,20 @@ use crate::workload::{KeySpace, Workload};
 #[derive(Debug, Clone, Parser)]
 #[command(name = "redstage-bench", version, args_override_self = true)]
 pub struct Options {
-    /// Two Redis URLs, `orders,ledger`. Every key on them is deleted
-    /// (FLUSHALL) before each cell. Without this, two local redis-server
-    /// processes are started on free ports and stopped at the end.
-    #[arg(long, value_delimiter = ',', action = ArgAction::Set)]
-    pub stores: Vec<String>,
+    /// Two Redis URLs, `orders;ledger` or `orders,ledger`. Every key on
+    /// them is deleted (FLUSHALL) before each cell. Without this, two local
+    /// redis-server processes are started on free ports and stopped at the
+    /// end. Either may be a Redis Cluster (`redis+cluster://host:port,...`,
+    /// separated from the other by `;`); then only redstage runs, the
+    /// baselines need one Redis.
+    #[arg(long, value_parser = parse_stores)]
+    pub stores: Option<Stores>,
+    /// Starts a local Redis Cluster of three masters for `orders` (and a
+    /// redis-server for `ledger`) instead of two redis-servers: a
+    /// functional check of cluster stores on one machine, not a scale
+    /// claim. Only redstage runs.
+    #[arg(long)]
+    pub cluster: bool,
     /// How long each cell runs: `3s`, `500ms`.
     #[arg(long, default_value = "3s", value_parser = parse_duration)]
     pub duration: Duration,
@@ -111,6 +120,26 @@ impl Options {
     }
 }
 
+/// The `--stores` URLs.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Stores(pub Vec<String>);
+
+/// `orders;ledger`, or `orders,ledger` when neither is a cluster (whose URL
+/// lists its seed nodes with commas).
+fn parse_stores(text: &str) -> Result<Stores, String> {
+    let urls: Vec<String> = match text.contains(';') {
+        true => text.split(';').map(str::to_owned).collect(),
+        false => text.split(',').map(str::to_owned).collect(),
+    };
+    if urls.len() != 2 || urls.iter().any(String::is_empty) {
+        return Err(format!(
+            "--stores takes two URLs, `orders,ledger` (or `orders;ledger` when one is a \
+             redis+cluster:// URL); got `{text}`"
+        ));
+    }
+    Ok(Stores(urls))
+}
+
 /// `3s`, `250ms`, `1.5s`, or plain seconds.
 pub fn parse_duration(text: &str) -> Result<Duration, String> {
     let bad = || format!("`{text}` is not a duration: write `3s` or `500ms`");
@@ -154,9 +183,24 @@ mod tests {
             "--stores",
             "redis://127.0.0.1:1,redis://127.0.0.1:2",
         ]);
-        assert_eq!(options.stores.len(), 2);
+        assert_eq!(
+            options.stores,
+            Some(Stores(vec![
+                "redis://127.0.0.1:1".into(),
+                "redis://127.0.0.1:2".into()
+            ]))
+        );
         assert_eq!(options.out, PathBuf::from("b.json"));
         assert_eq!(options.concurrency, [8]);
+    }
+
+    #[test]
+    fn a_cluster_store_is_set_apart_by_a_semicolon() {
+        let cluster = "redis+cluster://127.0.0.1:7000,127.0.0.1:7001";
+        let stores = parse_stores(&format!("{cluster};redis://127.0.0.1:2")).unwrap();
+        assert_eq!(stores.0, [cluster, "redis://127.0.0.1:2"]);
+        assert!(parse_stores("redis://a:1").is_err());
+        assert!(parse_stores(&format!("{cluster};")).is_err());
     }
 
     #[test]

@@ -6,7 +6,9 @@ use std::time::Duration;
 
 use anyhow::{Context, bail};
 use redis::aio::MultiplexedConnection;
-use redstage::embedded::{Persistence, RedisServer};
+use redstage::embedded::{Persistence, RedisCluster, RedisServer};
+use redstage::store::cluster::{SCHEME as CLUSTER_SCHEME, seeds};
+use redstage::store::keys::key_slot;
 
 use crate::workload::{KeySpace, Levels, Placement, balance_key, stock_key};
 
@@ -21,10 +23,31 @@ const SEED_CHUNK: usize = 500;
 #[derive(Debug)]
 pub struct Stores {
     urls: Vec<String>,
-    /// One connection per store, shared by the systems that multiplex.
-    conns: Vec<MultiplexedConnection>,
+    /// Each store's nodes: the server of a single Redis, or the masters of
+    /// a Redis Cluster.
+    nodes: Vec<Vec<Node>>,
     /// Servers started here; dropping them stops them.
     _servers: Vec<RedisServer>,
+    _cluster: Option<RedisCluster>,
+}
+
+/// One server holding keys of a store.
+#[derive(Debug, Clone)]
+struct Node {
+    url: String,
+    /// Shared by the systems that multiplex.
+    conn: MultiplexedConnection,
+    /// On a cluster, the slot ranges it serves; none for a single Redis.
+    slots: Option<Vec<(u16, u16)>>,
+}
+
+impl Node {
+    fn serves(&self, key: &str) -> bool {
+        let slot = key_slot(key.as_bytes());
+        self.slots
+            .as_ref()
+            .is_none_or(|ranges| ranges.iter().any(|&(a, b)| (a..=b).contains(&slot)))
+    }
 }
 
 /// What the stores did between two readings.
@@ -60,34 +83,53 @@ impl Stats {
 
 impl Stores {
     /// Connects to `urls` (two of them), or starts two local servers with
-    /// `persistence`.
+    /// `persistence`; with `cluster`, `orders` is a local Redis Cluster of
+    /// three masters instead.
     pub async fn open(
         urls: &[String],
         persistence: crate::options::Persistence,
+        cluster: bool,
     ) -> anyhow::Result<Stores> {
         let mut servers = Vec::new();
+        let mut local_cluster = None;
         let persistence = match persistence {
             crate::options::Persistence::None => Persistence::None,
             crate::options::Persistence::Aof => Persistence::AofAlways,
         };
-        let urls = match urls.len() {
-            0 => {
+        let urls = match (urls.len(), cluster) {
+            (0, false) => {
                 for _ in 0..2 {
                     servers.push(RedisServer::start(persistence)?);
                 }
                 servers.iter().map(RedisServer::url).collect()
             }
-            2 => urls.to_vec(),
-            n => bail!("--stores takes two URLs, `orders,ledger`; got {n}"),
+            (0, true) => {
+                let started = RedisCluster::start(3, 0, persistence)?;
+                servers.push(RedisServer::start(persistence)?);
+                let urls = vec![started.url(), servers[0].url()];
+                local_cluster = Some(started);
+                urls
+            }
+            (2, false) => urls.to_vec(),
+            (2, true) => bail!("--cluster starts its own stores: leave out --stores"),
+            (n, _) => bail!("--stores takes two URLs, `orders,ledger`; got {n}"),
         };
-        let mut conns = Vec::new();
+        let mut nodes = Vec::new();
         for url in &urls {
-            conns.push(connect(url).await?);
+            nodes.push(match url.starts_with(CLUSTER_SCHEME) {
+                true => cluster_nodes(url).await?,
+                false => vec![Node {
+                    url: url.clone(),
+                    conn: connect(url).await?,
+                    slots: None,
+                }],
+            });
         }
         Ok(Stores {
             urls,
-            conns,
+            nodes,
             _servers: servers,
+            _cluster: local_cluster,
         })
     }
 
@@ -95,24 +137,52 @@ impl Stores {
         &self.urls
     }
 
-    /// The shared connection to store `index`.
+    /// Whether store `index` is a Redis Cluster.
+    pub fn is_cluster(&self, index: usize) -> bool {
+        self.nodes[index][0].slots.is_some()
+    }
+
+    /// The shared connection to store `index` (a single Redis).
     pub fn conn(&self, index: usize) -> MultiplexedConnection {
-        self.conns[index].clone()
+        self.nodes[index][0].conn.clone()
     }
 
     /// A connection of its own to store `index` (for WATCH, whose state is
     /// per connection).
     pub async fn dedicated(&self, index: usize) -> anyhow::Result<MultiplexedConnection> {
-        connect(&self.urls[index]).await
+        connect(&self.nodes[index][0].url).await
     }
 
     /// Each distinct server once (both URLs may name the same server).
     fn distinct(&self) -> impl Iterator<Item = MultiplexedConnection> + '_ {
-        self.urls
-            .iter()
+        let all: Vec<&Node> = self.nodes.iter().flatten().collect();
+        all.iter()
             .enumerate()
-            .filter(|(i, url)| !self.urls[..*i].contains(url))
-            .map(|(i, _)| self.conn(i))
+            .filter(|(i, n)| !all[..*i].iter().any(|m| m.url == n.url))
+            .map(|(_, n)| n.conn.clone())
+            .collect::<Vec<_>>()
+            .into_iter()
+    }
+
+    /// `pairs` (or keys) of store `index`, by the node that serves them,
+    /// in their order.
+    fn by_node<'a, T>(
+        &self,
+        index: usize,
+        items: &'a [T],
+        key: impl Fn(&T) -> &str,
+    ) -> Vec<(&Node, Vec<(usize, &'a T)>)> {
+        self.nodes[index]
+            .iter()
+            .map(|node| {
+                let mine = items
+                    .iter()
+                    .enumerate()
+                    .filter(|(_, item)| node.serves(key(item)))
+                    .collect();
+                (node, mine)
+            })
+            .collect()
     }
 
     /// Deletes every key on every store.
@@ -152,13 +222,16 @@ impl Stores {
             .map(|(a, b)| (balance_key(a), b.to_string()))
             .collect();
         for (index, pairs) in [(placement.inventory, stock), (placement.payments, balances)] {
-            let mut conn = self.conn(index);
-            for chunk in pairs.chunks(SEED_CHUNK) {
-                redis::cmd("MSET")
-                    .arg(chunk)
-                    .exec_async(&mut conn)
-                    .await
-                    .context("seeding")?;
+            for (node, mine) in self.by_node(index, &pairs, |(k, _)| k) {
+                let mut conn = node.conn.clone();
+                for chunk in mine.chunks(SEED_CHUNK) {
+                    // One SET each on a cluster: an MSET may not span slots.
+                    let mut pipe = redis::pipe();
+                    for (_, (k, v)) in chunk {
+                        pipe.cmd("SET").arg(k).arg(v).ignore();
+                    }
+                    pipe.exec_async(&mut conn).await.context("seeding")?;
+                }
             }
         }
         Ok(())
@@ -210,29 +283,40 @@ impl Stores {
     }
 
     async fn numbers(&self, index: usize, keys: &[String]) -> anyhow::Result<Vec<i64>> {
-        let mut conn = self.conn(index);
-        let mut out = Vec::with_capacity(keys.len());
-        for chunk in keys.chunks(SEED_CHUNK) {
-            let values: Vec<Option<i64>> = redis::cmd("MGET")
-                .arg(chunk)
-                .query_async(&mut conn)
-                .await
-                .context("reading the levels back")?;
-            out.extend(values.into_iter().map(Option::unwrap_or_default));
+        let mut out = vec![0; keys.len()];
+        for (node, mine) in self.by_node(index, keys, String::as_str) {
+            let mut conn = node.conn.clone();
+            for chunk in mine.chunks(SEED_CHUNK) {
+                let mut pipe = redis::pipe();
+                for (_, k) in chunk {
+                    pipe.cmd("GET").arg(k);
+                }
+                let values: Vec<Option<i64>> = pipe
+                    .query_async(&mut conn)
+                    .await
+                    .context("reading the levels back")?;
+                for ((i, _), v) in chunk.iter().zip(values) {
+                    out[*i] = v.unwrap_or_default();
+                }
+            }
         }
         Ok(out)
     }
 
     /// Locks and temporary keys left behind: redstage's lock index entries
-    /// and the naive system's `naive:*` keys.
+    /// (`rs:locks`, and on a cluster one index per slot) and the naive
+    /// system's `naive:*` keys.
     pub async fn leftovers(&self) -> anyhow::Result<usize> {
         let mut n = 0;
         for mut conn in self.distinct() {
-            let locks: usize = redis::cmd("ZCARD")
-                .arg("rs:locks")
-                .query_async(&mut conn)
-                .await?;
-            n += locks + keys_matching(&mut conn, "naive:*").await?.len();
+            for index in keys_matching(&mut conn, "rs:*locks", Some("zset")).await? {
+                let locks: usize = redis::cmd("ZCARD")
+                    .arg(index)
+                    .query_async(&mut conn)
+                    .await?;
+                n += locks;
+            }
+            n += keys_matching(&mut conn, "naive:*", None).await?.len();
         }
         Ok(n)
     }
@@ -271,21 +355,84 @@ async fn connect(url: &str) -> anyhow::Result<MultiplexedConnection> {
         .with_context(|| format!("cannot connect to {url}"))
 }
 
-/// Every key of one store matching `pattern`, by `SCAN`.
+/// The masters of the cluster at `url`, each with the slots it serves, from
+/// `CLUSTER SLOTS` asked of the first seed node that answers.
+async fn cluster_nodes(url: &str) -> anyhow::Result<Vec<Node>> {
+    let seeds = seeds(url).map_err(anyhow::Error::msg)?;
+    let mut last = None;
+    for seed in &seeds {
+        let slots = async {
+            let mut conn = connect(seed).await?;
+            let ranges: Vec<Vec<redis::Value>> = redis::cmd("CLUSTER")
+                .arg("SLOTS")
+                .query_async(&mut conn)
+                .await?;
+            anyhow::Ok(ranges)
+        };
+        match slots.await {
+            Ok(ranges) => return masters(seed, ranges).await,
+            Err(e) => last = Some(e),
+        }
+    }
+    Err(last.expect("a cluster URL names a seed")).context(format!("no seed of {url} answered"))
+}
+
+/// The masters named in a `CLUSTER SLOTS` reply, reached with the seed
+/// URL's credentials.
+async fn masters(seed: &str, ranges: Vec<Vec<redis::Value>>) -> anyhow::Result<Vec<Node>> {
+    let mut masters: BTreeMap<String, Vec<(u16, u16)>> = BTreeMap::new();
+    for range in ranges {
+        let [
+            redis::Value::Int(first),
+            redis::Value::Int(last),
+            redis::Value::Array(master),
+            ..,
+        ] = range.as_slice()
+        else {
+            bail!("unreadable CLUSTER SLOTS entry {range:?}");
+        };
+        let (host, port): (String, u16) = redis::from_redis_value(redis::Value::Array(
+            master.iter().take(2).cloned().collect(),
+        ))?;
+        let auth = seed
+            .strip_prefix("redis://")
+            .and_then(|rest| rest.rsplit_once('@'))
+            .map_or(String::new(), |(auth, _)| format!("{auth}@"));
+        masters
+            .entry(format!("redis://{auth}{host}:{port}"))
+            .or_default()
+            .push((u16::try_from(*first)?, u16::try_from(*last)?));
+    }
+    let mut nodes = Vec::new();
+    for (url, slots) in masters {
+        nodes.push(Node {
+            conn: connect(&url).await?,
+            url,
+            slots: Some(slots),
+        });
+    }
+    Ok(nodes)
+}
+
+/// Every key of one server matching `pattern` (and of type `kind`), by
+/// `SCAN`.
 async fn keys_matching(
     conn: &mut MultiplexedConnection,
     pattern: &str,
+    kind: Option<&str>,
 ) -> anyhow::Result<Vec<String>> {
     let (mut all, mut cursor) = (Vec::new(), 0u64);
     loop {
-        let (next, keys): (u64, Vec<String>) = redis::cmd("SCAN")
-            .arg(cursor)
+        let mut scan = redis::cmd("SCAN");
+        scan.arg(cursor)
             .arg("MATCH")
             .arg(pattern)
             .arg("COUNT")
-            .arg(SCAN_COUNT)
-            .query_async(conn)
-            .await?;
+            .arg(SCAN_COUNT);
+        if let Some(kind) = kind {
+            scan.arg("TYPE").arg(kind);
+        }
+        let (next, keys): (u64, Vec<String>) = scan.query_async(conn).await?;
         all.extend(keys);
         cursor = next;
         if cursor == 0 {
@@ -300,7 +447,7 @@ const SCAN_COUNT: usize = 1000;
 /// The bytes `MEMORY USAGE` counts for every `rs:*` key of one store.
 async fn rs_bytes(conn: &mut MultiplexedConnection) -> anyhow::Result<i64> {
     let mut bytes = 0;
-    for keys in keys_matching(conn, "rs:*").await?.chunks(SCAN_COUNT) {
+    for keys in keys_matching(conn, "rs:*", None).await?.chunks(SCAN_COUNT) {
         let mut pipe = redis::pipe();
         for key in keys {
             pipe.cmd("MEMORY").arg("USAGE").arg(key);

@@ -33,7 +33,7 @@ fn components() -> std::path::PathBuf {
 
 #[test]
 fn a_tiny_run_covers_every_system_and_redstage_loses_nothing() {
-    let dir = tempfile_dir();
+    let dir = tempfile_dir("all");
     let out = dir.join("bench.json");
     let svg = dir.join("bench.svg");
     let output = Command::new(env!("CARGO_BIN_EXE_redstage-bench"))
@@ -102,8 +102,55 @@ fn a_tiny_run_covers_every_system_and_redstage_loses_nothing() {
     std::fs::remove_dir_all(&dir).ok();
 }
 
-fn tempfile_dir() -> std::path::PathBuf {
-    let dir = std::env::temp_dir().join(format!("redstage-bench-smoke-{}", std::process::id()));
+/// `--cluster`: `orders` on a local Redis Cluster of three masters. Only
+/// redstage runs (the baselines are left out, and say so), every workload,
+/// and loses nothing.
+#[test]
+fn a_tiny_run_on_a_cluster_runs_redstage_only_and_loses_nothing() {
+    let dir = tempfile_dir("cluster");
+    let out = dir.join("bench.json");
+    let output = Command::new(env!("CARGO_BIN_EXE_redstage-bench"))
+        .args(["--cluster", "--duration", "200ms", "--concurrency", "2"])
+        .args(["--skus", "50", "--accounts", "50", "--wasm-calls", "20"])
+        .arg("--components")
+        .arg(components())
+        .arg("--out")
+        .arg(&out)
+        .arg("--svg")
+        .arg(dir.join("bench.svg"))
+        .output()
+        .expect("run redstage-bench");
+    let stderr = String::from_utf8_lossy(&output.stderr);
+    assert!(output.status.success(), "redstage-bench failed:\n{stderr}");
+    assert!(stderr.contains("redis+cluster://"), "{stderr}");
+    assert!(
+        stderr.contains("leaving out [Lua, Watch, Naive]"),
+        "{stderr}"
+    );
+    let report: Value =
+        serde_json::from_slice(&std::fs::read(&out).expect("the JSON report")).expect("valid JSON");
+    let rows = report["rows"].as_array().expect("rows");
+    assert_eq!(rows.len(), 3 * WORKLOADS.len());
+    for row in rows {
+        assert!(
+            row["system"]
+                .as_str()
+                .is_some_and(|s| s.starts_with("redstage")),
+            "{row}"
+        );
+        assert_eq!(row["errors"], 0, "{row}");
+        assert!(row["committed"].as_u64() > Some(0), "{row}");
+        assert_eq!(row["lost"], "nothing", "{row}");
+    }
+    std::fs::remove_dir_all(&dir).ok();
+}
+
+/// A folder of its own for each test (they run at once).
+fn tempfile_dir(name: &str) -> std::path::PathBuf {
+    let dir = std::env::temp_dir().join(format!(
+        "redstage-bench-smoke-{name}-{}",
+        std::process::id()
+    ));
     std::fs::create_dir_all(&dir).expect("a temp dir");
     dir
 }

@@ -55,6 +55,16 @@ impl SystemKind {
         }
     }
 
+    /// Whether it can run with a store on a Redis Cluster: redstage, whose
+    /// scripts each touch one slot; not the baselines, whose scripts and
+    /// transactions span keys of any slot.
+    pub fn runs_on_a_cluster(self) -> bool {
+        matches!(
+            self,
+            SystemKind::Redstage | SystemKind::RedstageLocking | SystemKind::RedstageHttp
+        )
+    }
+
     /// Where the system keeps stock and balances: across both stores, or
     /// all on `orders` for the single-Redis baselines.
     pub fn placement(self) -> Placement {
