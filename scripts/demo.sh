@@ -10,4 +10,4 @@ cargo build --release --quiet --target wasm32-wasip2 -p inventory -p payments
 say "building redstage (a release build: several minutes the first time)"
 cargo build --release --quiet -p redstage-host
 say "running the demo (starts two local redis-server processes)"
-exec target/release/redstage demo --components target/wasm32-wasip2/release
+exec target/release/redstage demo --components target/wasm32-wasip2/release "$@"

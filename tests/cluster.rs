@@ -493,3 +493,27 @@ async fn scripts_delivered_twice_act_once() {
     assert_eq!(env.get(&read).as_deref(), Some("100"));
     assert_eq!(env.unfinished(), Vec::<String>::new());
 }
+
+/// `redstage demo --cluster`: the order demo with `orders` on a local Redis
+/// Cluster, its config shown, the same outcome as on two redis-servers.
+#[test]
+fn the_demo_runs_on_a_cluster() {
+    let components = redstage_tests::components(redstage_tests::Toolchain::Wasip2);
+    let out = std::process::Command::new(redstage_tests::redstage_binary())
+        .args(["demo", "--cluster", "--components"])
+        .arg(components)
+        .output()
+        .expect("run redstage demo");
+    let stdout = String::from_utf8_lossy(&out.stdout);
+    assert!(
+        out.status.success(),
+        "{stdout}\n{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    assert!(stdout.contains("orders = \"redis+cluster://"), "{stdout}");
+    assert!(stdout.contains("log_store = \"ledger\""), "{stdout}");
+    assert!(
+        stdout.contains(r#"# after: {"balances":{"alice":70,"shop":30},"stock":{"A1":8}}"#),
+        "{stdout}"
+    );
+}

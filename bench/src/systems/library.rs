@@ -27,10 +27,6 @@ pub fn config(urls: &[String], options: &Options) -> anyhow::Result<Config> {
         Persistence::Aof => "checked",
     };
     config.insert("durability".into(), durability.into());
-    // The log store keeps the commit point, which a cluster cannot.
-    if urls[0].starts_with(redstage::store::cluster::SCHEME) {
-        config.insert("log_store".into(), "ledger".into());
-    }
     let retention = i64::try_from(options.answered_retention_s)?;
     let txn = toml::Table::from_iter([("answered_retention_s".to_owned(), retention.into())]);
     config.insert("txn".into(), txn.into());

@@ -7,28 +7,49 @@ use anyhow::{Context, bail};
 use serde_json::{Value, json};
 
 use crate::config::Config;
-use crate::embedded::{Persistence, RedisServer};
+use crate::embedded::{Persistence, RedisCluster, RedisServer};
 use crate::txn::Coordinator;
 use crate::txn::types::{Status, TxnRequest, TxnResponse};
 
-pub async fn run(config: Option<PathBuf>, components: PathBuf) -> anyhow::Result<ExitCode> {
+pub async fn run(
+    config: Option<PathBuf>,
+    components: PathBuf,
+    cluster: bool,
+) -> anyhow::Result<ExitCode> {
     // Kept alive until the demo ends; dropping them stops the servers.
     let mut servers = Vec::new();
+    let mut clusters = Vec::new();
     let config = match config {
         Some(path) => Config::load(&path)?,
         None => {
+            let mut urls = Vec::new();
             for store in ["orders", "ledger"] {
                 // Durable, as every store must be: see store::durability.
+                if cluster && store == "orders" {
+                    let started = RedisCluster::start(3, 0, Persistence::AofAlways)?;
+                    println!(
+                        "started a local Redis Cluster of 3 masters for store `{store}` \
+                         (appendonly yes, appendfsync always): {}",
+                        started.url()
+                    );
+                    urls.push(started.url());
+                    clusters.push(started);
+                    continue;
+                }
                 let server = RedisServer::start(Persistence::AofAlways)?;
                 println!(
                     "started a local redis-server on 127.0.0.1:{} for store `{store}` \
                      (appendonly yes, appendfsync always)",
                     server.port()
                 );
+                urls.push(server.url());
                 servers.push(server);
             }
-            let config = example_config(&servers[0].url(), &servers[1].url(), &components)?;
-            Config::parse(&toml::to_string(&config)?)?
+            let config = toml::to_string(&example_config(&urls[0], &urls[1], &components)?)?;
+            if cluster {
+                println!("\n# the config\n{config}");
+            }
+            Config::parse(&config)?
         }
     };
     let coordinator = super::coordinator(&config)?;
@@ -71,7 +92,8 @@ pub async fn run(config: Option<PathBuf>, components: PathBuf) -> anyhow::Result
 }
 
 /// The config of the examples: inventory on store `orders` (which keeps
-/// the log) at `orders`, payments on `ledger`, their components in
+/// the log, unless it is a Redis Cluster, which cannot: then `ledger`
+/// does) at `orders`, payments on `ledger`, their components in
 /// `components`; everything else default. A table, for callers that set
 /// more before they parse it.
 pub fn example_config(
@@ -103,7 +125,13 @@ pub fn example_config(
         ("payments", participant("payments", "ledger")?),
     ]);
     Ok(table(vec![
-        ("log_store", "orders".into()),
+        (
+            "log_store",
+            match orders.starts_with(crate::store::cluster::SCHEME) {
+                true => "ledger".into(),
+                false => "orders".into(),
+            },
+        ),
         ("stores", stores.into()),
         ("participants", participants.into()),
     ]))

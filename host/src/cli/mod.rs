@@ -146,6 +146,10 @@ enum Command {
         /// Folder with inventory.wasm and payments.wasm.
         #[arg(long, default_value = "target/wasm32-wasip2/release")]
         components: PathBuf,
+        /// Put `orders` on a local Redis Cluster of three masters (and the
+        /// log on `ledger`) instead of a redis-server.
+        #[arg(long, conflicts_with = "config")]
+        cluster: bool,
     },
     /// Print the HTTP API's OpenAPI 3.1 document (what `serve` answers at
     /// GET /openapi.json), e.g. to generate a client.
@@ -194,7 +198,11 @@ impl Cli {
                 )
                 .await
             }
-            Command::Demo { config, components } => demo::run(config, components).await,
+            Command::Demo {
+                config,
+                components,
+                cluster,
+            } => demo::run(config, components, cluster).await,
             Command::Openapi => {
                 println!(
                     "{}",
