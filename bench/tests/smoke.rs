@@ -34,32 +34,11 @@ fn components() -> std::path::PathBuf {
 #[test]
 fn a_tiny_run_covers_every_system_and_redstage_loses_nothing() {
     let dir = tempfile_dir("all");
-    let out = dir.join("bench.json");
-    let svg = dir.join("bench.svg");
-    let output = Command::new(env!("CARGO_BIN_EXE_redstage-bench"))
-        .args(["--duration", "200ms", "--concurrency", "1,2"])
-        .args(["--skus", "50", "--accounts", "50", "--wasm-calls", "20"])
-        .arg("--components")
-        .arg(components())
-        .arg("--out")
-        .arg(&out)
-        .arg("--svg")
-        .arg(&svg)
-        .output()
-        .expect("run redstage-bench");
-    let stdout = String::from_utf8_lossy(&output.stdout);
-    assert!(
-        output.status.success(),
-        "redstage-bench failed:\n{stdout}\n{}",
-        String::from_utf8_lossy(&output.stderr)
-    );
+    let (stdout, _, report) = tiny_run(&dir, &["--concurrency", "1,2"]);
     assert!(
         stdout.contains("| workload | clients | system |"),
         "{stdout}"
     );
-
-    let report: Value =
-        serde_json::from_slice(&std::fs::read(&out).expect("the JSON report")).expect("valid JSON");
     let rows = report["rows"].as_array().expect("rows");
     assert_eq!(rows.len(), SYSTEMS.len() * WORKLOADS.len() * 2);
     for system in SYSTEMS {
@@ -94,7 +73,7 @@ fn a_tiny_run_covers_every_system_and_redstage_loses_nothing() {
             "{system} lost something: {lost:?}"
         );
     }
-    let chart = std::fs::read_to_string(&svg).expect("the chart");
+    let chart = std::fs::read_to_string(dir.join("bench.svg")).expect("the chart");
     assert!(
         chart.starts_with("<svg") && chart.contains("polyline"),
         "{chart}"
@@ -108,27 +87,12 @@ fn a_tiny_run_covers_every_system_and_redstage_loses_nothing() {
 #[test]
 fn a_tiny_run_on_a_cluster_runs_redstage_only_and_loses_nothing() {
     let dir = tempfile_dir("cluster");
-    let out = dir.join("bench.json");
-    let output = Command::new(env!("CARGO_BIN_EXE_redstage-bench"))
-        .args(["--cluster", "--duration", "200ms", "--concurrency", "2"])
-        .args(["--skus", "50", "--accounts", "50", "--wasm-calls", "20"])
-        .arg("--components")
-        .arg(components())
-        .arg("--out")
-        .arg(&out)
-        .arg("--svg")
-        .arg(dir.join("bench.svg"))
-        .output()
-        .expect("run redstage-bench");
-    let stderr = String::from_utf8_lossy(&output.stderr);
-    assert!(output.status.success(), "redstage-bench failed:\n{stderr}");
+    let (_, stderr, report) = tiny_run(&dir, &["--cluster", "--concurrency", "2"]);
     assert!(stderr.contains("redis+cluster://"), "{stderr}");
     assert!(
         stderr.contains("leaving out [Lua, Watch, Naive]"),
         "{stderr}"
     );
-    let report: Value =
-        serde_json::from_slice(&std::fs::read(&out).expect("the JSON report")).expect("valid JSON");
     let rows = report["rows"].as_array().expect("rows");
     assert_eq!(rows.len(), 3 * WORKLOADS.len());
     for row in rows {
@@ -143,6 +107,33 @@ fn a_tiny_run_on_a_cluster_runs_redstage_only_and_loses_nothing() {
         assert_eq!(row["lost"], "nothing", "{row}");
     }
     std::fs::remove_dir_all(&dir).ok();
+}
+
+/// Runs the bench for 200 ms per cell with `args`, writing into `dir`; its
+/// stdout, its stderr, and the JSON report.
+fn tiny_run(dir: &Path, args: &[&str]) -> (String, String, Value) {
+    let out = dir.join("bench.json");
+    let output = Command::new(env!("CARGO_BIN_EXE_redstage-bench"))
+        .args(["--duration", "200ms"])
+        .args(["--skus", "50", "--accounts", "50", "--wasm-calls", "20"])
+        .args(args)
+        .arg("--components")
+        .arg(components())
+        .arg("--out")
+        .arg(&out)
+        .arg("--svg")
+        .arg(dir.join("bench.svg"))
+        .output()
+        .expect("run redstage-bench");
+    let stdout = String::from_utf8_lossy(&output.stdout).into_owned();
+    let stderr = String::from_utf8_lossy(&output.stderr).into_owned();
+    assert!(
+        output.status.success(),
+        "redstage-bench failed:\n{stdout}\n{stderr}"
+    );
+    let report =
+        serde_json::from_slice(&std::fs::read(&out).expect("the JSON report")).expect("valid JSON");
+    (stdout, stderr, report)
 }
 
 /// A folder of its own for each test (they run at once).

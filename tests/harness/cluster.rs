@@ -10,7 +10,9 @@ pub use redstage::embedded::RedisCluster;
 use redstage::store::keys::key_slot;
 use redstage::txn::Coordinator;
 
-use crate::{HostProcess, ParticipantSpec, Persistence, RedisServer, SETTLE_TIMEOUT, config_text};
+use crate::{
+    HostProcess, ParticipantSpec, Persistence, RedisServer, SETTLE_TIMEOUT, config_text, configure,
+};
 
 /// The name of the cluster store in [`ClusterEnv`]'s config.
 pub const CLUSTER_STORE: &str = "shop";
@@ -52,12 +54,7 @@ impl ClusterEnv {
             .expect("a stores table")
             .insert(CLUSTER_STORE.into(), table.into());
         let text = toml::to_string(&config).expect("a table is TOML");
-        let config = Config::parse(&text).expect("valid test config");
-        let config_dir = tempfile::tempdir().expect("temp dir");
-        let config_path = config_dir.path().join("redstage.toml");
-        std::fs::write(&config_path, &text).expect("write the config");
-        let coordinator =
-            Arc::new(redstage::cli::coordinator(&config).expect("build the coordinator"));
+        let (config, config_dir, config_path, coordinator) = configure(&text);
         ClusterEnv {
             cluster,
             servers,

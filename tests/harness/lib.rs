@@ -203,12 +203,7 @@ impl TestEnv {
             );
             text = text.replacen(&direct, &format!("{name} = {:?}\n", proxy.url()), 1);
         }
-        let config = Config::parse(&text).expect("valid test config");
-        let config_dir = tempfile::tempdir().expect("temp dir");
-        let config_path = config_dir.path().join("redstage.toml");
-        std::fs::write(&config_path, &text).expect("write the config");
-        let coordinator =
-            Arc::new(redstage::cli::coordinator(&config).expect("build the coordinator"));
+        let (config, config_dir, config_path, coordinator) = configure(&text);
         TestEnv {
             servers,
             config,
@@ -459,6 +454,17 @@ impl TestEnv {
         self.coordinator.flush().await;
         response
     }
+}
+
+/// The config `text`, parsed, written to a file in a folder of its own
+/// (for `redstage` processes), and a coordinator on it.
+pub(crate) fn configure(text: &str) -> (Config, tempfile::TempDir, PathBuf, Arc<Coordinator>) {
+    let config = Config::parse(text).expect("valid test config");
+    let config_dir = tempfile::tempdir().expect("temp dir");
+    let config_path = config_dir.path().join("redstage.toml");
+    std::fs::write(&config_path, text).expect("write the config");
+    let coordinator = Arc::new(redstage::cli::coordinator(&config).expect("build the coordinator"));
+    (config, config_dir, config_path, coordinator)
 }
 
 /// How long a test waits for answered transactions to finish applying
