@@ -154,14 +154,13 @@ impl Stores {
     }
 
     /// Each distinct server once (both URLs may name the same server).
-    fn distinct(&self) -> impl Iterator<Item = MultiplexedConnection> + '_ {
+    fn distinct(&self) -> Vec<MultiplexedConnection> {
         let all: Vec<&Node> = self.nodes.iter().flatten().collect();
         all.iter()
             .enumerate()
             .filter(|(i, n)| !all[..*i].iter().any(|m| m.url == n.url))
             .map(|(_, n)| n.conn.clone())
-            .collect::<Vec<_>>()
-            .into_iter()
+            .collect()
     }
 
     /// `pairs` (or keys) of store `index`, by the node that serves them,

@@ -491,7 +491,7 @@ impl Store {
             store: name.to_owned(),
             message,
         };
-        if store.url.starts_with(cluster::SCHEME) {
+        let (conn, client) = if store.url.starts_with(cluster::SCHEME) {
             let seeds = cluster::seeds(&store.url).map_err(bad_url)?;
             // A slot on the move answers TRYAGAIN to a script whose keys
             // are half moved, for the few milliseconds a MIGRATE takes: wait
@@ -499,8 +499,6 @@ impl Store {
             // timeout, which bounds the whole call.
             let max_wait = (timeout.as_millis() as u64 / 10).max(CLUSTER_RETRY_WAIT_MS + 1);
             let cluster = redis::cluster::ClusterClient::builder(seeds.clone())
-                .connection_timeout(timeout)
-                .response_timeout(timeout)
                 .min_retry_wait(CLUSTER_RETRY_WAIT_MS)
                 .max_retry_wait(max_wait)
                 .retry_wait_formula(CLUSTER_RETRY_WAIT_MS, 2)
@@ -511,28 +509,24 @@ impl Store {
                     .set_connection_timeout(timeout)
                     .set_response_timeout(timeout),
             );
-            return Ok(Store {
-                name: name.to_owned(),
-                conn: Conn::Cluster(conn),
-                client: redis::Client::open(seeds[0].as_str()).map_err(unavailable)?,
-                timeout,
-                replication: store.replication,
-                errors: Arc::default(),
-            });
-        }
-        let client = client(&store.url, &store.tls).map_err(bad_url)?;
-        // Replies are bounded by `bounded`, one timer per call; the
-        // manager's own response timer would be a second one.
-        let config = redis::aio::ConnectionManagerConfig::new()
-            .set_connection_timeout(Some(timeout))
-            .set_response_timeout(None)
-            .set_number_of_retries(1)
-            .set_max_delay(timeout);
-        let conn =
-            ConnectionManager::new_lazy_with_config(client.clone(), config).map_err(unavailable)?;
+            let first_seed = redis::Client::open(seeds[0].as_str()).map_err(unavailable)?;
+            (Conn::Cluster(conn), first_seed)
+        } else {
+            let client = client(&store.url, &store.tls).map_err(bad_url)?;
+            // Replies are bounded by `bounded`, one timer per call; the
+            // manager's own response timer would be a second one.
+            let config = redis::aio::ConnectionManagerConfig::new()
+                .set_connection_timeout(Some(timeout))
+                .set_response_timeout(None)
+                .set_number_of_retries(1)
+                .set_max_delay(timeout);
+            let conn = ConnectionManager::new_lazy_with_config(client.clone(), config)
+                .map_err(unavailable)?;
+            (Conn::Single(conn), client)
+        };
         Ok(Store {
             name: name.to_owned(),
-            conn: Conn::Single(conn),
+            conn,
             client,
             timeout,
             replication: store.replication,
