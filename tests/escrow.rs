@@ -233,3 +233,92 @@ async fn an_adjustment_of_a_key_read_in_the_same_transaction_applies_to_it() {
     assert_eq!(r.abort.expect("why").code, "insufficient_stock");
     assert_eq!(int(&env, "orders", "inventory:stock:sale").await, 1);
 }
+
+/// A transaction that only adjusts reads nothing: its steps run before it
+/// locks, the other stores reserve as they lock, and the primary adjusts
+/// its keys in the commit point itself. So an order waits for two round
+/// trips and a transfer on one store for one, and a refusal on either side
+/// (stock reserved on `orders`, funds checked by the commit point on
+/// `ledger`) is the participant's own abort, with nothing changed or left.
+#[tokio::test]
+async fn adjusting_only_takes_two_round_trips_across_stores_and_one_on_one() {
+    let env = env("");
+    env.stock_and_fund("sale", 5, "alice", 100).await;
+    let trips = || env.coordinator.metrics().round_trips();
+
+    let before = trips();
+    let r = env.run(json!([deduct(1), pay(10)])).await;
+    assert_eq!(r.status, Status::Committed, "{r:?}");
+    assert_eq!(trips() - before, 2, "round trips of an order");
+    let before = trips();
+    let r = env.run(json!([pay(10)])).await;
+    assert_eq!(r.status, Status::Committed, "{r:?}");
+    assert_eq!(trips() - before, 1, "round trips of a transfer");
+
+    for (steps, code, participant) in [
+        (
+            json!([deduct(9), pay(10)]),
+            "insufficient_stock",
+            "inventory",
+        ),
+        (
+            json!([deduct(1), pay(1000)]),
+            "insufficient_funds",
+            "payments",
+        ),
+        (json!([pay(1000)]), "insufficient_funds", "payments"),
+    ] {
+        let r = env.run(steps).await;
+        let abort = r.abort.expect("why");
+        assert_eq!(
+            (abort.code.as_str(), abort.participant.as_deref()),
+            (code, Some(participant)),
+            "{abort:?}"
+        );
+    }
+    env.coordinator.flush().await;
+    assert_eq!(int(&env, "orders", "inventory:stock:sale").await, 4);
+    assert_eq!(int(&env, "ledger", "payments:balance:alice").await, 80);
+    assert_eq!(int(&env, "ledger", "payments:balance:shop").await, 20);
+    assert_eq!(env.leftovers().await, Vec::<String>::new());
+}
+
+/// The primary's keys of a transaction that only adjusts are not locked
+/// before its commit point, but a lock there is still in its way: a
+/// transfer that reads the balances holds them, its host dies, and an
+/// adjusting transfer of the same accounts waits until recovery has rolled
+/// the dead one back, then commits on the values it left.
+#[tokio::test]
+async fn a_commit_point_that_adjusts_waits_for_a_lock_on_its_keys() {
+    let env = env("[txn]\nlease_ms = 800\nstore_timeout_ms = 400\nsweep_interval_ms = 100\n");
+    env.stock_and_fund("sale", 5, "alice", 100).await;
+    let reading = step(
+        "payments",
+        json!({"op": "transfer", "from": "alice", "to": "shop", "amount": 40, "read": true}),
+    );
+    let (mut host, unanswered) = env
+        .held_at("after-prepare", &json!({"steps": [reading]}))
+        .await;
+    host.kill();
+    assert!(unanswered.await.expect("task").is_err(), "answered");
+    assert!(!env.unfinished().is_empty(), "the dead host holds no lock");
+
+    let r = env.run(json!([deduct(1), pay(10)])).await;
+    assert_eq!(r.status, Status::Committed, "{r:?}");
+    assert!(r.attempts >= 2, "it never met the lock: {r:?}");
+    env.coordinator.flush().await;
+    assert_eq!(int(&env, "ledger", "payments:balance:alice").await, 90);
+    assert_eq!(int(&env, "ledger", "payments:balance:shop").await, 10);
+    assert_eq!(int(&env, "orders", "inventory:stock:sale").await, 4);
+    // The dead host's index entry is the sweep's to remove.
+    let _survivor = env.spawn_host(None);
+    let started = Instant::now();
+    while !env.unfinished().is_empty() {
+        assert!(
+            started.elapsed() < Duration::from_secs(20),
+            "{:?}",
+            env.unfinished()
+        );
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+}

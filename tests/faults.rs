@@ -98,27 +98,6 @@ async fn settled(env: &TestEnv) {
     }
 }
 
-/// Transaction ids holding locks on any store, from the lock indexes.
-fn lock_holders(env: &TestEnv) -> Vec<String> {
-    let mut ids: Vec<String> = env
-        .servers
-        .iter()
-        .flat_map(|(store, _)| {
-            let entries: Vec<String> = redis::cmd("ZRANGE")
-                .arg("rs:locks")
-                .arg(0)
-                .arg(-1)
-                .query(&mut env.redis(store))
-                .expect("ZRANGE");
-            entries
-        })
-        .map(|e| e.split('\n').next().expect("txn id").to_owned())
-        .collect();
-    ids.sort();
-    ids.dedup();
-    ids
-}
-
 async fn post_order(addr: std::net::SocketAddr) -> (u16, Value) {
     post(addr, order()).await
 }
@@ -156,7 +135,7 @@ async fn crash_at_every_fault_point_then_recover() {
         let addr = host.addr;
         let request = tokio::spawn(post_order_unanswered(addr));
         host.wait_for_point(point).await;
-        let in_doubt = lock_holders(&env);
+        let in_doubt = env.lock_holders();
         host.kill();
         request.await.expect("the connection dies with the host");
 
@@ -193,7 +172,7 @@ async fn recover_command_finishes_a_crashed_commit() {
     let mut host = env.spawn_host(Some("after-decide"));
     let request = tokio::spawn(post_order_unanswered(host.addr));
     host.wait_for_point("after-decide").await;
-    let in_doubt = lock_holders(&env);
+    let in_doubt = env.lock_holders();
     assert_eq!(in_doubt.len(), 1, "one transaction holds locks");
     host.kill();
     request.await.expect("the connection dies with the host");
@@ -398,7 +377,7 @@ async fn a_stalled_host_is_fenced_and_commits_nothing_rolled_back() {
     let first = tokio::spawn(post(host_a.addr, locking_order()));
     host_a.wait_for_point("after-prepare").await;
     host_a.pause();
-    let stalled = lock_holders(&env);
+    let stalled = env.lock_holders();
     assert_eq!(stalled.len(), 1);
     tokio::time::sleep(Duration::from_millis(1000)).await; // past the lease
 
@@ -504,7 +483,7 @@ async fn decided_locks_are_finished_on_sight_not_after_their_lease() {
     let mut host = env.spawn_host(Some("after-decide"));
     let request_task = tokio::spawn(post_unanswered(host.addr, locking_order()));
     host.wait_for_point("after-decide").await;
-    let crashed = lock_holders(&env);
+    let crashed = env.lock_holders();
     assert_eq!(crashed.len(), 1, "{crashed:?}");
     host.kill();
     request_task
@@ -533,7 +512,7 @@ async fn recovery_reads_the_decision_where_the_lock_says() {
     let mut host = env.spawn_host(Some("commit-partial"));
     let request_task = tokio::spawn(post_order_unanswered(host.addr));
     host.wait_for_point("commit-partial").await;
-    let crashed = lock_holders(&env);
+    let crashed = env.lock_holders();
     host.kill();
     request_task
         .await

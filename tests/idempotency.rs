@@ -55,16 +55,11 @@ async fn state(env: &TestEnv) -> (Option<String>, Option<String>, Option<String>
     )
 }
 
-/// The one transaction holding locks on the orders store.
+/// The one transaction holding locks.
 fn lock_holder(env: &TestEnv) -> String {
-    let entries: Vec<String> = redis::cmd("ZRANGE")
-        .arg("rs:locks")
-        .arg(0)
-        .arg(-1)
-        .query(&mut env.redis("orders"))
-        .expect("ZRANGE");
-    let first = entries.first().expect("a lock is held");
-    first.split('\n').next().expect("txn id").to_owned()
+    let holders = env.lock_holders();
+    assert_eq!(holders.len(), 1, "{holders:?}");
+    holders[0].clone()
 }
 
 fn after_orders(n: i64) -> (Option<String>, Option<String>, Option<String>) {
@@ -487,17 +482,21 @@ async fn a_different_request_cannot_take_over_a_pending_key() {
 /// `superseded` whatever it was about to say: an abort, or a read.
 #[tokio::test]
 async fn a_superseded_request_says_so_on_every_path() {
-    for (name, steps) in [
-        ("abort", deduct(99)),
+    // (the path, its steps, where it stalls: before its commit point, or
+    // after it read)
+    for (name, steps, point) in [
+        ("abort", deduct(99), "after-prepare"),
         (
             "read",
             json!([step("inventory", json!({"op": "levels", "skus": ["A1"]}))]),
+            "prepare-partial",
         ),
     ] {
         let env = env(FAST);
         seed(&env).await;
-        // The first request stalls after locking, past its claim lease.
-        let host = env.spawn_host(Some("prepare-partial:2000"));
+        // The first request stalls before its decision, past its claim
+        // lease.
+        let host = env.spawn_host(Some(&format!("{point}:2000")));
         let key = format!("slow-{name}");
         let body = json!({"steps": steps, "idempotency_key": key}).to_string();
         let addr = host.addr;
@@ -505,7 +504,7 @@ async fn a_superseded_request_says_so_on_every_path() {
             tokio::spawn(
                 async move { http::post(addr, "/v1/transactions", body.as_bytes()).await },
             );
-        host.wait_for_point("prepare-partial").await;
+        host.wait_for_point(point).await;
         tokio::time::sleep(Duration::from_millis(1000)).await;
         let retry = run_keyed(&env.coordinator, steps.clone(), &key).await;
         let (status, first) = first.await.expect("the first request answers");

@@ -22,6 +22,7 @@ use std::sync::{Arc, OnceLock};
 
 use redstage::config::Config;
 pub use redstage::embedded::{Persistence, RedisServer};
+use redstage::store::Key;
 use redstage::txn::Coordinator;
 use redstage::txn::types::{Status, TxnRequest, TxnResponse};
 use serde_json::{Value, json};
@@ -335,7 +336,7 @@ impl TestEnv {
     /// plain read right after an answer may still see the old value for a
     /// moment (while a transaction reading it would roll it forward).
     pub async fn settle_key(&self, store: &str, key: &str) {
-        let meta = redstage::store::Key::Meta(key).encode();
+        let meta = Key::Meta(key).encode();
         let started = std::time::Instant::now();
         while started.elapsed() < SETTLE_TIMEOUT {
             let locked: bool = redis::cmd("EXISTS")
@@ -410,6 +411,28 @@ impl TestEnv {
     pub async fn leftovers(&self) -> Vec<String> {
         self.settle().await;
         self.unfinished()
+    }
+
+    /// Transaction ids holding locks on any store, from the lock indexes,
+    /// sorted, each once.
+    pub fn lock_holders(&self) -> Vec<String> {
+        let mut ids: Vec<String> = self
+            .servers
+            .iter()
+            .flat_map(|(store, _)| {
+                let entries: Vec<String> = redis::cmd("ZRANGE")
+                    .arg(Key::LockIndex.encode())
+                    .arg(0)
+                    .arg(-1)
+                    .query(&mut self.redis(store))
+                    .expect("ZRANGE");
+                entries
+            })
+            .map(|e| e.split('\n').next().expect("txn id").to_owned())
+            .collect();
+        ids.sort();
+        ids.dedup();
+        ids
     }
 
     /// [`TestEnv::leftovers`] as they are right now.

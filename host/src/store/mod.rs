@@ -66,6 +66,8 @@ pub mod scripts;
 
 use std::fmt;
 use std::sync::Arc;
+use std::sync::atomic::Ordering::Relaxed;
+use std::sync::atomic::{AtomicBool, AtomicU64};
 use std::time::Duration;
 
 use futures::future::join_all;
@@ -154,6 +156,8 @@ pub enum Locked {
     Values(Vec<Option<Vec<u8>>>),
     /// The key at `index` is held by another transaction; nothing was locked.
     Conflict { index: usize, holder: Holder },
+    /// An adjustment to reserve cannot be made; nothing was locked.
+    Refused(Refusal),
 }
 
 /// A write to apply.
@@ -271,6 +275,9 @@ pub struct CommitPoint<'a> {
     pub marker: Option<&'a str>,
     /// How long before the sweep may look at an unfinished record.
     pub lease: Duration,
+    /// The transaction holds no lock here: its keys here are only adjusted
+    /// (see [`scripts::COMMIT`]), checked free and adjusted in this step.
+    pub free: bool,
     /// The idempotency claim this commit must still hold, and the outcome
     /// to store under it.
     pub claim: Option<ClaimedOutcome<'a>>,
@@ -286,7 +293,7 @@ pub struct ClaimedOutcome<'a> {
 }
 
 /// How a commit point went.
-#[derive(Debug, Clone, PartialEq, Eq)]
+#[derive(Debug)]
 pub enum Committed {
     /// Decided and applied here.
     Ok,
@@ -298,6 +305,12 @@ pub enum Committed {
     Superseded,
     /// A lock of the transaction here is gone: nothing changed.
     Lost,
+    /// A commit point that is `free`: the key at `index` is held by another
+    /// transaction. Nothing changed.
+    Conflict { index: usize, holder: Holder },
+    /// A commit point that is `free` met what it cannot go past (a lock of
+    /// the first protocol), as this error says. Nothing changed.
+    Stopped(StoreError),
 }
 
 /// A decision record to end (see [`Store::finalize`]).
@@ -458,15 +471,18 @@ pub struct Store {
     /// Replicas every write must reach before it counts (`WAIT`), if the
     /// config asks for it.
     replication: Option<Replication>,
-    /// Failed calls, for `/metrics`.
-    errors: Arc<ErrorCounts>,
+    /// Failed calls, for `/metrics`, and whether the last call was answered.
+    health: Arc<Health>,
 }
 
 /// Failed calls to one store, by kind.
 #[derive(Debug, Default)]
-struct ErrorCounts {
-    unavailable: std::sync::atomic::AtomicU64,
-    protocol: std::sync::atomic::AtomicU64,
+struct Health {
+    unavailable: AtomicU64,
+    protocol: AtomicU64,
+    /// Whether the last call that ended got an answer (see
+    /// [`Store::answering`]). False until one does.
+    answering: AtomicBool,
 }
 
 impl fmt::Debug for Store {
@@ -530,7 +546,7 @@ impl Store {
             client,
             timeout,
             replication: store.replication,
-            errors: Arc::default(),
+            health: Arc::default(),
         })
     }
 
@@ -561,6 +577,20 @@ impl Store {
         entry: &IndexEntry,
         keys: &[(&str, Mode)],
     ) -> Result<Locked, StoreError> {
+        self.lock_reserving(txn, lease, entry, keys, &[]).await
+    }
+
+    /// [`Store::lock`], reserving with it the adjustments `reserve` (one
+    /// per key, empty for none; or no list at all) of keys locked in adjust
+    /// mode: a refusal locks nothing (see [`scripts::LOCK`]).
+    pub async fn lock_reserving(
+        &self,
+        txn: &str,
+        lease: Duration,
+        entry: &IndexEntry,
+        keys: &[(&str, Mode)],
+        reserve: &[&[Bounded]],
+    ) -> Result<Locked, StoreError> {
         debug_assert!(
             entry
                 .keys
@@ -571,8 +601,15 @@ impl Store {
         let groups = self.groups(keys.iter().map(|(k, _)| *k));
         let replies = join_all(groups.iter().map(|g| {
             let keys: Vec<(&str, Mode)> = g.at.iter().map(|&i| keys[i]).collect();
+            let reserve: Vec<&[Bounded]> = match reserve {
+                [] => Vec::new(),
+                all => g.at.iter().map(|&i| all[i]).collect(),
+            };
             let entry = entry.part(g.at.iter().copied());
-            async move { self.lock_group(txn, lease, &g.index, &entry, &keys).await }
+            async move {
+                self.lock_group(txn, lease, &g.index, &entry, &keys, &reserve)
+                    .await
+            }
         }))
         .await;
         let mut values = vec![None; keys.len()];
@@ -590,6 +627,9 @@ impl Store {
                         index: g.at[index],
                         holder,
                     });
+                }
+                Locked::Refused(refusal) => {
+                    conflict.get_or_insert(Locked::Refused(refusal.reindex(|i| g.at[i])));
                 }
             }
         }
@@ -613,6 +653,7 @@ impl Store {
         index: &Key<'_>,
         entry: &IndexEntry,
         keys: &[(&str, Mode)],
+        reserve: &[&[Bounded]],
     ) -> Result<Locked, StoreError> {
         let mut call = Call::new(&scripts().lock);
         for (key, _) in keys {
@@ -626,6 +667,9 @@ impl Store {
         for (_, mode) in keys {
             call.arg(mode.code());
         }
+        for steps in reserve {
+            call.arg(Write::value(Some(&Write::Adjust(steps.to_vec()))));
+        }
         let writes = keys.iter().any(|(_, m)| *m != Mode::Read);
         let items = self.array(self.invoke(&call, writes).await?)?;
         match self.tag(&items)?.as_deref() {
@@ -635,25 +679,40 @@ impl Store {
                     .map(|v| self.bytes_or_nil(v))
                     .collect::<Result<_, _>>()?,
             )),
-            Some("locked") if items.len() == 5 => Ok(Locked::Conflict {
-                index: self.int(&items[1])? as usize,
-                holder: Holder {
+            Some("locked" | "legacy") => {
+                let (index, holder) = self.in_the_way(&items, |i| keys.get(i).map(|(k, _)| *k))?;
+                Ok(Locked::Conflict { index, holder })
+            }
+            Some("bound" | "nan" | "range") => Ok(Locked::Refused(self.refusal(&items)?)),
+            _ => Err(self.protocol("unknown lock reply")),
+        }
+    }
+
+    /// A `{'locked', i, holder, remaining_ms, holder's primary}` reply: the
+    /// key's index and its holder. A `{'legacy', i, holder}` one (a lock of
+    /// the first protocol, named by `key`) is an error saying what to do.
+    fn in_the_way<'k>(
+        &self,
+        items: &[Value],
+        key: impl Fn(usize) -> Option<&'k str>,
+    ) -> Result<(usize, Holder), StoreError> {
+        let index = self.int(items.get(1).unwrap_or(&Value::Nil))? as usize;
+        match self.tag(items)?.as_deref() {
+            Some("locked") if items.len() == 5 => Ok((
+                index,
+                Holder {
                     txn: self.string(&items[2])?,
                     remaining_ms: self.int(&items[3])?,
                     primary: self.string(&items[4])?,
                 },
-            }),
-            Some("legacy") if items.len() == 3 => {
-                let key = keys
-                    .get(self.int(&items[1])? as usize)
-                    .map_or("?", |(k, _)| *k);
-                Err(self.protocol(&format!(
-                    "key {key:?} is locked by transaction {} of an earlier redstage \
-                     (protocol 1), which this version cannot finish: run that version's \
-                     `redstage recover --wait` against this store, then send this again",
-                    self.string(&items[2])?
-                )))
-            }
+            )),
+            Some("legacy") if items.len() == 3 => Err(self.protocol(&format!(
+                "key {:?} is locked by transaction {} of an earlier redstage \
+                 (protocol 1), which this version cannot finish: run that version's \
+                 `redstage recover --wait` against this store, then send this again",
+                key(index).unwrap_or("?"),
+                self.string(&items[2])?
+            ))),
             _ => Err(self.protocol("unknown lock reply")),
         }
     }
@@ -686,6 +745,7 @@ impl Store {
                 .arg(c.retention.as_millis() as u64),
             None => call.arg("").arg("").arg(0),
         };
+        call.arg(if point.free { "free" } else { "held" });
         for (_, write) in point.keys {
             call.arg(Write::op(*write)).arg(Write::value(*write));
         }
@@ -698,6 +758,12 @@ impl Store {
             (Some("superseded"), _) => Ok(Committed::Superseded),
             (Some("lost"), _) => Ok(Committed::Lost),
             (Some("bound" | "nan" | "range"), _) => Ok(Committed::Refused(self.refusal(&items)?)),
+            (Some("locked" | "legacy"), _) => {
+                match self.in_the_way(&items, |i| point.keys.get(i).map(|(k, _)| *k)) {
+                    Ok((index, holder)) => Ok(Committed::Conflict { index, holder }),
+                    Err(e) => Ok(Committed::Stopped(e)),
+                }
+            }
             _ => Err(self.protocol("unknown commit reply")),
         }
     }
@@ -956,12 +1022,8 @@ impl Store {
     /// Failed calls so far: `(unavailable, protocol)` (see [`StoreError`]).
     pub fn errors(&self) -> (u64, u64) {
         (
-            self.errors
-                .unavailable
-                .load(std::sync::atomic::Ordering::Relaxed),
-            self.errors
-                .protocol
-                .load(std::sync::atomic::Ordering::Relaxed),
+            self.health.unavailable.load(Relaxed),
+            self.health.protocol.load(Relaxed),
         )
     }
 
@@ -1130,7 +1192,10 @@ impl Store {
         result: Result<redis::RedisResult<T>, tokio::time::error::Elapsed>,
     ) -> Result<T, StoreError> {
         let settled = match result {
-            Ok(Ok(v)) => return Ok(v),
+            Ok(Ok(v)) => {
+                self.answered(true);
+                return Ok(v);
+            }
             Ok(Err(e)) if is_unavailable(&e) => StoreError::Unavailable {
                 store: self.name.clone(),
                 message: e.to_string(),
@@ -1142,11 +1207,27 @@ impl Store {
             },
         };
         let counter = match settled {
-            StoreError::Unavailable { .. } => &self.errors.unavailable,
-            StoreError::Protocol { .. } => &self.errors.protocol,
+            StoreError::Unavailable { .. } => &self.health.unavailable,
+            StoreError::Protocol { .. } => &self.health.protocol,
         };
-        counter.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
+        counter.fetch_add(1, Relaxed);
+        self.answered(matches!(settled, StoreError::Protocol { .. }));
         Err(settled)
+    }
+
+    fn answered(&self, answered: bool) {
+        if self.health.answering.load(Relaxed) != answered {
+            self.health.answering.store(answered, Relaxed);
+        }
+    }
+
+    /// Whether the last call to this store that ended was answered (a
+    /// store that was never called has not). A transaction whose first call
+    /// to a store would be its commit point locks there first while this is
+    /// false: a lock that fails has changed nothing, so the answer can say
+    /// so, where a commit point that fails leaves its outcome unknown.
+    pub fn answering(&self) -> bool {
+        self.health.answering.load(Relaxed)
     }
 
     fn array(&self, v: Value) -> Result<Vec<Value>, StoreError> {

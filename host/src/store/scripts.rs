@@ -72,6 +72,12 @@ macro_rules! lua_clock {
 ///   reservations; returns their total, or nil and the refusal (`{'bound',
 ///   j}`, `{'nan'}`, or `{'range'}` past the +-2^53 within which Lua counts
 ///   exactly, so that no `INCRBY` can fail half-way through a script);
+/// - `locked(i, meta, adj, v, txn, now_ms)`: the reply naming a holder
+///   (other than `txn`) of the entry `v` of the `i`-th key, which is in the
+///   way; marks the key as waited for;
+/// - `legacy(i, meta)`: for a lock table entry that is not a string (the
+///   first protocol's metadata hash), the reply refusing the `i`-th key if
+///   that protocol's lock is in it; otherwise drops it and returns nil;
 /// - `release_all(txn, data, metas, adjs, found, ops, values)`: lets go of
 ///   `txn`'s locks on keys whose entries `found` were read: a key held
 ///   exclusively gets its write first (`set`, `del`, or `keep` for none), a
@@ -155,6 +161,30 @@ local function bounded(data, neg, pos, list)
   end
   return cum
 end
+local function locked(i, meta, adj, v, txn, now_ms)
+  local mode, wait = string.sub(v, 1, 1), string.sub(v, 2, 2)
+  local h
+  if mode == 'a' then
+    h = adjuster(adj, txn)
+  else
+    local _, _, hs = holders(v)
+    h = hs[1]
+    for _, x in ipairs(hs) do
+      if x[1] ~= txn then h = x break end
+    end
+  end
+  if wait ~= '1' then redis.call('SET', meta, mode .. '1' .. string.sub(v, 3)) end
+  return {'locked', i - 1, h[1], tonumber(h[2]) - now_ms, h[3]}
+end
+local function legacy(i, meta)
+  if redis.call('TYPE', meta).ok ~= 'hash' then
+    return redis.error_reply('a lock table entry of another type is in the way')
+  end
+  local held = redis.call('HGET', meta, 'lock')
+  if held then return {'legacy', i - 1, held} end
+  redis.call('DEL', meta)
+  return nil
+end
 local function release_all(txn, data, metas, adjs, found, ops, values)
   local dels, sets, gone, wake = {}, {}, {}, {}
   local n = 0
@@ -233,6 +263,11 @@ end
 /// call went through before (a client that resends after a lost reply, as
 /// a cluster client does): the values are read again and nothing changes.
 ///
+/// A transaction whose adjustments are known before it locks (every key it
+/// has is only adjusted, so its steps ran first) reserves them here, in the
+/// same step as it joins their keys: checked against their bounds as
+/// [`RESERVE`] does, and refused all or nothing (then nothing is locked).
+///
 /// Stores written by the first protocol keep a metadata hash at a key's
 /// lock table entry, with the key's version, for every key it ever
 /// committed. Such a hash is dropped where it is met (versions mean nothing
@@ -241,10 +276,11 @@ end
 /// took it.
 ///
 /// KEYS: data1, meta1, adjusters1, ..., index; ARGV: txn, lease_ms,
-/// primary, index entry, then one mode per key.
+/// primary, index entry, then one mode per key, then (only to reserve) one
+/// `delta:lower:upper;...` per key ('' for none).
 /// Reply: `{'ok', value1|nil, ...}`,
-/// `{'locked', i (0-based), holder, remaining_ms, holder's primary}` or
-/// `{'legacy', i, holder}`.
+/// `{'locked', i (0-based), holder, remaining_ms, holder's primary}`,
+/// `{'legacy', i, holder}`, or a reservation's refusal (see [`RESERVE`]).
 pub const LOCK: &str = lua_clock!(concat!(
     lua_locks!(),
     "local txn = ARGV[1]
@@ -271,19 +307,7 @@ end
 local lease = now_ms + tonumber(ARGV[2])
 local mine = txn .. '\\t' .. lease .. '\\t' .. ARGV[3]
 local function conflict(i, v)
-  local mode, wait = string.sub(v, 1, 1), string.sub(v, 2, 2)
-  local h
-  if mode == 'a' then
-    h = adjuster(adjs[i], txn)
-  else
-    local _, _, hs = holders(v)
-    h = hs[1]
-    for _, x in ipairs(hs) do
-      if x[1] ~= txn then h = x break end
-    end
-  end
-  if wait ~= '1' then redis.call('SET', metas[i], mode .. '1' .. string.sub(v, 3)) end
-  return {'locked', i - 1, h[1], tonumber(h[2]) - now_ms, h[3]}
+  return locked(i, metas[i], adjs[i], v, txn, now_ms)
 end
 local xs, xi, joins, ri = {}, {}, {}, {}
 for i = 1, n do
@@ -313,15 +337,6 @@ local function taken(keys)
   end
   return nil
 end
-local function legacy(i)
-  if redis.call('TYPE', metas[i]).ok ~= 'hash' then
-    return redis.error_reply('a lock table entry of another type is in the way')
-  end
-  local held = redis.call('HGET', metas[i], 'lock')
-  if held then return {'legacy', i - 1, held} end
-  redis.call('DEL', metas[i])
-  return nil
-end
 if #xs > 0 then
   local keys = {}
   for j, i in ipairs(xi) do keys[j] = metas[i] end
@@ -337,7 +352,7 @@ if #xs > 0 then
     if j then return conflict(xi[j], v) end
     for _, i in ipairs(xi) do
       if redis.call('EXISTS', metas[i]) == 1 then
-        local refused = legacy(i)
+        local refused = legacy(i, metas[i])
         if refused then return refused end
       end
     end
@@ -352,7 +367,13 @@ local function rollback()
   for _, u in ipairs(undo) do
     if u.adj then
       redis.call('HDEL', u.adj, 't:' .. txn)
-      if redis.call('HINCRBY', u.adj, 'n', -1) <= 0 then redis.call('DEL', u.adj) end
+      if redis.call('HINCRBY', u.adj, 'n', -1) <= 0 then
+        redis.call('DEL', u.adj)
+      elseif u.reserved < 0 then
+        redis.call('HINCRBY', u.adj, 'neg', -u.reserved)
+      elseif u.reserved > 0 then
+        redis.call('HINCRBY', u.adj, 'pos', -u.reserved)
+      end
     end
     if u.old then redis.call('SET', u.meta, u.old) else redis.call('DEL', u.meta) end
   end
@@ -363,7 +384,7 @@ for _, i in ipairs(joins) do
   if mode == 's' then first = first .. '\\t' .. mine end
   local old = redis.pcall('SET', metas[i], first, 'NX', 'GET')
   if type(old) == 'table' and old.err then
-    local refused = legacy(i)
+    local refused = legacy(i, metas[i])
     if refused then
       rollback()
       return refused
@@ -378,9 +399,26 @@ for _, i in ipairs(joins) do
     undo[#undo + 1] = {meta = metas[i], old = old}
     if old then redis.call('SET', metas[i], old .. '\\t' .. mine) end
   else
-    undo[#undo + 1] = {meta = metas[i], old = old, adj = adjs[i]}
-    redis.call('HSET', adjs[i], 't:' .. txn, lease .. '\\t' .. ARGV[3] .. '\\t0')
+    local total = 0
+    local wanted = ARGV[4 + n + i]
+    if wanted and wanted ~= '' then
+      local r = redis.call('HMGET', adjs[i], 'neg', 'pos')
+      local refused
+      total, refused = bounded(data[i], tonumber(r[1]) or 0, tonumber(r[2]) or 0, wanted)
+      if refused then
+        undo[#undo + 1] = {meta = metas[i], old = old}
+        rollback()
+        return {refused[1], i - 1, refused[2]}
+      end
+    end
+    undo[#undo + 1] = {meta = metas[i], old = old, adj = adjs[i], reserved = total}
+    redis.call('HSET', adjs[i], 't:' .. txn, lease .. '\\t' .. ARGV[3] .. '\\t' .. total)
     redis.call('HINCRBY', adjs[i], 'n', 1)
+    if total < 0 then
+      redis.call('HINCRBY', adjs[i], 'neg', total)
+    elseif total > 0 then
+      redis.call('HINCRBY', adjs[i], 'pos', total)
+    end
   end
 end
 if #xs > 0 or #joins > 0 then redis.call('ZADD', KEYS[#KEYS], lease, ARGV[4]) end
@@ -442,14 +480,22 @@ return {'ok'}
 /// keys here and other stores to apply, a marker is added): should the
 /// coordinator die before every store applied, the sweep finds it.
 ///
+/// `free`: the transaction holds no lock here. Every key of it here is one
+/// it only adjusts, so its adjustments were known before it locked
+/// anything, and its keys here need no lock before this very step: each
+/// must be free, or held by adjusters only (whose reservations count
+/// against the bounds), and gets its delta at once. A key held otherwise
+/// is in the way, as for [`LOCK`], and nothing changes.
+///
 /// KEYS: record, index, idempotency key (or the record again), then data1,
 /// meta1, adjusters1, ...
 /// ARGV: txn, record, record_ttl_ms ('0': none), marker to add ('' if
-/// none), lease_ms, claim owner ('' if none), outcome, retention_ms, then
-/// per key `op, value`.
+/// none), lease_ms, claim owner ('' if none), outcome, retention_ms,
+/// `held` or `free`, then per key `op, value`.
 /// Reply: `{'ok'}`, `{'decided', record}`, `{'superseded'}`, `{'lost', i}`
-/// (a lock here is no longer the transaction's), or an adjustment's refusal
-/// (see [`RESERVE`]).
+/// (a lock here is no longer the transaction's), an adjustment's refusal
+/// (see [`RESERVE`]), or, when `free`, `{'locked', ...}` or `{'legacy',
+/// ...}` as [`LOCK`] answers them.
 pub const COMMIT: &str = concat!(
     lua_locks!(),
     "local txn = ARGV[1]
@@ -465,15 +511,48 @@ for i = 1, n do
   data[i] = KEYS[1 + 3 * i]
   metas[i] = KEYS[2 + 3 * i]
   adjs[i] = KEYS[3 + 3 * i]
-  ops[i] = ARGV[7 + 2 * i]
-  values[i] = ARGV[8 + 2 * i]
+  ops[i] = ARGV[8 + 2 * i]
+  values[i] = ARGV[9 + 2 * i]
 end
+local free = ARGV[9] == 'free'
 local found = {}
 if n > 0 then found = call_all('MGET', {}, metas) end
+if free then
+  local absent = {}
+  for i = 1, n do
+    if not found[i] then absent[#absent + 1] = metas[i] end
+  end
+  if #absent > 0 and redis.call('EXISTS', unpack(absent)) > 0 then
+    for i = 1, n do
+      if not found[i] and redis.call('EXISTS', metas[i]) == 1 then
+        local refused = legacy(i, metas[i])
+        if refused then return refused end
+      end
+    end
+  end
+end
+local totals = {}
 for i = 1, n do
   local v = found[i]
   local mode = v and string.sub(v, 1, 1)
-  if mode == 'a' then
+  if free then
+    if v and mode ~= 'a' then
+      local t = redis.call('TIME')
+      return locked(i, metas[i], adjs[i], v, txn, tonumber(t[1]) * 1000 + math.floor(tonumber(t[2]) / 1000))
+    end
+    if ops[i] == 'set' or ops[i] == 'del' then
+      return redis.error_reply('a key written without its lock')
+    elseif ops[i] == 'adj' then
+      local neg, pos = 0, 0
+      if v then
+        local r = redis.call('HMGET', adjs[i], 'neg', 'pos')
+        neg, pos = tonumber(r[1]) or 0, tonumber(r[2]) or 0
+      end
+      local total, refused = bounded(data[i], neg, pos, values[i])
+      if refused then return {refused[1], i - 1, refused[2]} end
+      totals[i] = total
+    end
+  elseif mode == 'a' then
     local r = redis.call('HMGET', adjs[i], 't:' .. txn, 'neg', 'pos')
     if not r[1] then return {'lost', i - 1} end
     if ops[i] == 'adj' then
@@ -493,7 +572,13 @@ else
 end
 if not decided then return {'decided', redis.call('GET', KEYS[1])} end
 if ARGV[6] ~= '' then redis.call('SET', KEYS[3], ARGV[7], 'PX', ARGV[8]) end
-release_all(txn, data, metas, adjs, found, ops, values)
+if free then
+  for i = 1, n do
+    if totals[i] and totals[i] ~= 0 then redis.call('INCRBY', data[i], totals[i]) end
+  end
+else
+  release_all(txn, data, metas, adjs, found, ops, values)
+end
 if ARGV[4] ~= '' then
   local t = redis.call('TIME')
   local now_ms = tonumber(t[1]) * 1000 + math.floor(tonumber(t[2]) / 1000)

@@ -49,6 +49,14 @@ pub(super) enum After {
     },
 }
 
+/// Why round trip 1 stopped an attempt; nothing is held.
+enum Stop {
+    Blocked(Blocked),
+    /// Part `.0` refused to reserve an adjustment.
+    Refused(usize, Refusal),
+    Failed(StoreError),
+}
+
 /// The lock that stopped an attempt.
 #[derive(Debug, Clone)]
 pub(super) struct Blocked {
@@ -81,22 +89,49 @@ impl Coordinator {
     ) -> Result<Outcome, TxnError> {
         let started = Instant::now();
         let primary = plan.primary_name();
+        // A blind transaction needs no value: its steps run first, and
+        // round trip 1 reserves what they adjust. Unless its primary did not
+        // answer last time: then it locks there first, so that a store
+        // that is down fails it before its commit point.
+        let blind = plan.blind && self.store(primary).answering();
         let entries: Vec<Option<String>> = plan
             .parts
             .iter()
-            .map(|p| p.locks().then(|| p.entry(id, primary).encode()))
+            .enumerate()
+            .map(|(i, p)| {
+                (p.locks() && plan.reads(i, blind)).then(|| p.entry(id, primary).encode())
+            })
             .collect();
-        self.metrics.round_trip();
-        let locked = self.lock(id, plan, &entries).await;
-        self.metrics.phase(Phase::Lock, started.elapsed());
-        let view = match locked {
+        let mut executed = None;
+        if blind {
+            let executing = Instant::now();
+            let done = execute(steps, plan, View::new()).await;
+            self.metrics.phase(Phase::Execute, executing.elapsed());
+            match done {
+                Ok(done) => executed = Some(done),
+                Err(abort) => return Ok(Outcome::Aborted(abort)),
+            }
+        }
+        let reserve = executed.as_ref().map(|(_, writes, _)| writes);
+        let view = match self.lock(id, plan, &entries, reserve).await {
             Ok(view) => view,
-            Err(Ok(blocked)) => return Ok(Outcome::Blocked(blocked)),
-            Err(Err(e)) => return Err(e.into()),
+            Err(Stop::Blocked(blocked)) => return Ok(Outcome::Blocked(blocked)),
+            Err(Stop::Refused(part, refusal)) => {
+                let aborts = executed.as_ref().map(|(_, _, a)| a);
+                let aborts = aborts.expect("only a blind transaction reserves as it locks");
+                return refused(id, &plan.parts[part], refusal, aborts);
+            }
+            Err(Stop::Failed(e)) => return Err(e.into()),
         };
-        let executing = Instant::now();
-        let executed = execute(steps, plan, view).await;
-        self.metrics.phase(Phase::Execute, executing.elapsed());
+        let executed = match executed {
+            Some(done) => Ok(done),
+            None => {
+                let executing = Instant::now();
+                let done = execute(steps, plan, view).await;
+                self.metrics.phase(Phase::Execute, executing.elapsed());
+                done
+            }
+        };
         let (outputs, writes, aborts) = match executed {
             Ok(done) => done,
             Err(abort) => {
@@ -107,7 +142,7 @@ impl Coordinator {
         let Some(primary) = plan.primary else {
             return Ok(self.read_only(id, plan, &entries, started, outputs).await);
         };
-        if let Some(refused) = self.reserve(id, plan, primary, &writes, &aborts).await {
+        if !blind && let Some(refused) = self.reserve(id, plan, primary, &writes, &aborts).await {
             self.release(id, plan, &entries).await;
             return refused;
         }
@@ -153,6 +188,18 @@ impl Coordinator {
                 self.release(id, plan, &entries).await;
                 refused(id, &plan.parts[primary], refusal, &aborts)
             }
+            Committed::Conflict { index, holder } => {
+                self.release(id, plan, &entries).await;
+                Ok(Outcome::Blocked(Blocked {
+                    store: plan.parts[primary].store.clone(),
+                    key: plan.parts[primary].keys[index].0.clone(),
+                    holder,
+                }))
+            }
+            Committed::Stopped(e) => {
+                self.release(id, plan, &entries).await;
+                Err(e.into())
+            }
             Committed::Decided(_) | Committed::Lost => {
                 self.release(id, plan, &entries).await;
                 Ok(Outcome::Fenced(format!(
@@ -180,16 +227,8 @@ impl Coordinator {
             .enumerate()
             .filter(|(i, _)| *i != primary)
             .map(|(_, part)| {
-                let adjusted = part
-                    .keys
-                    .iter()
-                    .filter_map(
-                        |(k, _)| match writes.get(&(part.store.clone(), k.clone())) {
-                            Some(Write::Adjust(steps)) => Some((k.as_str(), steps.as_slice())),
-                            _ => None,
-                        },
-                    )
-                    .collect::<Vec<_>>();
+                let mut adjusted = adjustments(part, writes);
+                adjusted.retain(|(_, steps)| !steps.is_empty());
                 (part, adjusted)
             })
             .filter(|(_, adjusted)| !adjusted.is_empty())
@@ -224,41 +263,58 @@ impl Coordinator {
         None
     }
 
-    /// Reads and locks every store's keys, all stores in parallel. On a
-    /// conflict or a store failure, releases what was locked and says which
-    /// (a store failure first: nothing was applied, the request may be sent
-    /// again).
+    /// Round trip 1: reads and locks every store's keys (see
+    /// [`Plan::reads`]), all stores in parallel, reserving the adjustments
+    /// in `reserve` as it goes (a blind transaction's, already run). On a
+    /// conflict, a refusal or a store failure, releases what was locked and
+    /// says which (a store failure first: nothing was applied, the request
+    /// may be sent again).
     async fn lock(
         &self,
         id: &str,
         plan: &Plan,
         entries: &[Option<String>],
-    ) -> Result<View, Result<Blocked, StoreError>> {
+        reserve: Option<&Writes>,
+    ) -> Result<View, Stop> {
+        let started = Instant::now();
         let lease = self.config.lease();
         let primary = plan.primary_name();
-        let first = plan.parts.iter().position(|p| !p.keys.is_empty());
-        let replies = join_all(
-            plan.parts
-                .iter()
-                .enumerate()
-                .filter(|(_, p)| !p.keys.is_empty())
-                .map(|(i, part)| async move {
-                    if Some(i) != first {
-                        faults::hold("prepare-partial").await;
-                    }
-                    let keys: Vec<(&str, Mode)> =
-                        part.keys.iter().map(|(k, m)| (k.as_str(), *m)).collect();
-                    let entry = part.entry(id, primary);
-                    let reply = self.store(&part.store).lock(id, lease, &entry, &keys).await;
-                    if Some(i) == first {
-                        faults::point("prepare-partial").await;
-                    }
-                    (i, reply)
-                }),
-        )
+        let blind = reserve.is_some();
+        let parts: Vec<usize> = (0..plan.parts.len())
+            .filter(|&i| plan.reads(i, blind))
+            .collect();
+        if parts.is_empty() {
+            return Ok(View::new());
+        }
+        self.metrics.round_trip();
+        let first = parts.first().copied();
+        let replies = join_all(parts.into_iter().map(|i| async move {
+            let part = &plan.parts[i];
+            if Some(i) != first {
+                faults::hold("prepare-partial").await;
+            }
+            let keys: Vec<(&str, Mode)> = part.keys.iter().map(|(k, m)| (k.as_str(), *m)).collect();
+            let reserving: Vec<&[Bounded]> = match reserve {
+                None => Vec::new(),
+                Some(writes) => adjustments(part, writes)
+                    .into_iter()
+                    .map(|(_, s)| s)
+                    .collect(),
+            };
+            let entry = part.entry(id, primary);
+            let reply = self
+                .store(&part.store)
+                .lock_reserving(id, lease, &entry, &keys, &reserving)
+                .await;
+            if Some(i) == first {
+                faults::point("prepare-partial").await;
+            }
+            (i, reply)
+        }))
         .await;
+        self.metrics.phase(Phase::Lock, started.elapsed());
         let mut view = View::new();
-        let mut failure: Option<Result<Blocked, StoreError>> = None;
+        let mut failure: Option<Stop> = None;
         let mut held = vec![false; plan.parts.len()];
         for (i, reply) in replies {
             let part = &plan.parts[i];
@@ -270,19 +326,24 @@ impl Coordinator {
                     }
                 }
                 Ok(Locked::Conflict { index, holder }) => {
-                    if !matches!(failure, Some(Err(_))) {
-                        failure = Some(Ok(Blocked {
+                    if failure.is_none() {
+                        failure = Some(Stop::Blocked(Blocked {
                             store: part.store.clone(),
                             key: part.keys[index].0.clone(),
                             holder,
                         }));
                     }
                 }
+                Ok(Locked::Refused(refusal)) => {
+                    if failure.is_none() {
+                        failure = Some(Stop::Refused(i, refusal));
+                    }
+                }
                 Err(e) => {
                     // It may have locked before failing (a reply lost, too
                     // few replicas): release there too.
                     held[i] = true;
-                    failure = Some(Err(e));
+                    failure = Some(Stop::Failed(e));
                 }
             }
         }
@@ -345,7 +406,8 @@ impl Coordinator {
 
     /// The commit point on the primary store: the decision record (with
     /// the other stores' writes while they are unapplied), the primary's
-    /// own writes, and the idempotency outcome, in one script.
+    /// own writes, and the idempotency outcome, in one script. Keys of a
+    /// primary with no entry in `entries` are not locked (a blind attempt).
     async fn commit_point(
         &self,
         id: &str,
@@ -379,6 +441,7 @@ impl Coordinator {
             keys: &keys,
             marker: added.as_deref(),
             lease: self.config.lease(),
+            free: entries[primary].is_none(),
             claim: claim.map(|(c, outcome)| ClaimedOutcome {
                 key: &c.key,
                 owner: &c.owner,
@@ -444,6 +507,20 @@ impl Coordinator {
         }))
         .await;
     }
+}
+
+/// A part's keys, each with its adjustments (none for a key not adjusted).
+fn adjustments<'a>(part: &'a Part, writes: &'a Writes) -> Adjusted<'a> {
+    part.keys
+        .iter()
+        .map(|(k, _)| {
+            let steps = match writes.get(&(part.store.clone(), k.clone())) {
+                Some(Write::Adjust(steps)) => steps.as_slice(),
+                _ => &[],
+            };
+            (k.as_str(), steps)
+        })
+        .collect()
 }
 
 /// A part's keys with their writes, for a script.

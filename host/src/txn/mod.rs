@@ -41,6 +41,10 @@
 //!              (batched, see `background`)
 //! ```
 //!
+//! A transaction whose every key is only adjusted (see "Adjusted keys"
+//! below: an order, a transfer, with the examples) needs no value, and
+//! takes a shorter way: two round trips across stores, one on one store.
+//!
 //! A transaction that meets a live lock runs again after the lock's release
 //! wakes it (or its lease ends), at most `txn.attempts_max` times and for at
 //! most `txn.lock_wait_ms` of waiting in all; then it aborts with code
@@ -95,6 +99,23 @@
 //! Recovery treats a reservation like a lock: roll forward applies it, roll
 //! back drops it, and the hash goes when its last adjuster does.
 //!
+//! A *blind* transaction, one whose every key is only adjusted, reads no
+//! value at all, so it does not wait for one:
+//!
+//! ```text
+//!  execute     first, on no snapshot: the deltas are known up front
+//!  lock        RT 1, every store but the primary, in parallel: one script
+//!     |        each joins the keys in mode `a` and reserves the deltas
+//!     |        (a refusal locks nothing there, and aborts with the step's
+//!     |        own code)
+//!  commit      RT 2 (RT 1 when the primary is the only store): the
+//!   point      primary's keys were never locked; the commit point checks
+//!              that each is free or held by adjusters only, checks the
+//!              bounds against their reservations, and adjusts, with the
+//!              decision, in one script. A key held otherwise is in the way
+//!              as a lock would be: nothing changes, wait, run again.
+//! ```
+//!
 //! # Why it is strictly serializable
 //!
 //! Every transaction holds a lock on every key it reads, from the moment it
@@ -117,7 +138,11 @@
 //! none of them reads it and no reader or writer can hold it meanwhile;
 //! their deltas commute, so the value any later reader sees is the same in
 //! every order of their commit points, and reservations keep each bound
-//! true at every one of them. A Redis Cluster store changes nothing in the
+//! true at every one of them. A blind transaction holds its primary's keys
+//! for the one instant of its commit script, and the others' from round
+//! trip 1 on: at its commit point it still holds all of them at once, and a
+//! key of its primary held by anyone but adjusters stops it there as a
+//! lock would have. A Redis Cluster store changes nothing in the
 //! argument: the locks are per key whichever slot holds them, its slots
 //! lock and apply like separate stores, and the commit point is never on a
 //! cluster, so it stays one script.

@@ -37,6 +37,11 @@ pub(super) struct Plan {
     /// The store that holds the decision: none for a read-only transaction,
     /// which decides nothing.
     pub primary: Option<usize>,
+    /// Every key is only adjusted: no step reads a value, so the steps may
+    /// run before anything is locked, the other stores reserve as they
+    /// lock, and the primary's keys are adjusted by the commit point
+    /// without a lock of their own (see the module essay).
+    pub blind: bool,
 }
 
 impl Plan {
@@ -136,7 +141,22 @@ impl Plan {
                     .expect("a transaction with writes writes somewhere"),
             }
         });
-        Plan { parts, primary }
+        let blind = writes
+            && parts
+                .iter()
+                .all(|p| p.keys.iter().all(|(_, m)| *m == Mode::Adjust));
+        Plan {
+            parts,
+            primary,
+            blind,
+        }
+    }
+
+    /// Whether round trip 1 reads or locks part `i`: every part with keys,
+    /// except the primary of an attempt that goes `blind`.
+    pub fn reads(&self, i: usize, blind: bool) -> bool {
+        let skipped = blind && Some(i) == self.primary;
+        !self.parts[i].keys.is_empty() && !skipped
     }
 
     /// The name of the primary store, or "" for a read-only transaction.
