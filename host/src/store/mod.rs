@@ -53,8 +53,11 @@
 //! # Operations
 //!
 //! Each operation is one script call on one store ([`scripts`]), bounded by
-//! the store timeout: [`Store::lock`] (read and lock), [`Store::commit`]
-//! (the commit point), [`Store::apply`] (apply or roll back, and release),
+//! the store timeout: [`Store::lock`] (read and lock; with
+//! [`Store::lock_reserving`], reserving adjustments as it locks),
+//! [`Store::reserve`], [`Store::commit`] (the commit point; `free`, for keys
+//! only adjusted, which it checks and adjusts without a lock taken before),
+//! [`Store::apply`] (apply or roll back, and release),
 //! [`Store::finalize`], and for recovery [`Store::decide`],
 //! [`Store::record`], [`Store::expired`]. The protocol that strings them
 //! together is in `txn`.
