@@ -38,6 +38,21 @@ fn pay(amount: i64) -> Value {
     )
 }
 
+/// Until a live host's sweep has settled everything a dead one left
+/// (`what` says where the test is, should it not within 20 s).
+async fn swept(env: &TestEnv, what: &str) {
+    let _survivor = env.spawn_host(None);
+    let started = Instant::now();
+    while !env.unfinished().is_empty() {
+        assert!(
+            started.elapsed() < Duration::from_secs(20),
+            "{what}: {:?}",
+            env.unfinished()
+        );
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+}
+
 async fn int(env: &TestEnv, store: &str, key: &str) -> i64 {
     env.get(store, key)
         .await
@@ -140,16 +155,7 @@ async fn a_crash_with_a_reservation_in_flight_keeps_the_bound() {
         assert_eq!(r.abort.expect("why").code, "insufficient_stock", "{point}");
 
         // Recovery settles it; then the unit is sold once in all.
-        let _survivor = env.spawn_host(None);
-        let started = Instant::now();
-        while !env.unfinished().is_empty() {
-            assert!(
-                started.elapsed() < Duration::from_secs(20),
-                "{point}: {:?}",
-                env.unfinished()
-            );
-            tokio::time::sleep(Duration::from_millis(50)).await;
-        }
+        swept(&env, point).await;
         let r = env.run(json!([deduct(1), pay(10)])).await;
         assert_eq!(r.status == Status::Committed, !commits, "{point}: {r:?}");
         assert_eq!(
@@ -311,14 +317,5 @@ async fn a_commit_point_that_adjusts_waits_for_a_lock_on_its_keys() {
     assert_eq!(int(&env, "ledger", "payments:balance:shop").await, 10);
     assert_eq!(int(&env, "orders", "inventory:stock:sale").await, 4);
     // The dead host's index entry is the sweep's to remove.
-    let _survivor = env.spawn_host(None);
-    let started = Instant::now();
-    while !env.unfinished().is_empty() {
-        assert!(
-            started.elapsed() < Duration::from_secs(20),
-            "{:?}",
-            env.unfinished()
-        );
-        tokio::time::sleep(Duration::from_millis(50)).await;
-    }
+    swept(&env, "after the order").await;
 }
