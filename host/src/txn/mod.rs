@@ -116,6 +116,11 @@
 //!              as a lock would be: nothing changes, wait, run again.
 //! ```
 //!
+//! A primary that did not answer its last call (`Store::answering`) is
+//! locked first, the usual way: a store that is down then fails the
+//! transaction before its commit point, which has changed nothing, where a
+//! commit point that fails leaves its outcome unknown.
+//!
 //! # Why it is strictly serializable
 //!
 //! Every transaction holds a lock on every key it reads, from the moment it
