@@ -455,8 +455,10 @@ if command -v strace >/dev/null; then
     env -i "${service_env[@]}" strace -f -qq -o "$tmp/strace.log" "${argv[@]}" 2>"$tmp/serve.log" &
     tracer=$!
     pids+=("$tracer")
+    # By name: strace forks short-lived children of its own at start (to
+    # probe what ptrace can do), and one of them may be all there is yet.
     for _ in $(seq 50); do
-        service=$(pgrep -P "$tracer" || true)
+        service=$(pgrep -P "$tracer" -x "$(basename "${argv[0]}")" || true)
         [ -n "$service" ] && break
         sleep 0.1
     done
