@@ -192,22 +192,25 @@ impl Write {
     }
 
     /// The script argument: the value of a set; for an adjustment, its
-    /// steps as `delta:lower:upper;...` (a bound left empty when there is
-    /// none).
+    /// steps (see [`Write::steps`]).
     fn value(write: Option<&Write>) -> Vec<u8> {
         match write {
             Some(Write::Set(v)) => v.clone(),
-            Some(Write::Adjust(steps)) => {
-                let bound = |b: Option<i64>| b.map(|b| b.to_string()).unwrap_or_default();
-                steps
-                    .iter()
-                    .map(|s| format!("{}:{}:{}", s.delta, bound(s.lower), bound(s.upper)))
-                    .collect::<Vec<_>>()
-                    .join(";")
-                    .into_bytes()
-            }
+            Some(Write::Adjust(steps)) => Write::steps(steps),
             _ => Vec::new(),
         }
+    }
+
+    /// An adjustment's steps as a script takes them, `delta:lower:upper;...`
+    /// (a bound left empty when there is none).
+    fn steps(steps: &[Bounded]) -> Vec<u8> {
+        let bound = |b: Option<i64>| b.map(|b| b.to_string()).unwrap_or_default();
+        steps
+            .iter()
+            .map(|s| format!("{}:{}:{}", s.delta, bound(s.lower), bound(s.upper)))
+            .collect::<Vec<_>>()
+            .join(";")
+            .into_bytes()
     }
 
     /// The sum of an adjustment's deltas.
@@ -671,7 +674,7 @@ impl Store {
             call.arg(mode.code());
         }
         for steps in reserve {
-            call.arg(Write::value(Some(&Write::Adjust(steps.to_vec()))));
+            call.arg(Write::steps(steps));
         }
         let writes = keys.iter().any(|(_, m)| *m != Mode::Read);
         let items = self.array(self.invoke(&call, writes).await?)?;
@@ -805,8 +808,7 @@ impl Store {
         }
         call.arg(txn);
         for (_, steps) in keys {
-            let adjust = Write::Adjust(steps.to_vec());
-            call.arg(Write::value(Some(&adjust)));
+            call.arg(Write::steps(steps));
         }
         let items = self.array(self.invoke(&call, true).await?)?;
         match self.tag(&items)?.as_deref() {
