@@ -48,6 +48,7 @@
 pub mod chart;
 pub mod measure;
 pub mod options;
+pub mod redis_time;
 pub mod report;
 pub mod stores;
 pub mod systems;
@@ -102,6 +103,10 @@ pub async fn run(options: Options, command: String) -> anyhow::Result<Report> {
         false => None,
     };
 
+    if options.redis_time {
+        return redis_time(&options, &stores, &coordinator, http, command, wasm).await;
+    }
+
     let cells = options.cells();
     let progress = progress_bar(cells.len() as u64);
     let mut rows = Vec::with_capacity(cells.len());
@@ -132,6 +137,7 @@ pub async fn run(options: Options, command: String) -> anyhow::Result<Report> {
         accounts: options.accounts,
         wasm,
         rows,
+        redis_time: Vec::new(),
     };
     print!("{}", report::table(&report));
     std::fs::write(&options.out, serde_json::to_vec_pretty(&report)?)
@@ -143,6 +149,53 @@ pub async fn run(options: Options, command: String) -> anyhow::Result<Report> {
         options.out.display(),
         options.svg.display()
     );
+    Ok(report)
+}
+
+/// `--redis-time`: a profile of each workload and system instead of the
+/// cells; printed, and written to `--out` (no chart).
+async fn redis_time(
+    options: &Options,
+    stores: &Stores,
+    coordinator: &Arc<redstage::txn::Coordinator>,
+    http: Option<std::net::SocketAddr>,
+    command: String,
+    wasm: wasm::Calibration,
+) -> anyhow::Result<Report> {
+    let mut profiles = Vec::new();
+    for &workload in &options.workloads {
+        for &system in &options.systems {
+            eprintln!("profiling {workload} {system}");
+            let driver = Driver::new(system, stores, coordinator, http).await?;
+            let space = options.key_space(workload);
+            profiles.push(
+                redis_time::profile(
+                    stores,
+                    &driver,
+                    coordinator,
+                    space,
+                    workload,
+                    options.redis_time_txns,
+                )
+                .await?,
+            );
+        }
+    }
+    print!("{}", redis_time::table(&profiles));
+    let report = Report {
+        machine: Machine::probe(stores).await,
+        command,
+        duration_s: 0.0,
+        persistence: options.persistence,
+        skus: options.skus,
+        accounts: options.accounts,
+        wasm,
+        rows: Vec::new(),
+        redis_time: profiles,
+    };
+    std::fs::write(&options.out, serde_json::to_vec_pretty(&report)?)
+        .with_context(|| format!("writing {}", options.out.display()))?;
+    eprintln!("wrote {}", options.out.display());
     Ok(report)
 }
 

@@ -98,6 +98,16 @@ pub struct Options {
     /// Participant calls timed, per component, for the wasm cost.
     #[arg(long, default_value_t = 2000)]
     pub wasm_calls: usize,
+    /// Instead of the throughput cells: where each system's Redis time
+    /// goes per transaction of each workload, by store and by script or
+    /// command (how many Redis commands each script calls, and µs inside
+    /// Redis), from the stores' slow logs while one client runs
+    /// `--redis-time-txns` transactions.
+    #[arg(long)]
+    pub redis_time: bool,
+    /// Transactions per workload and system for `--redis-time`.
+    #[arg(long, default_value_t = 500)]
+    pub redis_time_txns: usize,
 }
 
 impl Options {

@@ -28,6 +28,9 @@ pub struct Report {
     /// One participant call, measured apart (see `wasm`).
     pub wasm: Calibration,
     pub rows: Vec<Row>,
+    /// `--redis-time`'s profiles (then no rows).
+    #[serde(skip_serializing_if = "Vec::is_empty")]
+    pub redis_time: Vec<crate::redis_time::Profile>,
 }
 
 /// Where it ran.

@@ -64,6 +64,62 @@ pub struct Stats {
     pub memory_bytes: i64,
 }
 
+/// A server's slow log settings, as `CONFIG GET` gave them.
+#[derive(Debug, Clone)]
+pub struct SlowlogSettings {
+    url: String,
+    threshold_us: String,
+    max_len: String,
+}
+
+/// One command a server ran, from its slow log.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Logged {
+    /// The command's name, upper case.
+    pub command: String,
+    /// For `EVALSHA`, the script's SHA1.
+    pub sha: Option<String>,
+    /// How long it ran inside Redis (wall time; a script's includes the
+    /// commands it called).
+    pub micros: u64,
+    /// Called by a script rather than by a client.
+    pub in_script: bool,
+}
+
+impl Logged {
+    /// An entry of `SLOWLOG GET`: id, time, µs, arguments, client address
+    /// (`?:0` for a script's own calls), client name.
+    fn parse(entry: &redis::Value) -> anyhow::Result<Logged> {
+        use redis::Value;
+        let text = |v: &Value| match v {
+            Value::BulkString(b) => Some(String::from_utf8_lossy(b).into_owned()),
+            Value::SimpleString(s) => Some(s.clone()),
+            _ => None,
+        };
+        let Value::Array(fields) = entry else {
+            bail!("a slow log entry that is not an array: {entry:?}");
+        };
+        let (Some(Value::Int(micros)), Some(Value::Array(args))) = (fields.get(2), fields.get(3))
+        else {
+            bail!("a slow log entry without its time and arguments: {entry:?}");
+        };
+        let command = args
+            .first()
+            .and_then(text)
+            .unwrap_or_default()
+            .to_uppercase();
+        let sha = (command == "EVALSHA")
+            .then(|| args.get(1).and_then(text))
+            .flatten();
+        Ok(Logged {
+            command,
+            sha,
+            micros: u64::try_from(*micros).unwrap_or(0),
+            in_script: fields.get(4).and_then(text).as_deref() == Some("?:0"),
+        })
+    }
+}
+
 impl Stats {
     /// `self` minus an earlier reading.
     pub fn since(&self, earlier: &Stats) -> Stats {
@@ -155,11 +211,19 @@ impl Stores {
 
     /// Each distinct server once (both URLs may name the same server).
     fn distinct(&self) -> Vec<MultiplexedConnection> {
+        self.distinct_nodes()
+            .into_iter()
+            .map(|n| n.conn.clone())
+            .collect()
+    }
+
+    /// Every server once, though both stores may be the same one.
+    fn distinct_nodes(&self) -> Vec<&Node> {
         let all: Vec<&Node> = self.nodes.iter().flatten().collect();
         all.iter()
             .enumerate()
             .filter(|(i, n)| !all[..*i].iter().any(|m| m.url == n.url))
-            .map(|(_, n)| n.conn.clone())
+            .map(|(_, n)| *n)
             .collect()
     }
 
@@ -266,6 +330,85 @@ impl Stores {
             }
         }
         Ok(stats)
+    }
+
+    /// Makes every server keep every command it runs in its slow log
+    /// (threshold 0), up to `max` entries each, from an empty log. Returns
+    /// each server's settings before, for [`Stores::logged`] to put back.
+    pub async fn log_everything(&self, max: usize) -> anyhow::Result<Vec<SlowlogSettings>> {
+        let mut before = Vec::new();
+        for node in self.distinct_nodes() {
+            let mut conn = node.conn.clone();
+            let (threshold, len): ((String, String), (String, String)) = redis::pipe()
+                .cmd("CONFIG")
+                .arg("GET")
+                .arg("slowlog-log-slower-than")
+                .cmd("CONFIG")
+                .arg("GET")
+                .arg("slowlog-max-len")
+                .cmd("CONFIG")
+                .arg("SET")
+                .arg("slowlog-log-slower-than")
+                .arg(0)
+                .arg("slowlog-max-len")
+                .arg(max)
+                .ignore()
+                .cmd("SLOWLOG")
+                .arg("RESET")
+                .ignore()
+                .query_async(&mut conn)
+                .await
+                .context("CONFIG SET slowlog-log-slower-than 0")?;
+            before.push(SlowlogSettings {
+                url: node.url.clone(),
+                threshold_us: threshold.1,
+                max_len: len.1,
+            });
+        }
+        Ok(before)
+    }
+
+    /// What [`Stores::log_everything`] logged, per store (`orders`,
+    /// `ledger`), oldest first; each slow log then back to its settings
+    /// `before`, and empty.
+    pub async fn logged(&self, before: &[SlowlogSettings]) -> anyhow::Result<[Vec<Logged>; 2]> {
+        let mut out: [Vec<Logged>; 2] = Default::default();
+        for node in self.distinct_nodes() {
+            let index = self
+                .nodes
+                .iter()
+                .position(|nodes| nodes.iter().any(|n| n.url == node.url))
+                .expect("a node of a store");
+            let settings = before
+                .iter()
+                .find(|s| s.url == node.url)
+                .context("a server's slow log settings were not kept")?;
+            let mut conn = node.conn.clone();
+            let (entries,): (Vec<redis::Value>,) = redis::pipe()
+                .cmd("SLOWLOG")
+                .arg("GET")
+                .arg(-1)
+                .cmd("CONFIG")
+                .arg("SET")
+                .arg("slowlog-log-slower-than")
+                .arg(&settings.threshold_us)
+                .arg("slowlog-max-len")
+                .arg(&settings.max_len)
+                .ignore()
+                .cmd("SLOWLOG")
+                .arg("RESET")
+                .ignore()
+                .query_async(&mut conn)
+                .await
+                .context("SLOWLOG GET")?;
+            let mut mine = entries
+                .iter()
+                .map(Logged::parse)
+                .collect::<anyhow::Result<Vec<_>>>()?;
+            mine.reverse();
+            out[index].extend(mine);
+        }
+        Ok(out)
     }
 
     /// Stock of every SKU and the balance of every account.

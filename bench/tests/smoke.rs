@@ -109,6 +109,54 @@ fn a_tiny_run_on_a_cluster_runs_redstage_only_and_loses_nothing() {
     std::fs::remove_dir_all(&dir).ok();
 }
 
+/// `--redis-time`: per transaction, which scripts each store runs and how
+/// many commands each calls. An order is one `LOCK` and one `APPLY` on
+/// `orders` and one `COMMIT` on `ledger` (its round trips, and the apply
+/// after the answer); a transfer is one `COMMIT`, and locks nothing; the
+/// Lua baseline is its one script. Times are only checked to be there.
+#[test]
+fn redis_time_names_each_script_a_transaction_runs() {
+    let dir = tempfile_dir("redis-time");
+    let (stdout, _, report) = tiny_run(
+        &dir,
+        &[
+            "--redis-time",
+            "--redis-time-txns",
+            "20",
+            "--workloads",
+            "order,transfer",
+            "--systems",
+            "redstage,lua",
+        ],
+    );
+    assert!(stdout.contains("| script or command |"), "{stdout}");
+    assert!(report["rows"].as_array().is_some_and(Vec::is_empty));
+    let profiles = report["redis_time"].as_array().expect("profiles");
+    assert_eq!(profiles.len(), 4);
+    let calls = |workload: &str, system: &str, store: &str, name: &str| -> f64 {
+        let profile = profiles
+            .iter()
+            .find(|p| p["workload"] == workload && p["system"] == system)
+            .unwrap_or_else(|| panic!("no profile of {workload} {system}"));
+        assert_eq!(profile["committed"], 20, "{profile}");
+        assert!(profile["us_per_txn"].as_f64() > Some(0.0), "{profile}");
+        let parts = profile["parts"].as_array().expect("parts");
+        parts
+            .iter()
+            .find(|p| p["store"] == store && p["name"] == name)
+            .inspect(|p| assert!(p["commands_per_call"].as_f64() > Some(0.0), "{p}"))
+            .map_or(0.0, |p| p["calls_per_txn"].as_f64().expect("calls"))
+    };
+    assert_eq!(calls("order", "redstage", "orders", "LOCK"), 1.0);
+    assert_eq!(calls("order", "redstage", "ledger", "COMMIT"), 1.0);
+    assert_eq!(calls("order", "redstage", "orders", "APPLY"), 1.0);
+    assert_eq!(calls("transfer", "redstage", "ledger", "COMMIT"), 1.0);
+    assert_eq!(calls("transfer", "redstage", "ledger", "LOCK"), 0.0);
+    assert_eq!(calls("order", "lua", "orders", "order script"), 1.0);
+    assert_eq!(calls("transfer", "lua", "orders", "order script"), 1.0);
+    std::fs::remove_dir_all(&dir).ok();
+}
+
 /// Runs the bench for 200 ms per cell with `args`, writing into `dir`; its
 /// stdout, its stderr, and the JSON report.
 fn tiny_run(dir: &Path, args: &[&str]) -> (String, String, Value) {

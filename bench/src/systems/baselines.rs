@@ -23,7 +23,7 @@ pub const WATCH_ATTEMPTS_MAX: u32 = 100;
 
 /// KEYS: [stock], from, to; ARGV: qty (ignored without a stock key), amount.
 /// Reply: `ok` or the abort code.
-const ORDER_LUA: &str = r"
+pub const ORDER_LUA: &str = r"
 local n = #KEYS
 local amount = tonumber(ARGV[2])
 if n == 3 then
