@@ -67,11 +67,17 @@ macro_rules! lua_clock {
 ///   (`{txn, lease, primary}` each); `encode(mode, wait, hs)` the reverse;
 /// - `holder(v)`: the sole holder of an exclusive entry, cheaply;
 /// - `adjuster(adj, txn)`: some adjuster other than `txn`, as a holder;
-/// - `bounded(data, neg, pos, list)`: checks adjustments `list`
-///   (`delta:lower:upper;...`) of the key `data`, given the others'
-///   reservations; returns their total, or nil and the refusal (`{'bound',
-///   j}`, `{'nan'}`, or `{'range'}` past the +-2^53 within which Lua counts
-///   exactly, so that no `INCRBY` can fail half-way through a script);
+/// - `strings(data)`: the values of the keys `data` (`MGET`), or nil and
+///   an error reply when one of them holds a value that is not a string;
+/// - `int(x)`: a Lua number as a decimal integer, for a string built
+///   from it (Lua's `..` keeps 14 digits: 123456789012345 would become
+///   `1.2345678901234e+14`; a number passed to `redis.call` keeps 17);
+/// - `bounded(raw, neg, pos, list)`: checks adjustments `list`
+///   (`delta:lower:upper;...`) of a key whose value is `raw`, given the
+///   others' reservations; returns their total, or nil and the refusal
+///   (`{'bound', j}`, `{'nan'}`, or `{'range'}` past the +-2^53 within
+///   which Lua counts exactly, so that no `INCRBY` can fail half-way
+///   through a script);
 /// - `locked(i, meta, adj, v, txn, now_ms)`: the reply naming a holder
 ///   (other than `txn`) of the entry `v` of the `i`-th key, which is in the
 ///   way; marks the key as waited for;
@@ -82,7 +88,8 @@ macro_rules! lua_clock {
 ///   `txn`'s locks on keys whose entries `found` were read: a key held
 ///   exclusively gets its write first (`set`, `del`, or `keep` for none), a
 ///   shared one loses this holder, an adjusted one gets its delta (for
-///   `adj`) and loses this adjuster; an entry left without holders is
+///   `adj`) and loses this adjuster (its last adjuster takes the entry and
+///   the adjusters' hash with it); an entry left without holders is
 ///   deleted, and a key someone waited for is published on the wake
 ///   channel. Returns how many of the keys `txn` held.
 macro_rules! lua_locks {
@@ -139,8 +146,21 @@ local function adjuster(adj, txn)
   until cursor == '0'
   return {'', '0', ''}
 end
-local function bounded(data, neg, pos, list)
-  local raw = redis.call('GET', data)
+local function strings(data)
+  local values = call_all('MGET', {}, data)
+  local absent = {}
+  for i = 1, #data do
+    if not values[i] then absent[#absent + 1] = data[i] end
+  end
+  if #absent > 0 and redis.call('EXISTS', unpack(absent)) > 0 then
+    return nil, redis.error_reply('WRONGTYPE a declared key holds a value that is not a string')
+  end
+  return values
+end
+local function int(x)
+  return string.format('%.0f', x)
+end
+local function bounded(raw, neg, pos, list)
   local value = 0
   if raw then
     if not string.match(raw, '^-?%d+$') then return nil, {'nan'} end
@@ -217,7 +237,8 @@ local function release_all(txn, data, metas, adjs, found, ops, values)
         end
       end
     elseif mode == 'a' then
-      local h = redis.call('HGET', adjs[i], 't:' .. txn)
+      local r = redis.call('HMGET', adjs[i], 't:' .. txn, 'n')
+      local h = r[1]
       if h then
         n = n + 1
         if ops[i] == 'adj' then
@@ -225,16 +246,18 @@ local function release_all(txn, data, metas, adjs, found, ops, values)
           for d in string.gmatch(values[i], '(-?%d+):[^;]*') do total = total + tonumber(d) end
           if total ~= 0 then redis.call('INCRBY', data[i], total) end
         end
-        local reserved = tonumber(string.match(h, '([^\\t]*)$')) or 0
-        redis.call('HDEL', adjs[i], 't:' .. txn)
-        if reserved < 0 then
-          redis.call('HINCRBY', adjs[i], 'neg', -reserved)
-        elseif reserved > 0 then
-          redis.call('HINCRBY', adjs[i], 'pos', -reserved)
-        end
-        if redis.call('HINCRBY', adjs[i], 'n', -1) <= 0 then
+        if (tonumber(r[2]) or 0) <= 1 then
           redis.call('DEL', metas[i], adjs[i])
           if string.sub(v, 2, 2) == '1' then wake[#wake + 1] = data[i] end
+        else
+          local reserved = tonumber(string.match(h, '([^\\t]*)$')) or 0
+          redis.call('HDEL', adjs[i], 't:' .. txn)
+          if reserved < 0 then
+            redis.call('HINCRBY', adjs[i], 'neg', -reserved)
+          elseif reserved > 0 then
+            redis.call('HINCRBY', adjs[i], 'pos', -reserved)
+          end
+          redis.call('HINCRBY', adjs[i], 'n', -1)
         end
       end
     end
@@ -291,14 +314,8 @@ for i = 1, n do
   metas[i] = KEYS[3 * i - 1]
   adjs[i] = KEYS[3 * i]
 end
-local values = call_all('MGET', {}, data)
-local absent = {}
-for i = 1, n do
-  if not values[i] then absent[#absent + 1] = data[i] end
-end
-if #absent > 0 and redis.call('EXISTS', unpack(absent)) > 0 then
-  return redis.error_reply('WRONGTYPE a declared key holds a value that is not a string')
-end
+local values, wrong = strings(data)
+if not values then return wrong end
 if redis.call('ZSCORE', KEYS[#KEYS], ARGV[4]) then
   local out = {'ok'}
   for i = 1, n do out[i + 1] = values[i] end
@@ -399,25 +416,24 @@ for _, i in ipairs(joins) do
     undo[#undo + 1] = {meta = metas[i], old = old}
     if old then redis.call('SET', metas[i], old .. '\\t' .. mine) end
   else
-    local total = 0
     local wanted = ARGV[4 + n + i]
+    local held = 't:' .. txn
     if wanted and wanted ~= '' then
-      local r = redis.call('HMGET', adjs[i], 'neg', 'pos')
-      local refused
-      total, refused = bounded(data[i], tonumber(r[1]) or 0, tonumber(r[2]) or 0, wanted)
+      local r = redis.call('HMGET', adjs[i], 'neg', 'pos', 'n')
+      local neg, pos = tonumber(r[1]) or 0, tonumber(r[2]) or 0
+      local total, refused = bounded(values[i], neg, pos, wanted)
       if refused then
         undo[#undo + 1] = {meta = metas[i], old = old}
         rollback()
         return {refused[1], i - 1, refused[2]}
       end
-    end
-    undo[#undo + 1] = {meta = metas[i], old = old, adj = adjs[i], reserved = total}
-    redis.call('HSET', adjs[i], 't:' .. txn, lease .. '\\t' .. ARGV[3] .. '\\t' .. total)
-    redis.call('HINCRBY', adjs[i], 'n', 1)
-    if total < 0 then
-      redis.call('HINCRBY', adjs[i], 'neg', total)
-    elseif total > 0 then
-      redis.call('HINCRBY', adjs[i], 'pos', total)
+      undo[#undo + 1] = {meta = metas[i], old = old, adj = adjs[i], reserved = total}
+      redis.call('HSET', adjs[i], held, lease .. '\\t' .. ARGV[3] .. '\\t' .. int(total),
+        'n', (tonumber(r[3]) or 0) + 1, 'neg', neg + math.min(total, 0), 'pos', pos + math.max(total, 0))
+    else
+      undo[#undo + 1] = {meta = metas[i], old = old, adj = adjs[i], reserved = 0}
+      redis.call('HSET', adjs[i], held, lease .. '\\t' .. ARGV[3] .. '\\t0')
+      redis.call('HINCRBY', adjs[i], 'n', 1)
     end
   end
 end
@@ -448,7 +464,8 @@ for i = 1, n do
   local r = redis.call('HMGET', KEYS[3 * i], 't:' .. txn, 'neg', 'pos')
   if not r[1] then return {'lost', i - 1} end
   if string.match(r[1], '\\t([^\\t]*)$') == '0' then
-    local total, refused = bounded(KEYS[3 * i - 2], tonumber(r[2]) or 0, tonumber(r[3]) or 0, ARGV[1 + i])
+    local raw = redis.call('GET', KEYS[3 * i - 2])
+    local total, refused = bounded(raw, tonumber(r[2]) or 0, tonumber(r[3]) or 0, ARGV[1 + i])
     if refused then return {refused[1], i - 1, refused[2]} end
     held[i], totals[i] = r[1], total
   end
@@ -456,7 +473,7 @@ end
 for i = 1, n do
   if held[i] then
     local lease, primary = string.match(held[i], '^([^\\t]*)\\t([^\\t]*)\\t')
-    redis.call('HSET', KEYS[3 * i], 't:' .. txn, lease .. '\\t' .. primary .. '\\t' .. totals[i])
+    redis.call('HSET', KEYS[3 * i], 't:' .. txn, lease .. '\\t' .. primary .. '\\t' .. int(totals[i]))
     if totals[i] < 0 then
       redis.call('HINCRBY', KEYS[3 * i], 'neg', totals[i])
     elseif totals[i] > 0 then
@@ -531,6 +548,17 @@ if free then
     end
   end
 end
+local raws, adjusted = {}, {}
+for i = 1, n do
+  if ops[i] == 'adj' then adjusted[#adjusted + 1] = i end
+end
+if #adjusted > 0 then
+  local keys = {}
+  for j, i in ipairs(adjusted) do keys[j] = data[i] end
+  local got, wrong = strings(keys)
+  if not got then return wrong end
+  for j, i in ipairs(adjusted) do raws[i] = got[j] end
+end
 local totals = {}
 for i = 1, n do
   local v = found[i]
@@ -548,7 +576,7 @@ for i = 1, n do
         local r = redis.call('HMGET', adjs[i], 'neg', 'pos')
         neg, pos = tonumber(r[1]) or 0, tonumber(r[2]) or 0
       end
-      local total, refused = bounded(data[i], neg, pos, values[i])
+      local total, refused = bounded(raws[i], neg, pos, values[i])
       if refused then return {refused[1], i - 1, refused[2]} end
       totals[i] = total
     end
@@ -556,7 +584,7 @@ for i = 1, n do
     local r = redis.call('HMGET', adjs[i], 't:' .. txn, 'neg', 'pos')
     if not r[1] then return {'lost', i - 1} end
     if ops[i] == 'adj' then
-      local _, refused = bounded(data[i], tonumber(r[2]) or 0, tonumber(r[3]) or 0, values[i])
+      local _, refused = bounded(raws[i], tonumber(r[2]) or 0, tonumber(r[3]) or 0, values[i])
       if refused then return {refused[1], i - 1, refused[2]} end
     end
   elseif not ((mode == 'x' and holder(v) == txn)
