@@ -64,6 +64,25 @@ pub struct Stats {
     pub memory_bytes: i64,
 }
 
+/// Adds to `pipe` (its replies ignored): the slow log's threshold (µs) and
+/// length, then an empty log.
+fn reset_slowlog<'p>(
+    pipe: &'p mut redis::Pipeline,
+    threshold_us: &str,
+    max_len: &str,
+) -> &'p mut redis::Pipeline {
+    pipe.cmd("CONFIG")
+        .arg("SET")
+        .arg("slowlog-log-slower-than")
+        .arg(threshold_us)
+        .arg("slowlog-max-len")
+        .arg(max_len)
+        .ignore()
+        .cmd("SLOWLOG")
+        .arg("RESET")
+        .ignore()
+}
+
 /// A server's slow log settings, as `CONFIG GET` gave them.
 #[derive(Debug, Clone)]
 pub struct SlowlogSettings {
@@ -339,26 +358,18 @@ impl Stores {
         let mut before = Vec::new();
         for node in self.distinct_nodes() {
             let mut conn = node.conn.clone();
-            let (threshold, len): ((String, String), (String, String)) = redis::pipe()
-                .cmd("CONFIG")
+            let mut pipe = redis::pipe();
+            pipe.cmd("CONFIG")
                 .arg("GET")
                 .arg("slowlog-log-slower-than")
                 .cmd("CONFIG")
                 .arg("GET")
-                .arg("slowlog-max-len")
-                .cmd("CONFIG")
-                .arg("SET")
-                .arg("slowlog-log-slower-than")
-                .arg(0)
-                .arg("slowlog-max-len")
-                .arg(max)
-                .ignore()
-                .cmd("SLOWLOG")
-                .arg("RESET")
-                .ignore()
-                .query_async(&mut conn)
-                .await
-                .context("CONFIG SET slowlog-log-slower-than 0")?;
+                .arg("slowlog-max-len");
+            let (threshold, len): ((String, String), (String, String)) =
+                reset_slowlog(&mut pipe, "0", &max.to_string())
+                    .query_async(&mut conn)
+                    .await
+                    .context("CONFIG SET slowlog-log-slower-than 0")?;
             before.push(SlowlogSettings {
                 url: node.url.clone(),
                 threshold_us: threshold.1,
@@ -384,23 +395,13 @@ impl Stores {
                 .find(|s| s.url == node.url)
                 .context("a server's slow log settings were not kept")?;
             let mut conn = node.conn.clone();
-            let (entries,): (Vec<redis::Value>,) = redis::pipe()
-                .cmd("SLOWLOG")
-                .arg("GET")
-                .arg(-1)
-                .cmd("CONFIG")
-                .arg("SET")
-                .arg("slowlog-log-slower-than")
-                .arg(&settings.threshold_us)
-                .arg("slowlog-max-len")
-                .arg(&settings.max_len)
-                .ignore()
-                .cmd("SLOWLOG")
-                .arg("RESET")
-                .ignore()
-                .query_async(&mut conn)
-                .await
-                .context("SLOWLOG GET")?;
+            let mut pipe = redis::pipe();
+            pipe.cmd("SLOWLOG").arg("GET").arg(-1);
+            let (entries,): (Vec<redis::Value>,) =
+                reset_slowlog(&mut pipe, &settings.threshold_us, &settings.max_len)
+                    .query_async(&mut conn)
+                    .await
+                    .context("SLOWLOG GET")?;
             let mut mine = entries
                 .iter()
                 .map(Logged::parse)
