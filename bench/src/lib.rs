@@ -103,45 +103,56 @@ pub async fn run(options: Options, command: String) -> anyhow::Result<Report> {
         false => None,
     };
 
+    // `--redis-time`: a profile of each workload and system instead of
+    // the cells; printed, and written to `--out` (no chart).
+    let mut rows = Vec::new();
+    let mut profiles = Vec::new();
     if options.redis_time {
-        return redis_time(&options, &stores, &coordinator, http, command, wasm).await;
+        profiles = redis_time(&options, &stores, &coordinator, http).await?;
+    } else {
+        let cells = options.cells();
+        let progress = progress_bar(cells.len() as u64);
+        for (workload, concurrency, system) in cells {
+            progress.set_message(format!("{workload} x{concurrency} {system}"));
+            let driver = Driver::new(system, &stores, &coordinator, http).await?;
+            let row = run_cell(
+                &stores,
+                &driver,
+                &coordinator,
+                &options,
+                workload,
+                concurrency,
+                &wasm,
+            )
+            .await?;
+            rows.push(row);
+            progress.inc(1);
+        }
+        progress.finish_and_clear();
     }
-
-    let cells = options.cells();
-    let progress = progress_bar(cells.len() as u64);
-    let mut rows = Vec::with_capacity(cells.len());
-    for (workload, concurrency, system) in cells {
-        progress.set_message(format!("{workload} x{concurrency} {system}"));
-        let driver = Driver::new(system, &stores, &coordinator, http).await?;
-        let row = run_cell(
-            &stores,
-            &driver,
-            &coordinator,
-            &options,
-            workload,
-            concurrency,
-            &wasm,
-        )
-        .await?;
-        rows.push(row);
-        progress.inc(1);
-    }
-    progress.finish_and_clear();
 
     let report = Report {
         machine: Machine::probe(&stores).await,
         command,
-        duration_s: options.duration.as_secs_f64(),
+        duration_s: match options.redis_time {
+            true => 0.0,
+            false => options.duration.as_secs_f64(),
+        },
         persistence: options.persistence,
         skus: options.skus,
         accounts: options.accounts,
         wasm,
         rows,
-        redis_time: Vec::new(),
+        redis_time: profiles,
     };
-    print!("{}", report::table(&report));
     std::fs::write(&options.out, serde_json::to_vec_pretty(&report)?)
         .with_context(|| format!("writing {}", options.out.display()))?;
+    if options.redis_time {
+        print!("{}", redis_time::table(&report.redis_time));
+        eprintln!("wrote {}", options.out.display());
+        return Ok(report);
+    }
+    print!("{}", report::table(&report));
     std::fs::write(&options.svg, chart::svg(&report))
         .with_context(|| format!("writing {}", options.svg.display()))?;
     eprintln!(
@@ -152,16 +163,14 @@ pub async fn run(options: Options, command: String) -> anyhow::Result<Report> {
     Ok(report)
 }
 
-/// `--redis-time`: a profile of each workload and system instead of the
-/// cells; printed, and written to `--out` (no chart).
+/// A profile of each workload and system the options ask for (see
+/// [`redis_time`]).
 async fn redis_time(
     options: &Options,
     stores: &Stores,
     coordinator: &Arc<redstage::txn::Coordinator>,
     http: Option<std::net::SocketAddr>,
-    command: String,
-    wasm: wasm::Calibration,
-) -> anyhow::Result<Report> {
+) -> anyhow::Result<Vec<redis_time::Profile>> {
     let mut profiles = Vec::new();
     for &workload in &options.workloads {
         for &system in &options.systems {
@@ -181,22 +190,7 @@ async fn redis_time(
             );
         }
     }
-    print!("{}", redis_time::table(&profiles));
-    let report = Report {
-        machine: Machine::probe(stores).await,
-        command,
-        duration_s: 0.0,
-        persistence: options.persistence,
-        skus: options.skus,
-        accounts: options.accounts,
-        wasm,
-        rows: Vec::new(),
-        redis_time: profiles,
-    };
-    std::fs::write(&options.out, serde_json::to_vec_pretty(&report)?)
-        .with_context(|| format!("writing {}", options.out.display()))?;
-    eprintln!("wrote {}", options.out.display());
-    Ok(report)
+    Ok(profiles)
 }
 
 /// One cell: reset, seed, run, measure, audit.
