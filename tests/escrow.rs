@@ -329,7 +329,7 @@ async fn a_commit_point_that_adjusts_waits_for_a_lock_on_its_keys() {
 #[tokio::test]
 async fn reservations_of_fifteen_digits_are_released_exactly() {
     use redis::Commands;
-    use redstage::store::{Bounded, IndexEntry, Mode, Store, Write};
+    use redstage::store::{Bounded, IndexEntry, Key, Mode, Store, Write};
 
     let env = env("");
     let store = Store::connect(
@@ -363,7 +363,7 @@ async fn reservations_of_fifteen_digits_are_released_exactly() {
             .await
             .expect("lock and reserve");
     }
-    let adjusters = format!("rs:{{{key}}}:a");
+    let adjusters = Key::Adjusters(key).encode();
     let neg = |redis: &mut redis::Connection| -> Option<String> {
         redis.hget(&adjusters, "neg").expect("HGET")
     };
