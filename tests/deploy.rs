@@ -272,6 +272,52 @@ async fn a_new_version_swapped_in_under_load_fails_no_transaction() {
     println!("swap under load: {old} transactions on version 1, {new} on version 2, none failed");
 }
 
+/// Deploys back to back, alternating two versions, while transactions of
+/// many steps on one participant run: every transaction runs one version from
+/// its first step to its last, whichever deploy lands as it starts.
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn deploys_back_to_back_never_split_a_transaction_across_versions() {
+    const TASKS: usize = 3;
+    const STEPS: usize = 16;
+    const DEPLOYS: usize = 30;
+    let (env, _folder) = env_with_folder();
+    let api = http::serve(env.coordinator.clone()).await;
+    let versions = [counter(1), counter(2)];
+    let (status, reply) = put(api, "counter", COUNTER_AT, &versions[0]).await;
+    assert_eq!(status, 200, "{reply}");
+
+    let stop = Arc::new(AtomicBool::new(false));
+    let tasks: Vec<_> = (0..TASKS)
+        .map(|t| {
+            let (host, stop) = (env.coordinator.clone(), stop.clone());
+            tokio::spawn(async move {
+                let name = format!("c{t}");
+                let steps: Vec<Value> = (0..STEPS).map(|_| bump(&name)).collect();
+                let mut added = 0;
+                while !stop.load(Ordering::Relaxed) {
+                    let r = host.run(request(json!(steps))).await.expect("runs");
+                    // Version 1 adds 1 a step, version 2 adds 1000.
+                    added += STEPS as i64 * if version_of(&r) == 1 { 1 } else { 1000 };
+                }
+                (name, added)
+            })
+        })
+        .collect();
+    for i in 0..DEPLOYS {
+        let (status, reply) = put(api, "counter", COUNTER_AT, &versions[(i + 1) % 2]).await;
+        assert_eq!(status, 200, "deploy {i}: {reply}");
+    }
+    stop.store(true, Ordering::Relaxed);
+    for task in tasks {
+        let (name, added) = task.await.expect("task");
+        assert!(added > 0, "{name} ran no transaction");
+        assert_eq!(
+            env.get("orders", &format!("counter:count:{name}")).await,
+            Some(added.to_string())
+        );
+    }
+}
+
 /// Waits until `check` holds for the host's listing.
 async fn listing_until(addr: SocketAddr, check: impl Fn(&Value) -> bool) -> Value {
     let started = Instant::now();

@@ -245,6 +245,22 @@ impl Registry {
         self.read().get(name).cloned()
     }
 
+    /// The current version of each participant named, all looked up under
+    /// one read of the registry: a deploy lands before all of them or after
+    /// all of them, so a transaction never runs two versions of one
+    /// participant. `Err(i)` when the `i`th name is unknown.
+    pub fn get_all<'n>(
+        &self,
+        names: impl IntoIterator<Item = &'n str>,
+    ) -> Result<Vec<Arc<Participant>>, usize> {
+        let participants = self.read();
+        names
+            .into_iter()
+            .enumerate()
+            .map(|(i, name)| participants.get(name).cloned().ok_or(i))
+            .collect()
+    }
+
     /// The current version of every participant.
     pub fn all(&self) -> Vec<Arc<Participant>> {
         self.read().values().cloned().collect()

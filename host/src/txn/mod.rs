@@ -690,26 +690,24 @@ impl Coordinator {
                 ),
             ));
         }
-        request
+        let participants = self
+            .registry
+            .get_all(request.steps.iter().map(|s| s.participant.as_str()))
+            .map_err(|i| {
+                TxnError::bad_request(
+                    "unknown_participant",
+                    format!(
+                        "step {i}: no participant named `{}`; known: {}",
+                        request.steps[i].participant,
+                        self.registry.names().join(", ")
+                    ),
+                )
+            })?;
+        let inputs = request
             .steps
             .iter()
-            .enumerate()
-            .map(|(i, s)| {
-                let p = self.registry.get(&s.participant).ok_or_else(|| {
-                    let known = self.registry.names();
-                    TxnError::bad_request(
-                        "unknown_participant",
-                        format!(
-                            "step {i}: no participant named `{}`; known: {}",
-                            s.participant,
-                            known.join(", ")
-                        ),
-                    )
-                })?;
-                let input = serde_json::to_vec(&s.input).expect("JSON values serialize");
-                Ok((p, input))
-            })
-            .collect()
+            .map(|s| serde_json::to_vec(&s.input).expect("JSON values serialize"));
+        Ok(participants.into_iter().zip(inputs).collect())
     }
 
     /// Runs `declare` for every step, each on a fresh instance.
