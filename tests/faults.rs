@@ -21,8 +21,11 @@ const FAST: &str = "[txn]\nlease_ms = 800\nsweep_interval_ms = 100\nstore_timeou
 /// How long recovery may take before a test gives up on it.
 const RECOVERY_TIMEOUT: Duration = Duration::from_secs(20);
 
-const STOCK: i64 = 1000;
-const FUNDS: i64 = 100_000;
+/// Stock and funds no run can use up: a load runs as many orders as the
+/// machine allows in its time, and an order refused for want of stock would
+/// end it early.
+const STOCK: i64 = 1_000_000;
+const FUNDS: i64 = STOCK * PRICE;
 const PRICE: i64 = 3;
 
 fn orders_env(persistence: Persistence) -> TestEnv {
