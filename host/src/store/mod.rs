@@ -380,6 +380,7 @@ struct Scripts {
     rescore: Script,
     claim: Script,
     settle_claim: Script,
+    decision: Script,
 }
 
 fn scripts() -> &'static Scripts {
@@ -395,6 +396,7 @@ fn scripts() -> &'static Scripts {
         rescore: Script::new(scripts::RESCORE),
         claim: Script::new(scripts::CLAIM),
         settle_claim: Script::new(scripts::SETTLE_CLAIM),
+        decision: Script::new(scripts::DECISION),
     })
 }
 
@@ -693,15 +695,17 @@ impl Store {
         call.arg(txn)
             .arg(lease.as_millis() as u64)
             .arg(&entry.primary)
-            .arg(entry.encode());
+            .arg(entry.encode())
+            .arg(self.reassert());
         for (_, mode) in keys {
             call.arg(mode.code());
         }
         for steps in reserve {
             call.arg(Write::steps(steps));
         }
-        let writes = keys.iter().any(|(_, m)| *m != Mode::Read);
-        let items = self.array(self.invoke(&call, writes).await?)?;
+        // Even a read that locks nothing waits for the replicas: it writes
+        // for that (see `scripts::LOCK`).
+        let items = self.array(self.invoke(&call, true).await?)?;
         match self.tag(&items)?.as_deref() {
             Some("ok") if items.len() == keys.len() + 1 => Ok(Locked::Values(
                 items[1..]
@@ -942,31 +946,19 @@ impl Store {
         self.count(reply)
     }
 
-    /// Writes `record` as the decision of `txn` unless one exists (`SET
-    /// NX`), and returns the record that stands: ours, or the one written
-    /// first. How recovery fences a transaction whose lease ran out.
+    /// Writes `record` as the decision of `txn` unless one exists, and
+    /// returns the record that stands: ours, or the one written first. How
+    /// recovery fences a transaction whose lease ran out. Answers only once
+    /// the record that stands has reached the replicas the store's setting
+    /// demands (see [`scripts::DECISION`]).
     pub async fn decide(
         &self,
         txn: &str,
         record: &[u8],
         ttl: Duration,
     ) -> Result<Vec<u8>, StoreError> {
-        let key = Key::TxnRecord(txn).encode();
-        let mut set = redis::cmd("SET");
-        set.arg(&key)
-            .arg(record)
-            .arg("NX")
-            .arg("PX")
-            .arg(ttl.as_millis() as u64);
-        let mut get = redis::cmd("GET");
-        get.arg(&key);
-        // One round trip: the GET sees whichever SET won.
-        let mut pipe = redis::pipe();
-        pipe.add_command(set).ignore().add_command(get);
-        let mut conn = self.conn.clone();
-        let (stored,): (Option<Vec<u8>>,) = self.bounded(pipe.query_async(&mut conn)).await?;
-        self.replicated().await?;
-        stored.ok_or_else(|| self.protocol("decision record vanished right after SET NX"))
+        let stored = self.decision(txn, Some((record, ttl))).await?;
+        stored.ok_or_else(|| self.protocol("decision record vanished right after it was written"))
     }
 
     /// Writes the outcome record of a transaction that decided nothing
@@ -982,11 +974,39 @@ impl Store {
         self.replicated().await
     }
 
-    /// The decision record of `txn`, if any.
+    /// The decision record of `txn`, if any, once it has reached the
+    /// replicas the store's setting demands: what may be acted on or
+    /// answered (see [`scripts::DECISION`]).
     pub async fn record(&self, txn: &str) -> Result<Option<Vec<u8>>, StoreError> {
-        let mut get = redis::cmd("GET");
-        get.arg(Key::TxnRecord(txn).encode());
-        self.query(&get).await
+        self.decision(txn, None).await
+    }
+
+    /// [`Store::record`], fencing with `fence` (a record and its TTL) when
+    /// there is none.
+    async fn decision(
+        &self,
+        txn: &str,
+        fence: Option<(&[u8], Duration)>,
+    ) -> Result<Option<Vec<u8>>, StoreError> {
+        let mut call = Call::new(&scripts().decision);
+        call.key(Key::TxnRecord(txn).encode());
+        match fence {
+            Some((record, ttl)) => call
+                .arg("fence")
+                .arg(self.reassert())
+                .arg(record)
+                .arg(ttl.as_millis() as u64),
+            None => call.arg("read").arg(self.reassert()).arg("").arg(0),
+        };
+        let reply = self.invoke(&call, true).await?;
+        self.bytes_or_nil(&reply)
+    }
+
+    /// `1` when what a script reads must be written again before it is
+    /// acted on, for a `WAIT` to cover it: the store's writes must reach
+    /// replicas (see [`scripts::DECISION`]).
+    fn reassert(&self) -> &'static str {
+        if self.replication.is_some() { "1" } else { "" }
     }
 
     /// Ends decision records whose stores have all applied (see
@@ -1123,7 +1143,8 @@ impl Store {
             .arg(owner)
             .arg(lease.as_millis() as u64)
             .arg(retention.as_millis() as u64)
-            .arg(request);
+            .arg(request)
+            .arg(self.reassert());
         let items = self.array(self.invoke(&call, true).await?)?;
         match (self.tag(&items)?.as_deref(), items.get(1)) {
             (Some("claimed"), _) => Ok(Claim::Claimed),

@@ -325,9 +325,17 @@ end
 /// its holder is named, for an operator to finish with the version that
 /// took it.
 ///
+/// A read that locks nothing (or a call delivered again) writes nothing
+/// either, so the `WAIT` after it would cover none of what it read; with
+/// `sync` (the store's writes must reach replicas), it makes a write that
+/// changes nothing (an index member added and removed at once), so that the
+/// `WAIT` covers every value it read (see [`DECISION`]): a value the master
+/// holds and its replicas do not, which a failover could lose, is never
+/// answered.
+///
 /// KEYS: data1, meta1, adjusters1, ..., index; ARGV: txn, lease_ms,
-/// primary, index entry, then one mode per key, then (only to reserve) one
-/// `delta:lower:upper;...` per key ('' for none).
+/// primary, index entry, sync (`1` or ''), then one mode per key, then
+/// (only to reserve) one `delta:lower:upper;...` per key ('' for none).
 /// Reply: `{'ok', value1|nil, ...}`,
 /// `{'locked', i (0-based), holder, remaining_ms, holder's primary}`,
 /// `{'legacy', i, holder}`, or a reservation's refusal (see [`RESERVE`]).
@@ -343,7 +351,14 @@ for i = 1, n do
 end
 local values, wrong = strings(data)
 if not values then return wrong end
+local function sync()
+  if ARGV[5] == '1' then
+    redis.call('ZADD', KEYS[#KEYS], 0, 'sync')
+    redis.call('ZREM', KEYS[#KEYS], 'sync')
+  end
+end
 if redis.call('ZSCORE', KEYS[#KEYS], ARGV[4]) then
+  sync()
   local out = {'ok'}
   for i = 1, n do out[i + 1] = values[i] end
   return out
@@ -355,7 +370,7 @@ local function conflict(i, v)
 end
 local xs, xi, joins, ri = {}, {}, {}, {}
 for i = 1, n do
-  local mode = ARGV[4 + i]
+  local mode = ARGV[5 + i]
   if mode == 'x' then
     xs[#xs + 1] = metas[i]
     xs[#xs + 1] = 'x0\\t' .. mine
@@ -423,7 +438,7 @@ local function rollback()
   end
 end
 for _, i in ipairs(joins) do
-  local mode = ARGV[4 + i]
+  local mode = ARGV[5 + i]
   local first = mode .. '0'
   if mode == 's' then first = first .. '\\t' .. mine end
   local old = redis.pcall('SET', metas[i], first, 'NX', 'GET')
@@ -443,7 +458,7 @@ for _, i in ipairs(joins) do
     undo[#undo + 1] = {meta = metas[i], old = old}
     if old then redis.call('SET', metas[i], old .. '\\t' .. mine) end
   else
-    local wanted = ARGV[4 + n + i]
+    local wanted = ARGV[5 + n + i]
     local held = 't:' .. txn
     if wanted and wanted ~= '' then
       local r = redis.call('HMGET', adjs[i], 'neg', 'pos', 'n')
@@ -464,7 +479,11 @@ for _, i in ipairs(joins) do
     end
   end
 end
-if #xs > 0 or #joins > 0 then redis.call('ZADD', KEYS[#KEYS], lease, ARGV[4]) end
+if #xs > 0 or #joins > 0 then
+  redis.call('ZADD', KEYS[#KEYS], lease, ARGV[4])
+else
+  sync()
+end
 local out = {'ok'}
 for i = 1, n do out[i + 1] = values[i] end
 return out
@@ -715,6 +734,29 @@ return #KEYS - 1
 "
 );
 
+/// Reads the decision record of a transaction, so that it can be acted on:
+/// with `fence`, writes `aborted` first unless a record stands (how
+/// recovery fences a transaction whose lease ran out). With `reassert`
+/// (the store's writes must reach replicas), a record found is written
+/// again as it is: a `WAIT` after a pure read covers nothing (Redis counts
+/// only the connection's own writes), but after this write it covers every
+/// write the master made before it, the record's included. So a decision
+/// is acted on only once it is as durable as the store's setting demands:
+/// one the master holds but its replicas do not yet (its own commit's
+/// `WAIT` timed out) could be lost in a failover, after recovery acted on
+/// it on other stores.
+/// KEYS: record; ARGV: `read` or `fence`, reassert (`1` or ''), the record
+/// to fence with, its TTL in ms. Reply: the record that stands, or nil.
+pub const DECISION: &str = "local v = redis.call('GET', KEYS[1])
+if v then
+  if ARGV[2] == '1' then redis.call('SET', KEYS[1], v, 'KEEPTTL') end
+  return v
+end
+if ARGV[1] ~= 'fence' then return false end
+redis.call('SET', KEYS[1], ARGV[3], 'PX', ARGV[4])
+return ARGV[3]
+";
+
 /// Index entries whose lease has run out, oldest first.
 /// KEYS: index; ARGV: max entries. Reply: entries.
 pub const EXPIRED: &str = lua_clock!(
@@ -742,8 +784,12 @@ pub const RESCORE: &str = lua_clock!(
 /// Claims an idempotency key for `owner`, unless a first request holds it.
 /// Claiming again with the same owner answers `claimed` (a reply lost on the
 /// way is simply asked again). A key first used for another request (a
-/// different fingerprint), running or done, answers `reused`.
-/// KEYS: idempotency key; ARGV: owner, lease_ms, retention_ms, fingerprint.
+/// different fingerprint), running or done, answers `reused`. A stored
+/// outcome is written again as it is before it is answered, with
+/// `reassert`, for the reason [`DECISION`] gives: it is answered only once
+/// it has reached the replicas.
+/// KEYS: idempotency key; ARGV: owner, lease_ms, retention_ms, fingerprint,
+/// reassert (`1` or '').
 /// Reply: `{'claimed'}`, `{'in_flight'}` while another owner's claim is
 /// live, `{'reused'}`, or `{'done', record}` once the first request has an
 /// outcome.
@@ -752,7 +798,10 @@ pub const CLAIM: &str = lua_clock!(
 if v then
   local r = cjson.decode(v)
   if r.request and r.request ~= ARGV[4] then return {'reused'} end
-  if r.state ~= 'pending' then return {'done', v} end
+  if r.state ~= 'pending' then
+    if ARGV[5] == '1' then redis.call('SET', KEYS[1], v, 'KEEPTTL') end
+    return {'done', v}
+  end
   if r.owner == ARGV[1] then return {'claimed'} end
   if tonumber(r.lease) > now_ms then return {'in_flight'} end
 end
