@@ -285,9 +285,11 @@ pub struct TxnConfig {
     /// stalled past its fence must still find it.
     pub record_retention_s: u64,
     /// How long the outcome of a transaction that was answered stays
-    /// readable by id (`GET /v1/transactions/{id}`); 0 keeps none. The
-    /// records of answered transactions cost memory for this long (see the
-    /// README), read-only transactions never have one.
+    /// readable by id (`GET /v1/transactions/{id}`); 0 keeps none of an
+    /// abort, and a commit's for two leases only (see
+    /// [`TxnConfig::finalized_retention`]). The records of answered
+    /// transactions cost memory for this long (see the README), read-only
+    /// transactions never have one.
     pub answered_retention_s: u64,
     /// How long a transaction may wait, all told, for locks held by others
     /// to be released before it gives up with `conflict`.
@@ -352,6 +354,16 @@ impl TxnConfig {
     }
     pub fn answered_retention(&self) -> Duration {
         Duration::from_secs(self.answered_retention_s)
+    }
+    /// How long a committed record is kept once every store has applied it
+    /// and its client was answered: `answered_retention_s`, but at least two
+    /// leases. A host that read a lock or a marker of the transaction an
+    /// instant before it was finalized may still be about to fence it; it
+    /// fences only within half a lease of its read (see `txn::recovery`), so
+    /// it finds the record rather than nothing, even if it stalls for a
+    /// lease and a half more, and never writes `aborted` over a commit.
+    pub fn finalized_retention(&self) -> Duration {
+        self.answered_retention().max(2 * self.lease())
     }
     pub fn lock_wait(&self) -> Duration {
         Duration::from_millis(self.lock_wait_ms)

@@ -133,7 +133,7 @@ impl Coordinator {
         }
         let token = ClaimToken {
             key: key.to_owned(),
-            owner: new_txn_id(),
+            owner: new_txn_id(false),
             request: fingerprint(&steps),
         };
         if let Some(first) = self.claim(&token).await? {

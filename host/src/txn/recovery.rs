@@ -41,14 +41,14 @@
 //! store name.
 
 use std::collections::{BTreeMap, HashSet};
-use std::time::Duration;
+use std::time::{Duration, Instant};
 
 use futures::future::join_all;
 use serde::Serialize;
 
-use super::Coordinator;
 use super::attempt::Blocked;
 use super::types::{KeyWrite, Record, StoreWork};
+use super::{Coordinator, faults};
 use crate::store::{Bounded, Finalize, Holder, IndexEntry, Release, Store, StoreError, Write};
 
 /// Index entries one sweep resolves per store, at most.
@@ -85,6 +85,11 @@ impl Coordinator {
         patience: Duration,
     ) -> Result<(), StoreError> {
         let store = self.store(&blocked.store);
+        if !self.fresh(blocked.seen) {
+            // Too old to fence on (see `fresh`): the next attempt meets the
+            // lock again, or not.
+            return Ok(());
+        }
         // At least the decision's read, then the release or the wait.
         self.metrics.round_trip();
         self.metrics.round_trip();
@@ -166,14 +171,15 @@ impl Coordinator {
                 ),
             });
         };
-        let bytes = match log.record(txn).await? {
-            Some(bytes) => bytes,
-            None if fence => {
-                let aborted = Record::Aborted { abort: None };
-                log.decide(txn, &aborted.encode(), self.config.record_retention())
-                    .await?
+        let bytes = if fence {
+            let aborted = Record::Aborted { abort: None };
+            log.decide(txn, &aborted.encode(), self.config.record_retention())
+                .await?
+        } else {
+            match log.record(txn).await? {
+                Some(bytes) => bytes,
+                None => return Ok(None),
             }
-            None => return Ok(None),
         };
         Record::decode(&bytes)
             .map(Some)
@@ -181,6 +187,19 @@ impl Coordinator {
                 store: primary.to_owned(),
                 message: format!("unreadable record of {txn}: {e}"),
             })
+    }
+
+    /// Whether what was read at `seen` (a lock, an index entry) is recent
+    /// enough to fence its transaction on: within half a lease. A committed
+    /// record is kept at least two leases after it is finalized (see
+    /// [`crate::config::TxnConfig::finalized_retention`]), and a fence is
+    /// one store call (at most half a lease) after this check: so a fence
+    /// that follows a read of a lock or a marker made just before the
+    /// transaction was finalized still finds its record, even if its host
+    /// stalls a lease more in between, and never writes `aborted` for a
+    /// transaction that committed.
+    fn fresh(&self, seen: Instant) -> bool {
+        seen.elapsed() < self.config.lease() / 2
     }
 
     /// Applies a committed transaction on every store its record lists,
@@ -226,6 +245,7 @@ impl Coordinator {
         // slot, read in the same batch) are already gone.
         let mut finished: HashSet<String> = HashSet::new();
         for store in self.stores.values() {
+            let seen = Instant::now();
             let expired = match store.expired(SWEEP_BATCH).await {
                 Ok(expired) => expired,
                 Err(e) => {
@@ -235,6 +255,11 @@ impl Coordinator {
                 }
             };
             for entry in expired {
+                faults::point("sweep-entry").await;
+                if !self.fresh(seen) {
+                    // The rest of the batch is read again next time.
+                    break;
+                }
                 let (member, delay, result) = match entry {
                     Ok(entry) if finished.contains(&entry.txn) => continue,
                     Ok(entry) => {
