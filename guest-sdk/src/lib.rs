@@ -80,7 +80,10 @@
 
 mod abort;
 mod access;
+#[cfg(all(target_arch = "wasm32", feature = "allocator"))]
+mod alloc;
 mod component;
+pub mod console;
 mod outcome;
 mod positive;
 mod snapshot;
@@ -99,7 +102,8 @@ pub use snapshot::Snapshot;
 /// instance for each.
 pub trait Participant {
     /// The step's input, parsed from JSON. Parse failures become `bad_input`.
-    type Input: serde::de::DeserializeOwned;
+    /// Parsed once per instance: `execute` gets what `declare` parsed.
+    type Input: serde::de::DeserializeOwned + 'static;
 
     /// The keys this input reads and may write. Called before any value is
     /// read, so it depends on the input alone.

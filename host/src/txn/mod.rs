@@ -488,12 +488,19 @@ impl Coordinator {
             });
         };
         let declaring = Instant::now();
-        let declared = self.declare(steps).await;
+        // The first attempt's id names the declare phase too, so that what
+        // participants print there is logged under it.
+        let first_id = new_txn_id();
+        let declared = self
+            .declare(steps)
+            .instrument(tracing::info_span!("txn", id = %first_id, attempt = 1))
+            .await;
         self.metrics.phase(Phase::Declare, declaring.elapsed());
         let mut steps = match declared {
             Ok(steps) => steps,
-            Err(abort) => return Ok((self.aborted(new_txn_id(), 1, abort).await, false)),
+            Err(abort) => return Ok((self.aborted(first_id, 1, abort).await, false)),
         };
+        let mut first_id = Some(first_id);
         let plan = Plan::new(&steps, &self.log_store, claim.is_some(), |store| {
             self.stores.get(store).is_some_and(Store::is_cluster)
         });
@@ -501,7 +508,7 @@ impl Coordinator {
         let mut waited = Duration::ZERO;
         let mut attempt = 1;
         loop {
-            let id = new_txn_id();
+            let id = first_id.take().unwrap_or_else(new_txn_id);
             let span = tracing::info_span!("txn", id = %id, attempt);
             let outcome = self
                 .attempt(&id, attempt, &mut steps, &plan, claim)
@@ -725,7 +732,7 @@ impl Coordinator {
             };
             let mut instance = step
                 .participant
-                .instantiate()
+                .instantiate(step.index)
                 .await
                 .map_err(|e| step.call_failed(e))?;
             let started = Instant::now();
