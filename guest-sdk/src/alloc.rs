@@ -17,7 +17,7 @@ use dlmalloc::{Allocator, Dlmalloc};
 
 /// The arena: zeroed memory of the module itself (`.bss`), counted in its
 /// initial memory. Pages the step never touches cost nothing.
-const ARENA_BYTES: usize = 1 << 20;
+const ARENA_BYTES: usize = 256 << 10;
 
 /// WebAssembly's page size.
 const PAGE_BYTES: usize = 64 << 10;

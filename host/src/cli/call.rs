@@ -97,6 +97,7 @@ async fn report(call: &Call) -> anyhow::Result<(Value, u8)> {
             "path": call.component,
             "bytes": bytes.len(),
             "contract": component.contract(),
+            "imports": component.imports(),
         },
         "input": input,
     });

@@ -1,5 +1,6 @@
 //! The `redstage` command line: `serve`, `check`, `run`, `status`,
-//! `recover`, `deploy`, `demo`.
+//! `recover`, `deploy`, `demo`, and for participant authors `new` and
+//! `call`.
 //!
 //! Every command reads the same TOML config (see `config`); `demo` can do
 //! without one by starting local `redis-server` processes itself. Errors
@@ -9,6 +10,7 @@
 pub mod call;
 mod client;
 pub mod demo;
+pub mod new;
 
 use std::future::IntoFuture;
 use std::path::PathBuf;
@@ -151,12 +153,28 @@ enum Command {
         #[arg(long, conflicts_with = "components")]
         config: Option<PathBuf>,
         /// Folder with inventory.wasm and payments.wasm.
-        #[arg(long, default_value = "target/wasm32-wasip2/release")]
+        #[arg(long, default_value = "target/wasm32-unknown-unknown/release")]
         components: PathBuf,
         /// Put `orders` on a local Redis Cluster of three masters (and the
         /// log on `ledger`) instead of a redis-server.
         #[arg(long, conflicts_with = "config")]
         cluster: bool,
+    },
+    /// Create a participant crate from the built-in template: Cargo.toml
+    /// (the SDK, a cdylib, a release profile tuned for size), the linker
+    /// setting for wasm32-unknown-unknown, src/lib.rs with declare, execute
+    /// and native tests, and a README with the commands that test, build,
+    /// call and deploy it.
+    New {
+        /// The participant's name (and the crate's).
+        name: String,
+        /// Where to write it (default: ./NAME); must not exist or be empty.
+        #[arg(long)]
+        dir: Option<PathBuf>,
+        /// Depend on the SDK at this path (a checkout's guest-sdk/) rather
+        /// than on the published crate.
+        #[arg(long)]
+        sdk_path: Option<PathBuf>,
     },
     /// Run one step of a participant component on its own, as the host
     /// would (the same runtime, limits and checks): `declare` with the
@@ -251,6 +269,11 @@ impl Cli {
                 components,
                 cluster,
             } => demo::run(config, components, cluster).await,
+            Command::New {
+                name,
+                dir,
+                sdk_path,
+            } => new::run(&name, dir, sdk_path),
             Command::Call {
                 component,
                 input,

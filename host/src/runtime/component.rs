@@ -24,6 +24,8 @@ pub type CallResult<T> = Result<Result<T, GuestAbort>, CallError>;
 pub struct Component {
     pre: Pre,
     limits: CallLimits,
+    /// The names of what it imports.
+    imports: Vec<String>,
     /// The contract version it was built against.
     contract: &'static str,
     /// Its idle instances, if reuse is on (see `reuse`); shared with its
@@ -89,10 +91,12 @@ impl Component {
                 ))
             })?),
         };
-        let console = component
+        let imports: Vec<String> = component
             .component_type()
             .imports(component.engine())
-            .any(|(name, _)| name.starts_with(CONSOLE_IMPORT));
+            .map(|(name, _)| name.to_owned())
+            .collect();
+        let console = imports.iter().any(|name| name.starts_with(CONSOLE_IMPORT));
         let contract = match (&pre, console) {
             (Pre::Legacy(_), _) => "0.1.0",
             (Pre::Current(_), false) => "0.2.0",
@@ -106,6 +110,7 @@ impl Component {
         Ok(Component {
             pre,
             limits,
+            imports,
             contract,
             reuse,
             slots,
@@ -122,12 +127,29 @@ impl Component {
         &self.limits
     }
 
-    /// This component as participant `name`'s, whose instances serve up to
-    /// `policy.steps` steps each (see `reuse`). `name` is what logs of its
-    /// steps and a mismatch's warning call it.
-    pub fn with_reuse(self, name: &str, policy: ReusePolicy) -> Component {
-        let reuse = Arc::new(Reuse::new(name.to_owned(), policy, self.slots.clone()));
-        Component { reuse, ..self }
+    /// The names of the component's imports: `redstage:participant/console`
+    /// (and the contract's types) for an SDK build; WASI's interfaces too
+    /// for a `wasm32-wasip2` or `cargo component` build.
+    pub fn imports(&self) -> &[String] {
+        &self.imports
+    }
+
+    /// This component (sharing its compiled code) as participant `name`'s,
+    /// whose instances serve up to `policy.steps` steps each (see `reuse`).
+    /// `name` is what logs of its steps and a mismatch's warning call it.
+    pub fn with_reuse(&self, name: &str, policy: ReusePolicy) -> Component {
+        let pre = match &self.pre {
+            Pre::Current(pre) => Pre::Current(pre.clone()),
+            Pre::Legacy(pre) => Pre::Legacy(pre.clone()),
+        };
+        Component {
+            pre,
+            limits: self.limits.clone(),
+            imports: self.imports.clone(),
+            contract: self.contract,
+            reuse: Arc::new(Reuse::new(name.to_owned(), policy, self.slots.clone())),
+            slots: self.slots.clone(),
+        }
     }
 
     pub fn reuse_policy(&self) -> ReusePolicy {

@@ -214,13 +214,6 @@ const TABLES_PER_SLOT: u32 = 4;
 /// Freed slots decommitted together (see `decommit_batch_size`).
 const DECOMMIT_BATCH: usize = 64;
 
-/// Bytes at the start of a freed memory slot that are reset in place
-/// (only the pages the step dirtied, found with `PAGEMAP_SCAN`) rather than
-/// given back to the kernel: the whole initial memory of an SDK component
-/// (1 MiB of stack, its data, the allocator's 1 MiB arena), so that the
-/// next instance in the slot takes no page faults for it.
-const LINEAR_MEMORY_KEEP_RESIDENT: usize = 4 << 20;
-
 impl Runtime {
     /// A runtime with the default [`RuntimeSettings`] and no compile cache.
     pub fn new() -> Result<Runtime, LoadError> {
@@ -255,7 +248,7 @@ impl Runtime {
             // Give freed slots back to the kernel in batches: one system
             // call (and one TLB shootdown) per batch, not per step.
             .decommit_batch_size(DECOMMIT_BATCH)
-            .linear_memory_keep_resident(LINEAR_MEMORY_KEEP_RESIDENT)
+            .linear_memory_keep_resident(1 << 20)
             .table_keep_resident(64 << 10)
             .pagemap_scan(wasmtime::Enabled::Auto);
         let mut config = wasmtime::Config::new();
