@@ -154,17 +154,12 @@ fn integer(key: &str, value: Option<&[u8]>) -> Result<i64, Abort> {
     let Some(bytes) = value else {
         return Ok(0);
     };
-    std::str::from_utf8(bytes)
-        .ok()
-        .and_then(|text| text.parse().ok())
-        .ok_or_else(|| {
-            Abort::new(
-                "not_an_integer",
-                format!(
-                    "`{key}` holds a value that is not a decimal integer: it cannot be adjusted"
-                ),
-            )
-        })
+    crate::snapshot::integer(bytes).ok_or_else(|| {
+        Abort::new(
+            "not_an_integer",
+            format!("`{key}` holds a value that is not a decimal integer: it cannot be adjusted"),
+        )
+    })
 }
 
 /// An output as the client sees it: JSON parsed, other bytes as a string,
