@@ -98,13 +98,16 @@ pub(crate) fn execute<P: Participant>(input: &[u8], snapshot: &Snapshot) -> Resu
     with_input::<P, _>(input, |input| P::execute(input, snapshot))?
 }
 
+/// An input's bytes and what they parsed into.
+type Parsed = (Vec<u8>, Box<dyn Any>);
+
 thread_local! {
     /// The last input parsed, as bytes and as the participant's type. The
     /// host calls `declare` and then `execute` with the same input on one
     /// instance (unless a conflict makes it run the step again on another),
     /// so `execute` finds its input parsed. A pure function of the bytes,
     /// so keeping it changes no answer.
-    static PARSED: RefCell<Option<(Vec<u8>, Box<dyn Any>)>> = const { RefCell::new(None) };
+    static PARSED: RefCell<Option<Parsed>> = const { RefCell::new(None) };
 }
 
 /// Calls `f` with `input` parsed as `P::Input`: the parse `declare` made

@@ -342,7 +342,7 @@ fn pretty(report: &Value) -> String {
     let times = &report["times"];
     if let Some(access) = report["declare"].get("access") {
         for kind in ["reads", "writes", "adjusts"] {
-            line(&format!("{kind}"), access[kind].to_string());
+            line(kind, access[kind].to_string());
         }
     }
     if let Some(snapshot) = report["snapshot"].as_object() {
@@ -370,7 +370,7 @@ fn pretty(report: &Value) -> String {
             {
                 for (i, l) in text.lines().enumerate() {
                     let label = if i == 0 {
-                        format!("{stream}")
+                        stream.to_string()
                     } else {
                         String::new()
                     };
