@@ -1,5 +1,5 @@
 # Installs what building and testing redstage needs and is missing:
-# redis-server, redis-cli, openssl, the wasm32-wasip2 target, cargo-component. Sourced by the
+# redis-server, redis-cli, openssl, the wasm targets, cargo-component. Sourced by the
 # other scripts; says what it does.
 set -euo pipefail
 
@@ -23,8 +23,10 @@ if [ ${#missing[@]} -gt 0 ]; then
     as_root env DEBIAN_FRONTEND=noninteractive apt-get install -y -qq "${missing[@]}" >/dev/null
 fi
 
-# wasm32-wasip2 for plain cargo builds, wasm32-wasip1 for cargo component.
-for target in wasm32-wasip2 wasm32-wasip1; do
+# wasm32-unknown-unknown for the SDK's default build (linked into a
+# component by wasm-component-ld, which comes with the toolchain),
+# wasm32-wasip2 for plain WASI builds, wasm32-wasip1 for cargo component.
+for target in wasm32-unknown-unknown wasm32-wasip2 wasm32-wasip1; do
     if ! rustup target list --installed | grep -qx "$target"; then
         say "adding the $target target (rustup)"
         rustup target add "$target"

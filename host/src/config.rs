@@ -14,6 +14,7 @@
 //! component = "path/to/inventory.wasm"
 //! store = "orders"
 //! prefix = "inventory:"
+//! reuse_steps = 0                       # steps per instance (optional; 0: fresh per step)
 //! [participants.inventory.limits]       # this participant's own (optional)
 //! call_time_ms = 50
 //! [limits]                              # every participant call (optional)
@@ -260,6 +261,25 @@ pub struct ParticipantConfig {
     /// participant that needs it); every key left out keeps the global value.
     #[serde(default, skip_serializing_if = "LimitOverrides::is_empty")]
     pub limits: LimitOverrides,
+    /// Steps one instance may serve (see `runtime::reuse`); 0, the default:
+    /// a fresh instance per step, the guarantee that no state of one step
+    /// is visible to another.
+    #[serde(default)]
+    pub reuse_steps: u32,
+    /// The fraction of reused steps also run on a fresh instance and
+    /// compared (0 to 1).
+    #[serde(default = "crate::participants::folder::default_reuse_audit")]
+    pub reuse_audit: f64,
+}
+
+impl ParticipantConfig {
+    /// The participant's reuse settings.
+    pub fn reuse(&self) -> crate::runtime::ReusePolicy {
+        crate::runtime::ReusePolicy {
+            steps: self.reuse_steps,
+            audit: self.reuse_audit,
+        }
+    }
 }
 
 /// Bounds of the protocol itself.
@@ -607,6 +627,9 @@ impl Config {
                 &format!("[participants.{name}.limits]"),
                 &self.limits_of(name, p)?,
             )?;
+            p.reuse()
+                .check()
+                .map_err(|m| ConfigError::Invalid(format!("[participants.{name}]: {m}")))?;
             let others = self
                 .participants
                 .iter()

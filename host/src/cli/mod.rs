@@ -1,13 +1,16 @@
 //! The `redstage` command line: `serve`, `check`, `run`, `status`,
-//! `recover`, `deploy`, `demo`.
+//! `recover`, `deploy`, `demo`, and for participant authors `new` and
+//! `call`.
 //!
 //! Every command reads the same TOML config (see `config`); `demo` can do
 //! without one by starting local `redis-server` processes itself. Errors
 //! reach the user through `anyhow` with the cause chain; logs go to stderr
 //! through `tracing` (`RUST_LOG=debug` for more).
 
+pub mod call;
 mod client;
 pub mod demo;
+pub mod new;
 
 use std::future::IntoFuture;
 use std::path::PathBuf;
@@ -121,6 +124,12 @@ enum Command {
         /// Limits to override, as JSON: '{"call_time_ms":50}'.
         #[arg(long)]
         limits: Option<String>,
+        /// Steps one instance may serve (0: a fresh instance per step).
+        #[arg(long)]
+        reuse_steps: Option<u32>,
+        /// The fraction of reused steps audited on a fresh instance.
+        #[arg(long)]
+        reuse_audit: Option<f64>,
         /// A token with the `deploy` scope, if the server requires tokens.
         #[arg(long, env = "REDSTAGE_TOKEN", hide_env_values = true)]
         token: Option<String>,
@@ -144,12 +153,65 @@ enum Command {
         #[arg(long, conflicts_with = "components")]
         config: Option<PathBuf>,
         /// Folder with inventory.wasm and payments.wasm.
-        #[arg(long, default_value = "target/wasm32-wasip2/release")]
+        #[arg(long, default_value = "target/wasm32-unknown-unknown/release")]
         components: PathBuf,
         /// Put `orders` on a local Redis Cluster of three masters (and the
         /// log on `ledger`) instead of a redis-server.
         #[arg(long, conflicts_with = "config")]
         cluster: bool,
+    },
+    /// Create a participant crate from the built-in template: Cargo.toml
+    /// (the SDK, a cdylib, a release profile tuned for size), the linker
+    /// setting for wasm32-unknown-unknown, src/lib.rs with declare, execute
+    /// and native tests, and a README with the commands that test, build,
+    /// call and deploy it.
+    New {
+        /// The participant's name (and the crate's).
+        name: String,
+        /// Where to write it (default: ./NAME); must not exist or be empty.
+        #[arg(long)]
+        dir: Option<PathBuf>,
+        /// Depend on the SDK at this path (a checkout's guest-sdk/) rather
+        /// than on the published crate.
+        #[arg(long)]
+        sdk_path: Option<PathBuf>,
+    },
+    /// Run one step of a participant component on its own, as the host
+    /// would (the same runtime, limits and checks): `declare` with the
+    /// input, then `execute` on a snapshot of the declared keys. Prints the
+    /// access set, the snapshot, the writes, the output or the abort, what
+    /// the participant printed, and the time of each phase, as JSON (or
+    /// readable, with --pretty).
+    ///
+    /// Exit status: 0 the step answered, 1 it aborted (a business "no" or
+    /// `bad_input`), 2 it failed (a trap, a broken limit, a bad abort
+    /// code), 3 nothing ran (the component does not load, a bad argument,
+    /// the store cannot be read).
+    Call {
+        /// The component (.wasm) file.
+        component: PathBuf,
+        /// The step's input, as JSON: '{"op":"deduct","sku":"A1","qty":2}'.
+        #[arg(long)]
+        input: String,
+        /// The values of the keys, as JSON: '{"stock:A1":"10"}' (a key not
+        /// given does not exist; null says so too; {"base64":"..."} for
+        /// bytes). Only declared keys reach the participant.
+        #[arg(long, conflicts_with = "store")]
+        snapshot: Option<String>,
+        /// Read the declared keys from this Redis instead (GET only:
+        /// nothing is written): redis://host:port
+        #[arg(long, requires = "prefix")]
+        store: Option<String>,
+        /// The participant's key prefix on --store, e.g. `inventory:`.
+        #[arg(long, requires = "store")]
+        prefix: Option<String>,
+        /// Limits to override, as JSON: '{"call_time_ms":50}' (the
+        /// defaults of [limits] otherwise).
+        #[arg(long)]
+        limits: Option<String>,
+        /// Print a readable summary instead of JSON.
+        #[arg(long)]
+        pretty: bool,
     },
     /// Print the HTTP API's OpenAPI 3.1 document (what `serve` answers at
     /// GET /openapi.json), e.g. to generate a client.
@@ -180,6 +242,8 @@ impl Cli {
                 store,
                 prefix,
                 limits,
+                reuse_steps,
+                reuse_audit,
                 token,
                 timeout_s,
                 name,
@@ -187,6 +251,8 @@ impl Cli {
             } => {
                 let mut query = vec![("store", store), ("prefix", prefix)];
                 query.extend(limits.map(|l| ("limits", l)));
+                query.extend(reuse_steps.map(|n| ("reuse_steps", n.to_string())));
+                query.extend(reuse_audit.map(|f| ("reuse_audit", f.to_string())));
                 let timeout = std::time::Duration::from_secs(timeout_s);
                 client::deploy(
                     &server,
@@ -203,6 +269,31 @@ impl Cli {
                 components,
                 cluster,
             } => demo::run(config, components, cluster).await,
+            Command::New {
+                name,
+                dir,
+                sdk_path,
+            } => new::run(&name, dir, sdk_path),
+            Command::Call {
+                component,
+                input,
+                snapshot,
+                store,
+                prefix,
+                limits,
+                pretty,
+            } => {
+                call::run(call::Call {
+                    component,
+                    input,
+                    snapshot,
+                    store,
+                    prefix,
+                    limits,
+                    pretty,
+                })
+                .await
+            }
             Command::Openapi => {
                 println!(
                     "{}",

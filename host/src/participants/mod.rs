@@ -17,6 +17,11 @@
 //! `Arc<Participant>`s: a transaction holds the versions it resolved at its
 //! start for all its steps and attempts, so a transaction in flight finishes
 //! on the version it started with while new ones get the new version.
+//!
+//! A participant's `reuse_steps` and `reuse_audit` (see `runtime::reuse`)
+//! belong to its version: a new version starts with no idle instances and
+//! reuse on again, and the old version's idle instances are dropped when it
+//! is replaced.
 
 pub mod folder;
 
@@ -29,7 +34,7 @@ use sha2::{Digest, Sha256};
 
 use crate::config::Config;
 use crate::metrics::CallStats;
-use crate::runtime::{CallError, CallLimits, Component, Instance, Runtime};
+use crate::runtime::{CallError, CallLimits, Component, Instance, ReusePolicy, Runtime};
 use folder::{EntryError, Folder, Manifest};
 
 /// One loaded participant: one version of it.
@@ -73,13 +78,16 @@ impl Participant {
         format!("{}{relative}", self.prefix)
     }
 
-    /// A fresh instance for one step (see [`Component::instantiate`]),
-    /// counted in [`Participant::calls`].
-    pub async fn instantiate(&self) -> Result<Instance, CallError> {
+    /// An instance for step `step` of a transaction (see
+    /// [`Component::instantiate`]), counted in [`Participant::calls`]; what
+    /// it prints is logged with the step.
+    pub async fn instantiate(&self, step: usize) -> Result<Instance, CallError> {
         let started = std::time::Instant::now();
         let instance = self.component.instantiate().await;
         self.calls.instantiate.record(started.elapsed());
-        instance
+        let mut instance = instance?;
+        instance.for_step(step);
+        Ok(instance)
     }
 
     /// The relative key of a Redis key of this participant.
@@ -159,9 +167,13 @@ pub struct Listed {
     pub store: String,
     pub prefix: String,
     pub version: Version,
-    /// The contract version the component exports: `0.2.0` or `0.1.0`.
+    /// The contract version the component was built against: `0.2.1`,
+    /// `0.2.0` or `0.1.0`.
     pub contract: &'static str,
     pub limits: CallLimits,
+    /// Steps an instance may serve (`reuse_steps`; 0: a fresh instance per
+    /// step), and the fraction of reused steps audited (`reuse_audit`).
+    pub reuse: ReusePolicy,
 }
 
 impl From<&Participant> for Listed {
@@ -173,6 +185,7 @@ impl From<&Participant> for Listed {
             version: p.version.clone(),
             contract: p.component.contract(),
             limits: p.component.limits().clone(),
+            reuse: p.component.reuse_policy(),
         }
     }
 }
@@ -212,7 +225,8 @@ impl Registry {
                 .map_err(|e| error(e.to_string()))?;
             let component = runtime
                 .load(&bytes, limits)
-                .map_err(|e| error(format!("{}: {e}", p.component.display())))?;
+                .map_err(|e| error(format!("{}: {e}", p.component.display())))?
+                .with_reuse(name, p.reuse());
             let participant = Participant {
                 name: name.clone(),
                 store: p.store.clone(),
@@ -332,7 +346,9 @@ impl Registry {
             return Err(DeployError::Unknown(name.to_owned()));
         }
         folder.remove(name)?;
-        self.write().remove(name);
+        if let Some(old) = self.write().remove(name) {
+            old.component.retire();
+        }
         self.broken.write().expect("registry lock").remove(name);
         tracing::info!(participant = name, "removed");
         Ok(())
@@ -362,7 +378,9 @@ impl Registry {
             .map(|p| p.name.clone())
             .collect();
         for name in gone {
-            self.write().remove(&name);
+            if let Some(old) = self.write().remove(&name) {
+                old.component.retire();
+            }
             tracing::info!(participant = %name, "removed from the deploy folder");
             report.removed.push(name);
         }
@@ -428,10 +446,12 @@ impl Registry {
         self.runtime
             .check_limits(&limits)
             .map_err(|e| DeployError::BadManifest(format!("limits: {e}")))?;
+        manifest.reuse().check().map_err(DeployError::BadManifest)?;
         let component = self
             .runtime
             .load(bytes, limits)
-            .map_err(|e| DeployError::InvalidComponent(e.to_string()))?;
+            .map_err(|e| DeployError::InvalidComponent(e.to_string()))?
+            .with_reuse(name, manifest.reuse());
         Ok(Participant {
             name: name.to_owned(),
             store: manifest.store.clone(),
@@ -447,7 +467,11 @@ impl Registry {
             .write()
             .expect("registry lock")
             .remove(&participant.name);
-        self.write().insert(participant.name.clone(), participant);
+        let old = self.write().insert(participant.name.clone(), participant);
+        // Its idle instances go: steps of the new version start fresh.
+        if let Some(old) = old {
+            old.component.retire();
+        }
     }
 
     fn is_broken(&self, name: &str) -> bool {

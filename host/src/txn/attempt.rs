@@ -714,7 +714,7 @@ async fn execute(
             Some(instance) => instance,
             None => step
                 .participant
-                .instantiate()
+                .instantiate(step.index)
                 .await
                 .map_err(|e| step.call_failed(e))?,
         };

@@ -498,20 +498,32 @@ impl Coordinator {
             });
         };
         let declaring = Instant::now();
-        let declared = self.declare(steps).await;
+        // The first attempt's id names the declare phase too, so that what
+        // participants print there is logged under it.
+        let first_id = new_txn_id(false);
+        let declared = self
+            .declare(steps)
+            .instrument(tracing::info_span!("txn", id = %first_id, attempt = 1))
+            .await;
         self.metrics.phase(Phase::Declare, declaring.elapsed());
         let mut steps = match declared {
             Ok(steps) => steps,
-            Err(abort) => return Ok((self.aborted(new_txn_id(false), 1, abort).await, false)),
+            Err(abort) => return Ok((self.aborted(first_id, 1, abort).await, false)),
         };
         let plan = Plan::new(&steps, &self.log_store, claim.is_some(), |store| {
             self.stores.get(store).is_some_and(Store::is_cluster)
         });
+        // Only now is it known whether the transaction may leave no trace
+        // (see `new_txn_id`): a traceless one's id differs from the one its
+        // declare phase was logged under in its last bit.
+        let mut first_id = Some(flagged(first_id, plan.traceless()));
         let latches = self.latches.acquire(plan.latch_keys()).await;
         let mut waited = Duration::ZERO;
         let mut attempt = 1;
         loop {
-            let id = new_txn_id(plan.traceless());
+            let id = first_id
+                .take()
+                .unwrap_or_else(|| new_txn_id(plan.traceless()));
             let span = tracing::info_span!("txn", id = %id, attempt);
             let outcome = self
                 .attempt(&id, attempt, &mut steps, &plan, claim)
@@ -766,7 +778,7 @@ impl Coordinator {
             };
             let mut instance = step
                 .participant
-                .instantiate()
+                .instantiate(step.index)
                 .await
                 .map_err(|e| step.call_failed(e))?;
             let started = Instant::now();
@@ -874,7 +886,15 @@ pub const RECOVERED: &str = "recovered";
 /// nothing of it (see [`Coordinator::lookup`]); any other transaction is
 /// known by its locks until it decides, and by its record after.
 fn new_txn_id(traceless: bool) -> String {
-    let mut bytes = *uuid::Uuid::now_v7().as_bytes();
+    flagged(uuid::Uuid::now_v7().to_string(), traceless)
+}
+
+/// Transaction id `id` with its last bit set to `traceless`.
+fn flagged(id: String, traceless: bool) -> String {
+    let Ok(uuid) = uuid::Uuid::try_parse(&id) else {
+        return id;
+    };
+    let mut bytes = *uuid.as_bytes();
     bytes[15] = (bytes[15] & !1) | u8::from(traceless);
     uuid::Uuid::from_bytes(bytes).to_string()
 }
