@@ -1,6 +1,6 @@
 # Installs what building and testing redstage needs and is missing:
-# redis-server, redis-cli, openssl, the wasm targets, cargo-component. Sourced by the
-# other scripts; says what it does.
+# redis-server, redis-cli, openssl, curl, python3, the wasm targets,
+# cargo-component. Sourced by the other scripts; says what it does.
 set -euo pipefail
 
 CARGO_COMPONENT_VERSION=0.21.1
@@ -17,6 +17,9 @@ missing=()
 command -v redis-server >/dev/null 2>&1 || missing+=(redis-server)
 command -v redis-cli >/dev/null 2>&1 || missing+=(redis-tools)
 command -v openssl >/dev/null 2>&1 || missing+=(openssl)
+# curl runs the README's requests in tests/docs.rs; python3 checks the docs' links.
+command -v curl >/dev/null 2>&1 || missing+=(curl)
+command -v python3 >/dev/null 2>&1 || missing+=(python3)
 if [ ${#missing[@]} -gt 0 ]; then
     say "installing ${missing[*]} (apt-get)"
     as_root apt-get update -qq
