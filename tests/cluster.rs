@@ -429,7 +429,9 @@ async fn a_crash_around_the_commit_point_is_finished_on_every_slot() {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn scripts_delivered_twice_act_once() {
     use redstage::store::keys::Key;
-    use redstage::store::{Bounded, IndexEntry, Locked, Mode, Write};
+    use redstage::store::{
+        Base64, Bounded, Found, IndexEntry, KeyWork, Kind, Locked, Mode, Op, Read, Target,
+    };
 
     let env = env(1, toml::Table::new());
     seed(&env).await;
@@ -439,54 +441,70 @@ async fn scripts_delivered_twice_act_once() {
         .find(|s| s.name() == CLUSTER_STORE)
         .expect("the cluster store");
     let [set, adjusted, read] = [0, 1, 2].map(|i| bank_key(one_per_master(&env)[i]));
-    let keys = [
-        (set.as_str(), Mode::Exclusive),
-        (adjusted.as_str(), Mode::Adjust),
-        (read.as_str(), Mode::Shared),
+    let targets = [
+        [(None, Mode::Exclusive)],
+        [(None, Mode::Adjust)],
+        [(None, Mode::Shared)],
     ];
-    let txn = "00000000-0000-4000-8000-000000000001";
-    let entry = IndexEntry {
-        txn: txn.into(),
-        primary: LOG_STORE.into(),
-        keys: keys.iter().map(|(k, _)| (*k).to_owned()).collect(),
-    };
-    let lease = Duration::from_secs(30);
-    for _ in 0..2 {
-        let locked = store.lock(txn, lease, &entry, &keys).await.expect("lock");
-        let Locked::Values(values) = locked else {
-            panic!("a second delivery conflicted with itself: {locked:?}");
-        };
-        assert_eq!(values[0].as_deref(), Some(&b"100"[..]));
-    }
     let take = [Bounded {
         delta: -30,
         lower: Some(0),
         upper: None,
     }];
+    let ops = [
+        vec![Op::Set {
+            value: Base64(b"7".to_vec()),
+            ttl_ms: None,
+        }],
+        vec![Op::Adjust {
+            part: None,
+            steps: take.to_vec(),
+        }],
+        vec![],
+    ];
+    let reads = [vec![Read::Get], vec![], vec![Read::Get]];
+    let names = [set.as_str(), adjusted.as_str(), read.as_str()];
+    let keys: Vec<KeyWork> = (0..3)
+        .map(|i| KeyWork {
+            key: names[i],
+            kind: Kind::String,
+            targets: &targets[i],
+            reads: &reads[i],
+            ops: &ops[i],
+        })
+        .collect();
+    let txn = "00000000-0000-4000-8000-000000000001";
+    let entry = IndexEntry {
+        txn: txn.into(),
+        primary: LOG_STORE.into(),
+        keys: names.iter().map(|k| Target::whole(k)).collect(),
+    };
+    let lease = Duration::from_secs(30);
     for _ in 0..2 {
-        let refused = store
-            .reserve(txn, &[(adjusted.as_str(), &take[..])])
+        let locked = store
+            .lock(txn, lease, &entry, &keys, false, 1024)
             .await
-            .expect("reserve");
+            .expect("lock");
+        let Locked::Values(values) = locked else {
+            panic!("a second delivery conflicted with itself: {locked:?}");
+        };
+        assert_eq!(values[0], vec![Found::Bytes(Some(b"100".to_vec()))]);
+    }
+    for _ in 0..2 {
+        let refused = store.reserve(txn, &keys).await.expect("reserve");
         assert_eq!(refused, None);
     }
-    let adjusters: BTreeMap<String, String> = redis::cmd("HGETALL")
-        .arg(Key::Adjusters(&adjusted).encode())
+    let table: BTreeMap<String, String> = redis::cmd("HGETALL")
+        .arg(Key::Meta(&adjusted).encode())
         .query(&mut env.node_of(&adjusted))
         .expect("HGETALL");
-    assert_eq!(adjusters["n"], "1", "{adjusters:?}");
-    assert_eq!(adjusters["neg"], "-30", "{adjusters:?}");
+    assert_eq!(table["n"], "1", "{table:?}");
+    assert_eq!(table["neg"], "-30", "{table:?}");
 
-    let (value, adjust) = (Write::Set(b"7".to_vec()), Write::Adjust(take.to_vec()));
-    let releases = [
-        (set.as_str(), Some(&value)),
-        (adjusted.as_str(), Some(&adjust)),
-        (read.as_str(), None),
-    ];
     let encoded = entry.encode();
-    let held = store.apply(txn, Some(&encoded), &releases).await;
+    let held = store.apply(txn, Some(&encoded), &keys).await;
     assert_eq!(held.expect("apply"), 3);
-    let again = store.apply(txn, Some(&encoded), &releases).await;
+    let again = store.apply(txn, Some(&encoded), &keys).await;
     assert_eq!(again.expect("apply again"), 0);
     assert_eq!(env.get(&set).as_deref(), Some("7"));
     assert_eq!(env.get(&adjusted).as_deref(), Some("70"));

@@ -325,11 +325,11 @@ async fn a_commit_point_that_adjusts_waits_for_a_lock_on_its_keys() {
 /// come back exactly when it leaves, or the sums that bound everyone else
 /// drift. Two transactions reserve 123,456,789,012,345 each on one key; the
 /// first to apply leaves exactly the second's reservation behind, and the
-/// last takes the hash with it.
+/// last takes the lock table with it.
 #[tokio::test]
 async fn reservations_of_fifteen_digits_are_released_exactly() {
     use redis::Commands;
-    use redstage::store::{Bounded, IndexEntry, Key, Mode, Store, Write};
+    use redstage::store::{Bounded, IndexEntry, Key, KeyWork, Kind, Mode, Op, Store, Target};
 
     let env = env("");
     let store = Store::connect(
@@ -341,45 +341,49 @@ async fn reservations_of_fifteen_digits_are_released_exactly() {
     let key = "big:sku";
     let mut redis = env.redis("orders");
     let _: () = redis.set(key, 1_000_000_000_000_000_i64).expect("SET");
-    let take = [Bounded {
-        delta: -123_456_789_012_345,
-        lower: Some(0),
-        upper: None,
+    let take = vec![Op::Adjust {
+        part: None,
+        steps: vec![Bounded {
+            delta: -123_456_789_012_345,
+            lower: Some(0),
+            upper: None,
+        }],
+    }];
+    let targets = [(None, Mode::Adjust)];
+    let work = [KeyWork {
+        key,
+        kind: Kind::String,
+        targets: &targets,
+        reads: &[],
+        ops: &take,
     }];
     let entry = |txn: &str| IndexEntry {
         txn: txn.to_owned(),
         primary: "ledger".to_owned(),
-        keys: vec![key.to_owned()],
+        keys: vec![Target::whole(key)],
     };
     for txn in ["t1", "t2"] {
         store
-            .lock_reserving(
-                txn,
-                Duration::from_secs(60),
-                &entry(txn),
-                &[(key, Mode::Adjust)],
-                &[&take],
-            )
+            .lock(txn, Duration::from_secs(60), &entry(txn), &work, true, 1024)
             .await
             .expect("lock and reserve");
     }
-    let adjusters = Key::Adjusters(key).encode();
+    let table = Key::Meta(key).encode();
     let neg = |redis: &mut redis::Connection| -> Option<String> {
-        redis.hget(&adjusters, "neg").expect("HGET")
+        redis.hget(&table, "neg").expect("HGET")
     };
     assert_eq!(neg(&mut redis).as_deref(), Some("-246913578024690"));
-    let write = Write::Adjust(take.to_vec());
     store
-        .apply("t1", Some(&entry("t1").encode()), &[(key, Some(&write))])
+        .apply("t1", Some(&entry("t1").encode()), &work)
         .await
         .expect("apply t1");
     assert_eq!(neg(&mut redis).as_deref(), Some("-123456789012345"));
     store
-        .apply("t2", Some(&entry("t2").encode()), &[(key, Some(&write))])
+        .apply("t2", Some(&entry("t2").encode()), &work)
         .await
         .expect("apply t2");
-    let exists: bool = redis.exists(&adjusters).expect("EXISTS");
-    assert!(!exists, "the last adjuster takes the hash with it");
+    let exists: bool = redis.exists(&table).expect("EXISTS");
+    assert!(!exists, "the last adjuster takes the lock table with it");
     let left: i64 = redis.get(key).expect("GET");
     assert_eq!(left, 1_000_000_000_000_000 - 2 * 123_456_789_012_345);
 }

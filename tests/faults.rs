@@ -1201,8 +1201,16 @@ async fn a_reader_whose_lock_was_broken_reads_again() {
         Duration::from_secs(5),
     )
     .expect("a store");
+    let targets = [(None, redstage::store::Mode::Shared)];
+    let lock = [redstage::store::KeyWork {
+        key: "a:n",
+        kind: redstage::store::Kind::String,
+        targets: &targets,
+        reads: &[],
+        ops: &[],
+    }];
     let held = store
-        .apply(&entry.txn, None, &[("a:n", None)])
+        .apply(&entry.txn, None, &lock)
         .await
         .expect("break the lock");
     assert_eq!(held, 1, "the reader did not hold a:n");

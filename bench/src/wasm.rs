@@ -16,7 +16,7 @@
 use std::time::{Duration, Instant};
 
 use anyhow::{Context, anyhow};
-use redstage::runtime::{Component, Entry, GuestAbort, ReusePolicy};
+use redstage::runtime::{Component, Entry, GuestAbort, ReusePolicy, guest};
 use redstage::txn::Coordinator;
 use serde::Serialize;
 
@@ -56,7 +56,9 @@ pub fn payments_sample() -> Sample {
 fn entry(key: &str, value: &str) -> Entry {
     Entry {
         key: key.to_owned(),
-        value: Some(value.as_bytes().to_vec()),
+        kind: guest::Kind::String,
+        target: guest::Target::Whole,
+        value: guest::Value::Bytes(Some(value.as_bytes().to_vec())),
     }
 }
 

@@ -248,14 +248,20 @@ impl From<&str> for StoreConfig {
     }
 }
 
-/// One participant: which component, on which store, under which prefix.
+/// One participant: which component, on which store, in which namespaces.
 #[derive(Debug, Clone, Deserialize, Serialize)]
 #[serde(deny_unknown_fields)]
 pub struct ParticipantConfig {
     pub component: PathBuf,
     pub store: String,
     /// Every key the participant names is stored under `prefix + key`.
+    #[serde(default, skip_serializing_if = "String::is_empty")]
     pub prefix: String,
+    /// Instead of `prefix`: the participant names keys in full, and each
+    /// must start with one of these (an existing layout, `stock:` and
+    /// `reserved:` say, kept as it is).
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub prefixes: Vec<String>,
     /// Keys of the global `[limits]` this participant's calls run under
     /// instead (a tighter bound for an untrusted one, a looser one for a
     /// participant that needs it); every key left out keeps the global value.
@@ -630,11 +636,14 @@ impl Config {
             p.reuse()
                 .check()
                 .map_err(|m| ConfigError::Invalid(format!("[participants.{name}]: {m}")))?;
-            let others = self
-                .participants
-                .iter()
-                .map(|(n, q)| (n.as_str(), q.store.as_str(), q.prefix.as_str()));
-            self.check_placement(name, &p.store, &p.prefix, others)
+            let others = self.participants.iter().map(|(n, q)| {
+                (
+                    n.as_str(),
+                    q.store.as_str(),
+                    namespaces(&q.prefix, &q.prefixes),
+                )
+            });
+            self.check_placement(name, &p.store, (&p.prefix, &p.prefixes), others)
                 .map_err(ConfigError::Invalid)?;
         }
         if self.txn.attempts_max == 0
@@ -669,43 +678,70 @@ impl Config {
 }
 
 impl Config {
-    /// Whether participant `name` may live on `store` under `prefix`, next
-    /// to `others` (name, store, prefix; `name` itself is skipped): the
-    /// store must exist, and the prefix must be non-empty, clear of
-    /// redstage's own keys and of every other prefix on the store, so that
-    /// no participant can reach another's keys.
+    /// Whether participant `name` may live on `store` in its namespaces
+    /// (its `prefix`, or its `prefixes`), next to `others` (name, store,
+    /// namespaces; `name` itself is skipped): the store must exist, and
+    /// each prefix must be non-empty, clear of redstage's own keys and of
+    /// every other participant's on the store, so that no participant can
+    /// reach another's keys. One of `prefix` and `prefixes` is given, not
+    /// both.
     pub fn check_placement<'a>(
         &self,
         name: &str,
         store: &str,
-        prefix: &str,
-        others: impl IntoIterator<Item = (&'a str, &'a str, &'a str)>,
+        (prefix, prefixes): (&str, &[String]),
+        others: impl IntoIterator<Item = (&'a str, &'a str, Vec<&'a str>)>,
     ) -> Result<(), String> {
         if !self.stores.contains_key(store) {
             return Err(format!(
                 "participant `{name}`: store `{store}` is not in [stores]"
             ));
         }
-        if prefix.is_empty() {
+        if prefix.is_empty() == prefixes.is_empty() {
             return Err(format!(
-                "participant `{name}`: prefix must not be empty (it confines the participant's keys)"
+                "participant `{name}`: give it a `prefix` (its keys are named relative to it) or \
+                 `prefixes` (its keys are named in full, each within one of them), not both and \
+                 not neither: it confines the participant's keys"
             ));
         }
-        if prefix.starts_with(RESERVED_PREFIX) || RESERVED_PREFIX.starts_with(prefix) {
-            return Err(format!(
-                "participant `{name}`: prefix `{prefix}` overlaps `{RESERVED_PREFIX}`, reserved for redstage's own keys"
-            ));
-        }
-        for (other, other_store, other_prefix) in others {
-            let overlap = other_prefix.starts_with(prefix) || prefix.starts_with(other_prefix);
-            if other != name && other_store == store && overlap {
+        let own = namespaces(prefix, prefixes);
+        let others: Vec<_> = others.into_iter().collect();
+        for prefix in &own {
+            if prefix.is_empty() {
                 return Err(format!(
-                    "participants `{name}` and `{other}` share store `{store}` with overlapping \
-                     prefixes `{prefix}` and `{other_prefix}`: one could read and write the other's keys"
+                    "participant `{name}`: a prefix must not be empty (it confines the participant's keys)"
                 ));
+            }
+            if prefix.starts_with(RESERVED_PREFIX) || RESERVED_PREFIX.starts_with(prefix) {
+                return Err(format!(
+                    "participant `{name}`: prefix `{prefix}` overlaps `{RESERVED_PREFIX}`, reserved for redstage's own keys"
+                ));
+            }
+            for (other, other_store, other_prefixes) in &others {
+                for other_prefix in other_prefixes {
+                    let overlap =
+                        other_prefix.starts_with(prefix) || prefix.starts_with(other_prefix);
+                    if *other != name && *other_store == store && overlap {
+                        return Err(format!(
+                            "participants `{name}` and `{other}` share store `{store}` with \
+                             overlapping prefixes `{prefix}` and `{other_prefix}`: one could read \
+                             and write the other's keys"
+                        ));
+                    }
+                }
             }
         }
         Ok(())
+    }
+}
+
+/// The prefixes a participant's keys live under: its `prefix`, or its
+/// `prefixes`.
+pub fn namespaces<'a>(prefix: &'a str, prefixes: &'a [String]) -> Vec<&'a str> {
+    if prefix.is_empty() {
+        prefixes.iter().map(String::as_str).collect()
+    } else {
+        vec![prefix]
     }
 }
 

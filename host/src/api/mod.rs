@@ -332,7 +332,11 @@ struct DeployQuery {
     /// The store the participant's keys live on.
     store: String,
     /// The prefix of every key it declares, e.g. `inventory:`.
+    #[serde(default)]
     prefix: String,
+    /// Instead of `prefix`: the prefixes its keys, named in full, each
+    /// start with, separated by commas, e.g. `stock:,reserved:`.
+    prefixes: Option<String>,
     /// JSON object of `[limits]` keys to override, e.g. `{"call_time_ms":50}`.
     limits: Option<String>,
     /// Steps one instance may serve (0, the default: a fresh instance per
@@ -400,6 +404,10 @@ async fn deploy(
     let manifest = Manifest {
         store: query.store,
         prefix: query.prefix,
+        prefixes: query
+            .prefixes
+            .map(|p| p.split(',').map(str::to_owned).collect())
+            .unwrap_or_default(),
         sha256: None,
         reuse_steps: query.reuse_steps.unwrap_or(0),
         reuse_audit: query

@@ -17,9 +17,10 @@ use anyhow::{Context, bail};
 use base64::Engine as _;
 use serde_json::{Value, json};
 
+use crate::runtime::guest::{self, Access, Kind, Mode, Op, Target};
 use crate::runtime::{
     AccessSet, CallError, CallLimits, Entry, GuestAbort, GuestOutput, Instance, LimitOverrides,
-    Runtime, Write,
+    Runtime,
 };
 
 /// Exit status: the step answered.
@@ -47,9 +48,20 @@ pub struct Call {
 /// Where the snapshot comes from.
 enum Source {
     /// `--snapshot`: values by key; a key not given does not exist.
-    Given(BTreeMap<String, Option<Vec<u8>>>),
+    Given(BTreeMap<String, Data>),
     /// `--store` and `--prefix`.
     Redis { url: String, prefix: String },
+}
+
+/// What one key holds, as `--snapshot` gives it.
+#[derive(Debug, Clone, PartialEq)]
+enum Data {
+    None,
+    String(Vec<u8>),
+    Hash(BTreeMap<String, Vec<u8>>),
+    Set(Vec<String>),
+    /// Members and scores, in order of score.
+    Zset(Vec<(String, f64)>),
 }
 
 /// Runs the call and prints its report; the exit status says how it ended.
@@ -129,7 +141,7 @@ async fn report(call: &Call) -> anyhow::Result<(Value, u8)> {
         Err(e) => return Ok(failed(report, times, "declare", e, printed)),
     };
     report["declare"] = json!({
-        "access": {"reads": access.reads, "writes": access.writes, "adjusts": access.adjusts},
+        "access": access_json(&access),
         "printed": printed,
     });
 
@@ -140,12 +152,7 @@ async fn report(call: &Call) -> anyhow::Result<(Value, u8)> {
     }
     report["snapshot"] = snapshot
         .iter()
-        .map(|e| {
-            (
-                e.key.clone(),
-                e.value.as_deref().map_or(Value::Null, value_json),
-            )
-        })
+        .map(|e| (entry_name(e), found_json(&e.value)))
         .collect::<serde_json::Map<_, _>>()
         .into();
 
@@ -229,58 +236,158 @@ fn source(call: &Call) -> anyhow::Result<Source> {
     }
 }
 
-/// `{"key": "text", "other": null, "bin": {"base64": "AAE="}}`.
-fn parse_snapshot(text: &str) -> anyhow::Result<BTreeMap<String, Option<Vec<u8>>>> {
+/// `{"key": "text", "other": null, "bin": {"base64": "AAE="}, "user": {"hash":
+/// {"sent": "3"}}, "follows": {"set": ["bob"]}, "board": {"zset": {"ann": 7}}}`.
+fn parse_snapshot(text: &str) -> anyhow::Result<BTreeMap<String, Data>> {
     let shape = "--snapshot must be a JSON object of key -> value: a string, null (no such \
-                 key), or {\"base64\": \"...\"} for bytes";
+                 key), {\"base64\": \"...\"} for bytes, {\"hash\": {field: value}}, \
+                 {\"set\": [member]} or {\"zset\": {member: score}}";
     let Value::Object(map) = serde_json::from_str::<Value>(text).context(shape)? else {
         bail!("{shape}");
     };
+    let bytes = |key: &str, v: &Value| -> anyhow::Result<Vec<u8>> {
+        match v {
+            Value::String(s) => Ok(s.clone().into_bytes()),
+            Value::Object(o) if o.len() == 1 && o["base64"].is_string() => {
+                base64::engine::general_purpose::STANDARD
+                    .decode(o["base64"].as_str().expect("a string"))
+                    .with_context(|| format!("--snapshot: `{key}` is not base64"))
+            }
+            other => bail!("{shape}; `{key}` holds {other}"),
+        }
+    };
     map.into_iter()
         .map(|(key, value)| {
-            let value = match value {
-                Value::Null => None,
-                Value::String(s) => Some(s.into_bytes()),
-                Value::Object(o) if o.len() == 1 && o["base64"].is_string() => Some(
-                    base64::engine::general_purpose::STANDARD
-                        .decode(o["base64"].as_str().expect("a string"))
-                        .with_context(|| format!("--snapshot: `{key}` is not base64"))?,
-                ),
-                other => bail!("{shape}; `{key}` is {other}"),
+            let data = match &value {
+                Value::Null => Data::None,
+                Value::Object(o) if o.len() == 1 && o.contains_key("hash") => {
+                    let Value::Object(fields) = &o["hash"] else {
+                        bail!("{shape}; `{key}`'s hash is not an object");
+                    };
+                    let fields = fields
+                        .iter()
+                        .map(|(f, v)| Ok((f.clone(), bytes(&key, v)?)))
+                        .collect::<anyhow::Result<_>>()?;
+                    Data::Hash(fields)
+                }
+                Value::Object(o) if o.len() == 1 && o.contains_key("set") => {
+                    let members = o["set"]
+                        .as_array()
+                        .and_then(|ms| ms.iter().map(|m| m.as_str().map(str::to_owned)).collect())
+                        .with_context(|| {
+                            format!("{shape}; `{key}`'s set is not a list of strings")
+                        })?;
+                    let mut members: Vec<String> = members;
+                    members.sort();
+                    members.dedup();
+                    Data::Set(members)
+                }
+                Value::Object(o) if o.len() == 1 && o.contains_key("zset") => {
+                    let scored = o["zset"]
+                        .as_object()
+                        .and_then(|ms| {
+                            ms.iter()
+                                .map(|(m, s)| s.as_f64().map(|s| (m.clone(), s)))
+                                .collect::<Option<Vec<_>>>()
+                        })
+                        .with_context(|| {
+                            format!("{shape}; `{key}`'s zset is not an object of member: score")
+                        })?;
+                    let mut scored = scored;
+                    scored.sort_by(|a, b| a.1.total_cmp(&b.1).then_with(|| a.0.cmp(&b.0)));
+                    Data::Zset(scored)
+                }
+                other => Data::String(bytes(&key, other)?),
             };
-            Ok((key, value))
+            Ok((key, data))
         })
         .collect()
 }
 
-/// The snapshot `execute` gets: every key declared for reading or writing,
-/// once, in order, as the coordinator builds it.
+/// The snapshot `execute` gets: every access declared in read or write
+/// mode, once, in order, as the coordinator builds it.
 async fn snapshot(source: &Source, access: &AccessSet) -> anyhow::Result<Vec<Entry>> {
-    let mut keys: Vec<&String> = access.reads.iter().chain(&access.writes).collect();
-    keys.sort();
-    keys.dedup();
-    let values = match source {
-        Source::Given(map) => keys
+    let mut reads: Vec<&Access> = Vec::new();
+    for a in &access.accesses {
+        let read = matches!(a.mode, Mode::Read | Mode::Write);
+        let seen = reads
             .iter()
-            .map(|k| map.get(*k).cloned().flatten())
-            .collect(),
-        Source::Redis { url, prefix } => read(url, prefix, &keys).await?,
+            .any(|r| r.key == a.key && r.kind == a.kind && r.target == a.target);
+        if read && !seen {
+            reads.push(a);
+        }
+    }
+    let mut entries = Vec::with_capacity(reads.len());
+    for a in reads {
+        let data = match source {
+            Source::Given(map) => map.get(&a.key).cloned().unwrap_or(Data::None),
+            Source::Redis { url, prefix } => {
+                read(url, &format!("{prefix}{}", a.key), a.kind).await?
+            }
+        };
+        entries.push(Entry {
+            key: a.key.clone(),
+            kind: a.kind,
+            target: a.target.clone(),
+            value: value_of(&data, a),
+        });
+    }
+    Ok(entries)
+}
+
+/// What access `a` finds in `data`, as the host's snapshot gives it.
+fn value_of(data: &Data, a: &Access) -> guest::Value {
+    let empty = Vec::new();
+    let (hash, set, zset) = match data {
+        Data::Hash(h) => (Some(h), None, None),
+        Data::Set(s) => (None, Some(s), None),
+        Data::Zset(z) => (None, None, Some(z)),
+        _ => (None, None, None),
     };
-    Ok(keys
-        .into_iter()
-        .zip(values)
-        .map(|(key, value)| Entry {
-            key: key.clone(),
-            value,
-        })
-        .collect())
+    let zset = zset.unwrap_or(&empty);
+    match (&a.target, a.kind) {
+        (Target::Whole, Kind::String) => guest::Value::Bytes(match data {
+            Data::String(v) => Some(v.clone()),
+            _ => None,
+        }),
+        (Target::Field(f), _) => guest::Value::Bytes(hash.and_then(|h| h.get(f).cloned())),
+        (Target::Whole, Kind::Hash) => guest::Value::Fields(
+            hash.map(|h| h.iter().map(|(f, v)| (f.clone(), v.clone())).collect())
+                .unwrap_or_default(),
+        ),
+        (Target::Member(m), Kind::Set) => {
+            guest::Value::Present(set.is_some_and(|s| s.binary_search(m).is_ok()))
+        }
+        (Target::Whole, Kind::Set) => guest::Value::Members(set.cloned().unwrap_or_default()),
+        (Target::Member(m), _) => {
+            guest::Value::Score(zset.iter().find(|(n, _)| n == m).map(|(_, s)| *s))
+        }
+        (Target::Ranks((a, b)), _) => {
+            let n = zset.len() as i64;
+            let norm = |i: i64| if i < 0 { n + i } else { i };
+            let (a, b) = (norm(*a).max(0), norm(*b).min(n - 1));
+            guest::Value::Ranked(if a > b {
+                Vec::new()
+            } else {
+                zset[a as usize..=b as usize].to_vec()
+            })
+        }
+        (Target::Scores((min, max)), _) => guest::Value::Ranked(
+            zset.iter()
+                .filter(|(_, s)| s >= min && s <= max)
+                .cloned()
+                .collect(),
+        ),
+        _ => guest::Value::Ranked(zset.clone()),
+    }
 }
 
 /// How long reading the snapshot from `--store` may take.
 const STORE_TIMEOUT: Duration = Duration::from_secs(5);
 
-/// `GET prefix+key` for each key, and nothing else: the store is only read.
-async fn read(url: &str, prefix: &str, keys: &[&String]) -> anyhow::Result<Vec<Option<Vec<u8>>>> {
+/// What `key` holds on the store, read as a value of `kind`, and nothing
+/// else: the store is only read.
+async fn read(url: &str, key: &str, kind: Kind) -> anyhow::Result<Data> {
     if url.starts_with(crate::store::cluster::SCHEME) {
         bail!(
             "--store takes a redis:// or rediss:// URL; for a cluster, give the URL of the node holding the keys"
@@ -288,13 +395,34 @@ async fn read(url: &str, prefix: &str, keys: &[&String]) -> anyhow::Result<Vec<O
     }
     let client = redis::Client::open(url).with_context(|| format!("--store {url}"))?;
     let read = async {
-        let mut connection = client.get_multiplexed_async_connection().await?;
-        let mut pipe = redis::pipe();
-        for key in keys {
-            pipe.cmd("GET").arg(format!("{prefix}{key}"));
-        }
-        pipe.query_async::<Vec<Option<Vec<u8>>>>(&mut connection)
-            .await
+        let mut c = client.get_multiplexed_async_connection().await?;
+        Ok::<Data, redis::RedisError>(match kind {
+            Kind::String => match redis::cmd("GET")
+                .arg(key)
+                .query_async::<Option<Vec<u8>>>(&mut c)
+                .await?
+            {
+                Some(v) => Data::String(v),
+                None => Data::None,
+            },
+            Kind::Hash => Data::Hash(redis::cmd("HGETALL").arg(key).query_async(&mut c).await?),
+            Kind::Set => {
+                let mut members: Vec<String> =
+                    redis::cmd("SMEMBERS").arg(key).query_async(&mut c).await?;
+                members.sort();
+                Data::Set(members)
+            }
+            Kind::Zset => Data::Zset(
+                redis::cmd("ZRANGE")
+                    .arg(key)
+                    .arg(0)
+                    .arg(-1)
+                    .arg("WITHSCORES")
+                    .query_async(&mut c)
+                    .await?,
+            ),
+            Kind::Stream | Kind::List => Data::None,
+        })
     };
     tokio::time::timeout(STORE_TIMEOUT, read)
         .await
@@ -310,17 +438,126 @@ fn value_json(bytes: &[u8]) -> Value {
     }
 }
 
-fn write_json(write: &Write) -> Value {
-    match write {
-        Write::Set((key, value)) => json!({"set": key, "value": value_json(value)}),
-        Write::Delete(key) => json!({"delete": key}),
-        Write::Adjust(a) => json!({
-            "adjust": a.key,
-            "delta": a.delta,
-            "lower": a.lower,
-            "upper": a.upper,
-            "abort": {"code": a.abort.code, "message": a.abort.message},
+fn kind_name(kind: Kind) -> &'static str {
+    match kind {
+        Kind::String => "string",
+        Kind::Hash => "hash",
+        Kind::Set => "set",
+        Kind::Zset => "zset",
+        Kind::Stream => "stream",
+        Kind::List => "list",
+    }
+}
+
+fn target_json(target: &Target) -> Value {
+    match target {
+        Target::Whole => json!("whole"),
+        Target::Field(f) => json!({"field": f}),
+        Target::Member(m) => json!({"member": m}),
+        Target::Ranks((a, b)) => json!({"ranks": [a, b]}),
+        Target::Scores((a, b)) => json!({"scores": [a, b]}),
+    }
+}
+
+/// The access set: the keys by mode (`reads`, `writes`, `adjusts`,
+/// `appends`), and every access in full.
+fn access_json(access: &AccessSet) -> Value {
+    let keys = |mode: Mode| {
+        let mut keys: Vec<&str> = access
+            .accesses
+            .iter()
+            .filter(|a| a.mode == mode)
+            .map(|a| a.key.as_str())
+            .collect();
+        keys.dedup();
+        keys
+    };
+    json!({
+        "reads": keys(Mode::Read),
+        "writes": keys(Mode::Write),
+        "adjusts": keys(Mode::Adjust),
+        "appends": keys(Mode::Append),
+        "accesses": access.accesses.iter().map(|a| json!({
+            "key": a.key,
+            "kind": kind_name(a.kind),
+            "target": target_json(&a.target),
+            "mode": format!("{:?}", a.mode).to_lowercase(),
+        })).collect::<Vec<_>>(),
+    })
+}
+
+/// A snapshot entry's name in the report: its key, and its target unless
+/// it is the key whole.
+fn entry_name(e: &Entry) -> String {
+    match &e.target {
+        Target::Whole => e.key.clone(),
+        t => format!("{} {}", e.key, target_json(t)),
+    }
+}
+
+fn found_json(value: &guest::Value) -> Value {
+    match value {
+        guest::Value::Bytes(v) => v.as_deref().map_or(Value::Null, value_json),
+        guest::Value::Present(p) => json!(p),
+        guest::Value::Score(s) => json!(s),
+        guest::Value::Fields(fs) => fs
+            .iter()
+            .map(|(f, v)| (f.clone(), value_json(v)))
+            .collect::<serde_json::Map<_, _>>()
+            .into(),
+        guest::Value::Members(ms) => json!(ms),
+        guest::Value::Ranked(rs) => json!(rs),
+    }
+}
+
+fn write_json(write: &guest::Write) -> Value {
+    let key = &write.key;
+    let bounded = |b: &guest::Bounded| {
+        json!({
+            "delta": b.delta,
+            "lower": b.lower,
+            "upper": b.upper,
+            "abort": {"code": b.abort.code, "message": b.abort.message},
+        })
+    };
+    match &write.op {
+        Op::Set((value, ttl)) => json!({"set": key, "value": value_json(value), "ttl_ms": ttl}),
+        Op::Delete => json!({"delete": key}),
+        Op::Adjust(b) => {
+            let mut v = bounded(b);
+            v["adjust"] = json!(key);
+            v
+        }
+        Op::Hset((f, v)) => json!({"hset": key, "field": f, "value": value_json(v)}),
+        Op::Hdel(f) => json!({"hdel": key, "field": f}),
+        Op::Hincrby((f, b)) => {
+            let mut v = bounded(b);
+            v["hincrby"] = json!(key);
+            v["field"] = json!(f);
+            v
+        }
+        Op::Sadd(m) => json!({"sadd": key, "member": m}),
+        Op::Srem(m) => json!({"srem": key, "member": m}),
+        Op::Zadd((m, s)) => json!({"zadd": key, "member": m, "score": s}),
+        Op::Zrem(m) => json!({"zrem": key, "member": m}),
+        Op::Zincrby((m, b)) => {
+            let mut v = bounded(b);
+            v["zincrby"] = json!(key);
+            v["member"] = json!(m);
+            v
+        }
+        Op::Xadd(e) => json!({
+            "xadd": key,
+            "fields": e.fields.iter().map(|(f, v)| (f.clone(), value_json(v))).collect::<serde_json::Map<_, _>>(),
+            "maxlen": e.maxlen,
         }),
+        Op::Rpush(vs) => {
+            json!({"rpush": key, "values": vs.iter().map(|v| value_json(v)).collect::<Vec<_>>()})
+        }
+        Op::Lpush(vs) => {
+            json!({"lpush": key, "values": vs.iter().map(|v| value_json(v)).collect::<Vec<_>>()})
+        }
+        Op::Expire(ms) => json!({"expire": key, "ms": ms}),
     }
 }
 
@@ -341,8 +578,10 @@ fn pretty(report: &Value) -> String {
     line("input", report["input"].to_string());
     let times = &report["times"];
     if let Some(access) = report["declare"].get("access") {
-        for kind in ["reads", "writes", "adjusts"] {
-            line(kind, access[kind].to_string());
+        for kind in ["reads", "writes", "adjusts", "appends"] {
+            if access[kind].as_array().is_some_and(|a| !a.is_empty()) {
+                line(kind, access[kind].to_string());
+            }
         }
     }
     if let Some(snapshot) = report["snapshot"].as_object() {

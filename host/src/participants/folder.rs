@@ -41,7 +41,12 @@ pub const NAME_BYTES_MAX: usize = 64;
 #[serde(deny_unknown_fields)]
 pub struct Manifest {
     pub store: String,
+    /// The prefix its keys are named relative to, or
+    #[serde(default, skip_serializing_if = "String::is_empty")]
     pub prefix: String,
+    /// the prefixes its keys, named in full, each start with.
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub prefixes: Vec<String>,
     /// SHA-256 (hex) of the component this manifest was written for.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub sha256: Option<String>,
@@ -272,6 +277,7 @@ mod tests {
         let manifest = Manifest {
             store: "s".into(),
             prefix: "p:".into(),
+            prefixes: Vec::new(),
             sha256: None,
             reuse_steps: 0,
             reuse_audit: REUSE_AUDIT_DEFAULT,

@@ -43,7 +43,11 @@ pub struct Participant {
     pub name: String,
     /// The store its keys live on.
     pub store: String,
+    /// The prefix its keys are named relative to (empty with `prefixes`).
     pub prefix: String,
+    /// The prefixes its keys, named in full, must each start with (empty
+    /// with `prefix`).
+    pub prefixes: Vec<String>,
     pub component: Component,
     pub version: Version,
     /// Calls into this version, and their time.
@@ -73,9 +77,17 @@ pub enum Source {
 }
 
 impl Participant {
-    /// The Redis key of a relative key.
-    pub fn key(&self, relative: &str) -> String {
-        format!("{}{relative}", self.prefix)
+    /// The Redis key of a key the participant names: under its `prefix`,
+    /// or the name itself when it starts with one of its `prefixes` (None
+    /// when it does not: the key is outside its namespaces).
+    pub fn key(&self, name: &str) -> Option<String> {
+        if !self.prefix.is_empty() {
+            return Some(format!("{}{name}", self.prefix));
+        }
+        self.prefixes
+            .iter()
+            .any(|p| name.starts_with(p.as_str()))
+            .then(|| name.to_owned())
     }
 
     /// An instance for step `step` of a transaction (see
@@ -90,10 +102,15 @@ impl Participant {
         Ok(instance)
     }
 
-    /// The relative key of a Redis key of this participant.
+    /// The key a participant names for a Redis key of its own.
     pub fn relative<'k>(&self, key: &'k str) -> &'k str {
         key.strip_prefix(&self.prefix)
             .expect("key carries the participant's prefix")
+    }
+
+    /// The prefixes its keys live under.
+    pub fn namespaces(&self) -> Vec<&str> {
+        crate::config::namespaces(&self.prefix, &self.prefixes)
     }
 }
 
@@ -166,6 +183,8 @@ pub struct Listed {
     pub name: String,
     pub store: String,
     pub prefix: String,
+    #[serde(skip_serializing_if = "Vec::is_empty")]
+    pub prefixes: Vec<String>,
     pub version: Version,
     /// The contract version the component was built against: `0.2.1`,
     /// `0.2.0` or `0.1.0`.
@@ -182,6 +201,7 @@ impl From<&Participant> for Listed {
             name: p.name.clone(),
             store: p.store.clone(),
             prefix: p.prefix.clone(),
+            prefixes: p.prefixes.clone(),
             version: p.version.clone(),
             contract: p.component.contract(),
             limits: p.component.limits().clone(),
@@ -231,6 +251,7 @@ impl Registry {
                 name: name.clone(),
                 store: p.store.clone(),
                 prefix: p.prefix.clone(),
+                prefixes: p.prefixes.clone(),
                 component,
                 version: Version::of(&bytes, Source::Config),
                 calls: CallStats::default(),
@@ -434,9 +455,14 @@ impl Registry {
         let others = self.read();
         let placed = others
             .values()
-            .map(|p| (p.name.as_str(), p.store.as_str(), p.prefix.as_str()));
+            .map(|p| (p.name.as_str(), p.store.as_str(), p.namespaces()));
         self.config
-            .check_placement(name, &manifest.store, &manifest.prefix, placed)
+            .check_placement(
+                name,
+                &manifest.store,
+                (&manifest.prefix, &manifest.prefixes),
+                placed,
+            )
             .map_err(DeployError::BadManifest)?;
         drop(others);
         let limits = manifest
@@ -456,6 +482,7 @@ impl Registry {
             name: name.to_owned(),
             store: manifest.store.clone(),
             prefix: manifest.prefix.clone(),
+            prefixes: manifest.prefixes.clone(),
             component,
             version: Version::of(bytes, Source::Folder),
             calls: CallStats::default(),

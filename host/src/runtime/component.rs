@@ -8,13 +8,13 @@ use wasmtime::{ResourceLimiter, Store, UpdateDeadline};
 
 use super::bindings::{Participant, ParticipantPre};
 use super::imports::{self, DeniedImport};
-use super::legacy;
 use super::output::{Console, GuestOutput, Stream};
 use super::reuse::{Reuse, ReuseCounts, ReusePolicy, ReuseSlots, Slot};
 use super::{
     AccessSet, CallError, CallLimits, Entry, GuestAbort, Limit, LoadError, Outcome,
-    RESERVED_ABORT_CODES, Write, valid_abort_code,
+    RESERVED_ABORT_CODES, valid_abort_code,
 };
+use super::{guest, legacy, upgrade, v2};
 
 /// What a call into a participant comes to: its answer, its business
 /// abort, or the failure of the step.
@@ -36,8 +36,10 @@ pub struct Component {
 }
 
 /// A linked component, of the contract version it exports.
+#[derive(Clone)]
 enum Pre {
     Current(ParticipantPre<StepState>),
+    V2(v2::ParticipantPre<StepState>),
     Legacy(legacy::ParticipantPre<StepState>),
 }
 
@@ -45,6 +47,7 @@ impl Pre {
     fn engine(&self) -> &wasmtime::Engine {
         match self {
             Pre::Current(pre) => pre.engine(),
+            Pre::V2(pre) => pre.engine(),
             Pre::Legacy(pre) => pre.engine(),
         }
     }
@@ -53,6 +56,7 @@ impl Pre {
 /// An instance's exports, of the contract version it exports.
 enum Bindings {
     Current(Participant),
+    V2(v2::Participant),
     Legacy(legacy::Participant),
 }
 
@@ -84,12 +88,15 @@ impl Component {
         let pre = linker.instantiate_pre(component).map_err(invalid)?;
         let pre = match ParticipantPre::new(pre.clone()) {
             Ok(current) => Pre::Current(current),
-            Err(e) => Pre::Legacy(legacy::ParticipantPre::new(pre).map_err(|_| {
-                LoadError::Invalid(format!(
-                    "does not export the `redstage:participant/participant` world \
-                     (`declare` and `execute`) of contract 0.2 or 0.1.0: {e:#}"
-                ))
-            })?),
+            Err(e) => match v2::ParticipantPre::new(pre.clone()) {
+                Ok(v2) => Pre::V2(v2),
+                Err(_) => Pre::Legacy(legacy::ParticipantPre::new(pre).map_err(|_| {
+                    LoadError::Invalid(format!(
+                        "does not export the `redstage:participant/participant` world \
+                         (`declare` and `execute`) of contract 0.3, 0.2 or 0.1.0: {e:#}"
+                    ))
+                })?),
+            },
         };
         let imports: Vec<String> = component
             .component_type()
@@ -99,8 +106,9 @@ impl Component {
         let console = imports.iter().any(|name| name.starts_with(CONSOLE_IMPORT));
         let contract = match (&pre, console) {
             (Pre::Legacy(_), _) => "0.1.0",
-            (Pre::Current(_), false) => "0.2.0",
-            (Pre::Current(_), true) => "0.2.1",
+            (Pre::V2(_), false) => "0.2.0",
+            (Pre::V2(_), true) => "0.2.1",
+            (Pre::Current(_), _) => "0.3.0",
         };
         let reuse = Arc::new(Reuse::new(
             String::new(),
@@ -117,8 +125,8 @@ impl Component {
         })
     }
 
-    /// The contract version the component was built against: `0.2.1`
-    /// (imports `console`), `0.2.0` or `0.1.0`.
+    /// The contract version the component was built against: `0.3.0`,
+    /// `0.2.1` (imports `console`), `0.2.0` or `0.1.0`.
     pub fn contract(&self) -> &'static str {
         self.contract
     }
@@ -138,12 +146,8 @@ impl Component {
     /// whose instances serve up to `policy.steps` steps each (see `reuse`).
     /// `name` is what logs of its steps and a mismatch's warning call it.
     pub fn with_reuse(&self, name: &str, policy: ReusePolicy) -> Component {
-        let pre = match &self.pre {
-            Pre::Current(pre) => Pre::Current(pre.clone()),
-            Pre::Legacy(pre) => Pre::Legacy(pre.clone()),
-        };
         Component {
-            pre,
+            pre: self.pre.clone(),
             limits: self.limits.clone(),
             imports: self.imports.clone(),
             contract: self.contract,
@@ -221,6 +225,7 @@ impl Component {
                 .instantiate_async(&mut store)
                 .await
                 .map(Bindings::Current),
+            Pre::V2(pre) => pre.instantiate_async(&mut store).await.map(Bindings::V2),
             Pre::Legacy(pre) => pre
                 .instantiate_async(&mut store)
                 .await
@@ -373,25 +378,31 @@ impl Live {
         self.start_call();
         let result = match &self.bindings {
             Bindings::Current(b) => b.call_declare(&mut self.store, input).await,
+            Bindings::V2(b) => b
+                .call_declare(&mut self.store, input)
+                .await
+                .map(|r| r.map(upgrade::v2_access).map_err(upgrade::v2_abort)),
             Bindings::Legacy(b) => b
                 .call_declare(&mut self.store, input)
                 .await
-                .map(|r| r.map(upgrade_access).map_err(upgrade_abort)),
+                .map(|r| r.map(upgrade::v1_access).map_err(upgrade::v1_abort)),
         };
         let access = match settle(&self.store, result)? {
             Ok(access) => access,
             Err(abort) => return Ok(Err(self.checked_abort(abort)?)),
         };
         let limits = self.limits();
-        let declared = access.reads.len() + access.writes.len() + access.adjusts.len();
-        self.check(Limit::Keys, declared > limits.keys_max)?;
+        self.check(Limit::Keys, access.accesses.len() > limits.keys_max)?;
         let too_long = access
-            .reads
+            .accesses
             .iter()
-            .chain(&access.writes)
-            .chain(&access.adjusts)
-            .any(|k| k.len() > limits.key_bytes_max);
+            .any(|a| a.key.len() > limits.key_bytes_max);
         self.check(Limit::KeyBytes, too_long)?;
+        let too_long = access.accesses.iter().any(|a| match &a.target {
+            guest::Target::Field(m) | guest::Target::Member(m) => m.len() > limits.member_bytes_max,
+            _ => false,
+        });
+        self.check(Limit::MemberBytes, too_long)?;
         Ok(Ok(access))
     }
 
@@ -399,40 +410,75 @@ impl Live {
         self.start_call();
         let result = match &self.bindings {
             Bindings::Current(b) => b.call_execute(&mut self.store, input, snapshot).await,
-            Bindings::Legacy(b) => {
-                let snapshot: Vec<legacy::redstage::participant::types::Entry> = snapshot
-                    .iter()
-                    .map(|e| legacy::redstage::participant::types::Entry {
-                        key: e.key.clone(),
-                        value: e.value.clone(),
-                    })
-                    .collect();
+            Bindings::V2(b) => {
+                let snapshot = upgrade::v2_snapshot(snapshot);
                 b.call_execute(&mut self.store, input, &snapshot)
                     .await
-                    .map(|r| r.map(upgrade_outcome).map_err(upgrade_abort))
+                    .map(|r| r.map(upgrade::v2_outcome).map_err(upgrade::v2_abort))
+            }
+            Bindings::Legacy(b) => {
+                let snapshot = upgrade::v1_snapshot(snapshot);
+                b.call_execute(&mut self.store, input, &snapshot)
+                    .await
+                    .map(|r| r.map(upgrade::v1_outcome).map_err(upgrade::v1_abort))
             }
         };
         let outcome = match settle(&self.store, result)? {
             Ok(outcome) => outcome,
             Err(abort) => return Ok(Err(self.checked_abort(abort)?)),
         };
+        self.check_outcome(&outcome)?;
+        Ok(Ok(outcome))
+    }
+
+    /// What an execution returned, against the output and write limits.
+    fn check_outcome(&self, outcome: &Outcome) -> Result<(), CallError> {
+        use guest::Op;
         let limits = self.limits();
         self.check(
             Limit::Output,
             outcome.output.len() > limits.output_bytes_max,
         )?;
-        self.check(Limit::Writes, outcome.writes.len() > limits.writes_max)?;
-        let too_big = outcome.writes.iter().any(|w| match w {
-            Write::Set((_, v)) => v.len() > limits.value_bytes_max,
-            Write::Delete(_) | Write::Adjust(_) => false,
+        let pushed = |op: &Op| match op {
+            Op::Rpush(values) | Op::Lpush(values) => values.len().max(1),
+            _ => 1,
+        };
+        let writes: usize = outcome.writes.iter().map(|w| pushed(&w.op)).sum();
+        self.check(Limit::Writes, writes > limits.writes_max)?;
+        let value_max = limits.value_bytes_max;
+        let too_big = outcome.writes.iter().any(|w| match &w.op {
+            Op::Set((v, _)) | Op::Hset((_, v)) => v.len() > value_max,
+            Op::Xadd(entry) => {
+                entry
+                    .fields
+                    .iter()
+                    .map(|(f, v)| f.len() + v.len())
+                    .sum::<usize>()
+                    > value_max
+            }
+            Op::Rpush(values) | Op::Lpush(values) => values.iter().any(|v| v.len() > value_max),
+            _ => false,
         });
         self.check(Limit::ValueBytes, too_big)?;
+        let member_max = limits.member_bytes_max;
+        let too_long = outcome.writes.iter().any(|w| match &w.op {
+            Op::Hset((m, _))
+            | Op::Hdel(m)
+            | Op::Hincrby((m, _))
+            | Op::Sadd(m)
+            | Op::Srem(m)
+            | Op::Zadd((m, _))
+            | Op::Zrem(m)
+            | Op::Zincrby((m, _)) => m.len() > member_max,
+            _ => false,
+        });
+        self.check(Limit::MemberBytes, too_long)?;
         for write in &outcome.writes {
-            if let Write::Adjust(a) = write {
-                self.check_abort(&a.abort)?;
+            if let Op::Adjust(b) | Op::Hincrby((_, b)) | Op::Zincrby((_, b)) = &write.op {
+                self.check_abort(&b.abort)?;
             }
         }
-        Ok(Ok(outcome))
+        Ok(())
     }
 
     /// `abort`, if it keeps to the contract for a participant's own abort:
@@ -628,38 +674,6 @@ impl Drop for Instance {
         if let Some(live) = self.live.take() {
             self.reuse.give_back(live, self.clean);
         }
-    }
-}
-
-/// A 0.1.0 access set, in 0.2.0's terms: nothing adjusted.
-fn upgrade_access(a: legacy::redstage::participant::types::AccessSet) -> AccessSet {
-    AccessSet {
-        reads: a.reads,
-        writes: a.writes,
-        adjusts: Vec::new(),
-    }
-}
-
-fn upgrade_abort(a: legacy::redstage::participant::types::Abort) -> GuestAbort {
-    GuestAbort {
-        code: a.code,
-        message: a.message,
-    }
-}
-
-fn upgrade_outcome(o: legacy::redstage::participant::types::Outcome) -> Outcome {
-    use legacy::redstage::participant::types::Write as Old;
-    let writes = o
-        .writes
-        .into_iter()
-        .map(|w| match w {
-            Old::Set(set) => Write::Set(set),
-            Old::Delete(key) => Write::Delete(key),
-        })
-        .collect();
-    Outcome {
-        writes,
-        output: o.output,
     }
 }
 

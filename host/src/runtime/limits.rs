@@ -26,10 +26,18 @@ pub struct CallLimits {
     pub input_bytes_max: usize,
     /// Bytes of a step's output.
     pub output_bytes_max: usize,
-    /// Keys one step may declare (reads and writes together).
+    /// Accesses one step may declare (reads, writes, adjustments and
+    /// appends together).
     pub keys_max: usize,
-    /// Bytes of one relative key.
+    /// Bytes of one key, as the participant names it.
     pub key_bytes_max: usize,
+    /// Bytes of one hash field or set member a step names. Guards the lock
+    /// tables, which keep a lock per field or member.
+    pub member_bytes_max: usize,
+    /// Fields, members or elements one read of a whole hash, set or sorted
+    /// set (or a range of one) may return. Guards host memory and the
+    /// store's time against a read of a huge collection.
+    pub read_items_max: usize,
     /// Writes one step may return.
     pub writes_max: usize,
     /// Bytes of one written value.
@@ -58,6 +66,8 @@ impl Default for CallLimits {
             output_bytes_max: 1 << 20,
             keys_max: 256,
             key_bytes_max: 512,
+            member_bytes_max: 512,
+            read_items_max: 1024,
             writes_max: 256,
             value_bytes_max: 1 << 20,
             abort_code_bytes_max: 64,
@@ -84,6 +94,8 @@ pub enum Limit {
     Output,
     Keys,
     KeyBytes,
+    MemberBytes,
+    ReadItems,
     Writes,
     ValueBytes,
     AbortCodeBytes,
@@ -102,6 +114,8 @@ impl Limit {
             Limit::Output => "output",
             Limit::Keys => "keys",
             Limit::KeyBytes => "key_bytes",
+            Limit::MemberBytes => "member_bytes",
+            Limit::ReadItems => "read_items",
             Limit::Writes => "writes",
             Limit::ValueBytes => "value_bytes",
             Limit::AbortCodeBytes => "abort_code_bytes",
@@ -123,6 +137,14 @@ impl Limit {
             Limit::Output => format!("{} bytes of output", limits.output_bytes_max),
             Limit::Keys => format!("{} declared keys", limits.keys_max),
             Limit::KeyBytes => format!("{} bytes per key", limits.key_bytes_max),
+            Limit::MemberBytes => format!(
+                "{} bytes per hash field or set member",
+                limits.member_bytes_max
+            ),
+            Limit::ReadItems => format!(
+                "{} items in one read of a whole hash, set or sorted set",
+                limits.read_items_max
+            ),
             Limit::Writes => format!("{} writes", limits.writes_max),
             Limit::ValueBytes => format!("{} bytes per value", limits.value_bytes_max),
             Limit::AbortCodeBytes => {

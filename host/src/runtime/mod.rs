@@ -55,6 +55,7 @@ mod imports;
 mod limits;
 mod output;
 mod reuse;
+mod upgrade;
 
 pub use cache::CompileCache;
 pub use component::{CallResult, Component, Instance};
@@ -70,9 +71,9 @@ use std::time::Duration;
 /// the longest a participant runs before yielding its tokio worker.
 pub const EPOCH_TICK: Duration = Duration::from_millis(2);
 
-/// The generated bindings of the `participant` world, contract 0.2.1
-/// (wit/participant.wit; 0.2.0 components export the same). Its types are
-/// the host's: a 0.1.0 component's answers are converted into them. Its
+/// The generated bindings of the `participant` world, contract 0.3.0
+/// (wit/participant.wit). Its types are the host's: the answers of 0.2.x
+/// and 0.1.0 components are converted into them (see `component`). Its
 /// imports are linked by `imports`, whatever version a component names.
 pub mod bindings {
     wasmtime::component::bindgen!({
@@ -80,7 +81,17 @@ pub mod bindings {
         world: "participant",
         exports: { default: async },
         // Audits compare a reused instance's answers with a fresh one's.
-        additional_derives: [PartialEq, Eq],
+        additional_derives: [PartialEq],
+    });
+}
+
+/// Contract 0.2.x (wit/v0.2/participant.wit): strings only, with
+/// adjustments; such components load and run unchanged.
+pub mod v2 {
+    wasmtime::component::bindgen!({
+        path: "../wit/v0.2",
+        world: "participant",
+        exports: { default: async },
     });
 }
 
@@ -94,8 +105,11 @@ pub mod legacy {
     });
 }
 
-pub use bindings::redstage::participant::types::Abort as GuestAbort;
-pub use bindings::redstage::participant::types::{AccessSet, Adjustment, Entry, Outcome, Write};
+/// The contract's types, as the host uses them: accesses, snapshot
+/// entries, writes.
+pub use bindings::redstage::participant::types as guest;
+pub use guest::Abort as GuestAbort;
+pub use guest::{AccessSet, Entry, Outcome};
 
 /// Why a component could not be loaded.
 #[derive(Debug, thiserror::Error)]
@@ -135,7 +149,10 @@ pub const RESERVED_ABORT_CODES: &[&str] = &[
     "limit_exceeded",
     "undeclared_write",
     "bad_key",
+    "bad_access",
     "bad_abort_code",
+    "wrong_type",
+    "recovered",
 ];
 
 /// A participant's abort code is a non-empty run of ASCII letters, digits

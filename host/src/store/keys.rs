@@ -2,6 +2,8 @@
 
 use std::fmt;
 
+use serde::{Deserialize, Serialize};
+
 /// The namespace redstage keeps its own keys in. Participant prefixes may not
 /// overlap it, so no participant can name a lock, a version or a txn record.
 pub const RESERVED_PREFIX: &str = "rs:";
@@ -9,16 +11,12 @@ pub const RESERVED_PREFIX: &str = "rs:";
 /// A Redis key of redstage's layout (see the module essay in `store`).
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum Key<'a> {
-    /// A participant's data: `prefix + relative key`, a plain Redis string.
+    /// A participant's data, a plain Redis value of its declared type.
     Data(&'a str),
-    /// The lock table entry of a data key (see `scripts`). Exists only
-    /// while the key is locked. Always in the data key's slot.
+    /// The lock table of a data key: a hash of its locks (whole, and per
+    /// field or member) and adjusters (see `scripts`). Exists only while
+    /// something of the key is locked. Always in the data key's slot.
     Meta(&'a str),
-    /// The adjusters of a data key held in adjust mode: a hash of
-    /// `t:<txn>` -> `<lease>\t<primary>\t<reserved delta>`, with `n` (how
-    /// many), `neg` and `pos` (the sums of their negative and positive
-    /// reservations). Exists only while the key is adjusted. Same slot.
-    Adjusters(&'a str),
     /// The decision record of one transaction, on its primary store.
     TxnRecord(&'a str),
     /// The claim, then the outcome, of one client idempotency key, on the
@@ -47,7 +45,6 @@ impl Key<'_> {
         match self {
             Key::Data(k) => (*k).to_owned(),
             Key::Meta(k) => meta_key(k),
-            Key::Adjusters(k) => meta_key(k) + ":a",
             Key::TxnRecord(id) => format!("{RESERVED_PREFIX}txn:{id}"),
             Key::Idempotency(k) => format!("{RESERVED_PREFIX}idem:{k}"),
             Key::LockIndex => format!("{RESERVED_PREFIX}locks"),
@@ -71,7 +68,54 @@ impl Key<'_> {
 pub struct IndexEntry {
     pub txn: String,
     pub primary: String,
-    pub keys: Vec<String>,
+    /// What it locks (or only appends to) here, in the order locked.
+    pub keys: Vec<Target>,
+}
+
+/// What one lock covers: a key whole, or one hash field or set member of
+/// it. In an index entry, a key whole is its name, a part `[key, part]`.
+#[derive(Debug, Clone, PartialEq, Eq, PartialOrd, Ord, Hash, Serialize, Deserialize)]
+#[serde(from = "TargetJson", into = "TargetJson")]
+pub struct Target {
+    pub key: String,
+    pub part: Option<String>,
+}
+
+impl Target {
+    pub fn whole(key: &str) -> Target {
+        Target {
+            key: key.to_owned(),
+            part: None,
+        }
+    }
+}
+
+#[derive(Serialize, Deserialize)]
+#[serde(untagged)]
+enum TargetJson {
+    Whole(String),
+    Part(String, String),
+}
+
+impl From<TargetJson> for Target {
+    fn from(t: TargetJson) -> Target {
+        match t {
+            TargetJson::Whole(key) => Target { key, part: None },
+            TargetJson::Part(key, part) => Target {
+                key,
+                part: Some(part),
+            },
+        }
+    }
+}
+
+impl From<Target> for TargetJson {
+    fn from(t: Target) -> TargetJson {
+        match t.part {
+            None => TargetJson::Whole(t.key),
+            Some(part) => TargetJson::Part(t.key, part),
+        }
+    }
 }
 
 impl IndexEntry {
@@ -90,14 +134,27 @@ impl IndexEntry {
         })
     }
 
-    /// The same entry with only the keys at positions `at`, in that order:
-    /// its part in one slot's index on a cluster.
+    /// The same entry with only the targets at positions `at`, in that
+    /// order: its part in one slot's index on a cluster.
     pub fn part(&self, at: impl IntoIterator<Item = usize>) -> IndexEntry {
         IndexEntry {
             txn: self.txn.clone(),
             primary: self.primary.clone(),
             keys: at.into_iter().map(|i| self.keys[i].clone()).collect(),
         }
+    }
+
+    /// The same entry with only the targets of `keys`, in its own order:
+    /// what the scripts on those keys (one slot's, on a cluster) enter.
+    pub fn of_keys<'k>(&self, keys: impl IntoIterator<Item = &'k str>) -> IndexEntry {
+        let keys: std::collections::BTreeSet<&str> = keys.into_iter().collect();
+        let at = self
+            .keys
+            .iter()
+            .enumerate()
+            .filter(|(_, t)| keys.contains(t.key.as_str()))
+            .map(|(i, _)| i);
+        self.part(at)
     }
 
     /// The `MATCH` pattern of every entry of `txn`, which must be a
@@ -241,7 +298,15 @@ mod tests {
         let e = IndexEntry {
             txn: "0193-id".into(),
             primary: "orders".into(),
-            keys: vec!["a\nb".into(), "{x}\"y".into(), String::new()],
+            keys: vec![
+                Target::whole("a\nb"),
+                Target::whole("{x}\"y"),
+                Target::whole(""),
+                Target {
+                    key: "h".into(),
+                    part: Some("f\n".into()),
+                },
+            ],
         };
         let encoded = e.encode();
         assert!(encoded.starts_with("0193-id\n"));
@@ -256,9 +321,7 @@ mod tests {
             assert_eq!(key_slot(index.as_bytes()), slot, "{index}");
             assert!(index.starts_with("rs:{") && index.ends_with("}:locks"));
         }
-        // No data key's lock table entry or adjusters take an index's name.
-        let tag = slot_tag(5);
-        assert_ne!(Key::Adjusters(tag).encode(), Key::SlotIndex(5).encode());
+        // No data key's lock table takes an index's name.
         assert_ne!(Key::Meta("locks").encode(), Key::SlotIndex(5).encode());
         assert_eq!(SLOT_INDEX_PATTERN, "rs:{*}:locks");
     }

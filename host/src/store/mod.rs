@@ -66,6 +66,7 @@ pub mod cluster;
 pub mod durability;
 pub mod keys;
 pub mod scripts;
+pub mod work;
 
 use std::fmt;
 use std::sync::Arc;
@@ -81,7 +82,10 @@ use redis::{Cmd, Value};
 use crate::config::{StoreConfig, StoreTls};
 
 pub use durability::{Replication, Settings};
-pub use keys::{IndexEntry, Key};
+pub use keys::{IndexEntry, Key, Target};
+pub use work::{Base64, Found, KeyWork, Kind, Op, Read};
+
+use serde::{Deserialize, Serialize};
 
 /// What went wrong talking to a store. Every variant names the store.
 #[derive(Debug, thiserror::Error)]
@@ -97,20 +101,25 @@ pub enum StoreError {
     Protocol { store: String, message: String },
 }
 
-/// How a transaction holds a key from the moment it reads it.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
+/// How a transaction holds a target (a key whole, or a hash field or set
+/// member) from the moment it reads it.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, Serialize, Deserialize)]
+#[serde(rename_all = "snake_case")]
 pub enum Mode {
     /// Read without a lock: a read-only transaction on one store, which a
     /// single script reads atomically.
     Read,
-    /// Read and lock against writers: a key only read, by a transaction
+    /// Read and lock against writers: a target only read, by a transaction
     /// that spans stores or writes.
     Shared,
-    /// Read and lock against everyone: a key the transaction may write.
+    /// Read and lock against everyone: a target the transaction may write.
     Exclusive,
     /// Lock against readers and writers, not against other adjusters, and
-    /// read nothing: a key the transaction only adjusts (escrow).
+    /// read nothing: a target the transaction only adjusts (escrow).
     Adjust,
+    /// No lock at all: a key the transaction only appends to (a stream, a
+    /// list). Appends commute and read nothing.
+    Append,
 }
 
 impl Mode {
@@ -120,18 +129,26 @@ impl Mode {
             Mode::Shared => "s",
             Mode::Exclusive => "x",
             Mode::Adjust => "a",
+            Mode::Append => "-",
         }
     }
 
-    /// How a transaction must hold a key that its steps want in both modes.
+    /// How a transaction must hold a target that its steps want in both
+    /// modes.
     pub fn combine(self, other: Mode) -> Mode {
         match (self, other) {
             (a, b) if a == b => a,
             (Mode::Read, m) | (m, Mode::Read) => m,
+            (Mode::Append, m) | (m, Mode::Append) => m,
             // Read and adjusted, or written: the value is needed, and
             // changed.
             _ => Mode::Exclusive,
         }
+    }
+
+    /// Whether holding a target in this mode takes a lock.
+    pub fn locks(self) -> bool {
+        !matches!(self, Mode::Read | Mode::Append)
     }
 }
 
@@ -153,106 +170,96 @@ impl Holder {
 }
 
 /// What [`Store::lock`] found.
-#[derive(Debug, Clone, PartialEq, Eq)]
+#[derive(Debug, Clone, PartialEq)]
 pub enum Locked {
-    /// Every key is held in its mode; their values, in order.
-    Values(Vec<Option<Vec<u8>>>),
-    /// The key at `index` is held by another transaction; nothing was locked.
-    Conflict { index: usize, holder: Holder },
-    /// An adjustment to reserve cannot be made; nothing was locked.
+    /// Every target is held in its mode; per key, what each of its reads
+    /// found, in order.
+    Values(Vec<Vec<Found>>),
+    /// Target `target` of the key at `index` is held by another
+    /// transaction; nothing was locked.
+    Conflict {
+        index: usize,
+        target: usize,
+        holder: Holder,
+    },
+    /// A key cannot be locked or read as declared, or an adjustment to
+    /// reserve cannot be made; nothing was locked.
     Refused(Refusal),
 }
 
-/// A write to apply.
-#[derive(Debug, Clone, PartialEq, Eq)]
-pub enum Write {
-    Set(Vec<u8>),
-    Delete,
-    /// Add these deltas to the integer under the key, in order, each kept
-    /// within its bounds whichever of the transactions in flight commit.
-    Adjust(Vec<Bounded>),
-}
-
-/// One adjustment of an integer key.
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+/// One adjustment of an integer.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
 pub struct Bounded {
     pub delta: i64,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
     pub lower: Option<i64>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
     pub upper: Option<i64>,
 }
 
-impl Write {
-    fn op(write: Option<&Write>) -> &'static str {
-        match write {
-            Some(Write::Set(_)) => "set",
-            Some(Write::Delete) => "del",
-            Some(Write::Adjust(_)) => "adj",
-            None => "keep",
-        }
-    }
-
-    /// The script argument: the value of a set; for an adjustment, its
-    /// steps (see [`Write::steps`]).
-    fn value(write: Option<&Write>) -> Vec<u8> {
-        match write {
-            Some(Write::Set(v)) => v.clone(),
-            Some(Write::Adjust(steps)) => Write::steps(steps),
-            _ => Vec::new(),
-        }
-    }
-
-    /// An adjustment's steps as a script takes them, `delta:lower:upper;...`
-    /// (a bound left empty when there is none).
-    fn steps(steps: &[Bounded]) -> Vec<u8> {
-        let bound = |b: Option<i64>| b.map(|b| b.to_string()).unwrap_or_default();
-        steps
-            .iter()
-            .map(|s| format!("{}:{}:{}", s.delta, bound(s.lower), bound(s.upper)))
-            .collect::<Vec<_>>()
-            .join(";")
-            .into_bytes()
-    }
-
-    /// The sum of an adjustment's deltas.
-    pub fn total(steps: &[Bounded]) -> i64 {
-        steps.iter().map(|s| s.delta).sum()
-    }
+/// Adjustments as a script takes them, `delta:lower:upper;...` (a bound
+/// left empty when there is none).
+pub(crate) fn steps_arg(steps: &[Bounded]) -> Vec<u8> {
+    let bound = |b: Option<i64>| b.map(|b| b.to_string()).unwrap_or_default();
+    steps
+        .iter()
+        .map(|s| format!("{}:{}:{}", s.delta, bound(s.lower), bound(s.upper)))
+        .collect::<Vec<_>>()
+        .join(";")
+        .into_bytes()
 }
 
-/// Why adjustments could not be reserved or applied.
+/// Why targets could not be locked, read or adjusted as declared. `index`
+/// is the key's, in the caller's list; `target`, the target's in that
+/// key's.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub enum Refusal {
-    /// Adjustment `step` of the key at `index` would break its bound.
-    Bound { index: usize, step: usize },
-    /// The key at `index` holds a value that is not an integer.
-    NotInteger { index: usize },
-    /// The key at `index` would leave the range adjustments are exact in
-    /// (+-2^53).
-    Range { index: usize },
-    /// A lock of the transaction on the key at `index` is gone (recovery
-    /// took it): nothing was reserved.
-    Lost { index: usize },
-    /// The key at `index` holds a value of another Redis type (`found`,
-    /// as `TYPE` names it) than the string the step declared.
+    /// Adjustment `step` of the target would break its bound.
+    Bound {
+        index: usize,
+        target: usize,
+        step: usize,
+    },
+    /// The target holds a value that is not an integer.
+    NotInteger { index: usize, target: usize },
+    /// The target would leave the range adjustments are exact in (+-2^53).
+    Range { index: usize, target: usize },
+    /// A lock of the transaction on the target is gone (recovery took
+    /// it): nothing was reserved.
+    Lost { index: usize, target: usize },
+    /// The key holds a value of another Redis type (`found`, as `TYPE`
+    /// names it) than declared.
     WrongType { index: usize, found: String },
+    /// A read of the whole key (or a range of it) would return `count`
+    /// items, more than the limit the script was given.
+    TooMany { index: usize, count: usize },
 }
 
 impl Refusal {
+    /// The key it refuses, as an index into the caller's list.
+    pub fn index(&self) -> usize {
+        match self {
+            Refusal::Bound { index, .. }
+            | Refusal::NotInteger { index, .. }
+            | Refusal::Range { index, .. }
+            | Refusal::Lost { index, .. }
+            | Refusal::WrongType { index, .. }
+            | Refusal::TooMany { index, .. } => *index,
+        }
+    }
+
     /// The same refusal with its key's index passed through `f`.
     pub fn reindex(self, f: impl Fn(usize) -> usize) -> Refusal {
-        match self {
-            Refusal::Bound { index, step } => Refusal::Bound {
-                index: f(index),
-                step,
-            },
-            Refusal::NotInteger { index } => Refusal::NotInteger { index: f(index) },
-            Refusal::Range { index } => Refusal::Range { index: f(index) },
-            Refusal::Lost { index } => Refusal::Lost { index: f(index) },
-            Refusal::WrongType { index, found } => Refusal::WrongType {
-                index: f(index),
-                found,
-            },
+        let mut refusal = self;
+        match &mut refusal {
+            Refusal::Bound { index, .. }
+            | Refusal::NotInteger { index, .. }
+            | Refusal::Range { index, .. }
+            | Refusal::Lost { index, .. }
+            | Refusal::WrongType { index, .. }
+            | Refusal::TooMany { index, .. } => *index = f(*index),
         }
+        refusal
     }
 }
 
@@ -272,9 +279,6 @@ pub fn integer(bytes: &[u8]) -> Option<i64> {
     }
     std::str::from_utf8(bytes).ok()?.parse().ok()
 }
-
-/// A key being released, with the write to apply first (none: just release).
-pub type Release<'a> = (&'a str, Option<&'a Write>);
 
 /// What claiming an idempotency key found.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -297,8 +301,8 @@ pub struct CommitPoint<'a> {
     pub record: &'a [u8],
     /// Its TTL, or none while other stores still have to apply.
     pub record_ttl: Option<Duration>,
-    /// This store's keys, with their writes.
-    pub keys: &'a [Release<'a>],
+    /// This store's keys, with their targets and changes.
+    pub keys: &'a [KeyWork<'a>],
     /// An entry to add to the lock index, marking the record as unfinished
     /// until [`Store::finalize`]: when the transaction holds no lock here
     /// (its own index entry here is the marker otherwise).
@@ -335,9 +339,13 @@ pub enum Committed {
     Superseded,
     /// A lock of the transaction here is gone: nothing changed.
     Lost,
-    /// A commit point that is `free`: the key at `index` is held by another
-    /// transaction. Nothing changed.
-    Conflict { index: usize, holder: Holder },
+    /// A commit point that is `free`: target `target` of the key at `index`
+    /// is held by another transaction. Nothing changed.
+    Conflict {
+        index: usize,
+        target: usize,
+        holder: Holder,
+    },
     /// A commit point that is `free` met what it cannot go past (a lock of
     /// the first protocol), as this error says. Nothing changed.
     Stopped(StoreError),
@@ -423,12 +431,26 @@ impl Call {
         self
     }
 
-    /// The three keys every lock-table script takes per data key: the
-    /// data, its lock table entry, its adjusters.
-    fn locked(&mut self, key: &str) -> &mut Call {
-        self.key(Key::Data(key).encode())
-            .key(Key::Meta(key).encode())
-            .key(Key::Adjusters(key).encode())
+    /// The two keys a script takes per data key: the key, and its lock
+    /// table.
+    fn keyed(&mut self, keys: &[KeyWork<'_>]) -> &mut Call {
+        for k in keys {
+            self.key(Key::Data(k.key).encode())
+                .key(Key::Meta(k.key).encode());
+        }
+        self
+    }
+
+    /// One block of arguments per key (see [`scripts`]).
+    fn blocks(&mut self, keys: &[KeyWork<'_>], reserve: bool, reads: bool, ops: bool) -> &mut Call {
+        let mut args = Vec::new();
+        for k in keys {
+            k.args(&mut args, reserve, reads, ops);
+        }
+        for arg in args {
+            self.args.arg(arg);
+        }
+        self
     }
 
     fn arg(&mut self, arg: impl redis::ToRedisArgs) -> &mut Call {
@@ -483,6 +505,15 @@ impl redis::aio::ConnectionLike for Conn {
             Conn::Cluster(c) => c.get_db(),
         }
     }
+}
+
+/// What a lock call says besides its keys.
+struct LockHeader<'a> {
+    txn: &'a str,
+    lease: Duration,
+    entry: &'a IndexEntry,
+    reserve: bool,
+    read_items_max: usize,
 }
 
 /// The first wait before a cluster call is sent again (TRYAGAIN while a
@@ -602,51 +633,38 @@ impl Store {
         Ok(())
     }
 
-    /// Reads `keys` and locks them in their modes, all or none: on a
-    /// cluster, a conflict in one slot releases what the others locked.
+    /// Reads and locks `keys` (each key's targets in their modes), all or
+    /// none: on a cluster, a conflict in one slot releases what the others
+    /// locked. With `reserve`, the adjustments of targets held in adjust
+    /// mode are reserved as they are locked (a refusal locks nothing: see
+    /// [`scripts::LOCK`]). No read of a whole collection may return more
+    /// than `read_items_max` items.
     pub async fn lock(
         &self,
         txn: &str,
         lease: Duration,
         entry: &IndexEntry,
-        keys: &[(&str, Mode)],
+        keys: &[KeyWork<'_>],
+        reserve: bool,
+        read_items_max: usize,
     ) -> Result<Locked, StoreError> {
-        self.lock_reserving(txn, lease, entry, keys, &[]).await
-    }
-
-    /// [`Store::lock`], reserving with it the adjustments `reserve` (one
-    /// per key, empty for none; or no list at all) of keys locked in adjust
-    /// mode: a refusal locks nothing (see [`scripts::LOCK`]).
-    pub async fn lock_reserving(
-        &self,
-        txn: &str,
-        lease: Duration,
-        entry: &IndexEntry,
-        keys: &[(&str, Mode)],
-        reserve: &[&[Bounded]],
-    ) -> Result<Locked, StoreError> {
-        debug_assert!(
-            entry
-                .keys
-                .iter()
-                .map(String::as_str)
-                .eq(keys.iter().map(|(k, _)| *k))
-        );
-        let groups = self.groups(keys.iter().map(|(k, _)| *k));
+        let groups = self.groups(keys.iter().map(|k| k.key));
         let replies = join_all(groups.iter().map(|g| {
-            let keys: Vec<(&str, Mode)> = g.at.iter().map(|&i| keys[i]).collect();
-            let reserve: Vec<&[Bounded]> = match reserve {
-                [] => Vec::new(),
-                all => g.at.iter().map(|&i| all[i]).collect(),
-            };
-            let entry = entry.part(g.at.iter().copied());
+            let keys: Vec<KeyWork> = g.at.iter().map(|&i| keys[i]).collect();
+            let entry = entry.of_keys(keys.iter().map(|k| k.key));
             async move {
-                self.lock_group(txn, lease, &g.index, &entry, &keys, &reserve)
-                    .await
+                let header = LockHeader {
+                    txn,
+                    lease,
+                    entry: &entry,
+                    reserve,
+                    read_items_max,
+                };
+                self.lock_group(&header, &g.index, &keys).await
             }
         }))
         .await;
-        let mut values = vec![None; keys.len()];
+        let mut values = vec![Vec::new(); keys.len()];
         let (mut conflict, mut locked) = (None, false);
         for (g, reply) in groups.iter().zip(replies) {
             match reply? {
@@ -656,9 +674,14 @@ impl Store {
                     }
                     locked = true;
                 }
-                Locked::Conflict { index, holder } => {
+                Locked::Conflict {
+                    index,
+                    target,
+                    holder,
+                } => {
                     conflict.get_or_insert(Locked::Conflict {
                         index: g.at[index],
+                        target,
                         holder,
                     });
                 }
@@ -671,9 +694,9 @@ impl Store {
             return Ok(Locked::Values(values));
         };
         if locked {
-            // Other slots locked: release them (a key this call did not
+            // Other slots locked: release them (a target this call did not
             // lock is left as it is).
-            let releases: Vec<Release> = keys.iter().map(|(k, _)| (*k, None)).collect();
+            let releases: Vec<KeyWork> = keys.iter().map(KeyWork::released).collect();
             self.apply(txn, Some(&entry.encode()), &releases).await?;
         }
         Ok(conflict)
@@ -682,44 +705,50 @@ impl Store {
     /// [`Store::lock`] on the keys of one slot.
     async fn lock_group(
         &self,
-        txn: &str,
-        lease: Duration,
+        header: &LockHeader<'_>,
         index: &Key<'_>,
-        entry: &IndexEntry,
-        keys: &[(&str, Mode)],
-        reserve: &[&[Bounded]],
+        keys: &[KeyWork<'_>],
     ) -> Result<Locked, StoreError> {
         let mut call = Call::new(&scripts().lock);
-        for (key, _) in keys {
-            call.locked(key);
-        }
-        call.key(index.encode());
-        call.arg(txn)
-            .arg(lease.as_millis() as u64)
-            .arg(&entry.primary)
-            .arg(entry.encode())
-            .arg(self.reassert());
-        for (_, mode) in keys {
-            call.arg(mode.code());
-        }
-        for steps in reserve {
-            call.arg(Write::steps(steps));
-        }
+        call.keyed(keys).key(index.encode());
+        call.arg(header.txn)
+            .arg(header.lease.as_millis() as u64)
+            .arg(&header.entry.primary)
+            .arg(header.entry.encode())
+            .arg(self.reassert())
+            .arg(header.read_items_max);
+        call.blocks(keys, header.reserve, true, false);
         // Even a read that locks nothing waits for the replicas: it writes
         // for that (see `scripts::LOCK`).
         let items = self.array(self.invoke(&call, true).await?)?;
         match self.tag(&items)?.as_deref() {
-            Some("ok") if items.len() == keys.len() + 1 => Ok(Locked::Values(
-                items[1..]
-                    .iter()
-                    .map(|v| self.bytes_or_nil(v))
-                    .collect::<Result<_, _>>()?,
-            )),
-            Some("locked" | "legacy") => {
-                let (index, holder) = self.in_the_way(&items, |i| keys.get(i).map(|(k, _)| *k))?;
-                Ok(Locked::Conflict { index, holder })
+            Some("ok") => {
+                let mut values = items[1..].iter();
+                let mut found = Vec::with_capacity(keys.len());
+                for key in keys {
+                    let mut of_key = Vec::with_capacity(key.reads.len());
+                    for read in key.reads {
+                        let value = values
+                            .next()
+                            .ok_or_else(|| self.protocol("a lock reply without every read"))?;
+                        of_key.push(work::found(read, value).ok_or_else(|| {
+                            self.protocol(&format!("an unreadable value of {:?}", key.key))
+                        })?);
+                    }
+                    found.push(of_key);
+                }
+                Ok(Locked::Values(found))
             }
-            Some("bound" | "nan" | "range" | "wrong_type") => {
+            Some("locked" | "legacy") => {
+                let (index, target, holder) =
+                    self.in_the_way(&items, |i| keys.get(i).map(|k| k.key))?;
+                Ok(Locked::Conflict {
+                    index,
+                    target,
+                    holder,
+                })
+            }
+            Some("bound" | "nan" | "range" | "wrong_type" | "too_many") => {
                 Ok(Locked::Refused(self.refusal(&items)?))
             }
             Some("stopped") => Err(self.stopped(&items)),
@@ -727,22 +756,24 @@ impl Store {
         }
     }
 
-    /// A `{'locked', i, holder, remaining_ms, holder's primary}` reply: the
-    /// key's index and its holder. A `{'legacy', i, holder}` one (a lock of
-    /// the first protocol, named by `key`) is an error saying what to do.
+    /// A `{'locked', i, j, holder, remaining_ms, holder's primary}` reply:
+    /// the key's index, its target's, and the holder. A `{'legacy', i,
+    /// holder}` one (a lock of the first protocol, on the key `key` names)
+    /// is an error saying what to do.
     fn in_the_way<'k>(
         &self,
         items: &[Value],
         key: impl Fn(usize) -> Option<&'k str>,
-    ) -> Result<(usize, Holder), StoreError> {
+    ) -> Result<(usize, usize, Holder), StoreError> {
         let index = self.int(items.get(1).unwrap_or(&Value::Nil))? as usize;
         match self.tag(items)?.as_deref() {
-            Some("locked") if items.len() == 5 => Ok((
+            Some("locked") if items.len() == 6 => Ok((
                 index,
+                self.int(&items[2])? as usize,
                 Holder {
-                    txn: self.string(&items[2])?,
-                    remaining_ms: self.int(&items[3])?,
-                    primary: self.string(&items[4])?,
+                    txn: self.string(&items[3])?,
+                    remaining_ms: self.int(&items[4])?,
+                    primary: self.string(&items[5])?,
                 },
             )),
             Some("legacy") if items.len() == 3 => Err(self.protocol(&format!(
@@ -769,9 +800,7 @@ impl Store {
             Some(c) => call.key(Key::Idempotency(c.key).encode()),
             None => call.key(record_key),
         };
-        for (key, _) in point.keys {
-            call.locked(key);
-        }
+        call.keyed(point.keys);
         call.arg(point.txn)
             .arg(point.record)
             .arg(point.record_ttl.map_or(0, |t| t.as_millis() as u64))
@@ -785,9 +814,7 @@ impl Store {
             None => call.arg("").arg("").arg(0),
         };
         call.arg(if point.free { "free" } else { "held" });
-        for (_, write) in point.keys {
-            call.arg(Write::op(*write)).arg(Write::value(*write));
-        }
+        call.blocks(point.keys, false, false, true);
         let items = self.array(self.invoke(&call, true).await?)?;
         match (self.tag(&items)?.as_deref(), items.get(1)) {
             (Some("ok"), _) => Ok(Committed::Ok),
@@ -801,8 +828,12 @@ impl Store {
             }
             (Some("stopped"), _) => Ok(Committed::Stopped(self.stopped(&items))),
             (Some("locked" | "legacy"), _) => {
-                match self.in_the_way(&items, |i| point.keys.get(i).map(|(k, _)| *k)) {
-                    Ok((index, holder)) => Ok(Committed::Conflict { index, holder }),
+                match self.in_the_way(&items, |i| point.keys.get(i).map(|k| k.key)) {
+                    Ok((index, target, holder)) => Ok(Committed::Conflict {
+                        index,
+                        target,
+                        holder,
+                    }),
                     Err(e) => Ok(Committed::Stopped(e)),
                 }
             }
@@ -810,18 +841,31 @@ impl Store {
         }
     }
 
-    /// Checks `txn`'s adjustments of `keys` (held in adjust mode) against
-    /// their bounds, counting what other transactions in flight reserved,
-    /// and reserves them, all or none (see [`scripts::RESERVE`]).
+    /// Checks `txn`'s adjustments of the targets of `keys` it holds in
+    /// adjust mode against their bounds, counting what other transactions
+    /// in flight reserved, and reserves them, all or none (see
+    /// [`scripts::RESERVE`]).
     pub async fn reserve(
         &self,
         txn: &str,
-        keys: &[(&str, &[Bounded])],
+        keys: &[KeyWork<'_>],
     ) -> Result<Option<Refusal>, StoreError> {
-        let groups = self.groups(keys.iter().map(|(k, _)| *k));
+        let groups = self.groups(keys.iter().map(|k| k.key));
         let replies = join_all(groups.iter().map(|g| {
-            let keys: Vec<(&str, &[Bounded])> = g.at.iter().map(|&i| keys[i]).collect();
-            async move { self.reserve_group(txn, &keys).await }
+            let keys: Vec<KeyWork> = g.at.iter().map(|&i| keys[i]).collect();
+            async move {
+                let mut call = Call::new(&scripts().reserve);
+                call.keyed(&keys).arg(txn);
+                call.blocks(&keys, true, false, false);
+                let items = self.array(self.invoke(&call, true).await?)?;
+                match self.tag(&items)?.as_deref() {
+                    Some("ok") => Ok(None),
+                    Some("bound" | "nan" | "range" | "lost" | "wrong_type") => {
+                        Ok(Some(self.refusal(&items)?))
+                    }
+                    _ => Err(self.protocol("unknown reserve reply")),
+                }
+            }
         }))
         .await;
         for (g, reply) in groups.iter().zip(replies) {
@@ -832,32 +876,9 @@ impl Store {
         Ok(None)
     }
 
-    /// [`Store::reserve`] on the keys of one slot.
-    async fn reserve_group(
-        &self,
-        txn: &str,
-        keys: &[(&str, &[Bounded])],
-    ) -> Result<Option<Refusal>, StoreError> {
-        let mut call = Call::new(&scripts().reserve);
-        for (key, _) in keys {
-            call.locked(key);
-        }
-        call.arg(txn);
-        for (_, steps) in keys {
-            call.arg(Write::steps(steps));
-        }
-        let items = self.array(self.invoke(&call, true).await?)?;
-        match self.tag(&items)?.as_deref() {
-            Some("ok") => Ok(None),
-            Some("bound" | "nan" | "range" | "lost" | "wrong_type") => {
-                Ok(Some(self.refusal(&items)?))
-            }
-            _ => Err(self.protocol("unknown reserve reply")),
-        }
-    }
-
-    /// `{'bound', i, j}`, `{'nan', i}`, `{'range', i}`, `{'lost', i}` or
-    /// `{'wrong_type', i, type}` (0-based `i`, 1-based `j`).
+    /// `{'bound', i, j, s}`, `{'nan', i, j}`, `{'range', i, j}`, `{'lost',
+    /// i, j}`, `{'wrong_type', i, type}` or `{'too_many', i, n}` (0-based
+    /// `i` and `j`, 1-based `s`).
     fn refusal(&self, items: &[Value]) -> Result<Refusal, StoreError> {
         let tag = self.tag(items)?;
         let number = |i: usize| -> Result<usize, StoreError> {
@@ -866,17 +887,32 @@ impl Store {
                 .ok_or_else(|| self.protocol("a refusal without its key"))?;
             Ok(self.int(n)? as usize)
         };
+        let (index, target) = (number(1)?, || number(2));
         match tag.as_deref() {
             Some("bound") => Ok(Refusal::Bound {
-                index: number(1)?,
-                step: number(2)?.saturating_sub(1),
+                index,
+                target: target()?,
+                step: number(3)?.saturating_sub(1),
             }),
-            Some("nan") => Ok(Refusal::NotInteger { index: number(1)? }),
-            Some("range") => Ok(Refusal::Range { index: number(1)? }),
-            Some("lost") => Ok(Refusal::Lost { index: number(1)? }),
+            Some("nan") => Ok(Refusal::NotInteger {
+                index,
+                target: target()?,
+            }),
+            Some("range") => Ok(Refusal::Range {
+                index,
+                target: target()?,
+            }),
+            Some("lost") => Ok(Refusal::Lost {
+                index,
+                target: target()?,
+            }),
             Some("wrong_type") => Ok(Refusal::WrongType {
-                index: number(1)?,
+                index,
                 found: self.string(items.get(2).unwrap_or(&Value::Nil))?,
+            }),
+            Some("too_many") => Ok(Refusal::TooMany {
+                index,
+                count: number(2)?,
             }),
             _ => Err(self.protocol("unknown refusal")),
         }
@@ -889,16 +925,17 @@ impl Store {
         self.protocol(message.as_deref().unwrap_or("stopped"))
     }
 
-    /// Applies `keys`' writes for `txn` and releases its locks on them (a
-    /// key with no write is just released); removes `entry` from the lock
-    /// index. Returns how many of the keys `txn` still held. On a cluster,
-    /// each slot's keys and its part of the entry go to that slot's index;
-    /// a slot that fails keeps its locks, and its error is returned.
+    /// Applies `keys`' ops for `txn` and releases its locks on their
+    /// targets (a key with no op is just released); removes `entry` from
+    /// the lock index. Returns how many of the targets `txn` still held.
+    /// On a cluster, each slot's keys and its part of the entry go to that
+    /// slot's index; a slot that fails keeps its locks, and its error is
+    /// returned.
     pub async fn apply(
         &self,
         txn: &str,
         entry: Option<&str>,
-        keys: &[Release<'_>],
+        keys: &[KeyWork<'_>],
     ) -> Result<usize, StoreError> {
         if !self.is_cluster() {
             return self
@@ -910,8 +947,10 @@ impl Store {
             .transpose()?;
         // The keys to release, then the entry's: each slot gets its share
         // of both.
-        let entry_keys = entry.iter().flat_map(|e| e.keys.iter().map(String::as_str));
-        let all: Vec<&str> = keys.iter().map(|(k, _)| *k).chain(entry_keys).collect();
+        let entry_keys = entry
+            .iter()
+            .flat_map(|e| e.keys.iter().map(|t| t.key.as_str()));
+        let all: Vec<&str> = keys.iter().map(|k| k.key).chain(entry_keys).collect();
         let groups = self.groups(all);
         let applied = join_all(groups.iter().map(|g| {
             let n = keys.len();
@@ -920,7 +959,7 @@ impl Store {
                 (Some(e), [_, ..]) => e.part(listed.iter().map(|&i| i - n)).encode(),
                 _ => String::new(),
             };
-            let keys: Vec<Release> = released.iter().map(|&i| keys[i]).collect();
+            let keys: Vec<KeyWork> = released.iter().map(|&i| keys[i]).collect();
             async move { self.apply_group(txn, &g.index, &entry, &keys).await }
         }))
         .await;
@@ -933,42 +972,37 @@ impl Store {
         txn: &str,
         index: &Key<'_>,
         entry: &str,
-        keys: &[Release<'_>],
+        keys: &[KeyWork<'_>],
     ) -> Result<usize, StoreError> {
         let mut call = Call::new(&scripts().apply);
-        for (key, _) in keys {
-            call.locked(key);
-        }
-        call.key(index.encode());
+        call.keyed(keys).key(index.encode());
         call.arg(txn).arg(entry);
-        for (_, write) in keys {
-            call.arg(Write::op(*write)).arg(Write::value(*write));
-        }
+        call.blocks(keys, false, false, true);
         let reply = self.invoke(&call, true).await?;
         self.count(reply)
     }
 
-    /// Extends `txn`'s leases on `entry`'s keys here, and on the entry, to
-    /// `lease` from now (see [`scripts::RENEW`]). Returns how many of the
-    /// keys it no longer holds.
+    /// Extends `txn`'s leases on `keys`' targets here, and on its index
+    /// entry, to `lease` from now (see [`scripts::RENEW`]). Returns how
+    /// many of the targets it no longer holds.
     pub async fn renew(
         &self,
         txn: &str,
         lease: Duration,
         entry: &IndexEntry,
+        keys: &[KeyWork<'_>],
     ) -> Result<usize, StoreError> {
-        let groups = self.groups(entry.keys.iter().map(String::as_str));
+        let groups = self.groups(keys.iter().map(|k| k.key));
         let renewed = join_all(groups.iter().map(|g| {
-            let part = entry.part(g.at.iter().copied());
+            let keys: Vec<KeyWork> = g.at.iter().map(|&i| keys[i]).collect();
+            let part = entry.of_keys(keys.iter().map(|k| k.key));
             async move {
                 let mut call = Call::new(&scripts().renew);
-                for key in &part.keys {
-                    call.locked(key);
-                }
-                call.key(g.index.encode())
-                    .arg(txn)
+                call.keyed(&keys).key(g.index.encode());
+                call.arg(txn)
                     .arg(lease.as_millis() as u64)
                     .arg(part.encode());
+                call.blocks(&keys, false, false, false);
                 let reply = self.invoke(&call, false).await?;
                 self.count(reply)
             }
@@ -1083,7 +1117,7 @@ impl Store {
         let slot = IndexEntry::decode(member).and_then(|e| e.keys.first().cloned());
         let indexes = match slot {
             Some(key) => self
-                .groups([key.as_str()])
+                .groups([key.key.as_str()])
                 .into_iter()
                 .map(|g| g.index)
                 .collect(),

@@ -2,24 +2,36 @@
 //!
 //! Keys always travel in `KEYS` and values in `ARGV`, never spliced into the
 //! script text, so a key with braces, quotes or newlines is just bytes here.
-//! Every script checks everything before it changes anything: a Redis script
-//! that fails half-way is not rolled back.
+//! Every script checks everything before it changes anything (the marks of
+//! a key waited for aside): a Redis script that fails half-way is not
+//! rolled back, so none may fail after its first write.
 //!
 //! Times are read from the Redis server (`TIME`), so leases mean the same to
 //! every host whatever their clocks say. Only the scripts that grant leases
-//! or compare them read the clock.
+//! or compare them read the clock. Numbers go to Redis as strings built by
+//! `int` (a Lua number passed as it is, or joined with `..`, loses digits).
 //!
-//! Each `redis.call` inside a script costs far more than the command itself
-//! (a write, several microseconds), so the scripts make as few as they can:
-//! one `MGET`, `MSETNX`, `DEL` or `MSET` for all the keys of a store
-//! rather than one call per key.
+//! # The lock table of a key
 //!
-//! # Lock table entries
+//! Everything redstage keeps of a locked data key `K` is one hash, `rs:{K}`
+//! (in `K`'s slot), gone with its last lock:
 //!
-//! `rs:{K}` is a string: the mode (`x` exclusive, `s` shared, `a` adjusted)
-//! and a wait flag (`1` once someone waited for the key), then, for `x` and
-//! `s`, one tab-separated `<txn>\t<lease>\t<primary>` per holder (one for
-//! `x`, one or more for `s`):
+//! ```text
+//!  field             value
+//!  ----------------  -------------------------------------------------------
+//!  w                 the lock on the key whole: mode, wait flag, holders
+//!  p:<part>          the lock on one hash field or set member, the same way
+//!  #                 how many `p:` locks there are (0: the field is gone)
+//!  W                 `1` once a lock of the whole key waited for parts
+//!  t:<txn>           an adjuster of the whole key: `<lease>\t<primary>\t<delta>`
+//!  n, neg, pos       how many adjusters, the sums of their negative and
+//!                    positive reservations
+//!  A<len>:<part>:... the same four for the adjusters of one part
+//! ```
+//!
+//! A lock entry is the mode (`x` exclusive, `s` shared, `a` adjusted) and a
+//! wait flag (`1` once someone waited for it), then, for `x` and `s`, one
+//! tab-separated `<txn>\t<lease>\t<primary>` per holder:
 //!
 //! ```text
 //!  x0\t0193...e1\t1732700000123\torders
@@ -27,26 +39,53 @@
 //!  a0
 //! ```
 //!
-//! (A read-only transaction's holder names no primary.) The adjusters of a
-//! key in `a` mode, who may be many at once (a flash sale), are in a hash
-//! beside it, `rs:{K}:a`, so that joining, reserving and leaving cost the
-//! same whether there are two of them or two hundred: `t:<txn>` ->
-//! `<lease>\t<primary>\t<reserved delta>`, and `n` (how many), `neg` and
-//! `pos` (the sums of their negative and positive reservations). Store
-//! names cannot hold a tab (the config refuses them).
+//! (A read-only transaction's holder names no primary; store names cannot
+//! hold a tab.) The adjusters of an `a` lock, who may be many at once (a
+//! flash sale), have a field each, so that joining, reserving and leaving
+//! cost the same whether there are two of them or two hundred.
 //!
-//! A lock is fair: once someone waits for a key, no new holder joins it in
-//! shared or adjust mode, so that a writer waiting behind readers (or a
+//! Granularity: a part lock (`p:`) and a whole-key lock (`w`) never share a
+//! key: whoever wants the key whole waits for every part lock to go (and
+//! marks `W`, so that no new part lock starts meanwhile), and a part waits
+//! for a whole-key lock. Different parts never wait for each other. Appends
+//! (a stream's entries, a list's elements) take no lock at all: they
+//! commute, and read nothing.
+//!
+//! A lock is fair: once someone waits for an entry, no new holder joins it
+//! in shared or adjust mode, so that a writer waiting behind readers (or a
 //! reader behind a flash sale's adjusters) gets its turn.
 //!
-//! Adjustments (escrow): a transaction holding a key in `a` mode neither
-//! reads it nor keeps others from adjusting it. Before its decision it
-//! reserves its delta, checked against its bounds as if every decrement in
-//! flight committed and no increment did (for a lower bound; the reverse
-//! for an upper one), so that the bound holds whichever of them commit; at
-//! the commit point or the apply it adds the delta to the value (`INCRBY`),
-//! and on a rollback its reservation goes with its lock. Values are plain
-//! decimal strings; bounds are checked exactly within +-2^53.
+//! Adjustments (escrow): a transaction holding a key (or a hash field, or a
+//! sorted set member) in `a` mode neither reads it nor keeps others from
+//! adjusting it. Before its decision it reserves its delta, checked against
+//! its bounds as if every decrement in flight committed and no increment did
+//! (for a lower bound; the reverse for an upper one), so that the bound holds
+//! whichever of them commit; at the commit point or the apply it adds the
+//! delta to the value (`INCRBY`, `HINCRBY`, `ZINCRBY`), and on a rollback
+//! its reservation goes with its lock. Values are what `INCRBY` takes; bounds
+//! are checked exactly within +-2^53.
+//!
+//! # What a script is told
+//!
+//! `KEYS` come in pairs per data key, the key and its lock table, after the
+//! script's own keys; `ARGV`, after the script's own arguments, has one
+//! block per data key, in the same order:
+//!
+//! ```text
+//!  kind                       string, hash, set, zset, stream, list
+//!  n, then n targets          `w` or `p`, the part (or ''), the mode (`x`, `s`,
+//!                             `a`, `r`: read without a lock, `-`: no lock, the
+//!                             key is only appended to), the adjustments to
+//!                             reserve (`delta:lower:upper;...`, or '')
+//!  n, then n reads            `get`; `hget f`; `sismember m`; `zscore m`;
+//!                             `hgetall`; `smembers`; `zall`; `zrank a b`;
+//!                             `zbyscore min max`
+//!  n, then n ops              op, its target (1-based; 0: an append), args:
+//!                             `set v ttl_ms|''`, `del`, `adj steps`, `hset f v`,
+//!                             `hdel f`, `sadd m`, `srem m`, `zadd m score`,
+//!                             `zrem m`, `xadd maxlen|'' n f v ...`,
+//!                             `rpush n v ...`, `lpush n v ...`, `pexpire ms`
+//! ```
 
 /// Shared prologue: `now_ms` by the server's clock.
 macro_rules! lua_clock {
@@ -59,49 +98,90 @@ macro_rules! lua_clock {
     };
 }
 
-/// Helpers every lock-table script shares (KEYS come in threes per data
-/// key: data, entry, adjusters):
+/// Helpers the scripts on data keys share:
+/// - `nxt()`: the next argument (from `c`, which each script sets past its
+///   own arguments); `parse(n)`: the `n` key blocks (see the module essay),
+///   as tables `{i, data, meta, kind, targets, reads, ops}`;
 /// - `call_all(cmd, prefix, list)`: `redis.call(cmd, prefix..., list...)`
 ///   in chunks (Lua's `unpack` has a bound), results appended together;
-/// - `holders(v)`: an `x` or `s` entry's mode, wait flag and holders
-///   (`{txn, lease, primary}` each); `encode(mode, wait, hs)` the reverse;
-/// - `holder(v)`: the sole holder of an exclusive entry, cheaply;
-/// - `adjuster(adj, txn)`: some adjuster other than `txn`, as a holder;
-/// - `strings(data)`: the values of the keys `data` (`MGET`), or nil and
-///   `{'wrong_type', i, type}` naming the first of them (0-based) that
-///   holds a value of another Redis type;
-/// - `integer(raw)`: the value of `raw` if `INCRBY` takes it as an
-///   integer (Redis's own rule: `0`, or an optional `-`, a digit 1-9 and
-///   more digits, within a signed 64-bit integer), else nil: so `007`,
-///   `-0`, `+5`, ` 5` or `1e3` are refused here, not by an `INCRBY` that
-///   would fail after the script's first write;
-/// - `int(x)`: a Lua number as a decimal integer, for a string built
-///   from it (Lua's `..` keeps 14 digits: 123456789012345 would become
-///   `1.2345678901234e+14`; a number passed to `redis.call` keeps 17);
+/// - `int(x)`: a Lua number as a decimal integer string;
+/// - `integer(raw)`: the value of `raw` if `INCRBY` takes it as an integer
+///   (Redis's own rule: `0`, or an optional `-`, a digit 1-9 and more
+///   digits, within a signed 64-bit integer), else nil;
 /// - `bounded(raw, neg, pos, list)`: checks adjustments `list`
-///   (`delta:lower:upper;...`) of a key whose value is `raw`, given the
-///   others' reservations; returns their total, or nil and the refusal
-///   (`{'bound', j}`, `{'nan'}`, or `{'range'}` past the +-2^53 within
-///   which Lua counts exactly, so that no `INCRBY` can fail half-way
-///   through a script);
-/// - `locked(i, meta, adj, v, txn, now_ms)`: the reply naming a holder
-///   (other than `txn`) of the entry `v` of the `i`-th key, which is in the
-///   way; marks the key as waited for;
-/// - `legacy(i, meta)`: for a lock table entry that is not a string (the
-///   first protocol's metadata hash), the reply refusing the `i`-th key if
-///   that protocol's lock is in it (or `{'stopped', message}` for an entry
-///   of any other type); otherwise drops it and returns nil;
-/// - `release_all(txn, data, metas, adjs, found, ops, values)`: lets go of
-///   `txn`'s locks on keys whose entries `found` were read: a key held
-///   exclusively gets its write first (`set`, `del`, or `keep` for none), a
-///   shared one loses this holder, an adjusted one gets its delta (for
-///   `adj`) and loses this adjuster (its last adjuster takes the entry and
-///   the adjusters' hash with it); an entry left without holders is
-///   deleted, and a key someone waited for is published on the wake
-///   channel. Returns how many of the keys `txn` held.
-macro_rules! lua_locks {
+///   (`delta:lower:upper;...`) of a value `raw`, given the others'
+///   reservations; returns their total, or nil and the refusal (`{'bound',
+///   j}`, `{'nan'}`, or `{'range'}` past the +-2^53 within which Lua counts
+///   exactly, so that no increment can fail half-way through a script);
+///   `total(list)`: the sum of the deltas;
+/// - `holders(v)`, `encode(mode, wait, hs)`, `holder(v)`: a lock entry's
+///   parts, and back; the sole holder of an `x` entry;
+/// - `field(part)`, `prefix(part)`: a target's lock entry field, and the
+///   prefix of its adjusters' fields;
+/// - `load(k)`: reads key `k`'s lock table (`k.w`, `k.n`, `k.W`, and each
+///   target's entry `t.v`), or answers the reply refusing it: a table of an
+///   earlier protocol (`{'stopped', message}`, `{'legacy', i, holder}`);
+/// - `held(k, t, txn)`: whether `txn` holds target `t` (loaded);
+/// - `counts(k, t)`: an adjusted target's `{neg, pos, n}`;
+/// - `typed(k)`: nil, or the `{'wrong_type', i, type}` refusing a key that
+///   holds another Redis type than declared;
+/// - `value(k, t)`: the raw value a bounded delta of target `t` adds to, or
+///   nil and the refusal of a key of another type; `appended(k)`: whether
+///   some target of `k` is only appended to (takes no lock);
+/// - `blocked(k, t, txn, now_ms)`: nil when `txn` may take target `t`, else
+///   the reply naming someone in its way (the entry it met marked as waited
+///   for);
+/// - `take(k, t, txn, mine, lease, primary)`: takes target `t` (loaded and
+///   checked), its reservation `t.total` included;
+/// - `apply(k, o)`: carries out one op on its key;
+/// - `release(k, t, txn, wake)`: lets go of `txn`'s lock on target `t`
+///   (loaded), dropping what is left empty; a key someone waited for goes to
+///   `wake`. Returns 1 if `txn` held it.
+macro_rules! lua_keys {
     () => {
-        "local function call_all(cmd, prefix, list)
+        "local c = 1
+local function nxt()
+  local v = ARGV[c]
+  c = c + 1
+  return v
+end
+local function parse(off, n)
+  local ks = {}
+  for i = 1, n do
+    local k = {i = i, data = KEYS[off + 2 * i - 1], meta = KEYS[off + 2 * i], kind = nxt(),
+      targets = {}, reads = {}, ops = {}}
+    for j = 1, tonumber(nxt()) do
+      local flag, part, mode, steps = nxt(), nxt(), nxt(), nxt()
+      if flag ~= 'p' then part = nil end
+      k.targets[j] = {j = j, part = part, mode = mode, steps = steps}
+    end
+    for j = 1, tonumber(nxt()) do
+      local r = {code = nxt()}
+      if r.code == 'hget' or r.code == 'sismember' or r.code == 'zscore' then
+        r.a = nxt()
+      elseif r.code == 'zrank' or r.code == 'zbyscore' then
+        r.a, r.b = nxt(), nxt()
+      end
+      k.reads[j] = r
+    end
+    for j = 1, tonumber(nxt()) do
+      local o = {code = nxt(), t = tonumber(nxt())}
+      if o.code == 'set' or o.code == 'hset' or o.code == 'zadd' then
+        o.a, o.b = nxt(), nxt()
+      elseif o.code == 'xadd' or o.code == 'rpush' or o.code == 'lpush' then
+        if o.code == 'xadd' then o.maxlen = nxt() end
+        o.args = {}
+        for x = 1, tonumber(nxt()) do o.args[x] = nxt() end
+      elseif o.code ~= 'del' then
+        o.a = nxt()
+      end
+      k.ops[j] = o
+    end
+    ks[i] = k
+  end
+  return ks
+end
+local function call_all(cmd, prefix, list)
   local out = {}
   local i = 1
   repeat
@@ -116,62 +196,8 @@ macro_rules! lua_locks {
   until i > #list
   return out
 end
-local function holders(v)
-  local fields = {}
-  local pos = 3
-  while pos <= #v do
-    local nxt = string.find(v, '\\t', pos + 1, true)
-    fields[#fields + 1] = string.sub(v, pos + 1, (nxt or (#v + 1)) - 1)
-    if not nxt then break end
-    pos = nxt
-  end
-  local hs = {}
-  for i = 1, #fields, 3 do hs[#hs + 1] = {fields[i], fields[i + 1], fields[i + 2]} end
-  return string.sub(v, 1, 1), string.sub(v, 2, 2), hs
-end
-local function encode(mode, wait, hs)
-  local parts = {mode .. wait}
-  for _, h in ipairs(hs) do parts[#parts + 1] = h[1] .. '\\t' .. h[2] .. '\\t' .. h[3] end
-  return table.concat(parts, '\\t')
-end
-local function holder(v)
-  local tab = string.find(v, '\\t', 4, true)
-  return string.sub(v, 4, tab - 1)
-end
-local function adjuster(adj, txn)
-  local cursor = '0'
-  repeat
-    local page = redis.call('HSCAN', adj, cursor, 'MATCH', 't:*', 'COUNT', 20)
-    cursor = page[1]
-    for j = 1, #page[2], 2 do
-      local who = string.sub(page[2][j], 3)
-      if who ~= txn then
-        local lease, primary = string.match(page[2][j + 1], '^([^\\t]*)\\t([^\\t]*)\\t')
-        return {who, lease, primary}
-      end
-    end
-  until cursor == '0'
-  return {'', '0', ''}
-end
-local function strings(data)
-  local values = call_all('MGET', {}, data)
-  local absent = {}
-  for i = 1, #data do
-    if not values[i] then absent[#absent + 1] = i end
-  end
-  if #absent == 0 then return values end
-  local keys = {}
-  for j, i in ipairs(absent) do keys[j] = data[i] end
-  local any = false
-  for j = 1, #keys, 1000 do
-    any = any or redis.call('EXISTS', unpack(keys, j, math.min(j + 999, #keys))) > 0
-  end
-  if not any then return values end
-  for _, i in ipairs(absent) do
-    local kind = redis.call('TYPE', data[i]).ok
-    if kind ~= 'none' then return nil, {'wrong_type', i - 1, kind} end
-  end
-  return values
+local function int(x)
+  return string.format('%.0f', x)
 end
 local function integer(raw)
   if raw == '0' then return 0 end
@@ -183,9 +209,6 @@ local function integer(raw)
     if digits > max then return nil end
   end
   return tonumber(raw)
-end
-local function int(x)
-  return string.format('%.0f', x)
 end
 local function bounded(raw, neg, pos, list)
   local value = 0
@@ -208,122 +231,281 @@ local function bounded(raw, neg, pos, list)
   end
   return cum
 end
-local function locked(i, meta, adj, v, txn, now_ms)
-  local mode, wait = string.sub(v, 1, 1), string.sub(v, 2, 2)
-  local h
-  if mode == 'a' then
-    h = adjuster(adj, txn)
-  else
-    local _, _, hs = holders(v)
-    h = hs[1]
-    for _, x in ipairs(hs) do
-      if x[1] ~= txn then h = x break end
-    end
-  end
-  if wait ~= '1' then redis.call('SET', meta, mode .. '1' .. string.sub(v, 3)) end
-  return {'locked', i - 1, h[1], tonumber(h[2]) - now_ms, h[3]}
+local function total(list)
+  local sum = 0
+  for d in string.gmatch(list, '(-?%d+):[^;]*') do sum = sum + tonumber(d) end
+  return sum
 end
-local function legacy(i, meta)
-  if redis.call('TYPE', meta).ok ~= 'hash' then
-    return {'stopped', 'the lock table entry ' .. meta .. ' holds a value of another type'}
+local function holders(v)
+  local fields = {}
+  local pos = 3
+  while pos <= #v do
+    local nxt_tab = string.find(v, '\\t', pos + 1, true)
+    fields[#fields + 1] = string.sub(v, pos + 1, (nxt_tab or (#v + 1)) - 1)
+    if not nxt_tab then break end
+    pos = nxt_tab
   end
-  local held = redis.call('HGET', meta, 'lock')
-  if held then return {'legacy', i - 1, held} end
-  redis.call('DEL', meta)
+  local hs = {}
+  for i = 1, #fields, 3 do hs[#hs + 1] = {fields[i], fields[i + 1], fields[i + 2]} end
+  return string.sub(v, 1, 1), string.sub(v, 2, 2), hs
+end
+local function encode(mode, wait, hs)
+  local parts = {mode .. wait}
+  for _, h in ipairs(hs) do parts[#parts + 1] = h[1] .. '\\t' .. h[2] .. '\\t' .. h[3] end
+  return table.concat(parts, '\\t')
+end
+local function holder(v)
+  local tab = string.find(v, '\\t', 4, true)
+  return string.sub(v, 4, tab - 1)
+end
+local function field(part)
+  if part then return 'p:' .. part end
+  return 'w'
+end
+local function prefix(part)
+  if part then return 'A' .. #part .. ':' .. part .. ':' end
+  return ''
+end
+local function load(k)
+  local r = redis.pcall('HMGET', k.meta, 'w', '#', 'W', 'lock', 'version')
+  if r.err then
+    return {'stopped', 'key ' .. k.data .. ' is locked by an earlier redstage (protocol 2): ' ..
+      'finish its transactions with that version (redstage recover --wait), then send this again'}
+  end
+  if r[4] then return {'legacy', k.i - 1, r[4]} end
+  k.w, k.n, k.W, k.old = r[1] or nil, tonumber(r[2]) or 0, r[3] or nil, r[5] or nil
+  for _, t in ipairs(k.targets) do
+    if t.part then t.v = redis.call('HGET', k.meta, 'p:' .. t.part) or nil else t.v = k.w end
+  end
   return nil
 end
-local function release_all(txn, data, metas, adjs, found, ops, values)
-  local dels, sets, gone, wake = {}, {}, {}, {}
-  local n = 0
-  for i = 1, #metas do
-    local v = found[i]
-    local mode = v and string.sub(v, 1, 1)
-    if mode == 'x' and holder(v) == txn then
-      n = n + 1
-      dels[#dels + 1] = metas[i]
-      if ops[i] == 'set' then
-        sets[#sets + 1] = data[i]
-        sets[#sets + 1] = values[i]
-      elseif ops[i] == 'del' then
-        gone[#gone + 1] = data[i]
-      end
-      if string.sub(v, 2, 2) == '1' then wake[#wake + 1] = data[i] end
-    elseif mode == 's' then
-      local _, wait, hs = holders(v)
-      local rest, mine = {}, false
-      for _, h in ipairs(hs) do
-        if h[1] == txn then mine = true else rest[#rest + 1] = h end
-      end
-      if mine then
-        n = n + 1
-        if #rest == 0 then
-          dels[#dels + 1] = metas[i]
-          if wait == '1' then wake[#wake + 1] = data[i] end
-        else
-          redis.call('SET', metas[i], encode('s', wait, rest))
-        end
-      end
-    elseif mode == 'a' then
-      local r = redis.call('HMGET', adjs[i], 't:' .. txn, 'n')
-      local h = r[1]
-      if h then
-        n = n + 1
-        if ops[i] == 'adj' then
-          local total = 0
-          for d in string.gmatch(values[i], '(-?%d+):[^;]*') do total = total + tonumber(d) end
-          if total ~= 0 then redis.call('INCRBY', data[i], total) end
-        end
-        if (tonumber(r[2]) or 0) <= 1 then
-          redis.call('DEL', metas[i], adjs[i])
-          if string.sub(v, 2, 2) == '1' then wake[#wake + 1] = data[i] end
-        else
-          local reserved = tonumber(string.match(h, '([^\\t]*)$')) or 0
-          redis.call('HDEL', adjs[i], 't:' .. txn)
-          if reserved < 0 then
-            redis.call('HINCRBY', adjs[i], 'neg', -reserved)
-          elseif reserved > 0 then
-            redis.call('HINCRBY', adjs[i], 'pos', -reserved)
-          end
-          redis.call('HINCRBY', adjs[i], 'n', -1)
-        end
+local function held(k, t, txn)
+  local v = t.v
+  if not v then return false end
+  local mode = string.sub(v, 1, 1)
+  if mode == 'x' then return holder(v) == txn end
+  if mode == 's' then return string.find(v, '\\t' .. txn .. '\\t', 1, true) ~= nil end
+  return redis.call('HEXISTS', k.meta, prefix(t.part) .. 't:' .. txn) == 1
+end
+local function counts(k, t)
+  local p = prefix(t.part)
+  local r = redis.call('HMGET', k.meta, p .. 'neg', p .. 'pos', p .. 'n')
+  return {tonumber(r[1]) or 0, tonumber(r[2]) or 0, tonumber(r[3]) or 0}
+end
+local function typed(k)
+  local found = redis.call('TYPE', k.data).ok
+  if found ~= 'none' and found ~= k.kind then return {'wrong_type', k.i - 1, found} end
+  return nil
+end
+local function value(k, t)
+  local r
+  if k.kind == 'hash' then r = redis.pcall('HGET', k.data, t.part)
+  elseif k.kind == 'zset' then r = redis.pcall('ZSCORE', k.data, t.part)
+  else r = redis.pcall('GET', k.data) end
+  if type(r) == 'table' and r.err then return nil, typed(k) end
+  return r or nil, nil
+end
+local function appended(k)
+  for _, t in ipairs(k.targets) do
+    if t.mode == '-' then return true end
+  end
+  return false
+end
+local function adjuster(meta, p, txn)
+  local pattern = string.gsub(p, '[%*%?%[%]\\\\]', '\\\\%0') .. 't:*'
+  local cursor = '0'
+  repeat
+    local page = redis.call('HSCAN', meta, cursor, 'MATCH', pattern, 'COUNT', 20)
+    cursor = page[1]
+    for j = 1, #page[2], 2 do
+      local who = string.sub(page[2][j], #p + 3)
+      if who ~= txn then
+        local lease, primary = string.match(page[2][j + 1], '^([^\\t]*)\\t([^\\t]*)\\t')
+        return {who, lease, primary}
       end
     end
+  until cursor == '0'
+  return {'', '0', ''}
+end
+local function in_entry(meta, part, v, txn)
+  if string.sub(v, 1, 1) == 'a' then return adjuster(meta, prefix(part), txn) end
+  local _, _, hs = holders(v)
+  for _, h in ipairs(hs) do
+    if h[1] ~= txn then return h end
   end
-  if #dels > 0 then call_all('DEL', {}, dels) end
-  if #sets > 0 then call_all('MSET', {}, sets) end
-  if #gone > 0 then call_all('DEL', {}, gone) end
-  for _, k in ipairs(wake) do redis.call('PUBLISH', 'rs:wake', k) end
-  return n
+  return hs[1] or {'', '0', ''}
+end
+local function in_parts(meta, txn)
+  local cursor = '0'
+  repeat
+    local page = redis.call('HSCAN', meta, cursor, 'MATCH', 'p:*', 'COUNT', 20)
+    cursor = page[1]
+    for j = 1, #page[2], 2 do
+      local h = in_entry(meta, string.sub(page[2][j], 3), page[2][j + 1], txn)
+      if h[1] ~= '' and h[1] ~= txn then return h end
+    end
+  until cursor == '0'
+  return {'', '0', ''}
+end
+local function named(k, t, h, now_ms)
+  return {'locked', k.i - 1, t.j - 1, h[1], tonumber(h[2]) - now_ms, h[3]}
+end
+local function waited(k, f, v)
+  if string.sub(v, 2, 2) ~= '1' then
+    redis.call('HSET', k.meta, f, string.sub(v, 1, 1) .. '1' .. string.sub(v, 3))
+  end
+end
+local function joins(mode, v)
+  local m, wait = string.sub(v, 1, 1), string.sub(v, 2, 2)
+  if mode == 'r' then return m == 's' end
+  return (mode == 's' or mode == 'a') and m == mode and wait ~= '1'
+end
+local function blocked(k, t, txn, now_ms)
+  if t.mode == '-' then return nil end
+  if t.part then
+    if k.w and not (t.mode == 'r' and string.sub(k.w, 1, 1) == 's') then
+      waited(k, 'w', k.w)
+      return named(k, t, in_entry(k.meta, nil, k.w, txn), now_ms)
+    end
+    if k.W and t.mode ~= 'r' then return named(k, t, in_parts(k.meta, txn), now_ms) end
+  elseif k.n > 0 then
+    if not k.W then redis.call('HSET', k.meta, 'W', '1') end
+    k.W = '1'
+    return named(k, t, in_parts(k.meta, txn), now_ms)
+  end
+  if t.v and not joins(t.mode, t.v) then
+    waited(k, field(t.part), t.v)
+    return named(k, t, in_entry(k.meta, t.part, t.v, txn), now_ms)
+  end
+  return nil
+end
+local function take(k, t, txn, mine, lease, primary)
+  if t.mode == 'r' or t.mode == '-' then return end
+  local f = field(t.part)
+  if t.mode == 'x' then
+    redis.call('HSET', k.meta, f, 'x0\\t' .. mine)
+  elseif t.mode == 's' then
+    if t.v then redis.call('HSET', k.meta, f, t.v .. '\\t' .. mine)
+    else redis.call('HSET', k.meta, f, 's0\\t' .. mine) end
+  else
+    if not t.v then redis.call('HSET', k.meta, f, 'a0') end
+    local p, n, reserved = prefix(t.part), t.counts, t.total or 0
+    redis.call('HSET', k.meta, p .. 't:' .. txn, lease .. '\\t' .. primary .. '\\t' .. int(reserved),
+      p .. 'n', int(n[3] + 1), p .. 'neg', int(n[1] + math.min(reserved, 0)),
+      p .. 'pos', int(n[2] + math.max(reserved, 0)))
+  end
+  if t.part and not t.v then redis.call('HINCRBY', k.meta, '#', 1) end
+end
+local function apply(k, o)
+  local code = o.code
+  if code == 'set' then
+    if o.b == '' then redis.call('SET', k.data, o.a, 'KEEPTTL')
+    else redis.call('SET', k.data, o.a, 'PX', o.b) end
+  elseif code == 'del' then
+    redis.call('DEL', k.data)
+  elseif code == 'adj' then
+    local sum = total(o.a)
+    if sum ~= 0 then
+      local part = k.targets[o.t].part
+      if k.kind == 'hash' then redis.call('HINCRBY', k.data, part, int(sum))
+      elseif k.kind == 'zset' then redis.call('ZINCRBY', k.data, int(sum), part)
+      else redis.call('INCRBY', k.data, int(sum)) end
+    end
+  elseif code == 'hset' then
+    redis.call('HSET', k.data, o.a, o.b)
+  elseif code == 'hdel' then
+    redis.call('HDEL', k.data, o.a)
+  elseif code == 'sadd' then
+    redis.call('SADD', k.data, o.a)
+  elseif code == 'srem' then
+    redis.call('SREM', k.data, o.a)
+  elseif code == 'zadd' then
+    redis.call('ZADD', k.data, o.b, o.a)
+  elseif code == 'zrem' then
+    redis.call('ZREM', k.data, o.a)
+  elseif code == 'pexpire' then
+    redis.call('PEXPIRE', k.data, o.a)
+  elseif code == 'xadd' then
+    if o.maxlen ~= '' then
+      redis.call('XADD', k.data, 'MAXLEN', '~', o.maxlen, '*', unpack(o.args))
+    else
+      redis.call('XADD', k.data, '*', unpack(o.args))
+    end
+  elseif code == 'rpush' or code == 'lpush' then
+    call_all(string.upper(code), {k.data}, o.args)
+  end
+end
+local function release(k, t, txn, wake)
+  if t.mode == 'r' or t.mode == '-' or not t.v then return 0 end
+  local f = field(t.part)
+  local v = t.v
+  local mode, wait = string.sub(v, 1, 1), string.sub(v, 2, 2)
+  local gone = false
+  if mode == 'x' then
+    if holder(v) ~= txn then return 0 end
+    gone = true
+  elseif mode == 's' then
+    local _, _, hs = holders(v)
+    local rest, mine = {}, false
+    for _, h in ipairs(hs) do
+      if h[1] == txn then mine = true else rest[#rest + 1] = h end
+    end
+    if not mine then return 0 end
+    if #rest == 0 then gone = true else redis.call('HSET', k.meta, f, encode('s', wait, rest)) end
+  else
+    local p = prefix(t.part)
+    local r = redis.call('HMGET', k.meta, p .. 't:' .. txn, p .. 'n')
+    if not r[1] then return 0 end
+    if (tonumber(r[2]) or 0) <= 1 then
+      redis.call('HDEL', k.meta, p .. 't:' .. txn, p .. 'n', p .. 'neg', p .. 'pos')
+      gone = true
+    else
+      local reserved = tonumber(string.match(r[1], '([^\\t]*)$')) or 0
+      redis.call('HDEL', k.meta, p .. 't:' .. txn)
+      if reserved < 0 then
+        redis.call('HINCRBY', k.meta, p .. 'neg', int(-reserved))
+      elseif reserved > 0 then
+        redis.call('HINCRBY', k.meta, p .. 'pos', int(-reserved))
+      end
+      redis.call('HINCRBY', k.meta, p .. 'n', -1)
+    end
+  end
+  if gone then
+    redis.call('HDEL', k.meta, f)
+    if wait == '1' then wake[#wake + 1] = k.data end
+    if t.part and redis.call('HINCRBY', k.meta, '#', -1) <= 0 then
+      redis.call('HDEL', k.meta, '#')
+      if redis.call('HDEL', k.meta, 'W') == 1 then wake[#wake + 1] = k.data end
+    end
+  end
+  return 1
 end
 "
     };
 }
 
-/// Locks and reads, in one step, every key a transaction declared on this
-/// store: `x` locks exclusively (a key it may write), `s` shared (a key it
-/// only reads, in a transaction that spans stores or writes), `a` in adjust
-/// mode (a key it only adjusts: other adjusters share it, and its value is
-/// not needed), `r` reads without locking (a read-only transaction on this
-/// store alone, which this one script makes atomic). All or nothing: on
-/// the first key held by another transaction in a conflicting mode (or
-/// waited for, when this one would join its holders), nothing is locked,
-/// the key is marked as waited for, and a holder is named. A declared key
-/// holding a value that is not a string is an error, before anything is
-/// locked. When the transaction's index entry is already there, this very
-/// call went through before (a client that resends after a lost reply, as
-/// a cluster client does): the values are read again and nothing changes.
+/// Locks and reads, in one step, what a transaction declared on this
+/// store: each target (a key whole, or one hash field or set member) in its
+/// mode: `x` exclusively (it may write), `s` shared (it only reads, in a
+/// transaction that spans stores or writes), `a` adjusted (other adjusters
+/// share it, and its value is not needed), `r` read without a lock (a
+/// read-only transaction on this store alone, which this one script makes
+/// atomic), `-` no lock (a key only appended to: it gets no lock, but the
+/// transaction's index entry here, which recovery and a second delivery of
+/// the apply go by). All or nothing: everything is checked (the Redis type
+/// of every key, the size of every read of a whole collection, every lock,
+/// every reservation) before anything changes; on the first target held by
+/// another transaction in a conflicting mode (or waited for, when this one
+/// would join its holders), nothing is locked, the target is marked as
+/// waited for, and a holder is named. When the transaction's index entry is
+/// already there, this very call went through before (a client that
+/// resends after a lost reply, as a cluster client does): the values are
+/// read again and nothing changes.
 ///
 /// A transaction whose adjustments are known before it locks (every key it
 /// has is only adjusted, so its steps ran first) reserves them here, in the
 /// same step as it joins their keys: checked against their bounds as
 /// [`RESERVE`] does, and refused all or nothing (then nothing is locked).
-///
-/// Stores written by the first protocol keep a metadata hash at a key's
-/// lock table entry, with the key's version, for every key it ever
-/// committed. Such a hash is dropped where it is met (versions mean nothing
-/// now), unless it holds that protocol's lock: then nothing is locked and
-/// its holder is named, for an operator to finish with the version that
-/// took it.
 ///
 /// A read that locks nothing (or a call delivered again) writes nothing
 /// either, so the `WAIT` after it would cover none of what it read; with
@@ -333,202 +515,166 @@ end
 /// holds and its replicas do not, which a failover could lose, is never
 /// answered.
 ///
-/// KEYS: data1, meta1, adjusters1, ..., index; ARGV: txn, lease_ms,
-/// primary, index entry, sync (`1` or ''), then one mode per key, then
-/// (only to reserve) one `delta:lower:upper;...` per key ('' for none).
-/// Reply: `{'ok', value1|nil, ...}`,
-/// `{'locked', i (0-based), holder, remaining_ms, holder's primary}`,
-/// `{'legacy', i, holder}`, or a reservation's refusal (see [`RESERVE`]).
+/// A lock table of the first protocol (a metadata hash with a `lock` field)
+/// refuses the key, naming its holder, for an operator to finish with the
+/// version that took it; one of the second (a string) stops the call.
+///
+/// KEYS: data1, table1, ..., index; ARGV: txn, lease_ms, primary, index
+/// entry, sync (`1` or ''), read_items_max, then the key blocks.
+/// Reply: `{'ok', read1_1, read1_2, ..., readN_M}` (each read's value, in
+/// order: a string or nil, 0 or 1, a flat array), `{'locked', i, j, holder,
+/// remaining_ms, holder's primary}` (key `i`, target `j`, 0-based),
+/// `{'legacy', i, holder}`, `{'stopped', message}`, `{'wrong_type', i,
+/// type}`, `{'too_many', i, count}` (a read of more than read_items_max
+/// items), or a reservation's refusal (see [`RESERVE`]).
 pub const LOCK: &str = lua_clock!(concat!(
-    lua_locks!(),
-    "local txn = ARGV[1]
-local n = (#KEYS - 1) / 3
-local data, metas, adjs = {}, {}, {}
-for i = 1, n do
-  data[i] = KEYS[3 * i - 2]
-  metas[i] = KEYS[3 * i - 1]
-  adjs[i] = KEYS[3 * i]
-end
-local values, wrong = strings(data)
-if not values then return wrong end
-local function sync()
-  if ARGV[5] == '1' then
-    redis.call('ZADD', KEYS[#KEYS], 0, 'sync')
-    redis.call('ZREM', KEYS[#KEYS], 'sync')
-  end
-end
-if redis.call('ZSCORE', KEYS[#KEYS], ARGV[4]) then
-  sync()
-  local out = {'ok'}
-  for i = 1, n do out[i + 1] = values[i] end
-  return out
-end
-local lease = now_ms + tonumber(ARGV[2])
-local mine = txn .. '\\t' .. lease .. '\\t' .. ARGV[3]
-local function conflict(i, v)
-  return locked(i, metas[i], adjs[i], v, txn, now_ms)
-end
-local xs, xi, joins, ri = {}, {}, {}, {}
-for i = 1, n do
-  local mode = ARGV[5 + i]
-  if mode == 'x' then
-    xs[#xs + 1] = metas[i]
-    xs[#xs + 1] = 'x0\\t' .. mine
-    xi[#xi + 1] = i
-  elseif mode == 's' or mode == 'a' then
-    joins[#joins + 1] = i
+    lua_keys!(),
+    "local txn, max = ARGV[1], tonumber(ARGV[6])
+c = 7
+local index = KEYS[#KEYS]
+local ks = parse(0, (#KEYS - 1) / 2)
+local strs = {}
+for _, k in ipairs(ks) do
+  if k.kind == 'string' then strs[#strs + 1] = k
   else
-    ri[#ri + 1] = i
+    local wrong = typed(k)
+    if wrong then return wrong end
   end
 end
-if #ri > 0 then
+if #strs > 0 then
   local keys = {}
-  for j, i in ipairs(ri) do keys[j] = metas[i] end
-  local found = call_all('MGET', {}, keys)
-  for j, i in ipairs(ri) do
-    if found[j] and string.sub(found[j], 1, 1) ~= 's' then return conflict(i, found[j]) end
-  end
-end
-local function taken(keys)
-  local found = call_all('MGET', {}, keys)
-  for j = 1, #keys do
-    if found[j] then return j, found[j] end
-  end
-  return nil
-end
-if #xs > 0 then
-  local keys = {}
-  for j, i in ipairs(xi) do keys[j] = metas[i] end
-  local function lock_all()
-    if #xs <= 2000 then return redis.call('MSETNX', unpack(xs)) end
-    if taken(keys) then return 0 end
-    call_all('MSET', {}, xs)
-    return 1
-  end
-  local set = lock_all()
-  if set == 0 then
-    local j, v = taken(keys)
-    if j then return conflict(xi[j], v) end
-    for _, i in ipairs(xi) do
-      if redis.call('EXISTS', metas[i]) == 1 then
-        local refused = legacy(i, metas[i])
-        if refused then return refused end
-      end
-    end
-    if lock_all() == 0 then
-      return {'stopped', 'a lock table entry of another type is in the way'}
+  for x, k in ipairs(strs) do keys[x] = k.data end
+  local values = call_all('MGET', {}, keys)
+  for x, k in ipairs(strs) do
+    k.raw = values[x] or nil
+    if not k.raw then
+      local wrong = typed(k)
+      if wrong then return wrong end
     end
   end
-end
-local undo = {}
-local function rollback()
-  for j = 1, #xs, 2 do redis.call('DEL', xs[j]) end
-  for _, u in ipairs(undo) do
-    if u.adj then
-      redis.call('HDEL', u.adj, 't:' .. txn)
-      if redis.call('HINCRBY', u.adj, 'n', -1) <= 0 then
-        redis.call('DEL', u.adj)
-      elseif u.reserved < 0 then
-        redis.call('HINCRBY', u.adj, 'neg', -u.reserved)
-      elseif u.reserved > 0 then
-        redis.call('HINCRBY', u.adj, 'pos', -u.reserved)
-      end
-    end
-    if u.old then redis.call('SET', u.meta, u.old) else redis.call('DEL', u.meta) end
-  end
-end
-for _, i in ipairs(joins) do
-  local mode = ARGV[5 + i]
-  local first = mode .. '0'
-  if mode == 's' then first = first .. '\\t' .. mine end
-  local old = redis.pcall('SET', metas[i], first, 'NX', 'GET')
-  if type(old) == 'table' and old.err then
-    local refused = legacy(i, metas[i])
-    if refused then
-      rollback()
-      return refused
-    end
-    old = redis.call('SET', metas[i], first, 'NX', 'GET')
-  end
-  if old and (string.sub(old, 1, 1) ~= mode or string.sub(old, 2, 2) == '1') then
-    rollback()
-    return conflict(i, old)
-  end
-  if mode == 's' then
-    undo[#undo + 1] = {meta = metas[i], old = old}
-    if old then redis.call('SET', metas[i], old .. '\\t' .. mine) end
-  else
-    local wanted = ARGV[5 + n + i]
-    local held = 't:' .. txn
-    if wanted and wanted ~= '' then
-      local r = redis.call('HMGET', adjs[i], 'neg', 'pos', 'n')
-      local neg, pos = tonumber(r[1]) or 0, tonumber(r[2]) or 0
-      local total, refused = bounded(values[i], neg, pos, wanted)
-      if refused then
-        undo[#undo + 1] = {meta = metas[i], old = old}
-        rollback()
-        return {refused[1], i - 1, refused[2]}
-      end
-      undo[#undo + 1] = {meta = metas[i], old = old, adj = adjs[i], reserved = total}
-      redis.call('HSET', adjs[i], held, lease .. '\\t' .. ARGV[3] .. '\\t' .. int(total),
-        'n', (tonumber(r[3]) or 0) + 1, 'neg', neg + math.min(total, 0), 'pos', pos + math.max(total, 0))
-    else
-      undo[#undo + 1] = {meta = metas[i], old = old, adj = adjs[i], reserved = 0}
-      redis.call('HSET', adjs[i], held, lease .. '\\t' .. ARGV[3] .. '\\t0')
-      redis.call('HINCRBY', adjs[i], 'n', 1)
-    end
-  end
-end
-if #xs > 0 or #joins > 0 then
-  redis.call('ZADD', KEYS[#KEYS], lease, ARGV[4])
-else
-  sync()
 end
 local out = {'ok'}
-for i = 1, n do out[i + 1] = values[i] end
+for _, k in ipairs(ks) do
+  for _, r in ipairs(k.reads) do
+    local code, got = r.code, nil
+    local n = 0
+    if code == 'hgetall' then n = redis.call('HLEN', k.data)
+    elseif code == 'smembers' then n = redis.call('SCARD', k.data)
+    elseif code == 'zall' then n = redis.call('ZCARD', k.data)
+    elseif code == 'zbyscore' then n = redis.call('ZCOUNT', k.data, r.a, r.b)
+    elseif code == 'zrank' then
+      local card = redis.call('ZCARD', k.data)
+      local a, b = tonumber(r.a), tonumber(r.b)
+      if a < 0 then a = math.max(card + a, 0) end
+      if b < 0 then b = card + b end
+      n = math.max(math.min(b, card - 1) - a + 1, 0)
+    end
+    if n > max then return {'too_many', k.i - 1, n} end
+    if code == 'get' then got = k.raw or false
+    elseif code == 'hget' then got = redis.call('HGET', k.data, r.a)
+    elseif code == 'sismember' then got = redis.call('SISMEMBER', k.data, r.a)
+    elseif code == 'zscore' then got = redis.call('ZSCORE', k.data, r.a)
+    elseif code == 'hgetall' then got = redis.call('HGETALL', k.data)
+    elseif code == 'smembers' then got = redis.call('SMEMBERS', k.data)
+    elseif code == 'zall' then got = redis.call('ZRANGE', k.data, 0, -1, 'WITHSCORES')
+    elseif code == 'zrank' then got = redis.call('ZRANGE', k.data, r.a, r.b, 'WITHSCORES')
+    elseif code == 'zbyscore' then
+      got = redis.call('ZRANGE', k.data, r.a, r.b, 'BYSCORE', 'WITHSCORES')
+    end
+    out[#out + 1] = got
+  end
+end
+local function sync()
+  if ARGV[5] == '1' then
+    redis.call('ZADD', index, 0, 'sync')
+    redis.call('ZREM', index, 'sync')
+  end
+end
+if redis.call('ZSCORE', index, ARGV[4]) then
+  sync()
+  return out
+end
+local locks = false
+for _, k in ipairs(ks) do
+  local refused = load(k)
+  if refused then return refused end
+  for _, t in ipairs(k.targets) do
+    if t.mode ~= 'r' then locks = true end
+    if t.mode == 'a' then
+      t.counts = counts(k, t)
+      if t.steps ~= '' then
+        local raw = k.raw
+        if k.kind ~= 'string' then raw = value(k, t) end
+        local sum, bad = bounded(raw, t.counts[1], t.counts[2], t.steps)
+        if bad then return {bad[1], k.i - 1, t.j - 1, bad[2]} end
+        t.total = sum
+      end
+    end
+  end
+end
+for _, k in ipairs(ks) do
+  for _, t in ipairs(k.targets) do
+    local stop = blocked(k, t, txn, now_ms)
+    if stop then return stop end
+  end
+end
+if not locks then
+  sync()
+  return out
+end
+local lease = int(now_ms + tonumber(ARGV[2]))
+local mine = txn .. '\\t' .. lease .. '\\t' .. ARGV[3]
+for _, k in ipairs(ks) do
+  if k.old then redis.call('HDEL', k.meta, 'version') end
+  for _, t in ipairs(k.targets) do take(k, t, txn, mine, lease, ARGV[3]) end
+end
+redis.call('ZADD', index, lease, ARGV[4])
 return out
 "
 ));
 
-/// Reserves a transaction's adjustments of keys it holds in `a` mode on a
-/// store other than its primary, before its decision: each checked against
-/// its bounds with what the other adjusters reserved (see the module
-/// essay), and recorded with its adjuster, all or none. A key this
+/// Reserves a transaction's adjustments of targets it holds in `a` mode on
+/// a store other than its primary, before its decision: each checked
+/// against its bounds with what the other adjusters reserved (see the module
+/// essay), and recorded with its adjuster, all or none. A target this
 /// transaction already reserved is left as it is, so that the same call
-/// delivered twice (a client that resends after a lost reply, as a
-/// cluster client does) reserves once.
-/// KEYS: data1, meta1, adjusters1, ...; ARGV: txn, then per key its
-/// adjustments `delta:lower:upper;...`.
-/// Reply: `{'ok'}`, `{'bound', i, j}` (adjustment `j`, 1-based, of key `i`),
-/// `{'nan', i}` (not an integer), `{'range', i}`, `{'lost', i}` or
-/// `{'wrong_type', i, type}` (a key of another Redis type).
+/// delivered twice (a client that resends after a lost reply, as a cluster
+/// client does) reserves once.
+/// KEYS: data1, table1, ...; ARGV: txn, then the key blocks (targets with
+/// the adjustments to reserve).
+/// Reply: `{'ok'}`, `{'bound', i, j, s}` (adjustment `s`, 1-based, of
+/// target `j` of key `i`), `{'nan', i, j}` (not an integer), `{'range', i,
+/// j}`, `{'lost', i, j}` (recovery took the lock), or `{'wrong_type', i,
+/// type}`.
 pub const RESERVE: &str = concat!(
-    lua_locks!(),
+    lua_keys!(),
     "local txn = ARGV[1]
-local n = #KEYS / 3
-local data = {}
-for i = 1, n do data[i] = KEYS[3 * i - 2] end
-local raws, wrong = strings(data)
-if not raws then return wrong end
-local held, totals = {}, {}
-for i = 1, n do
-  local r = redis.call('HMGET', KEYS[3 * i], 't:' .. txn, 'neg', 'pos')
-  if not r[1] then return {'lost', i - 1} end
-  if string.match(r[1], '\\t([^\\t]*)$') == '0' then
-    local total, refused = bounded(raws[i], tonumber(r[2]) or 0, tonumber(r[3]) or 0, ARGV[1 + i])
-    if refused then return {refused[1], i - 1, refused[2]} end
-    held[i], totals[i] = r[1], total
+c = 2
+local ks = parse(0, #KEYS / 2)
+local todo = {}
+for _, k in ipairs(ks) do
+  for _, t in ipairs(k.targets) do
+    if t.mode == 'a' and t.steps ~= '' then
+      local p = prefix(t.part)
+      local r = redis.call('HMGET', k.meta, p .. 't:' .. txn, p .. 'neg', p .. 'pos')
+      if not r[1] then return {'lost', k.i - 1, t.j - 1} end
+      if string.match(r[1], '\\t([^\\t]*)$') == '0' then
+        local raw, wrong = value(k, t)
+        if wrong then return wrong end
+        local sum, bad = bounded(raw, tonumber(r[2]) or 0, tonumber(r[3]) or 0, t.steps)
+        if bad then return {bad[1], k.i - 1, t.j - 1, bad[2]} end
+        todo[#todo + 1] = {k = k, p = p, held = r[1], sum = sum}
+      end
+    end
   end
 end
-for i = 1, n do
-  if held[i] then
-    local lease, primary = string.match(held[i], '^([^\\t]*)\\t([^\\t]*)\\t')
-    redis.call('HSET', KEYS[3 * i], 't:' .. txn, lease .. '\\t' .. primary .. '\\t' .. int(totals[i]))
-    if totals[i] < 0 then
-      redis.call('HINCRBY', KEYS[3 * i], 'neg', totals[i])
-    elseif totals[i] > 0 then
-      redis.call('HINCRBY', KEYS[3 * i], 'pos', totals[i])
-    end
+for _, d in ipairs(todo) do
+  local lease, primary = string.match(d.held, '^([^\\t]*)\\t([^\\t]*)\\t')
+  redis.call('HSET', d.k.meta, d.p .. 't:' .. txn, lease .. '\\t' .. primary .. '\\t' .. int(d.sum))
+  if d.sum < 0 then
+    redis.call('HINCRBY', d.k.meta, d.p .. 'neg', int(d.sum))
+  elseif d.sum > 0 then
+    redis.call('HINCRBY', d.k.meta, d.p .. 'pos', int(d.sum))
   end
 end
 return {'ok'}
@@ -539,107 +685,97 @@ return {'ok'}
 /// lock of the transaction here is still its own (and that its adjustments
 /// here keep their bounds), writes the decision record unless one stands
 /// (a recovering host's `aborted` fences a coordinator that was too slow),
-/// and in the same step applies this store's writes and releases its
-/// locks. With an idempotency claim, only while the claim is still the
-/// owner's, and the outcome is stored under the client's key at once, so
-/// that a retry can never miss a commit. The transaction's index entry here
-/// stays, as the record's marker, until the record is finalized (with no
-/// keys here and other stores to apply, a marker is added): should the
-/// coordinator die before every store applied, the sweep finds it.
+/// and in the same step applies this store's writes (appends included) and
+/// releases its locks. With an idempotency claim, only while the claim is
+/// still the owner's, and the outcome is stored under the client's key at
+/// once, so that a retry can never miss a commit. The transaction's index
+/// entry here stays, as the record's marker, until the record is finalized
+/// (with no locks here and other stores to apply, a marker is added):
+/// should the coordinator die before every store applied, the sweep finds
+/// it.
 ///
-/// `free`: the transaction holds no lock here. Every key of it here is one
-/// it only adjusts, so its adjustments were known before it locked
-/// anything, and its keys here need no lock before this very step: each
-/// must be free, or held by adjusters only (whose reservations count
-/// against the bounds), and gets its delta at once. A key held otherwise
-/// is in the way, as for [`LOCK`], and nothing changes.
+/// `free`: the transaction holds no lock here. Every target of it here is
+/// one it only adjusts or appends to, so its changes were known before it
+/// locked anything, and they need no lock before this very step: each
+/// adjusted target must be free, or held by adjusters only (whose
+/// reservations count against the bounds), and gets its delta at once. A
+/// target held otherwise is in the way, as for [`LOCK`], and nothing
+/// changes.
 ///
 /// KEYS: record, index, idempotency key (or the record again), then data1,
-/// meta1, adjusters1, ...
+/// table1, ...
 /// ARGV: txn, record, record_ttl_ms ('0': none), marker to add ('' if
 /// none), lease_ms, claim owner ('' if none), outcome, retention_ms,
-/// `held` or `free`, then per key `op, value`.
-/// Reply: `{'ok'}`, `{'decided', record}`, `{'superseded'}`, `{'lost', i}`
-/// (a lock here is no longer the transaction's), an adjustment's refusal
-/// (see [`RESERVE`]), or, when `free`, `{'locked', ...}` or `{'legacy',
-/// ...}` as [`LOCK`] answers them.
+/// `held` or `free`, then the key blocks.
+/// Reply: `{'ok'}`, `{'decided', record}`, `{'superseded'}`, `{'lost', i,
+/// j}` (a lock here is no longer the transaction's), an adjustment's refusal
+/// (see [`RESERVE`]), `{'wrong_type', i, type}`, `{'stopped', message}`, or,
+/// when `free`, `{'locked', ...}` or `{'legacy', ...}` as [`LOCK`] answers
+/// them.
 pub const COMMIT: &str = concat!(
-    lua_locks!(),
+    lua_keys!(),
     "local txn = ARGV[1]
 if ARGV[6] ~= '' then
   local v = redis.call('GET', KEYS[3])
   if not v then return {'superseded'} end
-  local c = cjson.decode(v)
-  if c.state ~= 'pending' or c.owner ~= ARGV[6] then return {'superseded'} end
+  local claim = cjson.decode(v)
+  if claim.state ~= 'pending' or claim.owner ~= ARGV[6] then return {'superseded'} end
 end
-local n = (#KEYS - 3) / 3
-local data, metas, adjs, ops, values = {}, {}, {}, {}, {}
-for i = 1, n do
-  data[i] = KEYS[1 + 3 * i]
-  metas[i] = KEYS[2 + 3 * i]
-  adjs[i] = KEYS[3 + 3 * i]
-  ops[i] = ARGV[8 + 2 * i]
-  values[i] = ARGV[9 + 2 * i]
-end
+c = 10
+local ks = parse(3, (#KEYS - 3) / 2)
 local free = ARGV[9] == 'free'
-local found = {}
-if n > 0 then found = call_all('MGET', {}, metas) end
-if free then
-  local absent = {}
-  for i = 1, n do
-    if not found[i] then absent[#absent + 1] = metas[i] end
+local clock = nil
+for _, k in ipairs(ks) do
+  local refused = load(k)
+  if refused then return refused end
+  if appended(k) then
+    local wrong = typed(k)
+    if wrong then return wrong end
   end
-  if #absent > 0 and redis.call('EXISTS', unpack(absent)) > 0 then
-    for i = 1, n do
-      if not found[i] and redis.call('EXISTS', metas[i]) == 1 then
-        local refused = legacy(i, metas[i])
-        if refused then return refused end
+  for _, t in ipairs(k.targets) do
+    if free then
+      if t.mode ~= '-' then
+        local blocked_by = nil
+        if t.part then
+          if k.w then blocked_by = {'w', k.w, nil}
+          elseif t.v and string.sub(t.v, 1, 1) ~= 'a' then blocked_by = {field(t.part), t.v, t.part} end
+        elseif k.n > 0 then
+          blocked_by = {'#'}
+        elseif t.v and string.sub(t.v, 1, 1) ~= 'a' then
+          blocked_by = {'w', t.v, nil}
+        end
+        if blocked_by then
+          if not clock then
+            local tm = redis.call('TIME')
+            clock = tonumber(tm[1]) * 1000 + math.floor(tonumber(tm[2]) / 1000)
+          end
+          if blocked_by[1] == '#' then
+            if not k.W then redis.call('HSET', k.meta, 'W', '1') end
+            return named(k, t, in_parts(k.meta, txn), clock)
+          end
+          waited(k, blocked_by[1], blocked_by[2])
+          return named(k, t, in_entry(k.meta, blocked_by[3], blocked_by[2], txn), clock)
+        end
+      end
+    elseif t.mode ~= '-' and t.mode ~= 'r' then
+      if not held(k, t, txn) then return {'lost', k.i - 1, t.j - 1} end
+    end
+  end
+  for _, o in ipairs(k.ops) do
+    if o.code == 'adj' then
+      local t = k.targets[o.t]
+      if t.mode == 'a' then
+        local neg, pos = 0, 0
+        if t.v then
+          local n = counts(k, t)
+          neg, pos = n[1], n[2]
+        end
+        local raw, wrong = value(k, t)
+        if wrong then return wrong end
+        local _, bad = bounded(raw, neg, pos, o.a)
+        if bad then return {bad[1], k.i - 1, t.j - 1, bad[2]} end
       end
     end
-  end
-end
-local raws, adjusted = {}, {}
-for i = 1, n do
-  if ops[i] == 'adj' then adjusted[#adjusted + 1] = i end
-end
-if #adjusted > 0 then
-  local keys = {}
-  for j, i in ipairs(adjusted) do keys[j] = data[i] end
-  local got, wrong = strings(keys)
-  if not got then return {wrong[1], adjusted[wrong[2] + 1] - 1, wrong[3]} end
-  for j, i in ipairs(adjusted) do raws[i] = got[j] end
-end
-local totals = {}
-for i = 1, n do
-  local v = found[i]
-  local mode = v and string.sub(v, 1, 1)
-  if free then
-    if v and mode ~= 'a' then
-      local t = redis.call('TIME')
-      return locked(i, metas[i], adjs[i], v, txn, tonumber(t[1]) * 1000 + math.floor(tonumber(t[2]) / 1000))
-    end
-    if ops[i] == 'set' or ops[i] == 'del' then
-      return {'stopped', 'key ' .. data[i] .. ' would be written without its lock'}
-    elseif ops[i] == 'adj' then
-      local neg, pos = 0, 0
-      if v then
-        local r = redis.call('HMGET', adjs[i], 'neg', 'pos')
-        neg, pos = tonumber(r[1]) or 0, tonumber(r[2]) or 0
-      end
-      local total, refused = bounded(raws[i], neg, pos, values[i])
-      if refused then return {refused[1], i - 1, refused[2]} end
-      totals[i] = total
-    end
-  elseif mode == 'a' then
-    local r = redis.call('HMGET', adjs[i], 't:' .. txn, 'neg', 'pos')
-    if not r[1] then return {'lost', i - 1} end
-    if ops[i] == 'adj' then
-      local _, refused = bounded(raws[i], tonumber(r[2]) or 0, tonumber(r[3]) or 0, values[i])
-      if refused then return {refused[1], i - 1, refused[2]} end
-    end
-  elseif not ((mode == 'x' and holder(v) == txn)
-    or (mode == 's' and string.find(v, '\\t' .. txn .. '\\t', 1, true))) then
-    return {'lost', i - 1}
   end
 end
 local decided
@@ -650,18 +786,19 @@ else
 end
 if not decided then return {'decided', redis.call('GET', KEYS[1])} end
 if ARGV[6] ~= '' then redis.call('SET', KEYS[3], ARGV[7], 'PX', ARGV[8]) end
-if free then
-  for i = 1, n do
-    if totals[i] and totals[i] ~= 0 then redis.call('INCRBY', data[i], totals[i]) end
+local wake = {}
+for _, k in ipairs(ks) do
+  for _, o in ipairs(k.ops) do apply(k, o) end
+  if not free then
+    for _, t in ipairs(k.targets) do release(k, t, txn, wake) end
   end
-else
-  release_all(txn, data, metas, adjs, found, ops, values)
 end
 if ARGV[4] ~= '' then
-  local t = redis.call('TIME')
-  local now_ms = tonumber(t[1]) * 1000 + math.floor(tonumber(t[2]) / 1000)
-  redis.call('ZADD', KEYS[2], now_ms + tonumber(ARGV[5]), ARGV[4])
+  local tm = redis.call('TIME')
+  local now = tonumber(tm[1]) * 1000 + math.floor(tonumber(tm[2]) / 1000)
+  redis.call('ZADD', KEYS[2], int(now + tonumber(ARGV[5])), ARGV[4])
 end
+for _, key in ipairs(wake) do redis.call('PUBLISH', 'rs:wake', key) end
 return {'ok'}
 "
 );
@@ -671,38 +808,45 @@ return {'ok'}
 /// clock. A coordinator renews while its transaction runs (a third of a
 /// lease apart), so that a transaction within its limits is never taken for
 /// dead because it is slow; one that dies stops renewing, and its leases
-/// end as before. A key no longer held (recovery took it) is left alone
+/// end as before. A target no longer held (recovery took it) is left alone
 /// and counted; nothing is ever locked anew here.
-/// KEYS: data1, meta1, adjusters1, ..., index; ARGV: txn, lease_ms, index
-/// entry. Reply: how many of the keys the transaction no longer holds.
+/// KEYS: data1, table1, ..., index; ARGV: txn, lease_ms, index entry, then
+/// the key blocks. Reply: how many of the targets the transaction no longer
+/// holds.
 pub const RENEW: &str = lua_clock!(concat!(
-    lua_locks!(),
+    lua_keys!(),
     "local txn = ARGV[1]
-local lease = tostring(now_ms + tonumber(ARGV[2]))
-local n = (#KEYS - 1) / 3
+local lease = int(now_ms + tonumber(ARGV[2]))
+c = 4
+local ks = parse(0, (#KEYS - 1) / 2)
 local lost = 0
-for i = 1, n do
-  local meta, adj = KEYS[3 * i - 1], KEYS[3 * i]
-  local v = redis.call('GET', meta)
-  local mode = v and string.sub(v, 1, 1)
-  local renewed = false
-  if mode == 'x' or mode == 's' then
-    local _, wait, hs = holders(v)
-    for _, h in ipairs(hs) do
-      if h[1] == txn then
-        h[2] = lease
+for _, k in ipairs(ks) do
+  if load(k) then
+    return redis.error_reply('key ' .. k.data .. ': a lock table of an earlier protocol is in the way')
+  end
+  for _, t in ipairs(k.targets) do
+    local renewed = t.mode == '-' or t.mode == 'r'
+    local v = t.v
+    local mode = v and string.sub(v, 1, 1)
+    if mode == 'x' or mode == 's' then
+      local _, wait, hs = holders(v)
+      for _, h in ipairs(hs) do
+        if h[1] == txn then
+          h[2] = lease
+          renewed = true
+        end
+      end
+      if renewed then redis.call('HSET', k.meta, field(t.part), encode(mode, wait, hs)) end
+    elseif mode == 'a' then
+      local f = prefix(t.part) .. 't:' .. txn
+      local h = redis.call('HGET', k.meta, f)
+      if h then
+        redis.call('HSET', k.meta, f, lease .. string.match(h, '^[^\\t]*(.*)$'))
         renewed = true
       end
     end
-    if renewed then redis.call('SET', meta, encode(mode, wait, hs)) end
-  elseif mode == 'a' then
-    local h = redis.call('HGET', adj, 't:' .. txn)
-    if h then
-      redis.call('HSET', adj, 't:' .. txn, lease .. string.match(h, '^[^\\t]*(.*)$'))
-      renewed = true
-    end
+    if not renewed then lost = lost + 1 end
   end
-  if not renewed then lost = lost + 1 end
 end
 redis.call('ZADD', KEYS[#KEYS], 'XX', lease, ARGV[3])
 return lost
@@ -710,46 +854,63 @@ return lost
 ));
 
 /// Applies a decided transaction's writes on this store and releases its
-/// locks here (or, with every op `keep`, just releases them: a rollback,
-/// which also gives up its reservations). Idempotent: a key no longer held
-/// by the transaction is left alone. The values its adjustments add to are
-/// checked before anything changes: through redstage they are integers
-/// (each was checked when its delta was reserved, and only adjusters have
-/// touched it since), but a value written behind redstage's back that
-/// `INCRBY` refuses makes the whole call an error that changes nothing,
-/// rather than one that fails half-way.
-/// KEYS: data1, meta1, adjusters1, ..., index; ARGV: txn, index entry (''
-/// if none), then per key `op, value`. Reply: how many keys the transaction
+/// locks here (or, with no ops, just releases them: a rollback, which also
+/// gives up its reservations). Idempotent: an op whose target is no longer
+/// held by the transaction is left out, and its appends are made only
+/// while its index entry is here (this call removes it), so that a second
+/// delivery appends nothing. What the ops need is checked before anything
+/// changes: through redstage an adjusted value is an integer (it was
+/// checked when its delta was reserved, and only adjusters have touched it
+/// since) and an appended key holds what it was declared as, but a value or
+/// a key written behind redstage's back that the op would fail on makes
+/// the whole call an error that changes nothing, rather than one that
+/// fails half-way.
+/// KEYS: data1, table1, ..., index; ARGV: txn, index entry ('' if none),
+/// then the key blocks. Reply: how many of the targets the transaction
 /// held.
 pub const APPLY: &str = concat!(
-    lua_locks!(),
-    "local n = (#KEYS - 1) / 3
-local data, metas, adjs, ops, values = {}, {}, {}, {}, {}
-local adjusted = {}
-for i = 1, n do
-  data[i] = KEYS[3 * i - 2]
-  metas[i] = KEYS[3 * i - 1]
-  adjs[i] = KEYS[3 * i]
-  ops[i] = ARGV[1 + 2 * i]
-  values[i] = ARGV[2 + 2 * i]
-  if ops[i] == 'adj' then adjusted[#adjusted + 1] = data[i] end
-end
-if #adjusted > 0 then
-  local raws, wrong = strings(adjusted)
-  local bad = wrong and adjusted[wrong[2] + 1]
-  for j = 1, #adjusted do
-    if raws and raws[j] and not integer(raws[j]) then bad = adjusted[j] end
+    lua_keys!(),
+    "local txn = ARGV[1]
+c = 3
+local index = KEYS[#KEYS]
+local ks = parse(0, (#KEYS - 1) / 2)
+local listed = ARGV[2] ~= '' and redis.call('ZSCORE', index, ARGV[2]) ~= false
+for _, k in ipairs(ks) do
+  if load(k) then
+    return redis.error_reply('key ' .. k.data .. ': a lock table of an earlier protocol is in the way')
   end
-  if bad then
-    return redis.error_reply('key ' .. bad .. ' cannot be adjusted: something written behind redstage that INCRBY refuses is in it; nothing applied')
+  for _, t in ipairs(k.targets) do t.mine = held(k, t, txn) end
+  local checked = false
+  for _, o in ipairs(k.ops) do
+    o.go = (o.t == 0 and listed) or (o.t > 0 and k.targets[o.t].mine)
+    if o.go and o.t == 0 and not checked then
+      local wrong = typed(k)
+      checked = true
+      if wrong then
+        return redis.error_reply('key ' .. k.data .. ' holds a ' .. wrong[3] .. ', not the ' ..
+          k.kind .. ' declared: it was written behind redstage; nothing applied')
+      end
+    end
+    if o.go and o.code == 'adj' then
+      local raw, wrong = value(k, k.targets[o.t])
+      if wrong or (raw and not integer(raw)) then
+        return redis.error_reply('key ' .. k.data .. ' cannot be adjusted: something written ' ..
+          'behind redstage that the increment refuses is in it; nothing applied')
+      end
+    end
   end
 end
-local held = 0
-if n > 0 then
-  held = release_all(ARGV[1], data, metas, adjs, call_all('MGET', {}, metas), ops, values)
+local n = 0
+local wake = {}
+for _, k in ipairs(ks) do
+  for _, o in ipairs(k.ops) do
+    if o.go then apply(k, o) end
+  end
+  for _, t in ipairs(k.targets) do n = n + release(k, t, txn, wake) end
 end
-if ARGV[2] ~= '' then redis.call('ZREM', KEYS[#KEYS], ARGV[2]) end
-return held
+if ARGV[2] ~= '' then redis.call('ZREM', index, ARGV[2]) end
+for _, key in ipairs(wake) do redis.call('PUBLISH', 'rs:wake', key) end
+return n
 "
 );
 
@@ -760,7 +921,7 @@ return held
 /// KEYS: index, record1, record2, ...; ARGV: compact record, then per
 /// record `ttl_ms, marker ('' if none)`. Reply: number of records.
 pub const FINALIZE: &str = concat!(
-    lua_locks!(),
+    lua_keys!(),
     "local gone, markers = {}, {}
 for i = 2, #KEYS do
   local a = 2 * (i - 1)

@@ -6,18 +6,19 @@ use std::time::{Duration, Instant};
 use futures::future::join_all;
 use tracing::Instrument;
 
+use super::access::{self, View};
 use super::background::Owed;
 use super::idempotency::{self, ClaimToken};
-use super::plan::{Part, Plan};
+use super::plan::{KeyPlan, Part, Plan};
 use super::types::{
-    AbortInfo, Base64, KeyWrite, Record, Status, StepOutput, StoreWork, TxnResponse, output_json,
+    AbortInfo, Record, Status, StepOutput, StoreWork, TxnResponse, WorkKey, output_json,
 };
 use super::{Coordinator, Step, TxnError, faults};
 use crate::metrics::Phase;
-use crate::runtime::{Adjustment, Entry, Write as GuestWrite};
+use crate::runtime::{Limit, guest};
 use crate::store::{
-    self, Bounded, ClaimedOutcome, CommitPoint, Committed, Holder, Locked, Mode, Refusal, Release,
-    StoreError, Write,
+    self, Base64, Bounded, ClaimedOutcome, CommitPoint, Committed, Holder, KeyWork, Kind, Locked,
+    Mode, Op, Refusal, StoreError,
 };
 
 /// How an attempt ended.
@@ -61,23 +62,55 @@ enum Stop {
 pub(super) struct Blocked {
     pub store: String,
     pub key: String,
+    /// The field or member locked, or none for the key whole.
+    pub part: Option<String>,
     pub holder: Holder,
     /// When the lock was seen: recovery fences only on what is fresh.
     pub seen: Instant,
 }
 
-/// The values read, by (store, key).
-type View = HashMap<(String, String), Option<Vec<u8>>>;
+/// The changes of all steps, in order, by (store, key); the bounded deltas
+/// of a target held in adjust mode merged into one `Adjust` op.
+type Writes = BTreeMap<(String, String), Vec<Op>>;
 
-/// The writes of all steps, last one per key wins, by (store, key).
-type Writes = BTreeMap<(String, String), Write>;
+/// For each adjusted target, by (store, key, part), the abort of each of
+/// its adjustments, in order: what to answer when one cannot be made.
+type Aborts = HashMap<(String, String, Option<String>), Vec<AbortInfo>>;
 
-/// A store's adjusted keys, each with its adjustments in order.
-type Adjusted<'a> = Vec<(&'a str, &'a [Bounded])>;
+/// A part's keys as the scripts take them, with `writes`' changes.
+fn works<'a>(part: &'a Part, writes: &'a Writes) -> Vec<KeyWork<'a>> {
+    part.keys
+        .iter()
+        .map(|k| {
+            let ops = writes
+                .get(&(part.store.clone(), k.key.clone()))
+                .map_or(&[][..], Vec::as_slice);
+            k.work(ops)
+        })
+        .collect()
+}
 
-/// For each adjusted key, in order, the abort of each of its adjustments:
-/// what to answer when one cannot be made.
-type Aborts = HashMap<(String, String), Vec<AbortInfo>>;
+/// A part's keys with nothing to read or change: what releases them.
+fn released(part: &Part) -> Vec<KeyWork<'_>> {
+    part.keys.iter().map(|k| k.work(&[])).collect()
+}
+
+/// A part's keys with `writes`' changes, owned: for the record, and for the
+/// apply after the answer.
+fn work_keys(part: &Part, writes: &Writes) -> Vec<WorkKey> {
+    part.keys
+        .iter()
+        .map(|k| WorkKey {
+            key: k.key.clone(),
+            kind: k.kind,
+            targets: k.targets.clone(),
+            ops: writes
+                .get(&(part.store.clone(), k.key.clone()))
+                .cloned()
+                .unwrap_or_default(),
+        })
+        .collect()
+}
 
 impl Coordinator {
     pub(super) async fn attempt(
@@ -105,7 +138,7 @@ impl Coordinator {
         let mut executed = None;
         if blind {
             let executing = Instant::now();
-            let done = execute(steps, plan, View::new()).await;
+            let done = execute(steps, plan, View::default()).await;
             self.metrics.phase(Phase::Execute, executing.elapsed());
             match done {
                 Ok(done) => executed = Some(done),
@@ -113,7 +146,7 @@ impl Coordinator {
             }
         }
         let reserve = executed.as_ref().map(|(_, writes, _)| writes);
-        let view = match self.lock(id, plan, &entries, reserve).await {
+        let view = match self.lock(id, steps, plan, &entries, reserve).await {
             Ok(view) => view,
             Err(Stop::Blocked(blocked)) => return Ok(Outcome::Blocked(blocked)),
             Err(Stop::Refused(part, refusal)) => {
@@ -195,15 +228,20 @@ impl Coordinator {
                     self.release(id, plan, &entries).await;
                     refused(id, steps, &plan.parts[primary], refusal, &aborts)
                 }
-                Committed::Conflict { index, holder } => {
+                Committed::Conflict {
+                    index,
+                    target,
+                    holder,
+                } => {
                     let seen = Instant::now();
                     self.release(id, plan, &entries).await;
-                    Ok(Outcome::Blocked(Blocked {
-                        store: plan.parts[primary].store.clone(),
-                        key: plan.parts[primary].keys[index].0.clone(),
+                    Ok(Outcome::Blocked(blocked(
+                        &plan.parts[primary],
+                        index,
+                        target,
                         holder,
                         seen,
-                    }))
+                    )))
                 }
                 Committed::Stopped(e) => {
                     self.release(id, plan, &entries).await;
@@ -257,7 +295,8 @@ impl Coordinator {
             entry.as_ref()?;
             Some(async move {
                 let entry = part.entry(id, primary);
-                match self.store(&part.store).renew(id, lease, &entry).await {
+                let keys = released(part);
+                match self.store(&part.store).renew(id, lease, &entry, &keys).await {
                     Ok(0) => {}
                     Ok(lost) => tracing::debug!(txn = id, store = part.store, lost, "locks taken by recovery; the commit point will say so"),
                     Err(e) => tracing::warn!(txn = id, store = part.store, error = %e, "could not renew leases"),
@@ -280,41 +319,29 @@ impl Coordinator {
         writes: &Writes,
         aborts: &Aborts,
     ) -> Option<Result<Outcome, TxnError>> {
-        let parts: Vec<(&Part, Adjusted)> = plan
+        let adjusts = |k: &KeyPlan| k.targets.iter().any(|(_, m)| *m == Mode::Adjust);
+        let parts: Vec<(usize, &Part)> = plan
             .parts
             .iter()
             .enumerate()
-            .filter(|(i, _)| *i != primary)
-            .map(|(_, part)| {
-                let mut adjusted = adjustments(part, writes);
-                adjusted.retain(|(_, steps)| !steps.is_empty());
-                (part, adjusted)
-            })
-            .filter(|(_, adjusted)| !adjusted.is_empty())
+            .filter(|(i, part)| *i != primary && part.keys.iter().any(adjusts))
             .collect();
         if parts.is_empty() {
             return None;
         }
         self.metrics.round_trip();
         let reserving = Instant::now();
-        let replies = join_all(parts.iter().map(|(part, adjusted)| async move {
-            (
-                part,
-                adjusted,
-                self.store(&part.store).reserve(id, adjusted).await,
-            )
+        let replies = join_all(parts.iter().map(|(i, part)| async move {
+            let keys = works(part, writes);
+            (*i, self.store(&part.store).reserve(id, &keys).await)
         }))
         .await;
         self.metrics.phase(Phase::Reserve, reserving.elapsed());
-        for (part, adjusted, reply) in replies {
+        for (i, reply) in replies {
             match reply {
                 Ok(None) => {}
                 Ok(Some(refusal)) => {
-                    // Indexes count the adjusted keys only: map them back.
-                    let key = |index: usize| adjusted[index].0;
-                    let index = |k: &str| part.keys.iter().position(|(p, _)| p == k).unwrap_or(0);
-                    let refusal = refusal.reindex(|i| index(key(i)));
-                    return Some(refused(id, steps, part, refusal, aborts));
+                    return Some(refused(id, steps, &plan.parts[i], refusal, aborts));
                 }
                 Err(e) => return Some(Err(e.into())),
             }
@@ -331,6 +358,7 @@ impl Coordinator {
     async fn lock(
         &self,
         id: &str,
+        steps: &[Step],
         plan: &Plan,
         entries: &[Option<String>],
         reserve: Option<&Writes>,
@@ -343,37 +371,42 @@ impl Coordinator {
             .filter(|&i| plan.reads(i, blind))
             .collect();
         if parts.is_empty() {
-            return Ok(View::new());
+            return Ok(View::default());
         }
+        // The script bounds every read of a whole collection by the largest
+        // bound of any step's; each step is held to its own when it gets
+        // its snapshot.
+        let read_items_max = steps
+            .iter()
+            .map(|s| s.participant.component.limits().read_items_max)
+            .max()
+            .unwrap_or_default();
         self.metrics.round_trip();
         let first = parts.first().copied();
-        let replies = join_all(parts.into_iter().map(|i| async move {
-            let part = &plan.parts[i];
-            if Some(i) != first {
-                faults::hold("prepare-partial").await;
+        let none = Writes::new();
+        let replies = join_all(parts.into_iter().map(|i| {
+            let none = &none;
+            async move {
+                let part = &plan.parts[i];
+                if Some(i) != first {
+                    faults::hold("prepare-partial").await;
+                }
+                let keys = works(part, reserve.unwrap_or(none));
+                let entry = part.entry(id, primary);
+                let reply = self
+                    .store(&part.store)
+                    .lock(id, lease, &entry, &keys, blind, read_items_max)
+                    .await;
+                if Some(i) == first {
+                    faults::point("prepare-partial").await;
+                }
+                (i, reply)
             }
-            let keys: Vec<(&str, Mode)> = part.keys.iter().map(|(k, m)| (k.as_str(), *m)).collect();
-            let reserving: Vec<&[Bounded]> = match reserve {
-                None => Vec::new(),
-                Some(writes) => adjustments(part, writes)
-                    .into_iter()
-                    .map(|(_, s)| s)
-                    .collect(),
-            };
-            let entry = part.entry(id, primary);
-            let reply = self
-                .store(&part.store)
-                .lock_reserving(id, lease, &entry, &keys, &reserving)
-                .await;
-            if Some(i) == first {
-                faults::point("prepare-partial").await;
-            }
-            (i, reply)
         }))
         .await;
         self.metrics.phase(Phase::Lock, started.elapsed());
         let seen = Instant::now();
-        let mut view = View::new();
+        let mut view = View::default();
         let mut failure: Option<Stop> = None;
         let mut held = vec![false; plan.parts.len()];
         for (i, reply) in replies {
@@ -381,18 +414,17 @@ impl Coordinator {
             match reply {
                 Ok(Locked::Values(values)) => {
                     held[i] = true;
-                    for ((key, _), value) in part.keys.iter().zip(values) {
-                        view.insert((part.store.clone(), key.clone()), value);
+                    for (key, found) in part.keys.iter().zip(values) {
+                        view.insert(&part.store, &key.key, &key.reads, found);
                     }
                 }
-                Ok(Locked::Conflict { index, holder }) => {
+                Ok(Locked::Conflict {
+                    index,
+                    target,
+                    holder,
+                }) => {
                     if failure.is_none() {
-                        failure = Some(Stop::Blocked(Blocked {
-                            store: part.store.clone(),
-                            key: part.keys[index].0.clone(),
-                            holder,
-                            seen,
-                        }));
+                        failure = Some(Stop::Blocked(blocked(part, index, target, holder, seen)));
                     }
                 }
                 Ok(Locked::Refused(refusal)) => {
@@ -446,13 +478,13 @@ impl Coordinator {
         let released = join_all(plan.parts.iter().zip(entries).filter_map(|(part, entry)| {
             let entry = entry.as_deref()?;
             Some(async move {
-                let keys: Vec<Release> =
-                    part.keys.iter().map(|(k, _)| (k.as_str(), None)).collect();
+                let keys = released(part);
+                let targets: usize = keys.iter().map(|k| k.targets.len()).sum();
                 let held = self
                     .store(&part.store)
                     .apply(id, Some(entry), &keys)
                     .await?;
-                Ok::<bool, StoreError>(held == keys.len())
+                Ok::<bool, StoreError>(held == targets)
             })
         }))
         .await;
@@ -488,14 +520,17 @@ impl Coordinator {
             .zip(entries)
             .enumerate()
             .filter(|(i, (_, entry))| *i != primary && entry.is_some())
-            .map(|(_, (p, _))| (p.store.clone(), store_work(p, writes)))
+            .map(|(_, (p, _))| {
+                let keys = work_keys(p, writes);
+                (p.store.clone(), StoreWork { keys })
+            })
             .collect();
         let record = Record::Committed { stores: others }.encode();
         let single = !plan.spans(entries);
         let added = plan
             .marker(id, entries)
             .and_then(|(marker, add)| add.then_some(marker));
-        let keys = releases(part, writes);
+        let keys = works(part, writes);
         let point = CommitPoint {
             txn: id,
             record: &record,
@@ -525,7 +560,6 @@ impl Coordinator {
         entries: &[Option<String>],
         writes: Writes,
     ) -> After {
-        let mut writes = writes;
         let stores = plan
             .parts
             .iter()
@@ -533,18 +567,10 @@ impl Coordinator {
             .enumerate()
             .filter(|(i, _)| *i != primary)
             .filter_map(|(_, (part, entry))| {
-                let keys = part
-                    .keys
-                    .iter()
-                    .map(|(k, _)| {
-                        let write = writes.remove(&(part.store.clone(), k.clone()));
-                        (k.clone(), write)
-                    })
-                    .collect();
                 Some(Owed {
                     store: self.store(&part.store).clone(),
                     entry: entry.clone()?,
-                    keys,
+                    keys: work_keys(part, &writes),
                 })
             })
             .collect::<Vec<_>>();
@@ -563,7 +589,7 @@ impl Coordinator {
         join_all(plan.parts.iter().zip(entries).filter_map(|(part, entry)| {
             let entry = entry.as_deref()?;
             Some(async move {
-                let keys: Vec<Release> = part.keys.iter().map(|(k, _)| (k.as_str(), None)).collect();
+                let keys = released(part);
                 if let Err(e) = self.store(&part.store).apply(id, Some(entry), &keys).await {
                     tracing::warn!(txn = id, store = part.store, error = %e, "release incomplete; the locks end with their lease");
                 }
@@ -573,52 +599,20 @@ impl Coordinator {
     }
 }
 
-/// A part's keys, each with its adjustments (none for a key not adjusted).
-fn adjustments<'a>(part: &'a Part, writes: &'a Writes) -> Adjusted<'a> {
-    part.keys
-        .iter()
-        .map(|(k, _)| {
-            let steps = match writes.get(&(part.store.clone(), k.clone())) {
-                Some(Write::Adjust(steps)) => steps.as_slice(),
-                _ => &[],
-            };
-            (k.as_str(), steps)
-        })
-        .collect()
-}
-
-/// A part's keys with their writes, for a script.
-fn releases<'a>(part: &'a Part, writes: &'a Writes) -> Vec<Release<'a>> {
-    part.keys
-        .iter()
-        .map(|(k, _)| (k.as_str(), writes.get(&(part.store.clone(), k.clone()))))
-        .collect()
-}
-
-/// A part's keys with their writes, for the record.
-fn store_work(part: &Part, writes: &Writes) -> StoreWork {
-    StoreWork {
-        keys: part.keys.iter().map(|(k, _)| k.clone()).collect(),
-        writes: part
-            .keys
-            .iter()
-            .enumerate()
-            .filter_map(|(i, (k, _))| {
-                let write = writes.get(&(part.store.clone(), k.clone()))?;
-                Some((
-                    i,
-                    match write {
-                        Write::Set(v) => KeyWrite::Set(Base64(v.clone())),
-                        Write::Delete => KeyWrite::Delete,
-                        Write::Adjust(steps) => KeyWrite::Adjust(Write::total(steps)),
-                    },
-                ))
-            })
-            .collect(),
+/// The lock of target `target` of key `index` of `part`, which another
+/// transaction holds.
+fn blocked(part: &Part, index: usize, target: usize, holder: Holder, seen: Instant) -> Blocked {
+    let key = &part.keys[index];
+    Blocked {
+        store: part.store.clone(),
+        key: key.key.clone(),
+        part: key.targets.get(target).and_then(|(p, _)| p.clone()),
+        holder,
+        seen,
     }
 }
 
-/// What an attempt answers when a key of `part` cannot be locked or
+/// What an attempt answers when a key of `part` cannot be locked, read or
 /// adjusted as declared.
 fn refused(
     id: &str,
@@ -627,26 +621,32 @@ fn refused(
     refusal: Refusal,
     aborts: &Aborts,
 ) -> Result<Outcome, TxnError> {
-    let abort_of = |index: usize| aborts.get(&(part.store.clone(), part.keys[index].0.clone()));
+    let key = &part.keys[refusal.index()];
+    let target_part = |target: usize| key.targets.get(target).and_then(|(p, _)| p.clone());
+    let abort_of =
+        |target: usize| aborts.get(&(part.store.clone(), key.key.clone(), target_part(target)));
     Ok(match refusal {
-        Refusal::Bound { index, step } => {
-            let abort = abort_of(index).and_then(|a| a.get(step)).cloned();
+        Refusal::Bound { target, step, .. } => {
+            let abort = abort_of(target).and_then(|a| a.get(step)).cloned();
             Outcome::Aborted(abort.expect("a refused adjustment was made by some step"))
         }
-        Refusal::NotInteger { index } | Refusal::Range { index } => {
-            let first = abort_of(index).and_then(|a| a.first());
-            let key = &part.keys[index].0;
+        Refusal::NotInteger { target, .. } | Refusal::Range { target, .. } => {
+            let first = abort_of(target).and_then(|a| a.first());
+            let what = match target_part(target) {
+                Some(p) => format!("`{}` of `{}`", p, key.key),
+                None => format!("`{}`", key.key),
+            };
             let (code, message) = match refusal {
                 Refusal::NotInteger { .. } => (
                     NOT_AN_INTEGER,
                     format!(
-                        "`{key}` holds a value that is not a decimal integer: it cannot be adjusted"
+                        "{what} holds a value that is not an integer (as INCRBY takes it): it cannot be adjusted"
                     ),
                 ),
                 _ => (
                     OVERFLOW,
                     format!(
-                        "adjusting `{key}` would take it past +-2^53, where adjustments are exact"
+                        "adjusting {what} would take it past +-2^53, where adjustments are exact"
                     ),
                 ),
             };
@@ -656,36 +656,56 @@ fn refused(
                 limit: None,
                 ..first
                     .cloned()
-                    .expect("an adjusted key was adjusted by some step")
+                    .expect("an adjusted target was adjusted by some step")
             })
         }
         Refusal::Lost { .. } => Outcome::Fenced(format!(
             "transaction {id} was aborted by recovery before it could decide"
         )),
-        Refusal::WrongType { index, found } => {
-            Outcome::Aborted(wrong_type(steps, &part.store, &part.keys[index].0, &found))
+        Refusal::WrongType { found, .. } => {
+            Outcome::Aborted(wrong_type(steps, &part.store, key, &found))
+        }
+        Refusal::TooMany { count, .. } => {
+            let step = declaring(steps, &part.store, &key.key);
+            let limit = Limit::ReadItems;
+            Outcome::Aborted(AbortInfo {
+                limit: Some(limit.name().to_owned()),
+                ..step.abort(
+                    "limit_exceeded",
+                    format!(
+                        "participant `{}` read `{}` whole, which holds {count} items: past its \
+                         {} limit ({})",
+                        step.participant.name,
+                        step.participant.relative(&key.key),
+                        limit.name(),
+                        limit.bound(step.participant.component.limits())
+                    ),
+                )
+            })
         }
     })
 }
 
-/// The abort of a transaction one of whose keys holds a value of another
-/// Redis type (`found`) than the string its first declaring step expects.
-fn wrong_type(steps: &[Step], store: &str, key: &str, found: &str) -> AbortInfo {
-    let declared = |s: &&Step| {
-        s.participant.store == store
-            && (s.keys.binary_search_by(|k| k.as_str().cmp(key)).is_ok()
-                || s.adjusts.binary_search_by(|k| k.as_str().cmp(key)).is_ok())
-    };
-    let step = steps
+/// The first step that declared `key` of `store`.
+fn declaring<'s>(steps: &'s [Step], store: &str, key: &str) -> &'s Step {
+    steps
         .iter()
-        .find(declared)
-        .expect("a key refused was declared by some step");
+        .find(|s| s.participant.store == store && s.declared.iter().any(|d| d.key == key))
+        .expect("a key of the plan was declared by some step")
+}
+
+/// The abort of a transaction one of whose keys holds a value of another
+/// Redis type (`found`) than its first declaring step expects.
+fn wrong_type(steps: &[Step], store: &str, key: &KeyPlan, found: &str) -> AbortInfo {
+    let step = declaring(steps, store, &key.key);
     step.abort(
         WRONG_TYPE,
         format!(
-            "`{}` (Redis key `{key}` on store `{store}`) holds a {found}, not the string the step \
+            "`{}` (Redis key `{}` on store `{store}`) holds a {found}, not the {} the step \
              declared; nothing was applied",
-            step.participant.relative(key)
+            step.participant.relative(&key.key),
+            key.key,
+            key.kind.name()
         ),
     )
 }
@@ -700,7 +720,7 @@ pub const NOT_AN_INTEGER: &str = "not_an_integer";
 pub const OVERFLOW: &str = "overflow";
 
 /// Runs the steps in order on the snapshot read, each seeing the writes of
-/// the ones before it. Returns the outputs and the last write to each key.
+/// the ones before it. Returns the outputs and the changes to every key.
 async fn execute(
     steps: &mut [Step],
     plan: &Plan,
@@ -718,19 +738,12 @@ async fn execute(
                 .await
                 .map_err(|e| step.call_failed(e))?,
         };
-        let p = &step.participant;
-        let snapshot: Vec<Entry> = step
-            .keys
-            .iter()
-            .map(|k| Entry {
-                key: p.relative(k).to_owned(),
-                value: view[&(p.store.clone(), k.clone())].clone(),
-            })
-            .collect();
+        let snapshot = snapshot(step, &view)?;
+        let p = step.participant.clone();
         let started = Instant::now();
         let span = tracing::debug_span!(
             "call",
-            participant = %step.participant.name,
+            participant = %p.name,
             phase = "execute"
         );
         let executed = instance
@@ -744,33 +757,44 @@ async fn execute(
             Err(e) => return Err(step.call_failed(e)),
         };
         for write in outcome.writes {
-            let (relative, write) = match write {
-                GuestWrite::Set((k, v)) => (k, Write::Set(v)),
-                GuestWrite::Delete(k) => (k, Write::Delete),
-                GuestWrite::Adjust(adjustment) => {
-                    let abort = step.guest_abort(adjustment.abort.clone());
-                    adjust(
-                        step,
-                        plan,
-                        &mut view,
-                        &mut writes,
-                        &mut aborts,
-                        adjustment,
-                        abort,
-                    )?;
-                    continue;
-                }
+            let Some(key) = p
+                .key(&write.key)
+                .filter(|k| access::covers(&step.declared, k, &write.op))
+            else {
+                return Err(undeclared(step, &write.key, &write.op));
             };
-            let key = p.key(&relative);
-            if step.writes.binary_search(&key).is_err() {
-                return Err(undeclared(step, &relative));
+            let at = (p.store.clone(), key);
+            let (op, bounded) = access::op_of(write.op);
+            let Some((delta, abort)) = bounded else {
+                view.apply(&at.0, &at.1, &op);
+                writes.entry(at).or_default().push(op);
+                continue;
+            };
+            let abort = step.guest_abort(abort);
+            let part = op.part().map(str::to_owned);
+            let key_plan = plan
+                .part(&at.0)
+                .and_then(|part| part.key(&at.1))
+                .expect("a declared key is in the plan");
+            if key_plan.mode(part.as_deref()) == Some(Mode::Exclusive) {
+                let op = adjusted(key_plan.kind, &view, &at, part, delta, abort)?;
+                view.apply(&at.0, &at.1, &op);
+                writes.entry(at).or_default().push(op);
+                continue;
             }
-            let value = match &write {
-                Write::Set(v) => Some(v.clone()),
+            let ops = writes.entry(at.clone()).or_default();
+            let merged = ops.iter_mut().find_map(|o| match o {
+                Op::Adjust { part: p, steps } if *p == part => Some(steps),
                 _ => None,
-            };
-            view.insert((p.store.clone(), key.clone()), value);
-            writes.insert((p.store.clone(), key), write);
+            });
+            match merged {
+                Some(steps) => steps.push(delta),
+                None => ops.push(Op::Adjust {
+                    part: part.clone(),
+                    steps: vec![delta],
+                }),
+            }
+            aborts.entry((at.0, at.1, part)).or_default().push(abort);
         }
         outputs.push(StepOutput {
             participant: p.name.clone(),
@@ -780,73 +804,116 @@ async fn execute(
     Ok((outputs, writes, aborts))
 }
 
-fn undeclared(step: &Step, relative: &str) -> AbortInfo {
+/// A step's snapshot: the value of each access it declared in read or
+/// write mode, as it stands after the steps before it, within the step's
+/// own bound on the items of one read.
+fn snapshot(step: &Step, view: &View) -> Result<Vec<guest::Entry>, AbortInfo> {
+    let p = &step.participant;
+    let max = p.component.limits().read_items_max;
+    let mut entries = Vec::with_capacity(step.declared.len());
+    for d in &step.declared {
+        let Some(read) = d.read() else { continue };
+        let found = view
+            .get(&p.store, &d.key, &read)
+            .expect("round trip 1 read what the steps declared");
+        if access::items(found) > max {
+            let limit = Limit::ReadItems;
+            return Err(AbortInfo {
+                limit: Some(limit.name().to_owned()),
+                ..step.abort(
+                    "limit_exceeded",
+                    format!(
+                        "participant `{}` read `{}` whole, which holds {} items: past its {} \
+                         limit ({})",
+                        p.name,
+                        p.relative(&d.key),
+                        access::items(found),
+                        limit.name(),
+                        limit.bound(p.component.limits())
+                    ),
+                )
+            });
+        }
+        entries.push(access::entry(p.relative(&d.key), d, found));
+    }
+    Ok(entries)
+}
+
+fn undeclared(step: &Step, key: &str, op: &guest::Op) -> AbortInfo {
     step.abort(
         "undeclared_write",
         format!(
-            "participant `{}` wrote {relative:?}, which it did not declare for writing",
-            step.participant.name
+            "participant `{}` made {} on {key:?}, which it did not declare for that",
+            step.participant.name,
+            op_name(op)
         ),
     )
 }
 
-/// One step's adjustment. On a key the transaction holds in adjust mode it
-/// joins the key's adjustments, to be reserved (or checked by the commit
-/// point) against what is in flight; on a key it holds exclusively (some
-/// step reads it), the value is known: it is applied and checked here.
-fn adjust(
-    step: &Step,
-    plan: &Plan,
-    view: &mut View,
-    writes: &mut Writes,
-    aborts: &mut Aborts,
-    adjustment: Adjustment,
+/// An op's name, as the contract gives it.
+fn op_name(op: &guest::Op) -> &'static str {
+    use guest::Op as O;
+    match op {
+        O::Set(_) => "set",
+        O::Delete => "delete",
+        O::Adjust(_) => "adjust",
+        O::Hset(_) => "hset",
+        O::Hdel(_) => "hdel",
+        O::Hincrby(_) => "hincrby",
+        O::Sadd(_) => "sadd",
+        O::Srem(_) => "srem",
+        O::Zadd(_) => "zadd",
+        O::Zrem(_) => "zrem",
+        O::Zincrby(_) => "zincrby",
+        O::Xadd(_) => "xadd",
+        O::Rpush(_) => "rpush",
+        O::Lpush(_) => "lpush",
+        O::Expire(_) => "expire",
+    }
+}
+
+/// A bounded delta to a target held exclusively (some step reads it): the
+/// value is known, so the host applies and checks it here, and the change
+/// is a plain write of the new value.
+fn adjusted(
+    kind: Kind,
+    view: &View,
+    (store, key): &(String, String),
+    part: Option<String>,
+    delta: Bounded,
     abort: AbortInfo,
-) -> Result<(), AbortInfo> {
-    let p = &step.participant;
-    let key = p.key(&adjustment.key);
-    let declared =
-        step.adjusts.binary_search(&key).is_ok() || step.writes.binary_search(&key).is_ok();
-    if !declared {
-        return Err(undeclared(step, &adjustment.key));
-    }
-    let at = (p.store.clone(), key);
-    let bounded = Bounded {
-        delta: adjustment.delta,
-        lower: adjustment.lower,
-        upper: adjustment.upper,
+) -> Result<Op, AbortInfo> {
+    let raw = view
+        .value(store, key, part.as_deref())
+        .expect("the plan reads what an exclusive adjustment adds to");
+    let not_integer = || AbortInfo {
+        code: NOT_AN_INTEGER.into(),
+        message: format!(
+            "`{key}`{} holds a value that is not an integer (as INCRBY takes it): it cannot be \
+             adjusted",
+            part.as_deref()
+                .map(|p| format!(" `{p}`"))
+                .unwrap_or_default()
+        ),
+        ..abort.clone()
     };
-    if plan.mode(&at.0, &at.1) != Some(Mode::Exclusive) {
-        let steps = match writes
-            .entry(at.clone())
-            .or_insert(Write::Adjust(Vec::new()))
-        {
-            Write::Adjust(steps) => steps,
-            _ => unreachable!("a key written by a step is held exclusively"),
-        };
-        steps.push(bounded);
-        aborts.entry(at).or_default().push(abort);
-        return Ok(());
-    }
-    let current = match view.get(&at).cloned().flatten() {
+    let current = match &raw {
         None => 0,
-        Some(bytes) => store::integer(&bytes).ok_or_else(|| AbortInfo {
-            code: NOT_AN_INTEGER.into(),
-            message: format!(
-                "`{}` holds a value that is not a decimal integer: it cannot be adjusted",
-                at.1
-            ),
-            ..abort.clone()
-        })?,
+        Some(bytes) => store::integer(bytes).ok_or_else(not_integer)?,
     };
     let value = current
-        .checked_add(bounded.delta)
+        .checked_add(delta.delta)
         .ok_or_else(|| abort.clone())?;
-    if bounded.lower.is_some_and(|l| value < l) || bounded.upper.is_some_and(|u| value > u) {
+    if delta.lower.is_some_and(|l| value < l) || delta.upper.is_some_and(|u| value > u) {
         return Err(abort);
     }
     let bytes = value.to_string().into_bytes();
-    view.insert(at.clone(), Some(bytes.clone()));
-    writes.insert(at, Write::Set(bytes));
-    Ok(())
+    Ok(match (kind, part) {
+        (Kind::Hash, Some(f)) => Op::HSet(f, Base64(bytes)),
+        (Kind::Zset, Some(m)) => Op::ZAdd(m, value as f64),
+        _ => Op::Set {
+            value: Base64(bytes),
+            ttl_ms: None,
+        },
+    })
 }

@@ -18,7 +18,8 @@ use tokio::sync::{Notify, mpsc};
 use super::faults;
 use super::latch::Latch;
 use super::types::Record;
-use crate::store::{Finalize, Release, Store, StoreError, Write};
+use super::types::WorkKey;
+use crate::store::{Finalize, KeyWork, Store, StoreError};
 
 /// Records finalized in one script call, at most.
 const FINALIZE_BATCH: usize = 256;
@@ -60,23 +61,19 @@ impl Drop for Ticket {
     }
 }
 
-/// One store's share of what a transaction owes after its answer: apply
-/// these writes to its keys (a key without one is just released), and drop
-/// its lock index entry.
+/// One store's share of what a transaction owes after its answer: make
+/// these changes to its keys (a key without any is just released), and
+/// drop its lock index entry.
 #[derive(Debug)]
 pub(super) struct Owed {
     pub store: Store,
     pub entry: String,
-    pub keys: Vec<(String, Option<Write>)>,
+    pub keys: Vec<WorkKey>,
 }
 
 impl Owed {
     async fn pay(&self, txn: &str) -> Result<usize, StoreError> {
-        let keys: Vec<Release> = self
-            .keys
-            .iter()
-            .map(|(k, w)| (k.as_str(), w.as_ref()))
-            .collect();
+        let keys: Vec<KeyWork> = self.keys.iter().map(WorkKey::work).collect();
         self.store.apply(txn, Some(&self.entry), &keys).await
     }
 }

@@ -66,9 +66,16 @@ impl Latch {
     }
 }
 
-/// Whether a key held in `held` may also be taken in `wanted`.
+/// Whether a key held in `held` may also be taken in `wanted`. (A key a
+/// transaction locks by parts, or only appends to, is latched in `Append`
+/// mode: transactions on different parts share the key, and those on the
+/// same part meet in Redis.)
 fn compatible(held: Mode, wanted: Mode) -> bool {
-    held == wanted && matches!(held, Mode::Read | Mode::Shared | Mode::Adjust)
+    held == wanted
+        && matches!(
+            held,
+            Mode::Read | Mode::Shared | Mode::Adjust | Mode::Append
+        )
 }
 
 /// The latch mode of a lock mode: reading without a lock and reading under

@@ -174,6 +174,7 @@
 //! - `idempotency`: one outcome per client idempotency key.
 //! - `faults`: named points where tests crash a host.
 
+mod access;
 mod attempt;
 mod background;
 pub mod faults;
@@ -296,12 +297,8 @@ struct Step {
     index: usize,
     participant: Arc<Participant>,
     input: Vec<u8>,
-    /// Every declared key, once, as Redis keys.
-    keys: Vec<String>,
-    /// The declared write keys, as Redis keys.
-    writes: Vec<String>,
-    /// The keys declared as only adjusted, as Redis keys, sorted.
-    adjusts: Vec<String>,
+    /// What it declared, checked, its keys Redis keys (see `access`).
+    declared: Vec<access::Declared>,
     /// The instance that ran `declare`, kept for the first `execute` so a
     /// step instantiates once when there is no conflict.
     instance: Option<Instance>,
@@ -771,9 +768,7 @@ impl Coordinator {
                 index,
                 participant,
                 input,
-                keys: Vec::new(),
-                writes: Vec::new(),
-                adjusts: Vec::new(),
+                declared: Vec::new(),
                 instance: None,
             };
             let mut instance = step
@@ -790,38 +785,8 @@ impl Coordinator {
                 Ok(Err(abort)) => return Err(step.guest_abort(abort)),
                 Err(e) => return Err(step.call_failed(e)),
             };
-            if let Some(bad) = access
-                .reads
-                .iter()
-                .chain(&access.writes)
-                .chain(&access.adjusts)
-                .find(|k| k.is_empty())
-            {
-                return Err(step.abort(
-                    "bad_key",
-                    format!("declared an invalid key {bad:?}: keys must not be empty"),
-                ));
-            }
-            let p = &step.participant;
-            step.writes = access.writes.iter().map(|k| p.key(k)).collect();
-            step.writes.sort();
-            step.writes.dedup();
-            step.adjusts = access
-                .adjusts
-                .iter()
-                .map(|k| p.key(k))
-                .filter(|k| step.writes.binary_search(k).is_err())
-                .collect();
-            step.adjusts.sort();
-            step.adjusts.dedup();
-            step.keys = access
-                .reads
-                .iter()
-                .chain(&access.writes)
-                .map(|k| p.key(k))
-                .collect();
-            step.keys.sort();
-            step.keys.dedup();
+            step.declared = access::declared(&step.participant, access)
+                .map_err(|(code, message)| step.abort(code, message))?;
             step.instance = Some(instance);
             declared.push(step);
         }

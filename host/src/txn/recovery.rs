@@ -47,9 +47,9 @@ use futures::future::join_all;
 use serde::Serialize;
 
 use super::attempt::Blocked;
-use super::types::{KeyWrite, Record, StoreWork};
+use super::types::{Record, StoreWork, WorkKey};
 use super::{Coordinator, faults};
-use crate::store::{Bounded, Finalize, Holder, IndexEntry, Release, Store, StoreError, Write};
+use crate::store::{Finalize, Holder, IndexEntry, KeyWork, Kind, Mode, Store, StoreError, Target};
 
 /// Index entries one sweep resolves per store, at most.
 pub const SWEEP_BATCH: usize = 256;
@@ -94,7 +94,12 @@ impl Coordinator {
         self.metrics.round_trip();
         self.metrics.round_trip();
         if self
-            .resolve_lock(store, &blocked.key, &blocked.holder)
+            .resolve_lock(
+                store,
+                &blocked.key,
+                blocked.part.as_deref(),
+                &blocked.holder,
+            )
             .await?
         {
             return Ok(());
@@ -106,21 +111,30 @@ impl Coordinator {
         Ok(())
     }
 
-    /// Finishes `holder`'s transaction on `key` of `store` as far as its
-    /// decision allows. False when it is undecided and its lease runs: the
-    /// lock is rightfully held.
+    /// Finishes `holder`'s transaction on `key` (its part `part`, or the
+    /// key whole) of `store` as far as its decision allows. False when it is
+    /// undecided and its lease runs: the lock is rightfully held.
     async fn resolve_lock(
         &self,
         store: &Store,
         key: &str,
+        part: Option<&str>,
         holder: &Holder,
     ) -> Result<bool, StoreError> {
+        let target = [(part.map(str::to_owned), Mode::Exclusive)];
+        let release = [KeyWork {
+            key,
+            kind: Kind::String,
+            targets: &target,
+            reads: &[],
+            ops: &[],
+        }];
         if holder.primary.is_empty() {
             // A read-only transaction's shared lock: nothing to decide.
             if !holder.expired() {
                 return Ok(false);
             }
-            store.apply(&holder.txn, None, &[(key, None)]).await?;
+            store.apply(&holder.txn, None, &release).await?;
             return Ok(true);
         }
         let decision = self
@@ -142,7 +156,7 @@ impl Coordinator {
                 Ok(true)
             }
             Some(Record::Aborted { .. }) => {
-                store.apply(&holder.txn, None, &[(key, None)]).await?;
+                store.apply(&holder.txn, None, &release).await?;
                 self.metrics.recovered(false);
                 tracing::info!(
                     txn = holder.txn,
@@ -300,11 +314,8 @@ impl Coordinator {
     /// when it rolled the transaction forward (everywhere).
     async fn resolve_entry(&self, store: &Store, entry: &IndexEntry) -> Result<bool, StoreError> {
         let member = entry.encode();
-        let release = |keys: &[String]| -> Vec<(String, Option<Write>)> {
-            keys.iter().map(|k| (k.clone(), None)).collect()
-        };
         if entry.primary.is_empty() {
-            let keys = release(&entry.keys);
+            let keys = released(&entry.keys);
             return self
                 .release_keys(store, &entry.txn, &member, &keys)
                 .await
@@ -332,7 +343,7 @@ impl Coordinator {
                 true
             }
             Some(Record::Aborted { .. }) | None => {
-                let keys = release(&entry.keys);
+                let keys = released(&entry.keys);
                 self.release_keys(store, &entry.txn, &member, &keys).await?;
                 tracing::info!(
                     txn = entry.txn,
@@ -351,55 +362,61 @@ impl Coordinator {
         store: &Store,
         txn: &str,
         member: &str,
-        keys: &[(String, Option<Write>)],
+        keys: &[WorkKey],
     ) -> Result<(), StoreError> {
-        let releases: Vec<Release> = keys.iter().map(|(k, w)| (k.as_str(), w.as_ref())).collect();
+        let releases: Vec<KeyWork> = keys.iter().map(WorkKey::work).collect();
         store.apply(txn, Some(member), &releases).await.map(drop)
     }
 }
 
 /// Applies what `txn`'s record carries for `store` and releases its locks
-/// there.
+/// there. Its keys and targets are the ones its index entry there lists,
+/// in the same order, so the entry can be named exactly.
 async fn apply_work(
     store: &Store,
     txn: &str,
     primary: &str,
     work: &StoreWork,
 ) -> Result<(), StoreError> {
-    let mut writes: Vec<Option<Write>> = vec![None; work.keys.len()];
-    for (i, value) in &work.writes {
-        let slot = writes.get_mut(*i).ok_or_else(|| StoreError::Protocol {
-            store: store.name().to_owned(),
-            message: format!(
-                "the record of {txn} writes key {i} of the {} it lists",
-                work.keys.len()
-            ),
-        })?;
-        *slot = Some(match value {
-            KeyWrite::Set(v) => Write::Set(v.0.clone()),
-            KeyWrite::Delete => Write::Delete,
-            KeyWrite::Adjust(delta) => Write::Adjust(vec![Bounded {
-                delta: *delta,
-                lower: None,
-                upper: None,
-            }]),
-        });
-    }
-    let releases: Vec<Release> = work
-        .keys
-        .iter()
-        .map(String::as_str)
-        .zip(writes.iter().map(Option::as_ref))
-        .collect();
+    let keys: Vec<KeyWork> = work.keys.iter().map(WorkKey::work).collect();
     let entry = IndexEntry {
         txn: txn.to_owned(),
         primary: primary.to_owned(),
-        keys: work.keys.clone(),
+        keys: work
+            .keys
+            .iter()
+            .flat_map(|k| {
+                k.targets.iter().map(|(part, _)| Target {
+                    key: k.key.clone(),
+                    part: part.clone(),
+                })
+            })
+            .collect(),
     };
     store
-        .apply(txn, Some(&entry.encode()), &releases)
+        .apply(txn, Some(&entry.encode()), &keys)
         .await
         .map(drop)
+}
+
+/// The targets of an index entry, key by key, with nothing to change: what
+/// releases them. (The mode is the scripts' to find: they release whatever
+/// lock the transaction holds.)
+fn released(targets: &[Target]) -> Vec<WorkKey> {
+    let mut keys: Vec<WorkKey> = Vec::new();
+    for t in targets {
+        let target = (t.part.clone(), Mode::Exclusive);
+        match keys.last_mut() {
+            Some(k) if k.key == t.key => k.targets.push(target),
+            _ => keys.push(WorkKey {
+                key: t.key.clone(),
+                kind: Kind::String,
+                targets: vec![target],
+                ops: Vec::new(),
+            }),
+        }
+    }
+    keys
 }
 
 /// A lock of a committed transaction on a store its record does not list:

@@ -5,6 +5,9 @@ use std::collections::BTreeMap;
 
 use serde::{Deserialize, Serialize};
 
+pub use crate::store::Base64;
+use crate::store::{KeyWork, Kind, Mode, Op};
+
 /// A transaction as a client submits it.
 #[derive(Debug, Clone, Deserialize, Serialize, utoipa::ToSchema)]
 #[serde(deny_unknown_fields)]
@@ -73,7 +76,7 @@ pub struct AbortInfo {
 /// The decision record, `rs:txn:<id>` on the transaction's primary store.
 /// The commit point writes it unless a record stands (`aborted`, written by
 /// a recovering host with `SET NX`): the first decision stands.
-#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
 #[serde(tag = "state", rename_all = "snake_case")]
 pub enum Record {
     /// Committed. Until every store has applied, `stores` holds, for each
@@ -93,47 +96,34 @@ pub enum Record {
     },
 }
 
-/// What a committed transaction still has to do on one store.
-#[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize)]
+/// What a committed transaction still has to do on one store: every key
+/// it has there, in the order locked, with its targets and its changes.
+/// Keys without changes are only released.
+#[derive(Debug, Clone, Default, PartialEq, Serialize, Deserialize)]
 pub struct StoreWork {
-    /// Every key it locked there, in the order locked.
-    pub keys: Vec<String>,
-    /// `[index into keys, write]` per written key. Keys without a write are
-    /// only released.
+    pub keys: Vec<WorkKey>,
+}
+
+/// One key of a [`StoreWork`].
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct WorkKey {
+    pub key: String,
+    pub kind: Kind,
+    /// What it locks (or only appends to), as in its index entry.
+    pub targets: Vec<(Option<String>, Mode)>,
     #[serde(default, skip_serializing_if = "Vec::is_empty")]
-    pub writes: Vec<(usize, KeyWrite)>,
+    pub ops: Vec<Op>,
 }
 
-/// A write kept in a record, to be applied by whoever rolls it forward.
-#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
-#[serde(rename_all = "snake_case")]
-pub enum KeyWrite {
-    /// The new value, base64.
-    Set(Base64),
-    Delete,
-    /// The delta to add, reserved before the decision.
-    Adjust(i64),
-}
-
-/// Bytes as base64 in JSON.
-#[derive(Debug, Clone, PartialEq, Eq)]
-pub struct Base64(pub Vec<u8>);
-
-impl Serialize for Base64 {
-    fn serialize<S: serde::Serializer>(&self, s: S) -> Result<S::Ok, S::Error> {
-        use base64::Engine as _;
-        s.serialize_str(&base64::engine::general_purpose::STANDARD.encode(&self.0))
-    }
-}
-
-impl<'de> Deserialize<'de> for Base64 {
-    fn deserialize<D: serde::Deserializer<'de>>(d: D) -> Result<Base64, D::Error> {
-        use base64::Engine as _;
-        let text = String::deserialize(d)?;
-        base64::engine::general_purpose::STANDARD
-            .decode(text)
-            .map(Base64)
-            .map_err(serde::de::Error::custom)
+impl WorkKey {
+    pub fn work(&self) -> KeyWork<'_> {
+        KeyWork {
+            key: &self.key,
+            kind: self.kind,
+            targets: &self.targets,
+            reads: &[],
+            ops: &self.ops,
+        }
     }
 }
 
@@ -226,11 +216,38 @@ mod tests {
             stores: BTreeMap::from([(
                 "ledger".into(),
                 StoreWork {
-                    keys: vec!["payments:balance:alice".into(), "x".into(), "y".into()],
-                    writes: vec![
-                        (0, KeyWrite::Set(Base64(vec![0xff, b'7']))),
-                        (1, KeyWrite::Delete),
-                        (2, KeyWrite::Adjust(-3)),
+                    keys: vec![
+                        WorkKey {
+                            key: "payments:balance:alice".into(),
+                            kind: Kind::String,
+                            targets: vec![(None, Mode::Exclusive)],
+                            ops: vec![Op::Set {
+                                value: Base64(vec![0xff, b'7']),
+                                ttl_ms: Some(5),
+                            }],
+                        },
+                        WorkKey {
+                            key: "user:{a}".into(),
+                            kind: Kind::Hash,
+                            targets: vec![(Some("sent".into()), Mode::Adjust)],
+                            ops: vec![Op::Adjust {
+                                part: Some("sent".into()),
+                                steps: vec![crate::store::Bounded {
+                                    delta: -3,
+                                    lower: Some(0),
+                                    upper: None,
+                                }],
+                            }],
+                        },
+                        WorkKey {
+                            key: "events".into(),
+                            kind: Kind::Stream,
+                            targets: vec![(None, Mode::Append)],
+                            ops: vec![Op::XAdd {
+                                fields: vec![("type".into(), Base64(b"placed".to_vec()))],
+                                maxlen: None,
+                            }],
+                        },
                     ],
                 },
             )]),
