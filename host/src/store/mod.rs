@@ -10,22 +10,28 @@
 //! ```text
 //!  key                       type    fields / value                   lives
 //!  ------------------------  ------  -------------------------------  ---------------------
-//!  inventory:stock:A1        string  "8"  (the committed value)       participant's store
-//!  rs:{inventory:stock:A1}   string  the lock table entry: mode (x    same store and slot,
-//!                                    exclusive, s shared, a adjusted), only while the key is
-//!                                    wait flag, then per holder its   locked: deleted with
-//!                                    txn, lease deadline (ms, by the  the last lock
-//!                                    store's own clock) and primary
-//!                                    store (see `scripts`)
-//!  rs:{inventory:stock:A1}:a hash    the adjusters of a key in `a`    same; only while
-//!                                    mode: t:<txn> -> lease, primary, adjusted
-//!                                    reserved delta; n, neg, pos
+//!  inventory:stock:A1        any     the committed value, of the type participant's store
+//!                                    the participants declare
+//!                                    (string, hash, set, zset,
+//!                                    stream, list)
+//!  rs:{inventory:stock:A1}   hash    the key's lock table: the lock   same store and slot,
+//!                                    on the key whole (`w`), on each  only while something
+//!                                    field or member (`p:<part>`),    of the key is locked:
+//!                                    each a mode (x exclusive, s      gone with its last
+//!                                    shared, a adjusted), a wait      lock
+//!                                    flag and per holder its txn,
+//!                                    lease deadline (ms, by the
+//!                                    store's own clock) and primary;
+//!                                    the adjusters of each target
+//!                                    and their reservations (see
+//!                                    `scripts`)
 //!  rs:locks                  zset    one entry per transaction with   every store; gone
-//!                                    locks here: "<txn>\n[primary,    when empty
-//!                                    [keys]]", scored by lease
-//!                                    deadline: what the sweep walks.
-//!                                    On the primary, the entry stays
-//!                                    after the commit point as the
+//!                                    locks (or appends) here:         when empty
+//!                                    "<txn>\n[primary, [targets]]",
+//!                                    scored by lease deadline: what
+//!                                    the sweep walks. On the
+//!                                    primary, the entry stays after
+//!                                    the commit point as the
 //!                                    record's marker, until finalized
 //!  rs:{<tag>}:locks          zset    the same, per hash slot, on a    a cluster store, in
 //!                                    Redis Cluster store: entries     the slot it indexes
@@ -46,18 +52,20 @@
 //! land in the data key's slot (`rs:{<tag>}:<key>`), so one script on one
 //! slot can always check and change both. Nothing is kept for an unlocked
 //! key: no version numbers, so nothing grows with the keys a store has
-//! seen, and nothing to compare: a transaction holds a lock on every key it
-//! reads from the read until its decision is applied, so what it read
-//! cannot change under it (see `txn`).
+//! seen, and nothing to compare: a transaction holds a lock on everything
+//! it reads (the key, or the field or member) from the read until its
+//! decision is applied, so what it read cannot change under it (see `txn`).
+//! What a transaction does to one key, as every script takes it, is a
+//! [`KeyWork`] (see `work`).
 //!
 //! # Operations
 //!
 //! Each operation is one script call on one store ([`scripts`]), bounded by
-//! the store timeout: [`Store::lock`] (read and lock; with
-//! [`Store::lock_reserving`], reserving adjustments as it locks),
-//! [`Store::reserve`], [`Store::commit`] (the commit point; `free`, for keys
-//! only adjusted, which it checks and adjusts without a lock taken before),
-//! [`Store::apply`] (apply or roll back, and release),
+//! the store timeout: [`Store::lock`] (read and lock, reserving
+//! adjustments as it locks when asked), [`Store::reserve`],
+//! [`Store::commit`] (the commit point; `free`, for targets only adjusted or
+//! appended to, which it checks and changes without a lock taken before),
+//! [`Store::apply`] (apply or roll back, and release), [`Store::renew`],
 //! [`Store::finalize`], and for recovery [`Store::decide`],
 //! [`Store::record`], [`Store::expired`]. The protocol that strings them
 //! together is in `txn`.

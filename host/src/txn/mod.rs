@@ -72,8 +72,34 @@
 //!         or read-only done)         |   none, lease running -> wait
 //! ```
 //!
-//! A lock table entry (`rs:{K}`) exists only while the key is held; a free
-//! key has no metadata at all.
+//! A lock table (`rs:{K}`) exists only while something of the key is held;
+//! a free key has no metadata at all.
+//!
+//! # Targets: keys, fields, members
+//!
+//! A step of contract 0.3.0 declares what it touches at the granularity it
+//! needs (see `access`): a key whole, one field of a hash, one member of a
+//! set or sorted set, a range of a sorted set. What is locked follows:
+//!
+//! ```text
+//!  declared                        locked
+//!  a key whole (any mode)          the key whole, in that mode
+//!  a field, a member               that part, in that mode; parts of one
+//!                                  key never wait for each other
+//!  a range of a sorted set         the key whole, shared
+//!  an append (stream, list)        nothing: appends commute with everything
+//!                                  (streams and lists are only appended to)
+//! ```
+//!
+//! A transaction that has a key whole and parts of it too holds the key
+//! whole, in the strongest of their modes. A whole-key lock and part locks
+//! never share a key: who wants the key whole waits for the parts to be
+//! released (and keeps new ones from starting meanwhile), and a part waits
+//! for a whole-key lock. So a read of a whole hash and a write of one of
+//! its fields are serialized as any two conflicting locks are, and the
+//! argument below holds target by target. Escrow works on hash fields and
+//! sorted set scores as on strings: each adjusted target has its own
+//! adjusters and reservations.
 //!
 //! # Adjusted keys (escrow)
 //!
