@@ -121,6 +121,8 @@ macro_rules! lua_clock {
 /// - `load(k)`: reads key `k`'s lock table (`k.w`, `k.n`, `k.W`, and each
 ///   target's entry `t.v`), or answers the reply refusing it: a table of an
 ///   earlier protocol (`{'stopped', message}`, `{'legacy', i, holder}`);
+///   `forget(k)` drops what the first protocol left there without a lock
+///   (its version of the key), where a transaction first writes the table;
 /// - `held(k, t, txn)`: whether `txn` holds target `t` (loaded);
 /// - `counts(k, t)`: an adjusted target's `{neg, pos, n}`;
 /// - `typed(k)`: nil, or the `{'wrong_type', i, type}` refusing a key that
@@ -267,7 +269,7 @@ local function prefix(part)
   return ''
 end
 local function load(k)
-  local r = redis.pcall('HMGET', k.meta, 'w', '#', 'W', 'lock', 'version')
+  local r = redis.pcall('HMGET', k.meta, 'w', '#', 'W', 'lock', 'ver')
   if r.err then
     return {'stopped', 'key ' .. k.data .. ' is locked by an earlier redstage (protocol 2): ' ..
       'finish its transactions with that version (redstage recover --wait), then send this again'}
@@ -278,6 +280,9 @@ local function load(k)
     if t.part then t.v = redis.call('HGET', k.meta, 'p:' .. t.part) or nil else t.v = k.w end
   end
   return nil
+end
+local function forget(k)
+  if k.old then redis.call('HDEL', k.meta, 'ver', 'lease', 'primary') end
 end
 local function held(k, t, txn)
   local v = t.v
@@ -625,7 +630,7 @@ end
 local lease = int(now_ms + tonumber(ARGV[2]))
 local mine = txn .. '\\t' .. lease .. '\\t' .. ARGV[3]
 for _, k in ipairs(ks) do
-  if k.old then redis.call('HDEL', k.meta, 'version') end
+  forget(k)
   for _, t in ipairs(k.targets) do take(k, t, txn, mine, lease, ARGV[3]) end
 end
 redis.call('ZADD', index, lease, ARGV[4])
@@ -788,6 +793,7 @@ if not decided then return {'decided', redis.call('GET', KEYS[1])} end
 if ARGV[6] ~= '' then redis.call('SET', KEYS[3], ARGV[7], 'PX', ARGV[8]) end
 local wake = {}
 for _, k in ipairs(ks) do
+  forget(k)
   for _, o in ipairs(k.ops) do apply(k, o) end
   if not free then
     for _, t in ipairs(k.targets) do release(k, t, txn, wake) end
