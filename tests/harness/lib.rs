@@ -545,6 +545,10 @@ pub(crate) fn configure(text: &str) -> (Config, tempfile::TempDir, PathBuf, Arc<
     (config, config_dir, config_path, coordinator)
 }
 
+/// The wall time one participant call may take in a test's config (the
+/// default is 200 ms), unless the test sets `[limits]` itself.
+pub const TEST_CALL_TIME_MS: i64 = 2000;
+
 /// How long a test waits for answered transactions to finish applying
 /// before it looks at raw Redis.
 pub const SETTLE_TIMEOUT: std::time::Duration = std::time::Duration::from_secs(10);
@@ -603,6 +607,14 @@ pub fn config_text(
         })
         .collect();
     config.insert("participants".into(), participants.into());
+    // Calls are bounded by wall time, which a test machine busy with a
+    // whole suite (and its builds) stretches: the tests of the time limit
+    // set it themselves.
+    if !extra.contains("[limits]") {
+        let limits =
+            toml::Table::from_iter([("call_time_ms".to_owned(), TEST_CALL_TIME_MS.into())]);
+        config.insert("limits".into(), limits.into());
+    }
     if !extra.contains("[cache]") {
         let dir = shared_cache_dir().display().to_string();
         let cache = toml::Table::from_iter([("dir".to_owned(), dir.into())]);
