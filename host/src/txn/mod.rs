@@ -230,13 +230,23 @@ pub enum TxnError {
     /// may or may not have committed. Its id tells, once the store is back.
     #[error("transaction {id}: the decision could not be confirmed ({message}); look it up by id")]
     OutcomeUnknown { id: String, message: String },
-    /// A first request with the same idempotency key is still running.
-    #[error("a request with idempotency key `{key}` is still running; send it again later")]
-    InFlight { key: String },
+    /// A first request with the same idempotency key is still running; a
+    /// retry may succeed after `retry_after` (its claim's lease, or its
+    /// transaction's locks' leases, whichever end first).
+    #[error(
+        "a request with idempotency key `{key}` is still running; send it again in {} s",
+        seconds(*retry_after)
+    )]
+    InFlight { key: String, retry_after: Duration },
     /// The host is at one of its bounds (`what`); nothing was touched, and
     /// the request can be sent again after a pause.
     #[error("the host is overloaded: {what}; nothing was applied, send it again shortly")]
     Overloaded { what: String },
+}
+
+/// `d` in whole seconds, rounded up, at least 1: what a `Retry-After` says.
+pub fn seconds(d: Duration) -> u64 {
+    d.as_millis().div_ceil(1000).max(1) as u64
 }
 
 impl TxnError {
@@ -514,7 +524,13 @@ impl Coordinator {
         let mut waited = Duration::ZERO;
         let mut attempt = 1;
         loop {
-            let id = new_txn_id();
+            // A claimed request's first attempt is its claim's owner, so
+            // that a retry can tell from the owner's record and locks when
+            // the request's host is gone (see `idempotency`).
+            let id = match claim {
+                Some(claim) if attempt == 1 => claim.owner.clone(),
+                _ => new_txn_id(),
+            };
             let span = tracing::info_span!("txn", id = %id, attempt);
             let outcome = self
                 .attempt(&id, attempt, &mut steps, &plan, claim)
