@@ -1000,6 +1000,25 @@ async fn metrics_move_with_the_traffic_recovery_and_store_failures() {
         let held = format!("redstage_locks{{store=\"{store}\"}}");
         assert_eq!(metric(here, &held).await, 0.0);
     }
+    // Every error code is there from the start, at 0; so are the gauges of
+    // this host and of its stores.
+    let (_, text) = http::get(here, "/metrics").await;
+    let text = text.as_str().expect("text");
+    for line in [
+        "redstage_transaction_errors_total{code=\"in_flight\"} 0",
+        "redstage_transaction_errors_total{code=\"outcome_unknown\"} 0",
+        "redstage_transactions_total{status=\"aborted\",code=\"recovered\"} 0",
+        "redstage_oldest_lock_age_seconds{store=\"orders\"} 0",
+        "redstage_store_ready{store=\"ledger\"} 1",
+        "redstage_transactions_in_flight 0",
+        "redstage_instance_slots_in_use 0",
+    ] {
+        assert!(text.lines().any(|l| l == line), "no `{line}` in\n{text}");
+    }
+    assert!(
+        text.contains("redstage_transaction_duration_seconds_bucket{le=\"10\"}"),
+        "buckets reach txn.lock_wait_ms"
+    );
     // A host dies after its decision: its locks are in doubt once their
     // lease is over (nothing here sweeps), until another host's sweep
     // rolls them forward.
@@ -1011,6 +1030,9 @@ async fn metrics_move_with_the_traffic_recovery_and_store_failures() {
         "redstage_locks_expired{store=\"ledger\"}",
     ];
     metrics_until(here, &expired, |n| n >= 1.0).await;
+    // The transaction in doubt is the oldest lock on both stores.
+    let oldest = "redstage_oldest_lock_age_seconds{store=\"orders\"}";
+    assert!(metric(here, oldest).await > 0.0);
     let survivor = env.spawn_host(None);
     let forward = ["redstage_recovery_actions_total{action=\"roll_forward\"}"];
     metrics_until(survivor.addr, &forward, |n| n >= 1.0).await;

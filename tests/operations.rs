@@ -453,10 +453,6 @@ async fn listing_queries_that_cannot_work_are_refused_saying_what_works() {
         ("/v1/transactions?color=red", "bad_query"),
         ("/v1/transactions?cursor=not-a-cursor", "bad_cursor"),
         (lock_cursor.as_str(), "bad_cursor"),
-        (
-            "/v1/transactions?idempotency_key=k&state=committed",
-            "bad_query",
-        ),
         ("/v1/locks?store=nowhere", "unknown_store"),
         ("/v1/locks?limit=0", "bad_query"),
     ] {
@@ -520,6 +516,21 @@ async fn a_lost_answer_is_found_again_by_its_idempotency_key() {
     assert_eq!(row["abort"]["code"], "insufficient_stock");
     let (status, none) = get(api, None, "/v1/transactions?idempotency_key=never-sent").await;
     assert_eq!((status, &none), (200, &json!({"transactions": []})));
+    // The state filters it too.
+    let (_, none) = get(
+        api,
+        None,
+        "/v1/transactions?idempotency_key=order-1&state=aborted",
+    )
+    .await;
+    assert_eq!(none, json!({"transactions": []}));
+    let (_, found) = get(
+        api,
+        None,
+        "/v1/transactions?idempotency_key=order-1&state=committed",
+    )
+    .await;
+    assert_eq!(found["transactions"][0]["id"], first["id"]);
 }
 
 /// Runs `redstage` with `args` against the server at `addr`: exit code,
@@ -690,5 +701,370 @@ async fn the_commands_talk_to_a_server_with_its_tokens() {
         (code, &answer["status"]),
         (Some(0), &json!("committed")),
         "{answer} {err}"
+    );
+}
+
+/// The metric names a served `/metrics` has: its samples' and its
+/// families' (`# TYPE`), so that a family with no series yet counts.
+fn served_names(text: &str) -> BTreeSet<String> {
+    text.lines()
+        .filter_map(|line| match line.strip_prefix("# TYPE ") {
+            Some(family) => family.split(' ').next(),
+            None if line.starts_with('#') => None,
+            None => line.split(['{', ' ']).next(),
+        })
+        .map(str::to_owned)
+        .collect()
+}
+
+/// The `redstage_*` names `text` refers to.
+fn referenced_names(text: &str) -> BTreeSet<String> {
+    let mut names = BTreeSet::new();
+    let mut rest = text;
+    while let Some(at) = rest.find("redstage_") {
+        let name: String = rest[at..]
+            .chars()
+            .take_while(|c| c.is_ascii_lowercase() || c.is_ascii_digit() || *c == '_')
+            .collect();
+        rest = &rest[at + name.len()..];
+        // `redstage_*` in prose names no metric.
+        if name.len() > "redstage_".len() {
+            names.insert(name);
+        }
+    }
+    names
+}
+
+/// The Grafana dashboard and the Prometheus alert rules in `deploy/` name
+/// only metrics a real host serves, and are what their tools load: a
+/// dashboard with panels and queries, rule groups with an alert, an
+/// expression and a summary each.
+#[tokio::test]
+async fn the_dashboard_and_the_alerts_name_only_metrics_a_host_serves() {
+    let env = TestEnv::orders();
+    env.stock_and_fund("A1", 10, "alice", 100).await;
+    let host = env.spawn_host(None);
+    let order =
+        json!({"steps": [step("inventory", json!({"op": "deduct", "sku": "A1", "qty": 1}))]});
+    let (status, _) = http::post(host.addr, "/v1/transactions", order.to_string().as_bytes()).await;
+    assert_eq!(status, 200);
+    let (_, text) = http::get(host.addr, "/metrics").await;
+    let served = served_names(text.as_str().expect("text"));
+    for expected in [
+        "redstage_build_info",
+        "redstage_oldest_lock_age_seconds",
+        "redstage_store_ready",
+        "redstage_transactions_in_flight",
+        "redstage_instance_slots_in_use",
+    ] {
+        assert!(
+            served.contains(expected),
+            "{expected} is not served: {served:?}"
+        );
+    }
+
+    let deploy = redstage_tests::workspace().join("deploy");
+    let dashboard = std::fs::read_to_string(deploy.join("grafana/redstage-dashboard.json"))
+        .expect("the dashboard");
+    let json: Value = serde_json::from_str(&dashboard).expect("the dashboard is JSON");
+    let panels = json["panels"].as_array().expect("panels");
+    let queries: Vec<&str> = panels
+        .iter()
+        .flat_map(|p| p["targets"].as_array().into_iter().flatten())
+        .map(|t| t["expr"].as_str().expect("a query"))
+        .collect();
+    assert!(queries.len() >= 15, "{queries:?}");
+    let alerts = std::fs::read_to_string(deploy.join("prometheus/redstage-alerts.yml"))
+        .expect("the alert rules");
+    let yaml = &yaml_rust2::YamlLoader::load_from_str(&alerts).expect("the rules are YAML")[0];
+    let rules = yaml["groups"][0]["rules"]
+        .as_vec()
+        .expect("a group of rules");
+    for rule in rules {
+        let alert = rule["alert"].as_str().expect("an alert name");
+        assert!(rule["expr"].as_str().is_some(), "{alert}: no expression");
+        assert!(
+            rule["annotations"]["summary"].as_str().is_some(),
+            "{alert}: no summary"
+        );
+    }
+    let alerted: BTreeSet<&str> = rules.iter().filter_map(|r| r["alert"].as_str()).collect();
+    for needed in [
+        "RedstageTransactionsInDoubt",
+        "RedstageGiveUps",
+        "RedstageStoreErrors",
+        "RedstageStoreNotReady",
+        "RedstageReuseMismatch",
+    ] {
+        assert!(alerted.contains(needed), "no {needed}: {alerted:?}");
+    }
+    for (file, text) in [("dashboard", &dashboard), ("alerts", &alerts)] {
+        let unknown: Vec<String> = referenced_names(text)
+            .difference(&served)
+            .cloned()
+            .collect();
+        assert!(
+            unknown.is_empty(),
+            "the {file} names metrics no host serves: {unknown:?}"
+        );
+    }
+}
+
+/// A free loopback port nothing listens on: a store that cannot be reached.
+fn dead_store() -> String {
+    let port = std::net::TcpListener::bind("127.0.0.1:0")
+        .and_then(|l| l.local_addr())
+        .expect("a free port")
+        .port();
+    format!("redis://127.0.0.1:{port}")
+}
+
+/// `redstage` with a config and `args`, no server: exit code, stdout as
+/// JSON (or null), stderr.
+fn local(
+    config: &std::path::Path,
+    args: &[&str],
+    envs: &[(&str, &str)],
+) -> (Option<i32>, Value, String) {
+    let out = std::process::Command::new(redstage_binary())
+        .args(args)
+        .arg("--config")
+        .arg(config)
+        .envs(envs.iter().copied())
+        .output()
+        .expect("run redstage");
+    let json = serde_json::from_slice(&out.stdout).unwrap_or(Value::Null);
+    (
+        out.status.code(),
+        json,
+        String::from_utf8_lossy(&out.stderr).into_owned(),
+    )
+}
+
+/// Frictions of a first hour with a config: `check` reports each component
+/// it compiled (name, contract, digest) before anything about the stores,
+/// also when a store then fails; a store that cannot be reached is said to
+/// be unreachable, not to need `CONFIG GET` or `durability = "unsafe"`
+/// (which is already set); one store needs no `log_store`.
+#[tokio::test]
+async fn check_reports_components_and_an_unreachable_store_is_called_so() {
+    let env = TestEnv::orders();
+    let dead = dead_store();
+    let unreachable = [("REDSTAGE_STORES__LEDGER", dead.as_str())];
+    let (code, summary, stderr) = local(&env.config_path, &["check"], &unreachable);
+    assert_eq!(code, Some(1), "{stderr}");
+    assert_eq!(summary["status"], "error", "{summary}");
+    let components = summary["components"].as_array().expect("components");
+    let names: Vec<&str> = components
+        .iter()
+        .map(|c| c["name"].as_str().unwrap())
+        .collect();
+    assert_eq!(names, ["inventory", "payments"], "{summary}");
+    for c in components {
+        assert!(
+            c["contract"].as_str().is_some_and(|v| v.starts_with("0.")),
+            "{c}"
+        );
+        assert!(
+            c["digest"]
+                .as_str()
+                .is_some_and(|d| d.starts_with("sha256:")),
+            "{c}"
+        );
+    }
+    assert!(stderr.contains("store `ledger`"), "{stderr}");
+
+    let order =
+        json!({"steps": [step("payments", json!({"op": "deposit", "account": "a", "amount": 1}))]})
+            .to_string();
+    let (code, _, stderr) = local(&env.config_path, &["run", &order], &unreachable);
+    assert_eq!(code, Some(1), "{stderr}");
+    assert!(stderr.contains("cannot be reached"), "{stderr}");
+    assert!(!stderr.contains("Allow CONFIG GET"), "{stderr}");
+    assert!(
+        !stderr.contains("set durability"),
+        "durability is unsafe already: {stderr}"
+    );
+
+    // One store: no log_store needed.
+    let server = redstage_tests::RedisServer::start(Persistence::None).expect("redis-server");
+    let dir = tempfile::tempdir().expect("temp dir");
+    let config = dir.path().join("one.toml");
+    let component = redstage_tests::components(redstage_tests::Toolchain::CargoComponent)
+        .join(redstage_tests::component_file("payments"));
+    std::fs::write(
+        &config,
+        format!(
+            "durability = \"unsafe\"\n[stores]\nmain = {:?}\n[participants.payments]\n\
+             component = {:?}\nstore = \"main\"\nprefix = \"payments:\"\n",
+            server.url(),
+            component.display().to_string()
+        ),
+    )
+    .expect("write the config");
+    let (code, answer, stderr) = local(&config, &["run", &order], &[]);
+    assert_eq!(
+        (code, &answer["status"]),
+        (Some(0), &json!("committed")),
+        "{stderr}"
+    );
+}
+
+/// A host killed holding an order at fault point `point`, with the order's
+/// id (the one transaction holding locks that `before` did not list).
+async fn stuck_at(env: &TestEnv, point: &str, sku: &str, payer: &str, before: &[String]) -> String {
+    // A payee of its own: no other order meets (and fences) its locks.
+    let payee = format!("{payer}-shop");
+    let (mut host, request) = env.held_at(point, &locking_order(sku, payer, &payee)).await;
+    host.kill();
+    assert!(
+        request.await.expect("task").is_err(),
+        "a killed host answered"
+    );
+    let holders = holders(env, before.len() + 1).await;
+    holders
+        .into_iter()
+        .find(|h| !before.contains(h))
+        .expect("a new holder")
+}
+
+/// `redstage recover` reports what it did per transaction (its stores, its
+/// decision found or made, the action on each store) and counts
+/// transactions, not lock entries; `--dry-run` says what it would do and
+/// does nothing; `recover ID` resolves that one. A store that cannot be
+/// read makes what remains `unknown`, not 0. And a serving host's sweep
+/// logs one line per transaction it resolves, naming it and who.
+#[tokio::test]
+async fn recover_reports_each_transaction_dry_runs_first_and_resolves_one_by_id() {
+    // Hosts that do not sweep, so that what is stuck stays stuck until
+    // the commands look at it.
+    let env = TestEnv::orders_with(
+        "[txn]\nlease_ms = 800\nstore_timeout_ms = 300\nsweep_interval_ms = 600000\n",
+        Persistence::None,
+    );
+    env.stock_and_fund("A1", 10, "alice", 100).await;
+    env.stock_and_fund("B1", 10, "bob", 100).await;
+    let undecided = stuck_at(&env, "after-prepare", "A1", "alice", &[]).await;
+    let committed = stuck_at(
+        &env,
+        "after-decide",
+        "B1",
+        "bob",
+        std::slice::from_ref(&undecided),
+    )
+    .await;
+    // Both leases end.
+    tokio::time::sleep(Duration::from_millis(1500)).await;
+
+    let (code, plan, stderr) = local(&env.config_path, &["recover", "--dry-run"], &[]);
+    assert_eq!(code, Some(0), "{stderr}");
+    assert_eq!(plan["dry_run"], true, "{plan}");
+    let find = |report: &Value, id: &str| -> Value {
+        report["transactions"]
+            .as_array()
+            .expect("transactions")
+            .iter()
+            .find(|t| t["id"] == json!(id))
+            .cloned()
+            .unwrap_or_else(|| panic!("{id} not in {report}"))
+    };
+    let rolled_back = json!([{"store": "ledger", "action": "rolled_back"}, {"store": "orders", "action": "rolled_back"}]);
+    let t = find(&plan, &undecided);
+    assert_eq!(
+        (&t["decision"], &t["made"], &t["stores"]),
+        (&json!("aborted"), &json!(true), &rolled_back),
+        "{t}"
+    );
+    let t = find(&plan, &committed);
+    assert_eq!(
+        (&t["decision"], &t["made"]),
+        (&json!("committed"), &json!(false)),
+        "{t}"
+    );
+    assert_eq!(
+        t["stores"],
+        json!([{"store": "ledger", "action": "finalized"}, {"store": "orders", "action": "rolled_forward"}])
+    );
+    assert_eq!(env.lock_holders().len(), 2, "a dry run changes nothing");
+
+    let (code, one, stderr) = local(&env.config_path, &["recover", &undecided], &[]);
+    assert_eq!(code, Some(0), "{stderr}");
+    assert_eq!(
+        (&one["id"], &one["made"], &one["stores"]),
+        (&json!(undecided), &json!(true), &rolled_back)
+    );
+    let found = env
+        .coordinator
+        .lookup(&undecided)
+        .await
+        .expect("lookup")
+        .expect("known");
+    let abort = found.abort.expect("an abort");
+    assert_eq!(abort.code, "recovered");
+    assert!(
+        abort.message.contains("`redstage recover` on host"),
+        "{}",
+        abort.message
+    );
+
+    // A store that does not answer: what remains is not known.
+    let ledger = env.server("ledger").pid().expect("running");
+    redstage_tests::signal(ledger, "STOP");
+    let (code, report, _) = local(&env.config_path, &["recover"], &[]);
+    redstage_tests::signal(ledger, "CONT");
+    assert_eq!(
+        (code, &report["remaining"]),
+        (Some(2), &json!("unknown")),
+        "{report}"
+    );
+
+    let (code, report, stderr) = local(&env.config_path, &["recover"], &[]);
+    assert_eq!(code, Some(0), "{stderr}");
+    assert_eq!(
+        (&report["resolved"], &report["remaining"]),
+        (&json!(1), &json!(0)),
+        "one transaction, two stores: {report}"
+    );
+    let t = find(&report, &committed);
+    assert_eq!(t["decision"], "committed", "{t}");
+    assert!(env.leftovers().await.is_empty());
+    assert_eq!(
+        raw(&env, "orders", "inventory:stock:B1").as_deref(),
+        Some("9")
+    );
+    assert_eq!(
+        raw(&env, "orders", "inventory:stock:A1").as_deref(),
+        Some("10")
+    );
+
+    // A serving host's sweep: one line per transaction, with its id and who.
+    let stuck = stuck_at(&env, "after-prepare", "A1", "alice", &[]).await;
+    let sweeping = Launch {
+        envs: &[("REDSTAGE_TXN__SWEEP_INTERVAL_MS", "100")],
+        ..Launch::default()
+    };
+    let host = env.launch_host(&sweeping).expect("serves");
+    let line = |l: &&String| l.contains("recovery resolved a transaction") && l.contains(&stuck);
+    let started = Instant::now();
+    while !host.stderr().iter().any(|l| line(&l)) {
+        assert!(
+            started.elapsed() < Duration::from_secs(20),
+            "{:?}",
+            host.stderr()
+        );
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+    tokio::time::sleep(Duration::from_millis(500)).await;
+    let lines: Vec<String> = host
+        .stderr()
+        .into_iter()
+        .filter(|l| l.contains(&stuck))
+        .collect();
+    assert_eq!(lines.len(), 1, "one line for the transaction: {lines:?}");
+    assert!(
+        lines[0].contains("INFO")
+            && lines[0].contains("by=the recovery sweep of host")
+            && lines[0].contains("made=true"),
+        "{lines:?}"
     );
 }

@@ -98,7 +98,9 @@ pub struct Config {
     #[serde(default = "default_listen")]
     pub listen: SocketAddr,
     /// The store that keeps idempotency keys, and the decision records of
-    /// transactions that touch it or span stores.
+    /// transactions that touch it or span stores. With one store, that one
+    /// by default.
+    #[serde(default)]
     pub log_store: String,
     /// Whether every store must keep acknowledged writes across a crash
     /// (see `store::durability`); checked at start unless `unsafe`.
@@ -544,6 +546,21 @@ impl Config {
                     parse_error(format!("{e} (with values from {})", names.join(", ")))
                 })?
         };
+        let mut config = config;
+        if config.log_store.is_empty() {
+            let mut stores = config.stores.keys();
+            config.log_store = match (stores.next(), stores.next()) {
+                (Some(only), None) => only.clone(),
+                _ => {
+                    return Err(ConfigError::Invalid(format!(
+                        "log_store names the store that keeps decisions and idempotency keys; \
+                         with {} stores it must be given: one of {}",
+                        config.stores.len(),
+                        config.stores.keys().cloned().collect::<Vec<_>>().join(", ")
+                    )));
+                }
+            };
+        }
         config.check()?;
         Ok(config)
     }
@@ -696,6 +713,17 @@ mod tests {
         vars.iter()
             .map(|(n, v)| ((*n).to_owned(), (*v).to_owned()))
             .collect()
+    }
+
+    #[test]
+    fn the_only_store_keeps_the_log_unless_told_otherwise() {
+        let one = Config::parse("[stores]\nmain = \"redis://127.0.0.1:6379\"\n").unwrap();
+        assert_eq!(one.log_store, "main");
+        let two = "[stores]\na = \"redis://127.0.0.1:6379\"\nb = \"redis://127.0.0.1:6380\"\n";
+        let err = Config::parse(two).unwrap_err().to_string();
+        assert!(err.contains("log_store") && err.contains("a, b"), "{err}");
+        let named = Config::parse(&format!("log_store = \"b\"\n{two}")).unwrap();
+        assert_eq!(named.log_store, "b");
     }
 
     #[test]

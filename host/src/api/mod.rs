@@ -375,10 +375,13 @@ struct ListQuery {
     #[param(minimum = 1, maximum = 1000)]
     limit: Option<usize>,
     /// The `next_cursor` of the page before.
+    #[param(min_length = 1)]
     cursor: Option<String>,
     /// Instead of a listing: the transaction a request with this
-    /// idempotency key ran, or runs (at most one row; none when the key is
-    /// unknown or past its retention). Takes no other parameter.
+    /// idempotency key ran, or runs (at most one row, none when the key is
+    /// unknown or past its retention, or its transaction is not in `state`;
+    /// never a `next_cursor`).
+    #[param(min_length = 1)]
     idempotency_key: Option<String>,
 }
 
@@ -394,7 +397,7 @@ struct ListQuery {
     params(ListQuery),
     responses(
         (status = 200, description = "A page of transactions; `next_cursor` while there are more", body = TxnPage),
-        (status = 400, description = "`bad_query` (an unknown state or parameter, a limit out of range), `bad_cursor` (not a cursor of this listing)", body = openapi::ErrorBody),
+        (status = 400, description = "`bad_query` (an unknown state or parameter, a limit out of range), `bad_cursor` (not a cursor of this listing), `bad_idempotency_key` (not 1 to 256 bytes)", body = openapi::ErrorBody),
         (status = 503, description = "`store_unavailable`: a store did not answer; `store_error`: it answered what the protocol does not expect", body = openapi::ErrorBody),
     ),
     security(("bearer" = ["read"]), ("bearer" = ["submit"])),
@@ -409,12 +412,12 @@ async fn list(
             "state=in_doubt|committed|aborted&limit=N&cursor=C, or idempotency_key=K",
         )
     })?;
+    let limit = crate::txn::inspect::check_limit(query.limit)?;
     if let Some(key) = &query.idempotency_key {
-        if query.state.is_some() || query.limit.is_some() || query.cursor.is_some() {
-            let message = "`idempotency_key` takes no other parameter".to_owned();
-            return Err(ApiError::new(StatusCode::BAD_REQUEST, "bad_query", message));
-        }
-        let found = coordinator.by_idempotency_key(key).await?;
+        let found = coordinator
+            .by_idempotency_key(key)
+            .await?
+            .filter(|t| query.state.is_none_or(|s| s == t.state));
         let outcome = Outcome {
             txn: found.as_ref().map(|t| t.id.clone()),
             outcome: found.as_ref().map(|t| t.state.name().to_owned()),
@@ -426,7 +429,6 @@ async fn list(
         };
         return Ok(answer(page, outcome));
     }
-    let limit = crate::txn::inspect::check_limit(query.limit)?;
     let page = coordinator
         .list_transactions(query.state, limit, query.cursor.as_deref())
         .await?;
@@ -499,6 +501,7 @@ struct LocksQuery {
     #[param(minimum = 1, maximum = 1000)]
     limit: Option<usize>,
     /// The `next_cursor` of the page before.
+    #[param(min_length = 1)]
     cursor: Option<String>,
 }
 
@@ -583,15 +586,30 @@ fn unknown_transaction(id: &str) -> ApiError {
 async fn metrics(State(coordinator): State<Arc<Coordinator>>) -> Response {
     // The lock gauges are read from every store at once; a store that does
     // not answer is left out of them (and its failure counted).
-    let locks = futures::future::join_all(
-        coordinator
-            .stores()
-            .map(|s| async move { (s.name(), s.lock_counts().await) }),
-    )
+    let locks = futures::future::join_all(coordinator.stores().map(|s| async move {
+        let (counts, first) = futures::join!(s.lock_counts(), s.first_entry());
+        let (held, expired) = counts.ok()?;
+        let started = first
+            .ok()?
+            .and_then(|f| f.entry.ok())
+            .map_or(0, |e| crate::txn::inspect::started_at_ms(&e.txn));
+        let oldest = crate::txn::inspect::now_ms().saturating_sub(started);
+        Some(crate::metrics::Locks {
+            store: s.name(),
+            held,
+            expired,
+            oldest: match started {
+                0 => std::time::Duration::ZERO,
+                _ => std::time::Duration::from_millis(oldest),
+            },
+        })
+    }))
     .await;
+    let ready = store_checks(&coordinator).await;
     let registry = coordinator.registry();
     let participants = registry.all();
     let scraped = crate::metrics::Scraped {
+        ready: ready.iter().map(|(s, r)| (*s, r.is_ok())).collect(),
         store_errors: coordinator
             .stores()
             .map(|s| {
@@ -599,10 +617,13 @@ async fn metrics(State(coordinator): State<Arc<Coordinator>>) -> Response {
                 (s.name(), unavailable, protocol)
             })
             .collect(),
-        locks: locks
-            .into_iter()
-            .filter_map(|(store, counts)| counts.ok().map(|(held, expired)| (store, held, expired)))
-            .collect(),
+        locks: locks.into_iter().flatten().collect(),
+        in_flight: coordinator.in_flight(),
+        slots: {
+            let runtime = registry.runtime();
+            let all = runtime.settings().instance_pool as usize;
+            (all, all.saturating_sub(runtime.slots_free()))
+        },
         calls: participants.iter().map(|p| (&*p.name, &p.calls)).collect(),
         cache: registry
             .runtime()
@@ -936,18 +957,15 @@ async fn ready(State(coordinator): State<Arc<Coordinator>>) -> Response {
         let body = openapi::ServiceStatus::of("draining");
         return (StatusCode::SERVICE_UNAVAILABLE, body).into_response();
     }
-    let durability = coordinator.durability();
-    let checks = futures::future::join_all(coordinator.stores().map(|s| async move {
-        let checked = match s.ping().await {
-            Ok(()) => s.check_durability(durability).await,
-            Err(e) => Err(e.to_string()),
-        };
-        (s.name().to_owned(), checked)
-    }))
-    .await;
-    let down: Vec<_> = checks
+    let down: Vec<_> = store_checks(&coordinator)
+        .await
         .into_iter()
-        .filter_map(|(store, r)| r.err().map(|error| openapi::StoreDown { store, error }))
+        .filter_map(|(store, r)| {
+            r.err().map(|error| openapi::StoreDown {
+                store: store.to_owned(),
+                error,
+            })
+        })
         .collect();
     if down.is_empty() {
         openapi::ServiceStatus::of("ready").into_response()
@@ -958,4 +976,19 @@ async fn ready(State(coordinator): State<Arc<Coordinator>>) -> Response {
         };
         (StatusCode::SERVICE_UNAVAILABLE, Json(body)).into_response()
     }
+}
+
+/// Every store's readiness: it answers `PING`, and keeps its writes as the
+/// config's durability demands (see `store::durability`); the error says
+/// what to set.
+async fn store_checks(coordinator: &Coordinator) -> Vec<(&str, Result<(), String>)> {
+    let durability = coordinator.durability();
+    futures::future::join_all(coordinator.stores().map(|s| async move {
+        let checked = match s.ping().await {
+            Ok(()) => s.check_durability(durability).await,
+            Err(e) => Err(e.to_string()),
+        };
+        (s.name(), checked)
+    }))
+    .await
 }

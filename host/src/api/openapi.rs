@@ -10,6 +10,7 @@ use std::sync::LazyLock;
 
 use axum::Json;
 use utoipa::openapi::path::{Operation, Parameter, ParameterIn};
+use utoipa::openapi::schema::{KnownFormat, ObjectBuilder, SchemaFormat, Type};
 use utoipa::openapi::security::{HttpAuthScheme, HttpBuilder, SecurityScheme};
 use utoipa::openapi::{ContentBuilder, OpenApi, Ref, RefOr, ResponseBuilder};
 use utoipa::{OpenApi as _, ToSchema};
@@ -56,6 +57,7 @@ pub fn document() -> &'static OpenApi {
             .components
             .get_or_insert_with(Default::default)
             .add_security_scheme(BEARER, SecurityScheme::Http(scheme));
+        binary_body(&mut document, "/v1/participants/{name}");
         for item in document.paths.paths.values_mut() {
             for operation in operations(item) {
                 if operation.security.as_ref().is_some_and(|s| !s.is_empty()) {
@@ -108,6 +110,32 @@ pub fn served() -> &'static serde_json::Value {
         json
     });
     &SERVED
+}
+
+/// The body of `PUT path` as what it is, the bytes of a component, taken
+/// whatever its media type says (`application/wasm`, or any other).
+fn binary_body(document: &mut OpenApi, path: &str) {
+    let Some(put) = document
+        .paths
+        .paths
+        .get_mut(path)
+        .and_then(|i| i.put.as_mut())
+    else {
+        return;
+    };
+    let Some(body) = put.request_body.as_mut() else {
+        return;
+    };
+    let binary = || {
+        let schema = ObjectBuilder::new()
+            .schema_type(Type::String)
+            .format(Some(SchemaFormat::KnownFormat(KnownFormat::Binary)));
+        ContentBuilder::new().schema(Some(schema)).build()
+    };
+    body.content.clear();
+    for media in ["application/wasm", "application/octet-stream"] {
+        body.content.insert(media.to_owned(), binary());
+    }
 }
 
 /// Lists an error answer of `operation`: a new `status` with the error

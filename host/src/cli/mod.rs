@@ -369,7 +369,8 @@ pub async fn check_durability(coordinator: &Coordinator) -> anyhow::Result<()> {
     let problems = coordinator.check_durability().await;
     if !problems.is_empty() {
         anyhow::bail!(
-            "refusing to run on stores that could lose committed transactions:\n  - {}",
+            "refusing to run: a store is unreachable or could lose committed \
+             transactions:\n  - {}",
             problems.join("\n  - ")
         );
     }
@@ -472,13 +473,19 @@ async fn serve(
     Ok(ExitCode::SUCCESS)
 }
 
-/// The background recovery sweep of `serve`.
+/// The background recovery sweep of `serve`. The sweep logs each
+/// transaction it resolves; what it could not, it says here.
 async fn sweep_forever(coordinator: Arc<Coordinator>, interval: std::time::Duration) {
     loop {
         tokio::time::sleep(interval).await;
         let report = coordinator.sweep().await;
-        if report.resolved > 0 || report.failed > 0 {
-            tracing::info!(?report, "recovery sweep");
+        if report.failed > 0 {
+            tracing::warn!(
+                failed = report.failed,
+                resolved = report.resolved,
+                remaining = %report.remaining,
+                "the recovery sweep could not resolve everything; it tries again"
+            );
         }
     }
 }
@@ -603,28 +610,48 @@ async fn check(path: PathBuf) -> anyhow::Result<ExitCode> {
     let tokens = crate::api::auth::Tokens::from_config(&config.auth)
         .map_err(|e| anyhow::anyhow!("{}: {e}", path.display()))?;
     let coordinator = coordinator(&config)?;
-    for store in coordinator.stores() {
-        store
-            .ping()
-            .await
-            .with_context(|| format!("store `{}`", store.name()))?;
-    }
-    check_durability(&coordinator).await?;
-    let participants: Vec<String> = coordinator
-        .registry()
-        .all()
+    let participants = coordinator.registry().all();
+    // Every component compiled and passed its checks: say so, with what
+    // was loaded, before anything about the stores.
+    let components: Vec<serde_json::Value> = participants
         .iter()
-        .map(|p| p.name.clone())
+        .map(|p| {
+            serde_json::json!({
+                "name": p.name,
+                "contract": p.component.contract(),
+                "digest": p.version.digest,
+                "source": p.version.source,
+                "store": p.store,
+            })
+        })
         .collect();
-    let summary = serde_json::json!({
+    let mut summary = serde_json::json!({
         "status": "ok",
+        "components": components,
+        "participants": participants.iter().map(|p| &p.name).collect::<Vec<_>>(),
         "stores": coordinator.stores().map(|s| s.name()).collect::<Vec<_>>(),
-        "participants": participants,
         "tokens": tokens.len(),
         "durability": coordinator.durability(),
     });
+    let mut failed = None;
+    for store in coordinator.stores() {
+        if let Err(e) = store.ping().await {
+            failed = Some(anyhow::Error::new(e).context(format!("store `{}`", store.name())));
+            break;
+        }
+    }
+    if failed.is_none() {
+        failed = check_durability(&coordinator).await.err();
+    }
+    if let Some(e) = &failed {
+        summary["status"] = "error".into();
+        summary["error"] = format!("{e:#}").into();
+    }
     println!("{}", serde_json::to_string_pretty(&summary)?);
-    Ok(ExitCode::SUCCESS)
+    match failed {
+        Some(e) => Err(e),
+        None => Ok(ExitCode::SUCCESS),
+    }
 }
 
 async fn run(path: PathBuf, transaction: &str) -> anyhow::Result<ExitCode> {

@@ -152,14 +152,7 @@ impl Coordinator {
         key: &str,
         steps: CheckedSteps,
     ) -> Result<TxnResponse, TxnError> {
-        if key.is_empty() || key.len() > IDEMPOTENCY_KEY_BYTES_MAX {
-            return Err(TxnError::BadRequest {
-                code: "bad_idempotency_key",
-                message: format!(
-                    "idempotency_key must have 1 to {IDEMPOTENCY_KEY_BYTES_MAX} bytes"
-                ),
-            });
-        }
+        check_key(key)?;
         let mut stores: Vec<String> = steps.iter().map(|(p, _)| p.store.clone()).collect();
         stores.push(self.log_store.clone());
         stores.sort();
@@ -375,6 +368,17 @@ impl Coordinator {
             drop(ticket);
         });
     }
+}
+
+/// An idempotency key is 1 to [`IDEMPOTENCY_KEY_BYTES_MAX`] bytes.
+pub fn check_key(key: &str) -> Result<(), TxnError> {
+    if key.is_empty() || key.len() > IDEMPOTENCY_KEY_BYTES_MAX {
+        return Err(TxnError::BadRequest {
+            code: "bad_idempotency_key",
+            message: format!("idempotency_key must have 1 to {IDEMPOTENCY_KEY_BYTES_MAX} bytes"),
+        });
+    }
+    Ok(())
 }
 
 fn reused(key: &str) -> TxnError {

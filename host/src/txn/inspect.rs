@@ -318,8 +318,9 @@ enum TxnItem {
     Record(String, Vec<u8>),
 }
 
-/// The time in a transaction id (a UUIDv7), in ms since the Unix epoch.
-fn started_at_ms(id: &str) -> u64 {
+/// The time in a transaction id (a UUIDv7), in ms since the Unix epoch
+/// (0 for what is no such id).
+pub fn started_at_ms(id: &str) -> u64 {
     uuid::Uuid::try_parse(id)
         .ok()
         .and_then(|u| u.get_timestamp())
@@ -329,7 +330,8 @@ fn started_at_ms(id: &str) -> u64 {
         })
 }
 
-pub(super) fn now_ms() -> u64 {
+/// This host's clock, in ms since the Unix epoch.
+pub fn now_ms() -> u64 {
     std::time::SystemTime::now()
         .duration_since(std::time::UNIX_EPOCH)
         .map_or(0, |d| d.as_millis() as u64)
@@ -651,6 +653,7 @@ impl Coordinator {
     /// The transaction a request with idempotency key `key` ran (or runs),
     /// from the claim or the outcome kept under the key on the log store.
     pub async fn by_idempotency_key(&self, key: &str) -> Result<Option<TxnSummary>, TxnError> {
+        super::idempotency::check_key(key)?;
         let Some(bytes) = self.log().idempotency(key).await? else {
             return Ok(None);
         };

@@ -377,7 +377,16 @@ impl Coordinator {
             log_store: config.log_store.clone(),
             config: config.txn.clone(),
             durability: config.durability,
-            metrics: Metrics::default(),
+            metrics: Metrics::new(
+                [
+                    config.txn.lock_wait(),
+                    config.txn.idempotency_wait(),
+                    config.txn.slot_wait(),
+                ]
+                .into_iter()
+                .max()
+                .unwrap_or_default(),
+            ),
             latches: Latches::default(),
             waker: wake::Waker::default(),
             finalizer: Arc::new(Finalizer::new(pending.clone())),

@@ -96,6 +96,20 @@ pub enum Action {
     Failed,
 }
 
+impl Action {
+    /// The name the report gives it.
+    pub fn name(self) -> &'static str {
+        match self {
+            Action::RolledForward => "rolled_forward",
+            Action::Finalized => "finalized",
+            Action::RolledBack => "rolled_back",
+            Action::Released => "released",
+            Action::Left => "left",
+            Action::Failed => "failed",
+        }
+    }
+}
+
 /// Who fences a transaction that has no decision, and why; carried by the
 /// `aborted` record as its abort (see [`RECOVERED`]).
 #[derive(Debug, Clone)]
@@ -276,16 +290,7 @@ impl Resolution {
         let stores: Vec<String> = self
             .stores
             .iter()
-            .map(|s| {
-                format!(
-                    "{}:{}",
-                    s.store,
-                    serde_json::to_value(s.action)
-                        .unwrap_or_default()
-                        .as_str()
-                        .unwrap_or("")
-                )
-            })
+            .map(|s| format!("{}:{}", s.store, s.action.name()))
             .collect();
         let decision = self.decision.map_or("none", |d| match d {
             Status::Committed => "committed",
@@ -293,9 +298,9 @@ impl Resolution {
         });
         let notable = self.made || self.decision == Some(Status::Committed) || self.failed();
         if notable {
-            tracing::info!(parent: None, txn = %self.id, decision, made = self.made, stores = %stores.join(","), by = %self.by, "recovery resolved a transaction");
+            tracing::info!(parent: None, txn = %self.id, %decision, made = self.made, stores = %stores.join(","), by = %self.by, "recovery resolved a transaction");
         } else {
-            tracing::debug!(parent: None, txn = %self.id, decision, made = self.made, stores = %stores.join(","), by = %self.by, "recovery resolved a transaction");
+            tracing::debug!(parent: None, txn = %self.id, %decision, made = self.made, stores = %stores.join(","), by = %self.by, "recovery resolved a transaction");
         }
     }
 }

@@ -8,11 +8,22 @@ use serde::{Deserialize, Serialize};
 /// A transaction as a client submits it.
 #[derive(Debug, Clone, Deserialize, Serialize, utoipa::ToSchema)]
 #[serde(deny_unknown_fields)]
+#[schema(example = json!({
+    "steps": [
+        {"participant": "inventory", "input": {"op": "deduct", "sku": "A1", "qty": 2}},
+        {"participant": "payments", "input": {"op": "transfer", "from": "alice", "to": "shop", "amount": 30}}
+    ],
+    "idempotency_key": "order-1042"
+}))]
 pub struct TxnRequest {
-    /// Run in order; each sees the writes of the ones before it.
+    /// Run in order; each sees the writes of the ones before it (at least
+    /// one, at most `txn.steps_max`).
+    #[schema(min_items = 1)]
     pub steps: Vec<StepRequest>,
-    /// A client's name for this request, so that a retry is recognised.
+    /// A client's name for this request, so that a retry is recognised: 1
+    /// to 256 bytes.
     #[serde(default, skip_serializing_if = "Option::is_none")]
+    #[schema(min_length = 1)]
     pub idempotency_key: Option<String>,
 }
 
