@@ -9,15 +9,14 @@
 set -euo pipefail
 cd "$(dirname "$0")/.."
 source scripts/setup.sh
-need_cargo_component
 
-say "building the example participants (cargo component build --release)"
-cargo component build --release --quiet -p inventory -p payments
+say "building the example participants (cargo build --target wasm32-unknown-unknown)"
+cargo build --release --quiet --target wasm32-unknown-unknown -p inventory -p payments
 say "building redstage-bench (cargo build --release)"
 cargo build --release --quiet -p redstage-bench
 mkdir -p target/bench
 say "running the benchmark (starts two local redis-server processes)"
 exec target/release/redstage-bench \
-    --components target/wasm32-wasip1/release \
+    --components target/wasm32-unknown-unknown/release \
     --out target/bench/bench.json --svg target/bench/bench.svg \
     "$@"

@@ -89,7 +89,7 @@ command -v python3 >/dev/null || fail "python3 is needed (to read TOML and YAML)
 python3 -c 'import tomllib' 2>/dev/null || fail "python3 3.11 or later is needed (tomllib)"
 if [ -z "${REDSTAGE_BIN:-}" ]; then
     say "building redstage as the tests do"
-    cargo build --quiet -p redstage-host --features failpoints --bin redstage
+    cargo build --quiet -p redstage-host --features failpoints,embedded --bin redstage
 fi
 if [ ! -f "$WASM/inventory.wasm" ] || [ ! -f "$WASM/payments.wasm" ]; then
     say "building the example participants (cargo build --target wasm32-wasip2)"

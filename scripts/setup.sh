@@ -1,6 +1,6 @@
 # Installs what building and testing redstage needs and is missing:
-# redis-server, redis-cli, openssl, the wasm32-wasip2 target, cargo-component. Sourced by the
-# other scripts; says what it does.
+# redis-server, redis-cli, openssl, curl, python3, the wasm targets,
+# cargo-component. Sourced by the other scripts; says what it does.
 set -euo pipefail
 
 CARGO_COMPONENT_VERSION=0.21.1
@@ -17,6 +17,9 @@ missing=()
 command -v redis-server >/dev/null 2>&1 || missing+=(redis-server)
 command -v redis-cli >/dev/null 2>&1 || missing+=(redis-tools)
 command -v openssl >/dev/null 2>&1 || missing+=(openssl)
+# curl runs the README's requests in tests/docs.rs; python3 checks the docs' links.
+command -v curl >/dev/null 2>&1 || missing+=(curl)
+command -v python3 >/dev/null 2>&1 || missing+=(python3)
 # python3-venv: the OpenAPI check installs its checker in a virtualenv.
 python3 -c 'import ensurepip' >/dev/null 2>&1 || missing+=(python3-venv)
 if [ ${#missing[@]} -gt 0 ]; then
@@ -25,8 +28,10 @@ if [ ${#missing[@]} -gt 0 ]; then
     as_root env DEBIAN_FRONTEND=noninteractive apt-get install -y -qq "${missing[@]}" >/dev/null
 fi
 
-# wasm32-wasip2 for plain cargo builds, wasm32-wasip1 for cargo component.
-for target in wasm32-wasip2 wasm32-wasip1; do
+# wasm32-unknown-unknown for the SDK's default build (linked into a
+# component by wasm-component-ld, which comes with the toolchain),
+# wasm32-wasip2 for plain WASI builds, wasm32-wasip1 for cargo component.
+for target in wasm32-unknown-unknown wasm32-wasip2 wasm32-wasip1; do
     if ! rustup target list --installed | grep -qx "$target"; then
         say "adding the $target target (rustup)"
         rustup target add "$target"

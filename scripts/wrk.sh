@@ -14,7 +14,6 @@
 set -euo pipefail
 cd "$(dirname "$0")/.."
 source scripts/setup.sh
-need_cargo_component
 
 WORKLOAD=${1:-shop}
 PERSISTENCE=${2:-none}
@@ -30,7 +29,7 @@ if ! command -v wrk >/dev/null 2>&1; then
 fi
 
 say "building redstage and the example participants (release)"
-cargo component build --release --quiet -p inventory -p payments
+cargo build --release --quiet --target wasm32-unknown-unknown -p inventory -p payments
 cargo build --release --quiet -p redstage-host
 
 WORK=$(mktemp -d /tmp/redstage-wrk.XXXXXX)
@@ -72,7 +71,7 @@ for i in $(seq 0 99); do echo "SET payments:balance:c$i 1000000000"; done | redi
 
 DURABILITY=unsafe
 [ "$PERSISTENCE" = aof ] && DURABILITY=checked
-COMPONENTS=$(pwd)/target/wasm32-wasip1/release
+COMPONENTS=$(pwd)/target/wasm32-unknown-unknown/release
 cat >"$WORK/redstage.toml" <<EOF
 log_store = "orders"
 durability = "$DURABILITY"

@@ -32,6 +32,10 @@ fn orders_env(persistence: Persistence) -> TestEnv {
     TestEnv::orders_with(FAST, persistence)
 }
 
+fn orders_env_with(config: &str) -> TestEnv {
+    TestEnv::orders_with(config, Persistence::None)
+}
+
 /// One order: 1 x A1 for PRICE, paid by alice to shop.
 fn order() -> Value {
     json!([
@@ -1206,4 +1210,96 @@ async fn a_reader_whose_lock_was_broken_reads_again() {
     assert_eq!(r.status, Status::Committed, "{r:?}");
     assert!(r.attempts >= 2, "it answered on a broken lock: {r:?}");
     assert_eq!(env.leftovers().await, Vec::<String>::new());
+}
+
+/// A transfer on one store, which only adjusts its keys, locks nothing
+/// before its commit point: the only trace it leaves is the record that
+/// commit point writes. Its COMMIT request is held up in the network past
+/// the lease (the proxy delivers it four seconds late), so the client gets
+/// `outcome_unknown`. A lookup answers `in_doubt` while the transaction may
+/// still be running, then fences it and answers `aborted` (`recovered`);
+/// the COMMIT that arrives after changes nothing, and the answer stands.
+/// (Before, the lookup answered 404 throughout, and the late COMMIT then
+/// transferred: a client that resent after the 404 paid twice.)
+#[tokio::test]
+async fn a_commit_held_up_in_the_network_is_fenced_by_a_lookup() {
+    let env = TestEnv::start_proxied(
+        &["orders", "ledger"],
+        &[
+            ParticipantSpec::example("inventory", "inventory", "orders", "inventory:"),
+            ParticipantSpec::example("payments", "payments", "ledger", "payments:"),
+        ],
+        "[txn]\nlease_ms = 1000\nstore_timeout_ms = 400\n",
+        Persistence::None,
+        &["ledger"],
+    );
+    seed(&env).await;
+    let commit = redis::Script::new(redstage::store::scripts::COMMIT);
+    let late = Duration::from_secs(4);
+    env.proxy("ledger").delay_request(commit.get_hash(), late);
+    let armed = Instant::now();
+    let transfer = json!([step(
+        "payments",
+        json!({"op": "transfer", "from": "alice", "to": "shop", "amount": PRICE})
+    )]);
+    let id = match env.coordinator.run(request(transfer)).await {
+        Err(TxnError::OutcomeUnknown { id, .. }) => id,
+        other => panic!("the commit was not held up: {other:?}"),
+    };
+    let other = env.second_host();
+    let found = other.lookup(&id).await.expect("lookup").expect("known");
+    assert_eq!(found.status, LookupStatus::InDoubt, "{found:?}");
+
+    tokio::time::sleep(Duration::from_millis(1500)).await;
+    let found = other.lookup(&id).await.expect("lookup").expect("known");
+    assert_eq!(found.status, LookupStatus::Aborted, "{found:?}");
+    assert_eq!(
+        found.abort.as_ref().map(|a| a.code.as_str()),
+        Some("recovered")
+    );
+
+    // The COMMIT arrives, and finds its transaction fenced.
+    tokio::time::sleep((late + Duration::from_millis(500)).saturating_sub(armed.elapsed())).await;
+    assert!(env.proxy("ledger").fired());
+    assert_eq!(
+        other.lookup(&id).await.expect("lookup").map(|l| l.status),
+        Some(LookupStatus::Aborted)
+    );
+    assert_eq!(int(&env, "ledger", "payments:balance:shop").await, 0);
+    assert_eq!(int(&env, "ledger", "payments:balance:alice").await, FUNDS);
+    assert_eq!(env.leftovers().await, Vec::<String>::new());
+}
+
+/// With `answered_retention_s = 0`, a committed order's record is dropped
+/// soon after its stores applied it. A sweeping host that read the order's
+/// expired lock and marker just before (its host stalled after answering,
+/// past the lease) and acts on them a second later must not take the
+/// missing record for "never decided" and write `aborted` for an order that
+/// committed. (Before, it did, and the lookup answered `aborted` for days.)
+#[tokio::test]
+async fn a_record_finalized_under_a_sweep_is_never_taken_for_undecided() {
+    let env = orders_env_with(&format!("{FAST}answered_retention_s = 0\n"));
+    seed(&env).await;
+    let _sweeper = env.spawn_host(Some("sweep-entry:1000"));
+    // The order's own host does not sweep: it would roll its order forward
+    // itself, before the other host gets to it.
+    let dir = tempfile::tempdir().expect("temp dir");
+    let path = dir.path().join("redstage.toml");
+    let config = std::fs::read_to_string(&env.config_path).expect("read the config");
+    let config = config.replace("sweep_interval_ms = 100", "sweep_interval_ms = 600000");
+    std::fs::write(&path, config).expect("write the config");
+    let first = HostProcess::start(&path, Some("after-answer:1500"));
+    let (status, body) = post_order(first.addr).await;
+    assert_eq!(status, 200, "{body}");
+    assert_eq!(body["status"], "committed", "{body}");
+    let id = body["id"].as_str().expect("id").to_owned();
+    tokio::time::sleep(Duration::from_millis(3500)).await;
+    let found = env.coordinator.lookup(&id).await.expect("lookup");
+    assert_ne!(
+        found.as_ref().map(|l| &l.status),
+        Some(&LookupStatus::Aborted),
+        "a committed order looks up as aborted: {found:?}"
+    );
+    assert_eq!(orders_applied(&env).await, 1);
+    settled(&env).await;
 }

@@ -4,8 +4,8 @@
 //! each on a fresh instance, as in a transaction: their first touch of the
 //! instance's memory is part of their cost).
 //!
-//! Needs the example components: `cargo component build --release -p
-//! inventory -p payments` (or set `REDSTAGE_COMPONENTS` to their folder).
+//! Needs the example components: `cargo build --release --target
+//! wasm32-unknown-unknown -p inventory -p payments` (or set `REDSTAGE_COMPONENTS` to their folder).
 //!
 //! ```sh
 //! cargo bench -p redstage-bench --bench participant_call
@@ -21,7 +21,8 @@ fn components() -> PathBuf {
     std::env::var_os("REDSTAGE_COMPONENTS")
         .map(PathBuf::from)
         .unwrap_or_else(|| {
-            PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("../target/wasm32-wasip1/release")
+            PathBuf::from(env!("CARGO_MANIFEST_DIR"))
+                .join("../target/wasm32-unknown-unknown/release")
         })
 }
 
@@ -29,7 +30,7 @@ fn load(runtime: &Runtime, name: &str) -> Component {
     let path = components().join(format!("{name}.wasm"));
     let bytes = std::fs::read(&path).unwrap_or_else(|e| {
         panic!(
-            "{}: {e}; build it with `cargo component build --release -p inventory -p payments`",
+            "{}: {e}; build it with `cargo build --release --target wasm32-unknown-unknown -p inventory -p payments`",
             path.display()
         )
     });

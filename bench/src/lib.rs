@@ -98,6 +98,20 @@ pub async fn run(options: Options, command: String) -> anyhow::Result<Report> {
         options.wasm_calls
     );
     let wasm = wasm::calibrate(&coordinator, options.wasm_calls).await?;
+    if options.calibrate_only {
+        print!("{}", report::calibration(&wasm));
+        return Ok(Report {
+            machine: Machine::probe(&stores).await,
+            command,
+            duration_s: 0.0,
+            persistence: options.persistence,
+            skus: options.skus,
+            accounts: options.accounts,
+            wasm,
+            rows: Vec::new(),
+            redis_time: Vec::new(),
+        });
+    }
     let http = match options.systems.contains(&SystemKind::RedstageHttp) {
         true => Some(systems::http::serve(coordinator.clone()).await?),
         false => None,

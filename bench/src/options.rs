@@ -81,8 +81,9 @@ pub struct Options {
     #[arg(long, default_value = "bench.svg")]
     pub svg: PathBuf,
     /// Folder with inventory.wasm and payments.wasm (build them with
-    /// `cargo component build --release -p inventory -p payments`).
-    #[arg(long, default_value = "target/wasm32-wasip1/release")]
+    /// `cargo build --release --target wasm32-unknown-unknown -p inventory -p
+    /// payments`).
+    #[arg(long, default_value = "target/wasm32-unknown-unknown/release")]
     pub components: PathBuf,
     /// SKUs in stock.
     #[arg(long, default_value_t = 1000)]
@@ -98,6 +99,10 @@ pub struct Options {
     /// Participant calls timed, per component, for the wasm cost.
     #[arg(long, default_value_t = 2000)]
     pub wasm_calls: usize,
+    /// Only time the participant calls (the calibration line), print them
+    /// and stop: no cells, no report files.
+    #[arg(long)]
+    pub calibrate_only: bool,
     /// Instead of the throughput cells: where each system's Redis time
     /// goes per transaction of each workload, by store and by script or
     /// command (how many Redis commands each script calls, and µs inside

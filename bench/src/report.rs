@@ -221,21 +221,29 @@ pub fn table(report: &Report) -> String {
             },
         );
     }
-    let w = &report.wasm;
+    out += &calibration(&report.wasm);
+    out += &losses(&report.rows);
+    out
+}
+
+/// The calibration's lines: one participant call of each example.
+pub fn calibration(w: &Calibration) -> String {
+    let mut out = String::new();
     for (name, t) in [("inventory", &w.inventory), ("payments", &w.payments)] {
         let _ = writeln!(
             out,
-            "\none {name} call, median of {}: {:.1} µs (instantiate {:.1}, declare {:.1}, execute {:.1}, drop {:.1}; p99 {:.1})",
+            "\none {name} call, median of {}: {:.1} µs (instantiate {:.1}, declare {:.1}, execute {:.1}, drop {:.1}; p99 {:.1}); fresh instance overhead {:.1} µs; reused step {:.1} µs",
             t.calls,
             t.total_p50_us,
             t.instantiate_us,
             t.declare_us,
             t.execute_us,
             t.drop_us,
-            t.total_p99_us
+            t.total_p99_us,
+            t.fresh_overhead_us,
+            t.reused_step_us
         );
     }
-    out += &losses(&report.rows);
     out
 }
 

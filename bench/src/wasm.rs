@@ -7,11 +7,16 @@
 //! of its own on the same compiled components, before the cells run (a quiet
 //! machine: a floor for what a call costs under load). The criterion
 //! micro-benchmark (`benches/participant_call.rs`) uses the same calls.
+//!
+//! Two figures come out of it besides the parts: the overhead of a fresh
+//! instance (instantiate + drop, what `reuse_steps` saves), and a reused
+//! step (`declare` + `execute` on an instance that served steps before, as
+//! a participant with `reuse_steps` runs, audits off).
 
 use std::time::{Duration, Instant};
 
 use anyhow::{Context, anyhow};
-use redstage::runtime::{Component, Entry, GuestAbort};
+use redstage::runtime::{Component, Entry, GuestAbort, ReusePolicy};
 use redstage::txn::Coordinator;
 use serde::Serialize;
 
@@ -69,6 +74,11 @@ impl CallTimes {
     pub fn total(&self) -> Duration {
         self.instantiate + self.declare + self.execute + self.drop
     }
+
+    /// What a fresh instance costs apart from the calls.
+    pub fn fresh_overhead(&self) -> Duration {
+        self.instantiate + self.drop
+    }
 }
 
 /// One participant call: instantiate, declare, execute, and drop the
@@ -106,6 +116,10 @@ pub struct CallTiming {
     /// Median and p99 of the whole call.
     pub total_p50_us: f64,
     pub total_p99_us: f64,
+    /// Median of instantiate + drop, call by call.
+    pub fresh_overhead_us: f64,
+    /// Median of declare + execute on a reused instance.
+    pub reused_step_us: f64,
 }
 
 /// What one call of each example participant costs.
@@ -152,17 +166,22 @@ pub async fn time_calls(
     for _ in 0..WARM_UP_CALLS {
         call(component, sample).await?;
     }
-    let mut parts: [Vec<u32>; 5] = Default::default();
+    let mut parts: [Vec<u32>; 6] = Default::default();
     for _ in 0..calls.max(1) {
         let t = call(component, sample).await?;
-        for (v, d) in parts
-            .iter_mut()
-            .zip([t.instantiate, t.declare, t.execute, t.drop, t.total()])
-        {
-            v.push(d.as_nanos().min(u32::MAX as u128) as u32);
+        for (v, d) in parts.iter_mut().zip([
+            t.instantiate,
+            t.declare,
+            t.execute,
+            t.drop,
+            t.total(),
+            t.fresh_overhead(),
+        ]) {
+            v.push(nanos(d));
         }
     }
-    for v in &mut parts {
+    let mut reused = reused_steps(component, sample, calls).await?;
+    for v in parts.iter_mut().chain([&mut reused]) {
         v.sort_unstable();
     }
     let us = |v: &[u32], q: f64| percentile(v, q).unwrap_or(0) as f64 / 1000.0;
@@ -174,5 +193,45 @@ pub async fn time_calls(
         drop_us: us(&parts[3], 0.5),
         total_p50_us: us(&parts[4], 0.5),
         total_p99_us: us(&parts[4], 0.99),
+        fresh_overhead_us: us(&parts[5], 0.5),
+        reused_step_us: us(&reused, 0.5),
     })
+}
+
+fn nanos(d: Duration) -> u32 {
+    d.as_nanos().min(u32::MAX as u128) as u32
+}
+
+/// `declare` + `execute` of `calls` steps on one reused instance (the
+/// component with `reuse_steps` unbounded and no audits), in ns.
+async fn reused_steps(
+    component: &Component,
+    sample: &Sample,
+    calls: usize,
+) -> anyhow::Result<Vec<u32>> {
+    let policy = ReusePolicy {
+        steps: u32::MAX,
+        audit: 0.0,
+    };
+    let reusing = component.with_reuse(sample.participant, policy);
+    let mut times = Vec::with_capacity(calls);
+    for i in 0..WARM_UP_CALLS + calls.max(1) {
+        let mut instance = reusing.instantiate().await?;
+        anyhow::ensure!(
+            i == 0 || instance.reused(),
+            "{}: its instance was not kept for reuse",
+            sample.participant
+        );
+        let started = Instant::now();
+        let refused = |a: GuestAbort| anyhow!("{}: {}", a.code, a.message);
+        instance.declare(&sample.input).await?.map_err(refused)?;
+        instance
+            .execute(&sample.input, &sample.snapshot)
+            .await?
+            .map_err(refused)?;
+        if i >= WARM_UP_CALLS {
+            times.push(nanos(started.elapsed()));
+        }
+    }
+    Ok(times)
 }

@@ -6,6 +6,8 @@
 //! are also what [`crate::testing`] calls, so native tests exercise the same
 //! path as the component, minus the canonical ABI.
 
+use std::any::Any;
+use std::cell::RefCell;
 use std::marker::PhantomData;
 
 use crate::{Abort, Access, Outcome, Participant, Snapshot};
@@ -17,7 +19,9 @@ use crate::{Abort, Access, Outcome, Participant, Snapshot};
 )]
 pub mod bindings {
     wit_bindgen::generate!({
-        path: "../wit",
+        // The contract, copied into the crate so that it is published with
+        // it; CI checks the copy against the workspace's `wit/`.
+        path: "wit",
         world: "participant",
         // `export!` expands in the participant's crate, which depends on this
         // crate only: the generated macro must be public and must find the
@@ -42,6 +46,8 @@ impl<P> std::fmt::Debug for Component<P> {
 
 impl<P: Participant> bindings::Guest for Component<P> {
     fn declare(input: Vec<u8>) -> Result<wit::AccessSet, wit::Abort> {
+        #[cfg(target_arch = "wasm32")]
+        crate::console::report_panics();
         let (reads, writes, adjusts) = declare::<P>(&input).map_err(wit::Abort::from)?.into_parts();
         Ok(wit::AccessSet {
             reads,
@@ -51,6 +57,8 @@ impl<P: Participant> bindings::Guest for Component<P> {
     }
 
     fn execute(input: Vec<u8>, snapshot: Vec<wit::Entry>) -> Result<wit::Outcome, wit::Abort> {
+        #[cfg(target_arch = "wasm32")]
+        crate::console::report_panics();
         let snapshot = Snapshot::from_entries(snapshot.into_iter().map(|e| (e.key, e.value)));
         let (writes, adjustments, output) = execute::<P>(&input, &snapshot)
             .map_err(wit::Abort::from)?
@@ -83,15 +91,39 @@ impl From<Abort> for wit::Abort {
 }
 
 pub(crate) fn declare<P: Participant>(input: &[u8]) -> Result<Access, Abort> {
-    P::declare(&parse::<P>(input)?)
+    with_input::<P, _>(input, P::declare)?
 }
 
 pub(crate) fn execute<P: Participant>(input: &[u8], snapshot: &Snapshot) -> Result<Outcome, Abort> {
-    P::execute(&parse::<P>(input)?, snapshot)
+    with_input::<P, _>(input, |input| P::execute(input, snapshot))?
 }
 
-/// Parses the input anew on each call: `declare` and `execute` are separate
-/// calls into the component and may not even share an instance.
-fn parse<P: Participant>(input: &[u8]) -> Result<P::Input, Abort> {
-    serde_json::from_slice(input).map_err(|err| Abort::bad_input(err.to_string()))
+/// An input's bytes and what they parsed into.
+type Parsed = (Vec<u8>, Box<dyn Any>);
+
+thread_local! {
+    /// The last input parsed, as bytes and as the participant's type. The
+    /// host calls `declare` and then `execute` with the same input on one
+    /// instance (unless a conflict makes it run the step again on another),
+    /// so `execute` finds its input parsed. A pure function of the bytes,
+    /// so keeping it changes no answer.
+    static PARSED: RefCell<Option<Parsed>> = const { RefCell::new(None) };
+}
+
+/// Calls `f` with `input` parsed as `P::Input`: the parse `declare` made
+/// when `execute` gets the same bytes, else a new one. A parse failure is
+/// `bad_input`.
+fn with_input<P: Participant, R>(input: &[u8], f: impl FnOnce(&P::Input) -> R) -> Result<R, Abort> {
+    // Taken out while `f` runs, so that nothing `f` does can find it borrowed.
+    let (bytes, value) = match PARSED.with(|parsed| parsed.borrow_mut().take()) {
+        Some((bytes, value)) if bytes == input && value.is::<P::Input>() => (bytes, value),
+        _ => {
+            let value: P::Input =
+                serde_json::from_slice(input).map_err(|err| Abort::bad_input(err.to_string()))?;
+            (input.to_vec(), Box::new(value) as Box<dyn Any>)
+        }
+    };
+    let result = f(value.downcast_ref().expect("checked to be a P::Input"));
+    PARSED.with(|parsed| *parsed.borrow_mut() = Some((bytes, value)));
+    Ok(result)
 }

@@ -56,17 +56,30 @@
 //! # Building
 //!
 //! The participant's crate depends on this crate (and serde) only and has
-//! `crate-type = ["cdylib", "rlib"]` (the rlib is for native tests). Either
-//! command produces a component:
+//! `crate-type = ["cdylib", "rlib"]` (the rlib is for native tests):
 //!
-//! - `cargo build --target wasm32-wasip2 --release`
-//! - `cargo component build --release`
+//! ```toml
+//! [dependencies]
+//! redstage-guest = "0.1"
+//! serde = { version = "1", features = ["derive"] }
+//! ```
 //!
-//! Rust's standard library on WASI reaches for stderr and the environment
-//! when a panic is reported, so those components import a few `wasi:cli` and
-//! `wasi:io` interfaces, for that alone.
-//! `cargo component build --release --target wasm32-unknown-unknown` gives a
-//! component that imports nothing at all.
+//! `cargo build --target wasm32-unknown-unknown --release`, with
+//! `wasm-component-ld` as that target's linker (a `.cargo/config.toml`
+//! with `[target.wasm32-unknown-unknown] linker = "wasm-component-ld"`;
+//! rustup installs the linker with the toolchain), produces a component
+//! whose only import is the contract's `console`: one core instance, the
+//! cheapest for the host to start for each step. `redstage new` writes such
+//! a crate. Builds for `wasm32-wasip2`, or with `cargo component build`,
+//! work too; they import parts of WASI, which the host links to stubs.
+//!
+//! Print with [`println!`] and [`eprintln!`] (see [`console`]): the host
+//! keeps the output with the step, logs it and shows it in `redstage call`.
+//! A panic's message reaches the step's error the same way.
+//!
+//! The default feature `allocator` makes the component's global allocator
+//! one that starts from an arena inside the module's memory, so that a step
+//! does not grow memory; turn it off to bring your own.
 //!
 //! # Purity
 //!
@@ -80,7 +93,10 @@
 
 mod abort;
 mod access;
+#[cfg(all(target_arch = "wasm32", feature = "allocator"))]
+mod alloc;
 mod component;
+pub mod console;
 mod outcome;
 mod positive;
 mod snapshot;
@@ -99,7 +115,8 @@ pub use snapshot::{Snapshot, integer};
 /// instance for each.
 pub trait Participant {
     /// The step's input, parsed from JSON. Parse failures become `bad_input`.
-    type Input: serde::de::DeserializeOwned;
+    /// Parsed once per instance: `execute` gets what `declare` parsed.
+    type Input: serde::de::DeserializeOwned + 'static;
 
     /// The keys this input reads and may write. Called before any value is
     /// read, so it depends on the input alone.

@@ -14,6 +14,7 @@
 //! component = "path/to/inventory.wasm"
 //! store = "orders"
 //! prefix = "inventory:"
+//! reuse_steps = 0                       # steps per instance (optional; 0: fresh per step)
 //! [participants.inventory.limits]       # this participant's own (optional)
 //! call_time_ms = 50
 //! [limits]                              # every participant call (optional)
@@ -262,6 +263,25 @@ pub struct ParticipantConfig {
     /// participant that needs it); every key left out keeps the global value.
     #[serde(default, skip_serializing_if = "LimitOverrides::is_empty")]
     pub limits: LimitOverrides,
+    /// Steps one instance may serve (see `runtime::reuse`); 0, the default:
+    /// a fresh instance per step, the guarantee that no state of one step
+    /// is visible to another.
+    #[serde(default)]
+    pub reuse_steps: u32,
+    /// The fraction of reused steps also run on a fresh instance and
+    /// compared (0 to 1).
+    #[serde(default = "crate::participants::folder::default_reuse_audit")]
+    pub reuse_audit: f64,
+}
+
+impl ParticipantConfig {
+    /// The participant's reuse settings.
+    pub fn reuse(&self) -> crate::runtime::ReusePolicy {
+        crate::runtime::ReusePolicy {
+            steps: self.reuse_steps,
+            audit: self.reuse_audit,
+        }
+    }
 }
 
 /// Bounds of the protocol itself.
@@ -287,9 +307,11 @@ pub struct TxnConfig {
     /// stalled past its fence must still find it.
     pub record_retention_s: u64,
     /// How long the outcome of a transaction that was answered stays
-    /// readable by id (`GET /v1/transactions/{id}`); 0 keeps none. The
-    /// records of answered transactions cost memory for this long (see the
-    /// README), read-only transactions never have one.
+    /// readable by id (`GET /v1/transactions/{id}`); 0 keeps none of an
+    /// abort, and a commit's for two leases only (see
+    /// [`TxnConfig::finalized_retention`]). The records of answered
+    /// transactions cost memory for this long (see the README), read-only
+    /// transactions never have one.
     pub answered_retention_s: u64,
     /// How long a transaction may wait, all told, for locks held by others
     /// to be released before it gives up with `conflict`.
@@ -354,6 +376,16 @@ impl TxnConfig {
     }
     pub fn answered_retention(&self) -> Duration {
         Duration::from_secs(self.answered_retention_s)
+    }
+    /// How long a committed record is kept once every store has applied it
+    /// and its client was answered: `answered_retention_s`, but at least two
+    /// leases. A host that read a lock or a marker of the transaction an
+    /// instant before it was finalized may still be about to fence it; it
+    /// fences only within half a lease of its read (see `txn::recovery`), so
+    /// it finds the record rather than nothing, even if it stalls for a
+    /// lease and a half more, and never writes `aborted` over a commit.
+    pub fn finalized_retention(&self) -> Duration {
+        self.answered_retention().max(2 * self.lease())
     }
     pub fn lock_wait(&self) -> Duration {
         Duration::from_millis(self.lock_wait_ms)
@@ -619,6 +651,9 @@ impl Config {
                 &format!("[participants.{name}.limits]"),
                 &self.limits_of(name, p)?,
             )?;
+            p.reuse()
+                .check()
+                .map_err(|m| ConfigError::Invalid(format!("[participants.{name}]: {m}")))?;
             let others = self
                 .participants
                 .iter()

@@ -17,11 +17,13 @@
 //! - [`api`]: HTTP/JSON over the coordinator.
 //! - [`metrics`]: counters and histograms for `GET /metrics`.
 //! - [`cli`]: the `redstage` command.
-//! - [`embedded`]: local `redis-server` processes for the demo and tests.
+//! - `embedded` (feature `embedded`, not in the default build): local
+//!   `redis-server` processes for the demo, the tests and the bench.
 
 pub mod api;
 pub mod cli;
 pub mod config;
+#[cfg(feature = "embedded")]
 pub mod embedded;
 pub mod metrics;
 pub mod participants;

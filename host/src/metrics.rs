@@ -12,6 +12,9 @@
 //! | `redstage_transaction_duration_seconds` | | histogram, request to decision |
 //! | `redstage_participant_calls_total` | `participant`, `call` | `instantiate`, `declare`, `execute` |
 //! | `redstage_participant_call_seconds_total` | `participant`, `call` | wall time in those calls |
+//! | `redstage_reused_steps_total` | `participant` | steps run on a reused instance (`reuse_steps`) |
+//! | `redstage_reuse_audits_total` | `participant` | of those, steps also run on a fresh instance and compared |
+//! | `redstage_reuse_mismatches_total` | `participant` | audited steps whose answers differed: reuse is off for the participant until it is deployed again |
 //! | `redstage_components_compiled_total` | | compilations (compile cache misses) |
 //! | `redstage_compile_cache_hits_total` | | components loaded from the compile cache |
 //! | `redstage_recovered_locks_total` | | expired locks resolved by sweeps and readers |
@@ -26,7 +29,6 @@
 //! | `redstage_transactions_in_flight` | | transactions running on this host now (bounded by `txn.in_flight_max`) |
 //! | `redstage_instance_slots` | | instance slots of the pool (`runtime.instance_pool`) |
 //! | `redstage_instance_slots_in_use` | | of those, reserved by running transactions now |
-//! | `redstage_reuse_mismatches_total` | `participant` | audited steps whose answers differed: reuse is off for the participant until it is deployed again |
 //! | `redstage_build_info` | `version` | 1, labelled with this build's version |
 //!
 //! Every error code a request can end in, and every abort code of the
@@ -45,7 +47,7 @@ use prometheus_client::metrics::gauge::Gauge;
 use prometheus_client::metrics::histogram::Histogram;
 use prometheus_client::registry::Registry;
 
-use crate::runtime::RESERVED_ABORT_CODES;
+use crate::runtime::{RESERVED_ABORT_CODES, ReuseCounts};
 
 /// Upper bounds of the latency histograms' buckets, in seconds; the
 /// transactions' own go on past the last (see [`Metrics::new`]).
@@ -169,13 +171,13 @@ pub struct Metrics {
     locks_expired: Family<Labels, Gauge>,
     calls: Family<Labels, Counter>,
     call_seconds: Family<Labels, Counter<f64, AtomicU64>>,
+    reused: Family<Labels, Counter>,
+    reuse_audits: Family<Labels, Counter>,
+    reuse_mismatches: Family<Labels, Counter>,
     compiled: Counter,
     cache_hits: Counter,
     oldest_lock_age: Family<Labels, Gauge<f64, AtomicU64>>,
     ready: Family<Labels, Gauge>,
-    /// Audited reused steps whose answers differed from a fresh instance's,
-    /// by participant (counted by the instance reuse audit).
-    reuse_mismatches: Family<Labels, Counter>,
     in_flight: Gauge,
     slots: Gauge,
     slots_in_use: Gauge,
@@ -223,11 +225,13 @@ impl Metrics {
             locks_expired: Family::default(),
             calls: Family::default(),
             call_seconds: Family::default(),
+            reused: Family::default(),
+            reuse_audits: Family::default(),
+            reuse_mismatches: Family::default(),
             compiled: Counter::default(),
             cache_hits: Counter::default(),
             oldest_lock_age: Family::default(),
             ready: Family::default(),
-            reuse_mismatches: Family::default(),
             in_flight: Gauge::default(),
             slots: Gauge::default(),
             slots_in_use: Gauge::default(),
@@ -310,11 +314,6 @@ impl Metrics {
             m.ready.clone(),
         );
         r.register(
-            "reuse_mismatches",
-            "audited steps whose reused and fresh answers differed",
-            m.reuse_mismatches.clone(),
-        );
-        r.register(
             "transactions_in_flight",
             "transactions running on this host now (txn.in_flight_max bounds them)",
             m.in_flight.clone(),
@@ -347,6 +346,21 @@ impl Metrics {
             "participant_call_seconds",
             "wall time spent in participant calls",
             m.call_seconds.clone(),
+        );
+        r.register(
+            "reused_steps",
+            "steps run on a reused instance",
+            m.reused.clone(),
+        );
+        r.register(
+            "reuse_audits",
+            "reused steps also run on a fresh instance and compared",
+            m.reuse_audits.clone(),
+        );
+        r.register(
+            "reuse_mismatches",
+            "audited steps whose reused and fresh answers differed",
+            m.reuse_mismatches.clone(),
         );
         r.register(
             "components_compiled",
@@ -434,6 +448,8 @@ impl Metrics {
         }
         self.calls.clear();
         self.call_seconds.clear();
+        self.reused.clear();
+        self.reuse_audits.clear();
         self.reuse_mismatches.clear();
         for (store, unavailable, protocol) in &scraped.store_errors {
             for (kind, n) in [("unavailable", unavailable), ("protocol", protocol)] {
@@ -463,9 +479,20 @@ impl Metrics {
                     .get_or_create(&labels)
                     .inc_by(total.as_secs_f64());
             }
-            // No participant reuses instances here: none mismatches.
+            // A series for every participant, reusing or not, so that an
+            // alert on mismatches has one from the start.
             let labels = labels([("participant", participant)]);
             self.reuse_mismatches.get_or_create_owned(&labels);
+        }
+        for (participant, counts) in &scraped.reuse {
+            let labels = labels([("participant", participant)]);
+            self.reused.get_or_create(&labels).inc_by(counts.reused);
+            self.reuse_audits
+                .get_or_create(&labels)
+                .inc_by(counts.audited);
+            self.reuse_mismatches
+                .get_or_create(&labels)
+                .inc_by(counts.mismatches);
         }
         if let Some((compiled, hits)) = scraped.cache {
             // Counters of the cache's own, mirrored: never less than before.
@@ -495,6 +522,8 @@ pub struct Scraped<'a> {
     pub slots: (usize, usize),
     /// Per participant: its calls.
     pub calls: Vec<(&'a str, &'a CallStats)>,
+    /// Per participant: how reusing its instances went.
+    pub reuse: Vec<(&'a str, ReuseCounts)>,
     /// The compile cache's (compilations, hits), when there is one.
     pub cache: Option<(u64, u64)>,
 }
@@ -580,11 +609,22 @@ mod tests {
             in_flight: 3,
             slots: (1000, 7),
             calls: vec![("pay\"ments", &stats)],
+            reuse: vec![(
+                "inventory",
+                ReuseCounts {
+                    reused: 9,
+                    audited: 2,
+                    mismatches: 1,
+                    disabled: true,
+                },
+            )],
             cache: Some((3, 4)),
         };
         let out = m.encode(&scraped);
         for line in [
             "# TYPE redstage_transactions_total counter",
+            "redstage_reuse_mismatches_total{participant=\"inventory\"} 1",
+            "redstage_reused_steps_total{participant=\"inventory\"} 9",
             "redstage_transactions_total{status=\"committed\"} 1",
             "redstage_transactions_total{status=\"aborted\",code=\"conflict\"} 1",
             "redstage_transaction_errors_total{code=\"store_unavailable\"} 1",

@@ -38,6 +38,10 @@ pub fn workspace() -> PathBuf {
 /// How a participant component is built.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum Toolchain {
+    /// `cargo build --target wasm32-unknown-unknown --release`, linked into
+    /// a component by `wasm-component-ld` (`.cargo/config.toml`): the SDK's
+    /// default, a component importing nothing but the contract's `console`.
+    Sdk,
     /// `cargo component build --release`: the documented path for authors.
     CargoComponent,
     /// `cargo build --target wasm32-wasip2 --release`.
@@ -47,6 +51,7 @@ pub enum Toolchain {
 impl Toolchain {
     fn out_dir(self) -> PathBuf {
         let triple = match self {
+            Toolchain::Sdk => "wasm32-unknown-unknown",
             Toolchain::CargoComponent => "wasm32-wasip1",
             Toolchain::Wasip2 => "wasm32-wasip2",
         };
@@ -76,6 +81,8 @@ pub const COMPONENTS: &[&str] = &[
     "register",
     "legacy-counter",
     "slow",
+    "static-counter",
+    "chatty",
 ];
 
 /// The file a component of [`COMPONENTS`] is built to, in `components()`'s
@@ -87,15 +94,18 @@ pub fn component_file(package: &str) -> String {
 /// Builds every component of [`COMPONENTS`] with `toolchain`, once per test
 /// process, and returns the folder holding `<name>.wasm`.
 pub fn components(toolchain: Toolchain) -> &'static Path {
+    static SDK: OnceLock<PathBuf> = OnceLock::new();
     static COMPONENT: OnceLock<PathBuf> = OnceLock::new();
     static WASIP2: OnceLock<PathBuf> = OnceLock::new();
     let cell = match toolchain {
+        Toolchain::Sdk => &SDK,
         Toolchain::CargoComponent => &COMPONENT,
         Toolchain::Wasip2 => &WASIP2,
     };
     cell.get_or_init(|| {
         let mut cmd = Command::new(env!("CARGO"));
         match toolchain {
+            Toolchain::Sdk => cmd.args(["build", "--target", "wasm32-unknown-unknown"]),
             Toolchain::CargoComponent => cmd.args(["component", "build"]),
             Toolchain::Wasip2 => cmd.args(["build", "--target", "wasm32-wasip2"]),
         };
@@ -125,11 +135,24 @@ pub struct ParticipantSpec {
 }
 
 impl ParticipantSpec {
-    /// One of the [`COMPONENTS`] (an example or a test component).
+    /// One of the [`COMPONENTS`] (an example or a test component), built
+    /// with `cargo component` (the builds of before the SDK's own, which
+    /// must keep running unchanged).
     pub fn example(name: &str, example: &str, store: &str, prefix: &str) -> ParticipantSpec {
+        ParticipantSpec::built(Toolchain::CargoComponent, name, example, store, prefix)
+    }
+
+    /// One of the [`COMPONENTS`], built with `toolchain`.
+    pub fn built(
+        toolchain: Toolchain,
+        name: &str,
+        example: &str,
+        store: &str,
+        prefix: &str,
+    ) -> ParticipantSpec {
         ParticipantSpec {
             name: name.into(),
-            component: components(Toolchain::CargoComponent).join(component_file(example)),
+            component: components(toolchain).join(component_file(example)),
             store: store.into(),
             prefix: prefix.into(),
         }
@@ -178,6 +201,27 @@ impl TestEnv {
         persistence: Persistence,
         proxied: &[&str],
     ) -> TestEnv {
+        TestEnv::start_full(stores, participants, extra, persistence, proxied, &[])
+    }
+
+    /// [`TestEnv::start`], with `keys` (participant, key, value) set in
+    /// the participants' tables: `reuse_steps`, `reuse_audit`.
+    pub fn start_tuned(
+        stores: &[&str],
+        participants: &[ParticipantSpec],
+        keys: &[(&str, &str, toml::Value)],
+    ) -> TestEnv {
+        TestEnv::start_full(stores, participants, "", Persistence::None, &[], keys)
+    }
+
+    fn start_full(
+        stores: &[&str],
+        participants: &[ParticipantSpec],
+        extra: &str,
+        persistence: Persistence,
+        proxied: &[&str],
+        keys: &[(&str, &str, toml::Value)],
+    ) -> TestEnv {
         let servers: Vec<(String, RedisServer)> = stores
             .iter()
             .map(|s| {
@@ -193,6 +237,16 @@ impl TestEnv {
             .map(|(name, server)| (name.clone(), Proxy::start(server.port())))
             .collect();
         let mut text = config_text(&servers, participants, extra);
+        if !keys.is_empty() {
+            let mut table: toml::Table = toml::from_str(&text).expect("the config is TOML");
+            for (participant, key, value) in keys {
+                table["participants"][*participant]
+                    .as_table_mut()
+                    .expect("a configured participant")
+                    .insert((*key).to_owned(), value.clone());
+            }
+            text = toml::to_string(&table).expect("a table is TOML");
+        }
         for (name, proxy) in &proxies {
             let direct = format!(
                 "{name} = {:?}\n",

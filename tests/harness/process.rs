@@ -27,7 +27,7 @@ pub fn binary() -> &'static Path {
                 "-p",
                 "redstage-host",
                 "--features",
-                "failpoints",
+                "failpoints,embedded",
                 "--bin",
                 "redstage",
             ])

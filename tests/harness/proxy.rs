@@ -1,6 +1,7 @@
 //! A TCP proxy between a host and a Redis, which can hold back the reply to
 //! one chosen request: what a network or a stalled server does to a reply
-//! the request of which was already carried out.
+//! the request of which was already carried out; or hold back the request
+//! itself, as a network does to a request that arrives late.
 //!
 //! Plain threads and blocking sockets, so that it runs on whatever the test
 //! does with its own runtime. Bytes from the client are forwarded at once;
@@ -29,6 +30,9 @@ pub struct Proxy {
 enum Fault {
     /// Hold its reply back this long.
     Delay(Duration),
+    /// Hold the request itself (and what follows it on its connection)
+    /// back this long, then deliver it.
+    Late(Duration),
     /// Drop it and close the connection.
     Cut,
 }
@@ -67,6 +71,13 @@ impl Proxy {
     pub fn delay_reply_to(&self, marker: &str, delay: Duration) {
         *self.armed.lock().expect("proxy") =
             Some((marker.as_bytes().to_vec(), Fault::Delay(delay)));
+    }
+
+    /// Holds back, by `delay`, the next request (on any connection) whose
+    /// bytes contain `marker`, and whatever its connection sends after it:
+    /// the server sees the request only then.
+    pub fn delay_request(&self, marker: &str, delay: Duration) {
+        *self.armed.lock().expect("proxy") = Some((marker.as_bytes().to_vec(), Fault::Late(delay)));
     }
 
     /// Drops the next request (on any connection) whose bytes contain
@@ -117,6 +128,7 @@ fn connect(client: TcpStream, server: TcpStream, armed: Armed) {
             };
             match fault {
                 Some(Fault::Delay(delay)) => *hold.lock().expect("proxy") = Some(delay),
+                Some(Fault::Late(delay)) => thread::sleep(delay),
                 Some(Fault::Cut) => {
                     let _ = client_side.shutdown(Shutdown::Both);
                     break;

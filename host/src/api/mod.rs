@@ -625,6 +625,10 @@ async fn metrics(State(coordinator): State<Arc<Coordinator>>) -> Response {
             (all, all.saturating_sub(runtime.slots_free()))
         },
         calls: participants.iter().map(|p| (&*p.name, &p.calls)).collect(),
+        reuse: participants
+            .iter()
+            .map(|p| (&*p.name, p.component.reuse_counts()))
+            .collect(),
         cache: registry
             .runtime()
             .cache()
@@ -732,6 +736,12 @@ struct DeployQuery {
     prefix: String,
     /// JSON object of `[limits]` keys to override, e.g. `{"call_time_ms":50}`.
     limits: Option<String>,
+    /// Steps one instance may serve (0, the default: a fresh instance per
+    /// step).
+    reuse_steps: Option<u32>,
+    /// The fraction of reused steps audited on a fresh instance (default
+    /// 0.01).
+    reuse_audit: Option<f64>,
 }
 
 /// Deploys a participant: the body is its component. Compiled and checked
@@ -794,6 +804,10 @@ async fn deploy(
         store: query.store,
         prefix: query.prefix,
         sha256: None,
+        reuse_steps: query.reuse_steps.unwrap_or(0),
+        reuse_audit: query
+            .reuse_audit
+            .unwrap_or_else(crate::participants::folder::default_reuse_audit),
         limits,
     };
     let registry = coordinator.registry().clone();

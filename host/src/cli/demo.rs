@@ -7,7 +7,6 @@ use anyhow::{Context, bail};
 use serde_json::{Value, json};
 
 use crate::config::Config;
-use crate::embedded::{Persistence, RedisCluster, RedisServer};
 use crate::txn::Coordinator;
 use crate::txn::types::{Status, TxnRequest, TxnResponse};
 
@@ -16,41 +15,12 @@ pub async fn run(
     components: PathBuf,
     cluster: bool,
 ) -> anyhow::Result<ExitCode> {
-    // Kept alive until the demo ends; dropping them stops the servers.
-    let mut servers = Vec::new();
-    let mut clusters = Vec::new();
+    // Local servers, kept alive until the demo ends: dropping them stops
+    // them.
+    let mut running: Vec<Box<dyn std::any::Any>> = Vec::new();
     let config = match config {
         Some(path) => Config::load(&path)?,
-        None => {
-            let mut urls = Vec::new();
-            for store in ["orders", "ledger"] {
-                // Durable, as every store must be: see store::durability.
-                if cluster && store == "orders" {
-                    let started = RedisCluster::start(3, 0, Persistence::AofAlways)?;
-                    println!(
-                        "started a local Redis Cluster of 3 masters for store `{store}` \
-                         (appendonly yes, appendfsync always): {}",
-                        started.url()
-                    );
-                    urls.push(started.url());
-                    clusters.push(started);
-                    continue;
-                }
-                let server = RedisServer::start(Persistence::AofAlways)?;
-                println!(
-                    "started a local redis-server on 127.0.0.1:{} for store `{store}` \
-                     (appendonly yes, appendfsync always)",
-                    server.port()
-                );
-                urls.push(server.url());
-                servers.push(server);
-            }
-            let config = toml::to_string(&example_config(&urls[0], &urls[1], &components)?)?;
-            if cluster {
-                println!("\n# the config\n{config}");
-            }
-            Config::parse(&config)?
-        }
+        None => local(cluster, &components, &mut running)?,
     };
     let coordinator = super::coordinator(&config)?;
     super::check_durability(&coordinator).await?;
@@ -89,6 +59,59 @@ pub async fn run(
         bail!("the demo did not go as planned");
     }
     Ok(ExitCode::SUCCESS)
+}
+
+/// Two local stores (`orders` on a Redis Cluster with `cluster`), started
+/// here and pushed to `running`, and the config of the examples on them.
+#[cfg(feature = "embedded")]
+fn local(
+    cluster: bool,
+    components: &std::path::Path,
+    running: &mut Vec<Box<dyn std::any::Any>>,
+) -> anyhow::Result<Config> {
+    use crate::embedded::{Persistence, RedisCluster, RedisServer};
+    let mut urls = Vec::new();
+    for store in ["orders", "ledger"] {
+        // Durable, as every store must be: see store::durability.
+        if cluster && store == "orders" {
+            let started = RedisCluster::start(3, 0, Persistence::AofAlways)?;
+            println!(
+                "started a local Redis Cluster of 3 masters for store `{store}` \
+                 (appendonly yes, appendfsync always): {}",
+                started.url()
+            );
+            urls.push(started.url());
+            running.push(Box::new(started));
+            continue;
+        }
+        let server = RedisServer::start(Persistence::AofAlways)?;
+        println!(
+            "started a local redis-server on 127.0.0.1:{} for store `{store}` \
+             (appendonly yes, appendfsync always)",
+            server.port()
+        );
+        urls.push(server.url());
+        running.push(Box::new(server));
+    }
+    let config = toml::to_string(&example_config(&urls[0], &urls[1], components)?)?;
+    if cluster {
+        println!("\n# the config\n{config}");
+    }
+    Ok(Config::parse(&config)?)
+}
+
+/// Without the `embedded` feature there is no starting local servers.
+#[cfg(not(feature = "embedded"))]
+fn local(
+    _cluster: bool,
+    _components: &std::path::Path,
+    _running: &mut Vec<Box<dyn std::any::Any>>,
+) -> anyhow::Result<Config> {
+    bail!(
+        "this build of redstage cannot start local Redis servers (it was built without the \
+         `embedded` feature): pass --config naming your stores, or build it with \
+         `cargo build --release -p redstage-host --features embedded` (as scripts/demo.sh does)"
+    )
 }
 
 /// The config of the examples: inventory on store `orders` (which keeps

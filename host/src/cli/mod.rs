@@ -1,10 +1,11 @@
 //! The `redstage` command line.
 //!
-//! Two kinds of commands:
+//! Three kinds of commands:
 //!
 //! - against the stores, from a config file (`--config`, or
 //!   `$REDSTAGE_CONFIG`): `serve`, `check`, `run`, `status`, `recover`,
 //!   `demo`;
+//! - for participant authors, on their own: `new` and `call`;
 //! - against a running server, over its HTTP API (`--server URL`, or
 //!   `$REDSTAGE_SERVER`; a token with `--token`, or `$REDSTAGE_TOKEN`):
 //!   `submit`, `get`, `list`, `locks`, `resolve`, `participants`, `deploy`
@@ -13,8 +14,10 @@
 //! Errors reach the user through `anyhow` with the cause chain; logs go to
 //! stderr through `tracing` (`RUST_LOG=debug` for more).
 
+pub mod call;
 pub mod client;
 pub mod demo;
+pub mod new;
 mod remote;
 
 use std::future::IntoFuture;
@@ -174,7 +177,7 @@ enum Command {
         #[arg(long)]
         state: Option<String>,
         /// The transaction a request with this idempotency key ran.
-        #[arg(long, conflicts_with_all = ["state", "cursor"])]
+        #[arg(long, conflicts_with = "cursor")]
         idempotency_key: Option<String>,
         /// Rows to print, at most.
         #[arg(long, default_value_t = 100)]
@@ -224,7 +227,7 @@ enum Command {
     /// Exit status: 0 deployed, 1 refused (the message says why).
     Deploy {
         /// Make participant NAME's previous version current again.
-        #[arg(long, value_name = "NAME", conflicts_with_all = ["store", "prefix", "limits", "name", "component"])]
+        #[arg(long, value_name = "NAME", conflicts_with_all = ["store", "prefix", "limits", "reuse_steps", "reuse_audit", "name", "component"])]
         rollback: Option<String>,
         /// The store the participant's keys live on.
         #[arg(long, required_unless_present = "rollback")]
@@ -235,6 +238,12 @@ enum Command {
         /// Limits to override, as JSON: '{"call_time_ms":50}'.
         #[arg(long)]
         limits: Option<String>,
+        /// Steps one instance may serve (0: a fresh instance per step).
+        #[arg(long)]
+        reuse_steps: Option<u32>,
+        /// The fraction of reused steps audited on a fresh instance.
+        #[arg(long)]
+        reuse_audit: Option<f64>,
         /// Seconds to wait for the whole deploy, the server's compile
         /// included.
         #[arg(long, default_value_t = 120)]
@@ -257,12 +266,65 @@ enum Command {
         #[arg(long, conflicts_with = "components")]
         config: Option<PathBuf>,
         /// Folder with inventory.wasm and payments.wasm.
-        #[arg(long, default_value = "target/wasm32-wasip2/release")]
+        #[arg(long, default_value = "target/wasm32-unknown-unknown/release")]
         components: PathBuf,
         /// Put `orders` on a local Redis Cluster of three masters (and the
         /// log on `ledger`) instead of a redis-server.
         #[arg(long, conflicts_with = "config")]
         cluster: bool,
+    },
+    /// Create a participant crate from the built-in template: Cargo.toml
+    /// (the SDK, a cdylib, a release profile tuned for size), the linker
+    /// setting for wasm32-unknown-unknown, src/lib.rs with declare, execute
+    /// and native tests, and a README with the commands that test, build,
+    /// call and deploy it.
+    New {
+        /// The participant's name (and the crate's).
+        name: String,
+        /// Where to write it (default: ./NAME); must not exist or be empty.
+        #[arg(long)]
+        dir: Option<PathBuf>,
+        /// Depend on the SDK at this path (a checkout's guest-sdk/) rather
+        /// than on the published crate.
+        #[arg(long)]
+        sdk_path: Option<PathBuf>,
+    },
+    /// Run one step of a participant component on its own, as the host
+    /// would (the same runtime, limits and checks): `declare` with the
+    /// input, then `execute` on a snapshot of the declared keys. Prints the
+    /// access set, the snapshot, the writes, the output or the abort, what
+    /// the participant printed, and the time of each phase, as JSON (or
+    /// readable, with --pretty).
+    ///
+    /// Exit status: 0 the step answered, 1 it aborted (a business "no" or
+    /// `bad_input`), 2 it failed (a trap, a broken limit, a bad abort
+    /// code), 3 nothing ran (the component does not load, a bad argument,
+    /// the store cannot be read).
+    Call {
+        /// The component (.wasm) file.
+        component: PathBuf,
+        /// The step's input, as JSON: '{"op":"deduct","sku":"A1","qty":2}'.
+        #[arg(long)]
+        input: String,
+        /// The values of the keys, as JSON: '{"stock:A1":"10"}' (a key not
+        /// given does not exist; null says so too; {"base64":"..."} for
+        /// bytes). Only declared keys reach the participant.
+        #[arg(long, conflicts_with = "store")]
+        snapshot: Option<String>,
+        /// Read the declared keys from this Redis instead (GET only:
+        /// nothing is written): redis://host:port
+        #[arg(long, requires = "prefix")]
+        store: Option<String>,
+        /// The participant's key prefix on --store, e.g. `inventory:`.
+        #[arg(long, requires = "store")]
+        prefix: Option<String>,
+        /// Limits to override, as JSON: '{"call_time_ms":50}' (the
+        /// defaults of [limits] otherwise).
+        #[arg(long)]
+        limits: Option<String>,
+        /// Print a readable summary instead of JSON.
+        #[arg(long)]
+        pretty: bool,
     },
     /// Print the HTTP API's OpenAPI 3.1 document (what `serve` answers at
     /// GET /openapi.json), e.g. to generate a client.
@@ -330,6 +392,8 @@ impl Cli {
                 store,
                 prefix,
                 limits,
+                reuse_steps,
+                reuse_audit,
                 timeout_s,
                 name,
                 component,
@@ -344,6 +408,8 @@ impl Cli {
                     ("store", Some(store)),
                     ("prefix", Some(prefix)),
                     ("limits", limits),
+                    ("reuse_steps", reuse_steps.map(|n| n.to_string())),
+                    ("reuse_audit", reuse_audit.map(|f| f.to_string())),
                 ];
                 remote.deploy(&name, &manifest, &component, timeout_s).await
             }
@@ -352,6 +418,31 @@ impl Cli {
                 components,
                 cluster,
             } => demo::run(config, components, cluster).await,
+            Command::New {
+                name,
+                dir,
+                sdk_path,
+            } => new::run(&name, dir, sdk_path),
+            Command::Call {
+                component,
+                input,
+                snapshot,
+                store,
+                prefix,
+                limits,
+                pretty,
+            } => {
+                call::run(call::Call {
+                    component,
+                    input,
+                    snapshot,
+                    store,
+                    prefix,
+                    limits,
+                    pretty,
+                })
+                .await
+            }
             Command::Openapi => {
                 println!(
                     "{}",

@@ -6,6 +6,7 @@
 //!    wallet.toml     store = "ledger"
 //!                    prefix = "wallet:"
 //!                    sha256 = "<hex of wallet.wasm>"   (optional)
+//!                    reuse_steps = 100                 (optional, as [participants.NAME])
 //!                    [limits]                          (optional, as [participants.NAME.limits])
 //!                    call_time_ms = 50
 //! ```
@@ -51,7 +52,7 @@ use sha2::{Digest, Sha256};
 
 use super::DeployError;
 use crate::hex;
-use crate::runtime::LimitOverrides;
+use crate::runtime::{LimitOverrides, REUSE_AUDIT_DEFAULT, ReusePolicy};
 
 /// Longest participant name: it becomes a file name.
 pub const NAME_BYTES_MAX: usize = 64;
@@ -103,9 +104,35 @@ pub struct Manifest {
     /// SHA-256 (hex) of the component this manifest was written for.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub sha256: Option<String>,
+    /// Steps one instance may serve (see `runtime::reuse`); 0: a fresh
+    /// instance per step.
+    #[serde(default, skip_serializing_if = "is_zero")]
+    pub reuse_steps: u32,
+    /// The fraction of reused steps audited on a fresh instance.
+    #[serde(default = "default_reuse_audit")]
+    pub reuse_audit: f64,
     /// Overrides of the global `[limits]`, key by key.
     #[serde(default, skip_serializing_if = "LimitOverrides::is_empty")]
     pub limits: LimitOverrides,
+}
+
+fn is_zero(n: &u32) -> bool {
+    *n == 0
+}
+
+/// `reuse_audit` when not given.
+pub fn default_reuse_audit() -> f64 {
+    REUSE_AUDIT_DEFAULT
+}
+
+impl Manifest {
+    /// The participant's reuse settings.
+    pub fn reuse(&self) -> ReusePolicy {
+        ReusePolicy {
+            steps: self.reuse_steps,
+            audit: self.reuse_audit,
+        }
+    }
 }
 
 /// The deploy folder, and what was last seen in it.
@@ -414,6 +441,8 @@ mod tests {
             store: "s".into(),
             prefix: "p:".into(),
             sha256: None,
+            reuse_steps: 0,
+            reuse_audit: REUSE_AUDIT_DEFAULT,
             limits: LimitOverrides::default(),
         };
         folder.write("a", &manifest, b"version 1").unwrap();

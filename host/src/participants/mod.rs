@@ -22,6 +22,11 @@
 //! `deploy.versions_max` versions and its history (see [`folder`]): a
 //! rollback makes the version before the current one current again, the
 //! same way a deploy of it would.
+//!
+//! A participant's `reuse_steps` and `reuse_audit` (see `runtime::reuse`)
+//! belong to its version: a new version starts with no idle instances and
+//! reuse on again, and the old version's idle instances are dropped when it
+//! is replaced.
 
 pub mod folder;
 
@@ -34,7 +39,9 @@ use sha2::{Digest, Sha256};
 
 use crate::config::Config;
 use crate::metrics::CallStats;
-use crate::runtime::{CallError, CallLimits, Component, Instance, LimitOverrides, Runtime};
+use crate::runtime::{
+    CallError, CallLimits, Component, Instance, LimitOverrides, ReusePolicy, Runtime,
+};
 use folder::{EntryError, Folder, HistoryAction, HistoryEntry, Manifest};
 
 /// One loaded participant: one version of it.
@@ -78,13 +85,16 @@ impl Participant {
         format!("{}{relative}", self.prefix)
     }
 
-    /// A fresh instance for one step (see [`Component::instantiate`]),
-    /// counted in [`Participant::calls`].
-    pub async fn instantiate(&self) -> Result<Instance, CallError> {
+    /// An instance for step `step` of a transaction (see
+    /// [`Component::instantiate`]), counted in [`Participant::calls`]; what
+    /// it prints is logged with the step.
+    pub async fn instantiate(&self, step: usize) -> Result<Instance, CallError> {
         let started = std::time::Instant::now();
         let instance = self.component.instantiate().await;
         self.calls.instantiate.record(started.elapsed());
-        instance
+        let mut instance = instance?;
+        instance.for_step(step);
+        Ok(instance)
     }
 
     /// The relative key of a Redis key of this participant.
@@ -172,9 +182,13 @@ pub struct Listed {
     pub store: String,
     pub prefix: String,
     pub version: Version,
-    /// The contract version the component exports: `0.2.0` or `0.1.0`.
+    /// The contract version the component was built against: `0.2.1`,
+    /// `0.2.0` or `0.1.0`.
     pub contract: &'static str,
     pub limits: CallLimits,
+    /// Steps an instance may serve (`reuse_steps`; 0: a fresh instance per
+    /// step), and the fraction of reused steps audited (`reuse_audit`).
+    pub reuse: ReusePolicy,
 }
 
 impl From<&Participant> for Listed {
@@ -186,6 +200,7 @@ impl From<&Participant> for Listed {
             version: p.version.clone(),
             contract: p.component.contract(),
             limits: p.component.limits().clone(),
+            reuse: p.component.reuse_policy(),
         }
     }
 }
@@ -295,7 +310,8 @@ impl Registry {
                 .map_err(|e| error(e.to_string()))?;
             let component = runtime
                 .load(&bytes, limits)
-                .map_err(|e| error(format!("{}: {e}", p.component.display())))?;
+                .map_err(|e| error(format!("{}: {e}", p.component.display())))?
+                .with_reuse(name, p.reuse());
             let participant = Participant {
                 name: name.clone(),
                 store: p.store.clone(),
@@ -526,7 +542,9 @@ impl Registry {
             return Err(DeployError::Unknown(name.to_owned()));
         }
         folder.remove(name)?;
-        self.write().remove(name);
+        if let Some(old) = self.write().remove(name) {
+            old.component.retire();
+        }
         self.broken.write().expect("registry lock").remove(name);
         if let Some(p) = current {
             let entry = HistoryEntry {
@@ -624,7 +642,9 @@ impl Registry {
             .map(|p| p.name.clone())
             .collect();
         for name in gone {
-            self.write().remove(&name);
+            if let Some(old) = self.write().remove(&name) {
+                old.component.retire();
+            }
             tracing::info!(participant = %name, "removed from the deploy folder");
             report.removed.push(name);
         }
@@ -690,10 +710,12 @@ impl Registry {
         self.runtime
             .check_limits(&limits)
             .map_err(|e| DeployError::BadManifest(format!("limits: {e}")))?;
+        manifest.reuse().check().map_err(DeployError::BadManifest)?;
         let component = self
             .runtime
             .load(bytes, limits)
-            .map_err(|e| DeployError::InvalidComponent(e.to_string()))?;
+            .map_err(|e| DeployError::InvalidComponent(e.to_string()))?
+            .with_reuse(name, manifest.reuse());
         Ok(Participant {
             name: name.to_owned(),
             store: manifest.store.clone(),
@@ -709,7 +731,11 @@ impl Registry {
             .write()
             .expect("registry lock")
             .remove(&participant.name);
-        self.write().insert(participant.name.clone(), participant);
+        let old = self.write().insert(participant.name.clone(), participant);
+        // Its idle instances go: steps of the new version start fresh.
+        if let Some(old) = old {
+            old.component.retire();
+        }
     }
 
     fn is_broken(&self, name: &str) -> bool {

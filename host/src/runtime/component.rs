@@ -1,5 +1,6 @@
 //! A compiled participant component and its per-step instances.
 
+use std::sync::Arc;
 use std::time::Instant;
 
 use wasmtime::component::Linker;
@@ -8,15 +9,30 @@ use wasmtime::{ResourceLimiter, Store, UpdateDeadline};
 use super::bindings::{Participant, ParticipantPre};
 use super::imports::{self, DeniedImport};
 use super::legacy;
+use super::output::{Console, GuestOutput, Stream};
+use super::reuse::{Reuse, ReuseCounts, ReusePolicy, ReuseSlots, Slot};
 use super::{
     AccessSet, CallError, CallLimits, Entry, GuestAbort, Limit, LoadError, Outcome,
     RESERVED_ABORT_CODES, Write, valid_abort_code,
 };
 
+/// What a call into a participant comes to: its answer, its business
+/// abort, or the failure of the step.
+pub type CallResult<T> = Result<Result<T, GuestAbort>, CallError>;
+
 /// A participant component, compiled and linked once; cheap to instantiate.
 pub struct Component {
     pre: Pre,
     limits: CallLimits,
+    /// The names of what it imports.
+    imports: Vec<String>,
+    /// The contract version it was built against.
+    contract: &'static str,
+    /// Its idle instances, if reuse is on (see `reuse`); shared with its
+    /// live instances, which come back to it when dropped.
+    reuse: Arc<Reuse>,
+    /// The runtime's slots for idle instances, for [`Component::with_reuse`].
+    slots: Arc<ReuseSlots>,
 }
 
 /// A linked component, of the contract version it exports.
@@ -44,9 +60,14 @@ impl std::fmt::Debug for Component {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
         f.debug_struct("Component")
             .field("limits", &self.limits)
+            .field("contract", &self.contract)
+            .field("reuse", &self.reuse.policy)
             .finish()
     }
 }
+
+/// The interface a component of contract 0.2.1 or later may import.
+const CONSOLE_IMPORT: &str = "redstage:participant/console@";
 
 impl Component {
     /// Links a compiled component, checking that it exports the
@@ -54,6 +75,7 @@ impl Component {
     pub(super) fn link(
         component: &wasmtime::component::Component,
         limits: CallLimits,
+        slots: Arc<ReuseSlots>,
     ) -> Result<Component, LoadError> {
         let invalid = |e: wasmtime::Error| LoadError::Invalid(format!("{e:#}"));
         let mut linker = Linker::new(component.engine());
@@ -65,33 +87,117 @@ impl Component {
             Err(e) => Pre::Legacy(legacy::ParticipantPre::new(pre).map_err(|_| {
                 LoadError::Invalid(format!(
                     "does not export the `redstage:participant/participant` world \
-                     (`declare` and `execute`) of contract 0.2.0 or 0.1.0: {e:#}"
+                     (`declare` and `execute`) of contract 0.2 or 0.1.0: {e:#}"
                 ))
             })?),
         };
-        Ok(Component { pre, limits })
+        let imports: Vec<String> = component
+            .component_type()
+            .imports(component.engine())
+            .map(|(name, _)| name.to_owned())
+            .collect();
+        let console = imports.iter().any(|name| name.starts_with(CONSOLE_IMPORT));
+        let contract = match (&pre, console) {
+            (Pre::Legacy(_), _) => "0.1.0",
+            (Pre::Current(_), false) => "0.2.0",
+            (Pre::Current(_), true) => "0.2.1",
+        };
+        let reuse = Arc::new(Reuse::new(
+            String::new(),
+            ReusePolicy::default(),
+            slots.clone(),
+        ));
+        Ok(Component {
+            pre,
+            limits,
+            imports,
+            contract,
+            reuse,
+            slots,
+        })
     }
 
-    /// The contract version the component exports: `0.2.0` or `0.1.0`.
+    /// The contract version the component was built against: `0.2.1`
+    /// (imports `console`), `0.2.0` or `0.1.0`.
     pub fn contract(&self) -> &'static str {
-        match self.pre {
-            Pre::Current(_) => "0.2.0",
-            Pre::Legacy(_) => "0.1.0",
-        }
+        self.contract
     }
 
     pub fn limits(&self) -> &CallLimits {
         &self.limits
     }
 
-    /// A fresh instance in a fresh store, for one step of one transaction.
+    /// The names of the component's imports: `redstage:participant/console`
+    /// (and the contract's types) for an SDK build; WASI's interfaces too
+    /// for a `wasm32-wasip2` or `cargo component` build.
+    pub fn imports(&self) -> &[String] {
+        &self.imports
+    }
+
+    /// This component (sharing its compiled code) as participant `name`'s,
+    /// whose instances serve up to `policy.steps` steps each (see `reuse`).
+    /// `name` is what logs of its steps and a mismatch's warning call it.
+    pub fn with_reuse(&self, name: &str, policy: ReusePolicy) -> Component {
+        let pre = match &self.pre {
+            Pre::Current(pre) => Pre::Current(pre.clone()),
+            Pre::Legacy(pre) => Pre::Legacy(pre.clone()),
+        };
+        Component {
+            pre,
+            limits: self.limits.clone(),
+            imports: self.imports.clone(),
+            contract: self.contract,
+            reuse: Arc::new(Reuse::new(name.to_owned(), policy, self.slots.clone())),
+            slots: self.slots.clone(),
+        }
+    }
+
+    pub fn reuse_policy(&self) -> ReusePolicy {
+        self.reuse.policy
+    }
+
+    /// How reuse went so far.
+    pub fn reuse_counts(&self) -> ReuseCounts {
+        self.reuse.counts()
+    }
+
+    /// Instances waiting to be reused.
+    pub fn idle_instances(&self) -> usize {
+        self.reuse.idle()
+    }
+
+    /// A new version replaces this one: its idle instances are dropped, and
+    /// none is kept from now on.
+    pub fn retire(&self) {
+        self.reuse.retire();
+    }
+
+    /// An instance for one step of one transaction: a fresh one in a fresh
+    /// store, or, when the participant's `reuse_steps` allows, one that
+    /// served earlier steps cleanly (see `reuse`).
     pub async fn instantiate(&self) -> Result<Instance, CallError> {
+        if let Some((mut live, audit)) = self.reuse.take() {
+            live.start_step();
+            let shadow = match audit {
+                true => self.fresh().await.ok(),
+                false => None,
+            };
+            return Ok(Instance::new(live, shadow, self.reuse.clone(), true));
+        }
+        let live = self.fresh().await?;
+        Ok(Instance::new(live, None, self.reuse.clone(), false))
+    }
+
+    /// A fresh instance in a fresh store.
+    async fn fresh(&self) -> Result<Live, CallError> {
         let state = StepState {
             limits: self.limits.clone(),
             hit: None,
             deadline: Instant::now() + self.limits.call_time(),
             memory_bytes: 0,
-            console: Vec::new(),
+            instantiated: false,
+            grew: false,
+            console: Console::default(),
         };
         let mut store = Store::new(self.pre.engine(), state);
         store.limiter(|s| s);
@@ -120,12 +226,14 @@ impl Component {
                 .await
                 .map(Bindings::Legacy),
         };
-        let mut instance = Instance {
+        let bindings = settle(&store, bindings)?;
+        store.data_mut().instantiated = true;
+        Ok(Live {
             store,
-            bindings: None,
-        };
-        instance.bindings = Some(instance.settle(bindings)?);
-        Ok(instance)
+            bindings,
+            served: 1,
+            slot: None,
+        })
     }
 }
 
@@ -151,7 +259,7 @@ pub(super) fn check_header(bytes: &[u8]) -> Result<(), LoadError> {
 }
 
 /// What a store carries: the limits, which one was hit, and what the
-/// participant wrote to its console.
+/// participant printed.
 pub(super) struct StepState {
     limits: CallLimits,
     /// Set by the limiter or the epoch callback, so that the trap that
@@ -162,9 +270,32 @@ pub(super) struct StepState {
     /// Linear memory of every memory of the instance together, as granted
     /// (growth that then fails still counts: the bound errs on the safe side).
     memory_bytes: usize,
-    /// The first bytes written to stdout and stderr (see `imports`): a
-    /// panic's message, for the trap that follows it.
-    pub(super) console: Vec<u8>,
+    /// Whether instantiation is over: memory granted later is growth.
+    instantiated: bool,
+    /// Whether memory grew after instantiation: such an instance is not
+    /// reused (its slot would stay larger, and the participant may leak).
+    grew: bool,
+    /// What the participant printed (see `output`).
+    console: Console,
+}
+
+impl StepState {
+    /// Bytes `stream` may still keep this step.
+    pub(super) fn print_room(&self, stream: Stream) -> usize {
+        self.console
+            .room(stream, self.limits.guest_output_bytes_max)
+    }
+
+    /// See [`Console::write_parts`].
+    pub(super) fn print_parts(&mut self, stream: Stream, head: &[u8], tail: &[u8], total: usize) {
+        self.console.write_parts(stream, head, tail, total);
+    }
+
+    /// Appends what fits of `bytes` to `stream`.
+    pub(super) fn print(&mut self, stream: Stream, bytes: &[u8]) {
+        let max = self.limits.guest_output_bytes_max;
+        self.console.write(stream, bytes, max);
+    }
 }
 
 impl ResourceLimiter for StepState {
@@ -183,6 +314,7 @@ impl ResourceLimiter for StepState {
             return Ok(false);
         }
         self.memory_bytes = total;
+        self.grew |= self.instantiated;
         Ok(true)
     }
 
@@ -214,36 +346,39 @@ impl ResourceLimiter for StepState {
     }
 }
 
-/// One instance of a participant, living for one step.
-pub struct Instance {
+/// A live instance in its store: what calls run on.
+pub(super) struct Live {
     store: Store<StepState>,
-    bindings: Option<Bindings>,
+    bindings: Bindings,
+    /// Steps this instance was handed out for.
+    pub(super) served: u32,
+    /// The reuse slot it holds once it has been idle (see `reuse`).
+    pub(super) slot: Option<Slot>,
 }
 
-impl std::fmt::Debug for Instance {
-    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-        f.debug_struct("Instance").finish_non_exhaustive()
+impl Live {
+    /// Whether memory grew after instantiation.
+    pub(super) fn grew(&self) -> bool {
+        self.store.data().grew
     }
-}
 
-impl Instance {
-    /// The keys this input will touch, checked against the key limits.
-    pub async fn declare(
-        &mut self,
-        input: &[u8],
-    ) -> Result<Result<AccessSet, GuestAbort>, CallError> {
+    /// Handed out for one more step: a new output bound.
+    fn start_step(&mut self) {
+        self.served += 1;
+        self.store.data_mut().console.reset();
+    }
+
+    async fn declare(&mut self, input: &[u8]) -> CallResult<AccessSet> {
         self.check(Limit::Input, input.len() > self.limits().input_bytes_max)?;
         self.start_call();
-        let bindings = self.bindings.take().expect("instance has bindings");
-        let result = match &bindings {
+        let result = match &self.bindings {
             Bindings::Current(b) => b.call_declare(&mut self.store, input).await,
             Bindings::Legacy(b) => b
                 .call_declare(&mut self.store, input)
                 .await
                 .map(|r| r.map(upgrade_access).map_err(upgrade_abort)),
         };
-        self.bindings = Some(bindings);
-        let access = match self.settle(result)? {
+        let access = match settle(&self.store, result)? {
             Ok(access) => access,
             Err(abort) => return Ok(Err(self.checked_abort(abort)?)),
         };
@@ -260,16 +395,9 @@ impl Instance {
         Ok(Ok(access))
     }
 
-    /// Runs the step on `snapshot`, checking what comes back against the
-    /// output and write limits.
-    pub async fn execute(
-        &mut self,
-        input: &[u8],
-        snapshot: &[Entry],
-    ) -> Result<Result<Outcome, GuestAbort>, CallError> {
+    async fn execute(&mut self, input: &[u8], snapshot: &[Entry]) -> CallResult<Outcome> {
         self.start_call();
-        let bindings = self.bindings.take().expect("instance has bindings");
-        let result = match &bindings {
+        let result = match &self.bindings {
             Bindings::Current(b) => b.call_execute(&mut self.store, input, snapshot).await,
             Bindings::Legacy(b) => {
                 let snapshot: Vec<legacy::redstage::participant::types::Entry> = snapshot
@@ -284,8 +412,7 @@ impl Instance {
                     .map(|r| r.map(upgrade_outcome).map_err(upgrade_abort))
             }
         };
-        self.bindings = Some(bindings);
-        let outcome = match self.settle(result)? {
+        let outcome = match settle(&self.store, result)? {
             Ok(outcome) => outcome,
             Err(abort) => return Ok(Err(self.checked_abort(abort)?)),
         };
@@ -354,30 +481,153 @@ impl Instance {
 
     fn check(&self, limit: Limit, broken: bool) -> Result<(), CallError> {
         if broken {
-            return Err(self.limit_error(limit));
+            return Err(limit_error(self.limits(), limit));
         }
         Ok(())
     }
+}
 
-    fn limit_error(&self, limit: Limit) -> CallError {
-        CallError::Limit {
-            limit,
-            bound: limit.bound(self.limits()),
+fn limit_error(limits: &CallLimits, limit: Limit) -> CallError {
+    CallError::Limit {
+        limit,
+        bound: limit.bound(limits),
+    }
+}
+
+/// Turns a wasmtime error into the limit that caused it, or a trap.
+fn settle<T>(store: &Store<StepState>, result: wasmtime::Result<T>) -> Result<T, CallError> {
+    result.map_err(|e| {
+        let state = store.data();
+        match state.hit.or_else(|| count_limit(&e)) {
+            Some(limit) => limit_error(&state.limits, limit),
+            None => {
+                tracing::debug!(error = ?e, "participant trapped");
+                CallError::Trap(describe_trap(&e, state.console.tail()))
+            }
+        }
+    })
+}
+
+/// One instance of a participant, for one step: a fresh one, or a reused
+/// one (with a fresh shadow when the step is audited). Dropping it gives it
+/// back to its component, which keeps it for another step if it may serve
+/// one.
+pub struct Instance {
+    /// `Some` until dropped.
+    live: Option<Live>,
+    /// The fresh instance an audited step also runs on.
+    shadow: Option<Live>,
+    reuse: Arc<Reuse>,
+    reused: bool,
+    /// No abort, trap or broken limit so far: it may be reused.
+    clean: bool,
+    /// The step it serves in its transaction, once told: its output is
+    /// logged with it.
+    step: Option<usize>,
+}
+
+impl std::fmt::Debug for Instance {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("Instance")
+            .field("reused", &self.reused)
+            .field("audited", &self.shadow.is_some())
+            .finish_non_exhaustive()
+    }
+}
+
+impl Instance {
+    fn new(live: Live, shadow: Option<Live>, reuse: Arc<Reuse>, reused: bool) -> Instance {
+        Instance {
+            live: Some(live),
+            shadow,
+            reuse,
+            reused,
+            clean: true,
+            step: None,
         }
     }
 
-    /// Turns a wasmtime error into the limit that caused it, or a trap.
-    fn settle<T>(&self, result: wasmtime::Result<T>) -> Result<T, CallError> {
-        result.map_err(|e| {
-            let state = self.store.data();
-            match state.hit.or_else(|| count_limit(&e)) {
-                Some(limit) => self.limit_error(limit),
-                None => {
-                    tracing::debug!(error = ?e, "participant trapped");
-                    CallError::Trap(describe_trap(&e, &state.console))
-                }
+    /// Serves step `step` of a transaction: what it prints is logged after
+    /// each call, with the participant and the step (see `output`).
+    pub fn for_step(&mut self, step: usize) {
+        self.step = Some(step);
+    }
+
+    /// Whether it served earlier steps.
+    pub fn reused(&self) -> bool {
+        self.reused
+    }
+
+    /// What the participant printed since the last take (what was not
+    /// logged: an instance told its step logs and drops its output after
+    /// each call).
+    pub fn take_output(&mut self) -> GuestOutput {
+        self.live_mut().store.data_mut().console.take()
+    }
+
+    fn live_mut(&mut self) -> &mut Live {
+        self.live
+            .as_mut()
+            .expect("an instance is live until dropped")
+    }
+
+    /// The keys this input will touch, checked against the key limits.
+    pub async fn declare(&mut self, input: &[u8]) -> CallResult<AccessSet> {
+        let mut result = self.live_mut().declare(input).await;
+        if let Some(shadow) = &mut self.shadow {
+            let fresh = shadow.declare(input).await;
+            result = self.audit("declare", result, fresh);
+        }
+        self.called("declare", &result);
+        result
+    }
+
+    /// Runs the step on `snapshot`, checking what comes back against the
+    /// output and write limits.
+    pub async fn execute(&mut self, input: &[u8], snapshot: &[Entry]) -> CallResult<Outcome> {
+        let mut result = self.live_mut().execute(input, snapshot).await;
+        if let Some(shadow) = &mut self.shadow {
+            let fresh = shadow.execute(input, snapshot).await;
+            result = self.audit("execute", result, fresh);
+        }
+        self.called("execute", &result);
+        result
+    }
+
+    /// The answer of an audited call: the fresh one, counting a mismatch
+    /// when the reused instance answered otherwise.
+    fn audit<T: PartialEq>(
+        &mut self,
+        call: &str,
+        reused: CallResult<T>,
+        fresh: CallResult<T>,
+    ) -> CallResult<T> {
+        if reused != fresh {
+            self.reuse.mismatch(call);
+            self.clean = false;
+        }
+        fresh
+    }
+
+    /// After a call: not reusable after anything but an answer; what it
+    /// printed logged, if it serves a transaction's step.
+    fn called<T>(&mut self, call: &str, result: &CallResult<T>) {
+        self.clean &= matches!(result, Ok(Ok(_)));
+        if let Some(step) = self.step {
+            let output = self.take_output();
+            if !output.is_empty() {
+                output.log(&self.reuse.name, step, call);
             }
-        })
+        }
+    }
+}
+
+impl Drop for Instance {
+    fn drop(&mut self) {
+        drop(self.shadow.take());
+        if let Some(live) = self.live.take() {
+            self.reuse.give_back(live, self.clean);
+        }
     }
 }
 
@@ -424,12 +674,12 @@ fn count_limit(e: &wasmtime::Error) -> Option<Limit> {
 /// What a trap means, in a sentence: the participant's own panic message
 /// when its standard library reported one, the import it was denied, or
 /// the kind of trap.
-fn describe_trap(e: &wasmtime::Error, console: &[u8]) -> String {
+fn describe_trap(e: &wasmtime::Error, stderr: &[u8]) -> String {
     if let Some(denied) = e.downcast_ref::<DeniedImport>() {
         return denied.to_string();
     }
-    let console = String::from_utf8_lossy(console);
-    if let Some((_, panic)) = console.split_once("panicked at ") {
+    let stderr = String::from_utf8_lossy(stderr);
+    if let Some((_, panic)) = stderr.rsplit_once("panicked at ") {
         // `src/lib.rs:9:5:\nboom\nnote: run with `RUST_BACKTRACE=1` ...`
         let panic = panic.split("\nnote: ").next().unwrap_or_default();
         return format!("panicked at {}", panic.trim_end().replace(":\n", ": "));

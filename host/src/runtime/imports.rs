@@ -10,10 +10,12 @@
 //!  wasi:filesystem/preopens no directories, so no file can be opened
 //!  wasi:cli/terminal-*      no terminal
 //!  wasi:cli/stdin           a stream whose every method is denied
-//!  wasi:cli/stdout, stderr  an output stream whose first CONSOLE_BYTES_MAX
-//!  + wasi:io/streams, poll  bytes are kept with the step, so that the trap
-//!                           after a panic can say what the panic said; its
+//!  wasi:cli/stdout, stderr  output streams kept with the step (see
+//!  + wasi:io/streams, poll  `output`): logged, shown by `redstage call`, and
+//!                           the end of stderr put in a trap's message; the
 //!                           pollable is always ready
+//!  redstage:participant/    the same streams, for components that import
+//!    console                nothing from WASI (the SDK's default build)
 //!  anything else            a function that traps with DeniedImport, naming
 //!                           itself: clocks, randomness, sockets, files, exit
 //! ```
@@ -34,10 +36,7 @@ use wasmtime::component::{
 };
 
 use super::component::StepState;
-
-/// Bytes of a step's stdout and stderr kept for the message of a trap: room
-/// for a panic message and its location. The rest is dropped.
-pub const CONSOLE_BYTES_MAX: usize = 4096;
+use super::output::{PANIC_BYTES_MAX, Stream};
 
 /// What `check-write` grants per write: the output stream never blocks.
 const CONSOLE_WRITE_BYTES: u64 = 4096;
@@ -49,8 +48,52 @@ const CONSOLE_WRITE_BYTES: u64 = 4096;
 )]
 pub struct DeniedImport(pub String);
 
-/// The output stream behind stdout and stderr.
+/// The output stream behind stdout (rep 1) and stderr (rep 2).
 struct Console;
+
+/// The resource reps of stdout and stderr.
+const STDOUT_REP: u32 = 1;
+const STDERR_REP: u32 = 2;
+
+/// `redstage:participant/console`'s `channel`.
+#[derive(ComponentType, Lift, Clone, Copy)]
+#[allow(dead_code, reason = "made by `Lift` from the guest's value")]
+#[component(enum)]
+#[repr(u8)]
+enum ConsoleStream {
+    #[component(name = "stdout")]
+    Stdout,
+    #[component(name = "stderr")]
+    Stderr,
+}
+
+/// `redstage:participant/console`'s `chunk`: up to 64 bytes by value.
+#[derive(ComponentType, Lift, Clone, Copy)]
+#[component(record)]
+struct Chunk {
+    len: u8,
+    w0: u64,
+    w1: u64,
+    w2: u64,
+    w3: u64,
+    w4: u64,
+    w5: u64,
+    w6: u64,
+    w7: u64,
+}
+
+impl Chunk {
+    fn bytes(&self) -> ([u8; 64], usize) {
+        let mut bytes = [0u8; 64];
+        let words = [
+            self.w0, self.w1, self.w2, self.w3, self.w4, self.w5, self.w6, self.w7,
+        ];
+        for (i, word) in words.iter().enumerate() {
+            bytes[i * 8..i * 8 + 8].copy_from_slice(&word.to_le_bytes());
+        }
+        (bytes, usize::from(self.len).min(64))
+    }
+}
 
 /// Every other imported resource (files, sockets, terminals, I/O errors,
 /// stdin, pollables): a participant holds one only where a stub above hands
@@ -134,13 +177,18 @@ fn link_item(
 
 /// `wasi:io/streams` of `wasi:io/streams@0.2.3`: the stubs are written
 /// against WASI 0.2. Any other version keeps its version, matches no stub,
-/// and is denied like any other import.
+/// and is denied like any other import. The contract's own `console` is the
+/// same in every version that has it.
 fn unversioned(interface: &str) -> &str {
     match interface.split_once('@') {
         Some((name, version)) if version.starts_with("0.2.") => name,
+        Some((name @ CONSOLE, _)) => name,
         _ => interface,
     }
 }
+
+/// The contract's interface for printed output.
+const CONSOLE: &str = "redstage:participant/console";
 
 /// Defines one imported function: its stub, or a denial. `Err` when it may
 /// not be imported at all.
@@ -152,7 +200,7 @@ fn link_func(
     import: String,
 ) -> Result<Linked, String> {
     type Store<'a> = StoreContextMut<'a, StepState>;
-    type Stream = (Resource<Console>,);
+    type Handle = (Resource<Console>,);
     let done = || Ok((Ok::<(), StreamError>(()),));
     Ok(match (interface_name, name) {
         ("wasi:cli/environment", "get-environment") => {
@@ -173,11 +221,26 @@ fn link_func(
         ("wasi:cli/stdin", "get-stdin") => {
             interface.func_wrap(name, |_, ()| Ok((Resource::<Denied>::new_own(0),)))
         }
-        ("wasi:cli/stdout", "get-stdout") | ("wasi:cli/stderr", "get-stderr") => {
-            interface.func_wrap(name, |_, ()| Ok((Resource::<Console>::new_own(0),)))
-        }
+        ("wasi:cli/stdout", "get-stdout") => interface.func_wrap(name, |_, ()| {
+            Ok((Resource::<Console>::new_own(STDOUT_REP),))
+        }),
+        ("wasi:cli/stderr", "get-stderr") => interface.func_wrap(name, |_, ()| {
+            Ok((Resource::<Console>::new_own(STDERR_REP),))
+        }),
+        (CONSOLE, "write") => interface.func_wrap(
+            name,
+            |mut store: Store<'_>, (stream, chunk): (ConsoleStream, Chunk)| {
+                let stream = match stream {
+                    ConsoleStream::Stdout => Stream::Stdout,
+                    ConsoleStream::Stderr => Stream::Stderr,
+                };
+                let (bytes, len) = chunk.bytes();
+                store.data_mut().print(stream, &bytes[..len]);
+                Ok(())
+            },
+        ),
         ("wasi:io/streams", "[method]output-stream.check-write") => interface
-            .func_wrap(name, |_, _: Stream| {
+            .func_wrap(name, |_, _: Handle| {
                 Ok((Ok::<u64, StreamError>(CONSOLE_WRITE_BYTES),))
             }),
         (
@@ -185,19 +248,19 @@ fn link_func(
             "[method]output-stream.write" | "[method]output-stream.blocking-write-and-flush",
         ) => interface.func_wrap(
             name,
-            move |mut store: Store<'_>, (_, bytes): (Resource<Console>, WasmList<u8>)| {
-                keep(&mut store, &bytes);
+            move |mut store: Store<'_>, (stream, bytes): (Resource<Console>, WasmList<u8>)| {
+                keep(&mut store, stream.rep(), &bytes);
                 done()
             },
         ),
         (
             "wasi:io/streams",
             "[method]output-stream.flush" | "[method]output-stream.blocking-flush",
-        ) => interface.func_wrap(name, move |_, _: Stream| done()),
+        ) => interface.func_wrap(name, move |_, _: Handle| done()),
         // A writer that waits for room (wasi-libc does) gets a pollable
         // that is always ready.
         ("wasi:io/streams", "[method]output-stream.subscribe") => {
-            interface.func_wrap(name, |_, _: Stream| Ok((Resource::<Denied>::new_own(0),)))
+            interface.func_wrap(name, |_, _: Handle| Ok((Resource::<Denied>::new_own(0),)))
         }
         ("wasi:io/poll", "[method]pollable.ready") => {
             interface.func_wrap(name, |_, _: (Resource<Denied>,)| Ok((true,)))
@@ -226,14 +289,22 @@ fn link_func(
     })
 }
 
-/// Appends what fits of `bytes` to the step's console.
-fn keep(store: &mut StoreContextMut<'_, StepState>, bytes: &WasmList<u8>) {
-    let room = CONSOLE_BYTES_MAX.saturating_sub(store.data().console.len());
-    if room == 0 {
-        return;
-    }
-    let kept = bytes.as_le_slice(&*store)[..bytes.len().min(room)].to_vec();
-    store.data_mut().console.extend_from_slice(&kept);
+/// Appends `bytes` to the step's stdout or stderr (see `output`). Only what
+/// is kept is copied out of the guest's memory.
+fn keep(store: &mut StoreContextMut<'_, StepState>, rep: u32, bytes: &WasmList<u8>) {
+    let stream = match rep {
+        STDERR_REP => Stream::Stderr,
+        _ => Stream::Stdout,
+    };
+    let room = store.data().print_room(stream);
+    let all = bytes.as_le_slice(&*store);
+    let head = all[..all.len().min(room)].to_vec();
+    let tail = match stream {
+        Stream::Stderr => all[all.len().saturating_sub(PANIC_BYTES_MAX)..].to_vec(),
+        Stream::Stdout => Vec::new(),
+    };
+    let total = all.len();
+    store.data_mut().print_parts(stream, &head, &tail, total);
 }
 
 /// Whether a call to `func` fails before its arguments cost the host more

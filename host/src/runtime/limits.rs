@@ -40,6 +40,11 @@ pub struct CallLimits {
     /// Bytes of the message of a participant's own abort. Guards responses
     /// and the decision records that keep them.
     pub abort_message_bytes_max: usize,
+    /// Bytes of a step's printed output kept, for each of stdout and
+    /// stderr: logged with the step and shown by `redstage call`. The rest
+    /// is dropped (the step goes on). Guards host memory and the logs
+    /// against a participant that prints without end.
+    pub guest_output_bytes_max: usize,
 }
 
 impl Default for CallLimits {
@@ -57,6 +62,7 @@ impl Default for CallLimits {
             value_bytes_max: 1 << 20,
             abort_code_bytes_max: 64,
             abort_message_bytes_max: 4096,
+            guest_output_bytes_max: 16 << 10,
         }
     }
 }

@@ -4,16 +4,22 @@
 //! # Isolation
 //!
 //! A participant is a pure function; the host gives it nothing to reach the
-//! world with. Every import it declares (a Rust guest built with `std`
-//! imports `wasi:cli`, `wasi:io` and more even if it never calls them) is
-//! linked to a function that traps when called, naming the import (see
-//! `imports`): no files, sockets, clocks, randomness or environment. The
-//! exceptions give nothing away: an empty environment, no preopened
-//! directories, and a stdout/stderr whose first bytes are kept so that a
-//! panic's trap carries the panic's message. A component whose imports
-//! cannot be linked that way, or that is not a component of the
-//! `participant` world, is refused at load, saying why. Keys it names are
-//! relative; the coordinator adds the participant's prefix.
+//! world with. Every import it declares (a Rust guest built for
+//! `wasm32-wasip2` imports `wasi:cli`, `wasi:io` and more even if it never
+//! calls them) is linked to a function that traps when called, naming the
+//! import (see `imports`): no files, sockets, clocks, randomness or
+//! environment. The exceptions give nothing away: an empty environment, no
+//! preopened directories, and stdout/stderr (WASI's, or the contract's own
+//! `console`), kept with the step, logged, and the end of stderr put in a
+//! trap's message so that it carries a panic's (see `output`). A component
+//! whose imports cannot be linked that way, or that is not a component of
+//! the `participant` world, is refused at load, saying why. Keys it names
+//! are relative; the coordinator adds the participant's prefix.
+//!
+//! The SDK builds participants for `wasm32-unknown-unknown`: a component
+//! that imports nothing but `console`, one core instance, instead of the
+//! three or four (the WASI adapter, a shim and a fixup module) of a WASI
+//! build; instantiating it is that much cheaper.
 //!
 //! # Lifecycle
 //!
@@ -21,7 +27,9 @@
 //!  bytes --Runtime::load--> Component (compiled, linked, type-checked once)
 //!                              |
 //!                 Component::instantiate  (per step: a fresh wasmtime Store,
-//!                              |           never shared between transactions)
+//!                              |           never shared between transactions;
+//!                              |           or, with reuse_steps, one that served
+//!                              |           earlier steps cleanly: see `reuse`)
 //!                              v
 //!                           Instance --declare--> access set
 //!                                    --execute--> writes + output | abort
@@ -45,11 +53,14 @@ mod cache;
 mod component;
 mod imports;
 mod limits;
+mod output;
+mod reuse;
 
 pub use cache::CompileCache;
-pub use component::{Component, Instance};
-pub use imports::CONSOLE_BYTES_MAX;
+pub use component::{CallResult, Component, Instance};
 pub use limits::{CallLimits, Limit, LimitOverrides};
+pub use output::{GuestOutput, PANIC_BYTES_MAX};
+pub use reuse::{REUSE_AUDIT_DEFAULT, ReuseCounts, ReusePolicy};
 
 use std::sync::Arc;
 use std::sync::atomic::{AtomicBool, Ordering};
@@ -59,14 +70,17 @@ use std::time::Duration;
 /// the longest a participant runs before yielding its tokio worker.
 pub const EPOCH_TICK: Duration = Duration::from_millis(2);
 
-/// The generated bindings of the `participant` world, contract 0.2.0
-/// (wit/participant.wit). Its types are the host's: a 0.1.0 component's
-/// answers are converted into them.
+/// The generated bindings of the `participant` world, contract 0.2.1
+/// (wit/participant.wit; 0.2.0 components export the same). Its types are
+/// the host's: a 0.1.0 component's answers are converted into them. Its
+/// imports are linked by `imports`, whatever version a component names.
 pub mod bindings {
     wasmtime::component::bindgen!({
         path: "../wit",
         world: "participant",
         exports: { default: async },
+        // Audits compare a reused instance's answers with a fresh one's.
+        additional_derives: [PartialEq, Eq],
     });
 }
 
@@ -145,6 +159,9 @@ pub struct Runtime {
     slots: Arc<tokio::sync::Semaphore>,
     /// Compiled code on disk; without it every load compiles.
     cache: Option<Arc<CompileCache>>,
+    /// The pool slots beyond `instance_pool` that idle instances of
+    /// participants with `reuse_steps` may hold (see `reuse`).
+    reuse_slots: Arc<reuse::ReuseSlots>,
     /// Stops the epoch thread when the last clone of the runtime is dropped.
     _ticker: Arc<EpochTicker>,
 }
@@ -169,6 +186,11 @@ pub struct RuntimeSettings {
     /// The largest table any participant may be granted, in elements.
     /// Every `table_elements_max` must fit.
     pub table_slot_elements: usize,
+    /// Pool slots, beyond `instance_pool`, for instances kept between
+    /// steps by participants with `reuse_steps` (and the fresh instances
+    /// their audited steps also run on). Bounds the memory idle instances
+    /// hold; when all are taken, instances are dropped as without reuse.
+    pub reuse_instances_max: u32,
 }
 
 impl Default for RuntimeSettings {
@@ -177,6 +199,7 @@ impl Default for RuntimeSettings {
             instance_pool: 1000,
             memory_slot_bytes: CallLimits::default().memory_bytes_max,
             table_slot_elements: CallLimits::default().table_elements_max,
+            reuse_instances_max: 64,
         }
     }
 }
@@ -211,15 +234,16 @@ impl Runtime {
         cache: Option<CompileCache>,
     ) -> Result<Runtime, LoadError> {
         let slots = settings.instance_pool.max(1);
+        let pooled = slots + settings.reuse_instances_max;
         let mut pool = wasmtime::PoolingAllocationConfig::default();
-        pool.total_component_instances(slots)
-            .total_core_instances(slots * CORE_INSTANCES_PER_SLOT)
+        pool.total_component_instances(pooled)
+            .total_core_instances(pooled * CORE_INSTANCES_PER_SLOT)
             .max_core_instances_per_component(CORE_INSTANCES_PER_SLOT)
-            .total_memories(slots * MEMORIES_PER_SLOT)
+            .total_memories(pooled * MEMORIES_PER_SLOT)
             .max_memories_per_component(MEMORIES_PER_SLOT)
-            .total_tables(slots * TABLES_PER_SLOT)
+            .total_tables(pooled * TABLES_PER_SLOT)
             .max_tables_per_component(TABLES_PER_SLOT)
-            .total_stacks(slots)
+            .total_stacks(pooled)
             .max_memory_size(settings.memory_slot_bytes)
             .table_elements(settings.table_slot_elements)
             // Give freed slots back to the kernel in batches: one system
@@ -245,6 +269,7 @@ impl Runtime {
         Ok(Runtime {
             engine,
             slots: Arc::new(tokio::sync::Semaphore::new(slots as usize)),
+            reuse_slots: reuse::ReuseSlots::new(settings.reuse_instances_max as usize),
             settings,
             cache: cache.map(Arc::new),
             _ticker: ticker,
@@ -312,7 +337,7 @@ impl Runtime {
             None => wasmtime::component::Component::new(&self.engine, bytes),
         }
         .map_err(|e| LoadError::Invalid(format!("{e:#}")))?;
-        Component::link(&compiled, limits)
+        Component::link(&compiled, limits, self.reuse_slots.clone())
     }
 }
 

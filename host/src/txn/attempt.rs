@@ -62,6 +62,8 @@ pub(super) struct Blocked {
     pub store: String,
     pub key: String,
     pub holder: Holder,
+    /// When the lock was seen: recovery fences only on what is fresh.
+    pub seen: Instant,
 }
 
 /// The values read, by (store, key).
@@ -194,11 +196,13 @@ impl Coordinator {
                     refused(id, steps, &plan.parts[primary], refusal, &aborts)
                 }
                 Committed::Conflict { index, holder } => {
+                    let seen = Instant::now();
                     self.release(id, plan, &entries).await;
                     Ok(Outcome::Blocked(Blocked {
                         store: plan.parts[primary].store.clone(),
                         key: plan.parts[primary].keys[index].0.clone(),
                         holder,
+                        seen,
                     }))
                 }
                 Committed::Stopped(e) => {
@@ -368,6 +372,7 @@ impl Coordinator {
         }))
         .await;
         self.metrics.phase(Phase::Lock, started.elapsed());
+        let seen = Instant::now();
         let mut view = View::new();
         let mut failure: Option<Stop> = None;
         let mut held = vec![false; plan.parts.len()];
@@ -386,6 +391,7 @@ impl Coordinator {
                             store: part.store.clone(),
                             key: part.keys[index].0.clone(),
                             holder,
+                            seen,
                         }));
                     }
                 }
@@ -708,7 +714,7 @@ async fn execute(
             Some(instance) => instance,
             None => step
                 .participant
-                .instantiate()
+                .instantiate(step.index)
                 .await
                 .map_err(|e| step.call_failed(e))?,
         };

@@ -13,6 +13,8 @@
 //! | `before-reply`    | decided, not answered (the other stores apply meanwhile) |
 //! | `after-answer`    | answered `committed`, applied no store but the primary   |
 //! | `apply-partial`   | answered, applied its first other store, not the rest    |
+//! | `sweep-entry`     | (the sweep) read its batch of expired index entries, and |
+//! |                   | is about to resolve the next one                         |
 //!
 //! Only compiled in with the `failpoints` feature. A point is armed by the
 //! environment variable `REDSTAGE_FAULT=<point>`; an armed point prints

@@ -40,9 +40,10 @@
 //! that finds the claim held need not wait out the claim's lease when the
 //! first request's host is gone: every [`OWNER_CHECK`] it looks at the
 //! owner's transaction. Rolled back by recovery (its record `aborted` with
-//! code `recovered`), or holding locks whose leases all ended (the retry
-//! then fences it and rolls it back, as recovery would), it can never
-//! commit: the claim is released and the retry runs. Otherwise the retry
+//! code `recovered`, written by a sweep, a transaction that met its locks,
+//! an operator's resolve or a lookup), or holding locks whose leases all
+//! ended (the retry then fences it and rolls it back, as recovery would),
+//! it can never commit: the claim is released and the retry runs. Otherwise the retry
 //! waits, and its `in_flight` answer says when a retry can succeed: when
 //! the owner's leases end, or else the claim's.
 //!
@@ -58,7 +59,7 @@ use serde::{Deserialize, Serialize};
 use super::inspect::KeptUnderKey;
 use super::resolve::{RECOVERED, host};
 use super::types::{AbortInfo, Record, Status, TxnResponse};
-use super::{CONFLICT, CheckedSteps, Coordinator, TxnError, is_txn_id, new_txn_id};
+use super::{CONFLICT, CheckedSteps, Coordinator, TxnError, flagged, is_txn_id, new_txn_id};
 use crate::store::{Claim, StoreError};
 
 /// Longest a client key may be. Guards the log store against key bloat.
@@ -159,7 +160,7 @@ impl Coordinator {
         stores.dedup();
         let token = ClaimToken {
             key: key.to_owned(),
-            owner: new_txn_id(),
+            owner: new_txn_id(false),
             request: fingerprint(&steps),
             stores,
         };
@@ -280,19 +281,29 @@ impl Coordinator {
         if !is_txn_id(&owner) {
             return Ok(Owner::Running(claim_left));
         }
-        let mut fenced = matches!(
-            self.decision(&owner, &self.log_store, None).await?,
-            Some(Record::Aborted { abort: Some(a) }) if a.code == RECOVERED
-        );
+        // The first attempt's id is the owner, with its last bit set when
+        // the attempt may leave no trace before its commit point (see
+        // `new_txn_id`).
+        let traceless = flagged(owner.clone(), true);
+        let recovered = |record: Option<Record>| {
+            matches!(record, Some(Record::Aborted { abort: Some(a) }) if a.code == RECOVERED)
+        };
+        let mut fenced = recovered(self.decision(&owner, &self.log_store, None).await?)
+            || recovered(self.decision(&traceless, &self.log_store, None).await?);
         if !fenced {
             match self.owner_leases(&owner, &token.stores).await? {
-                None => return Ok(Owner::Running(claim_left)),
                 Some(left) if !left.is_zero() => return Ok(Owner::Running(left.min(claim_left))),
                 Some(_) => {
                     let by = format!("a retry of idempotency key `{}` on {}", token.key, host());
                     let resolved = self.resolve(&owner, &by, false).await?;
                     fenced = resolved.is_some_and(|r| r.decision == Some(Status::Aborted));
                 }
+                // No lock: not locked yet, between attempts (then it may
+                // still run, past what its first attempt's id tells), or an
+                // attempt that leaves no trace before its commit point (a
+                // lookup of its id fences it once it can no longer commit):
+                // only the claim's lease says when it is over.
+                None => {}
             }
         }
         if !fenced {

@@ -193,6 +193,7 @@ use std::sync::Arc;
 use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering};
 use std::time::{Duration, Instant};
 
+use futures::future::join_all;
 use tracing::Instrument;
 
 use crate::config::{Config, TxnConfig};
@@ -207,7 +208,7 @@ use idempotency::ClaimToken;
 use latch::{Latch, Latches};
 use plan::Plan;
 pub use recovery::{Count, SweepReport};
-use types::{AbortInfo, Lookup, LookupStatus, Record, Status, TxnRequest, TxnResponse};
+use types::{AbortInfo, Lookup, Record, Status, TxnRequest, TxnResponse};
 
 /// A request's steps once checked: each participant with its input bytes.
 type CheckedSteps = Vec<(Arc<Participant>, Vec<u8>)>;
@@ -418,7 +419,7 @@ impl Coordinator {
     /// `store::durability`): one message per store that could lose an
     /// acknowledged decision, none when all are fine.
     pub async fn check_durability(&self) -> Vec<String> {
-        let checks = futures::future::join_all(
+        let checks = join_all(
             self.stores
                 .values()
                 .map(|s| s.check_durability(self.durability)),
@@ -520,26 +521,34 @@ impl Coordinator {
             });
         };
         let declaring = Instant::now();
-        let declared = self.declare(steps).await;
+        // The first attempt's id names the declare phase too, so that what
+        // participants print there is logged under it. A claimed request's
+        // is its claim's owner, so that a retry can tell from that
+        // transaction when the request's host is gone (see `idempotency`).
+        let first_id = claim.map_or_else(|| new_txn_id(false), |c| c.owner.clone());
+        let declared = self
+            .declare(steps)
+            .instrument(tracing::info_span!("txn", id = %first_id, attempt = 1))
+            .await;
         self.metrics.phase(Phase::Declare, declaring.elapsed());
         let mut steps = match declared {
             Ok(steps) => steps,
-            Err(abort) => return Ok((self.aborted(new_txn_id(), 1, abort).await, false)),
+            Err(abort) => return Ok((self.aborted(first_id, 1, abort).await, false)),
         };
         let plan = Plan::new(&steps, &self.log_store, claim.is_some(), |store| {
             self.stores.get(store).is_some_and(Store::is_cluster)
         });
+        // Only now is it known whether the transaction may leave no trace
+        // (see `new_txn_id`): a traceless one's id differs from the one its
+        // declare phase was logged under in its last bit.
+        let mut first_id = Some(flagged(first_id, plan.traceless()));
         let latches = self.latches.acquire(plan.latch_keys()).await;
         let mut waited = Duration::ZERO;
         let mut attempt = 1;
         loop {
-            // A claimed request's first attempt is its claim's owner, so
-            // that a retry can tell from the owner's record and locks when
-            // the request's host is gone (see `idempotency`).
-            let id = match claim {
-                Some(claim) if attempt == 1 => claim.owner.clone(),
-                _ => new_txn_id(),
-            };
+            let id = first_id
+                .take()
+                .unwrap_or_else(|| new_txn_id(plan.traceless()));
             let span = tracing::info_span!("txn", id = %id, attempt);
             let outcome = self
                 .attempt(&id, attempt, &mut steps, &plan, claim)
@@ -617,7 +626,7 @@ impl Coordinator {
                 drop(latches);
                 let item = Finalize {
                     txn: id,
-                    ttl: self.config.answered_retention(),
+                    ttl: self.config.finalized_retention(),
                     marker,
                 };
                 self.finalizer.send(self.store(&primary), item);
@@ -632,7 +641,7 @@ impl Coordinator {
                     primary: self.store(&primary).clone(),
                     stores,
                     marker,
-                    retention: self.config.answered_retention(),
+                    retention: self.config.finalized_retention(),
                     latches,
                 };
                 let (finalizer, ticket) = (self.finalizer.clone(), self.pending.ticket());
@@ -667,32 +676,78 @@ impl Coordinator {
         }
     }
 
-    /// What is known of transaction `id`: its record (on the log store, or
-    /// on the primary store it used), or its locks. None for an id that is
-    /// not a transaction id at all.
+    /// What is known of transaction `id`: its record (on any store: a
+    /// commit wins over an `aborted` that a lookup's fence left on a store
+    /// that was not its primary), or its locks. A transaction of which no
+    /// store holds a trace is in doubt while it may still be running (its
+    /// lease since it started, by the clock in its id, and a store call).
+    /// Then, if its id says it may leave no trace before its commit point
+    /// (one store, keys only adjusted: no lock before the commit point), it
+    /// is fenced: `aborted` is written on every store that could hold its
+    /// decision unless a record stands, so that a commit still on its way
+    /// (a request held up in the network) can no longer land, and the
+    /// answer is final. Any other transaction with no trace never ran, was
+    /// read-only, or has a record past its retention. Past
+    /// `txn.answered_retention_s` its record, had it committed, may have
+    /// expired: then nothing is fenced, and nothing is known. None also for
+    /// an id that is not a transaction id at all.
     pub async fn lookup(&self, id: &str) -> Result<Option<Lookup>, TxnError> {
-        if !is_txn_id(id) {
+        let Some(started) = txn_started(id) else {
             return Ok(None);
-        }
-        let found = |status, abort| {
-            Ok(Some(Lookup {
-                id: id.to_owned(),
-                status,
-                abort,
-            }))
         };
-        if let Some((_, record)) = self.find_record(id).await? {
-            return match record {
-                Record::Committed { .. } => found(LookupStatus::Committed, None),
-                Record::Aborted { abort } => found(LookupStatus::Aborted, abort),
-            };
+        let records = join_all(self.stores.values().map(|s| s.record(id))).await;
+        let mut decided = Vec::new();
+        for (store, record) in self.stores.values().zip(records) {
+            if let Some(bytes) = record? {
+                decided.push(decode_record(store.name(), id, &bytes)?);
+            }
+        }
+        if let Some(record) = final_record(decided) {
+            return Ok(Some(Lookup::of(id, record)));
         }
         for store in self.stores.values() {
             if store.holds_locks(id).await? {
-                return found(LookupStatus::InDoubt, None);
+                return Ok(Some(Lookup::in_doubt(id)));
             }
         }
-        Ok(None)
+        let age = std::time::SystemTime::now()
+            .duration_since(started)
+            .unwrap_or_default();
+        if age < self.config.lease() + self.config.store_timeout() {
+            return Ok(Some(Lookup::in_doubt(id)));
+        }
+        if !traceless(id) || age >= self.config.answered_retention() {
+            return Ok(None);
+        }
+        Ok(Some(Lookup::of(id, self.fence_everywhere(id).await?)))
+    }
+
+    /// Writes `aborted` as the decision of `id` on every store that could
+    /// be its primary (any single Redis), unless a record stands there, and
+    /// returns the decision that stands.
+    async fn fence_everywhere(&self, id: &str) -> Result<Record, TxnError> {
+        let fence = Record::Aborted {
+            abort: Some(AbortInfo {
+                step: None,
+                participant: None,
+                code: RECOVERED.into(),
+                message: format!(
+                    "no store held a trace of transaction {id} once its lease was over: a lookup \
+                     fenced it, so that it can never commit; nothing of it was applied"
+                ),
+                limit: None,
+            }),
+        }
+        .encode();
+        let retention = self.config.record_retention();
+        let singles: Vec<&Store> = self.stores.values().filter(|s| !s.is_cluster()).collect();
+        let stood = join_all(singles.iter().map(|s| s.decide(id, &fence, retention))).await;
+        let mut decided = Vec::new();
+        for (store, record) in singles.iter().zip(stood) {
+            decided.push(decode_record(store.name(), id, &record?)?);
+        }
+        tracing::info!(txn = id, "a lookup fenced a transaction no store knew");
+        Ok(final_record(decided).expect("every fence leaves a record"))
     }
 
     /// Resolves the participants and encodes the inputs.
@@ -748,7 +803,7 @@ impl Coordinator {
             };
             let mut instance = step
                 .participant
-                .instantiate()
+                .instantiate(step.index)
                 .await
                 .map_err(|e| step.call_failed(e))?;
             let started = Instant::now();
@@ -816,8 +871,57 @@ pub fn is_txn_id(id: &str) -> bool {
     id.len() == 36 && uuid::Uuid::try_parse(id).is_ok()
 }
 
+/// When transaction `id` started, by the clock of the host that ran it (a
+/// UUIDv7 carries it); None for an id this host could not have handed out.
+fn txn_started(id: &str) -> Option<std::time::SystemTime> {
+    if !is_txn_id(id) {
+        return None;
+    }
+    let (secs, nanos) = uuid::Uuid::try_parse(id).ok()?.get_timestamp()?.to_unix();
+    Some(std::time::UNIX_EPOCH + Duration::new(secs, nanos))
+}
+
+/// The record that stands among those found for one transaction on
+/// several stores: a commit wins, since only its primary can hold one; an
+/// `aborted` elsewhere is a lookup's fence. An abort with its reason is
+/// preferred to one without.
+fn final_record(records: Vec<Record>) -> Option<Record> {
+    records.into_iter().max_by_key(Record::finality)
+}
+
+fn decode_record(store: &str, id: &str, bytes: &[u8]) -> Result<Record, StoreError> {
+    Record::decode(bytes).map_err(|e| StoreError::Protocol {
+        store: store.to_owned(),
+        message: format!("unreadable record of {id}: {e}"),
+    })
+}
+
+/// The abort code of a transaction that recovery rolled back, or that a
+/// lookup fenced, rather than one of its steps.
+pub const RECOVERED: &str = "recovered";
+
 /// Unique across hosts without coordination, and time-ordered, which makes
-/// records easy to scan by age.
-fn new_txn_id() -> String {
-    uuid::Uuid::now_v7().to_string()
+/// records easy to scan by age (a UUIDv7). Its last bit says whether the
+/// transaction may leave no trace before its commit point (see
+/// [`Plan::traceless`]): only such an id is fenced by a lookup that finds
+/// nothing of it (see [`Coordinator::lookup`]); any other transaction is
+/// known by its locks until it decides, and by its record after.
+fn new_txn_id(traceless: bool) -> String {
+    flagged(uuid::Uuid::now_v7().to_string(), traceless)
+}
+
+/// Transaction id `id` with its last bit set to `traceless`.
+fn flagged(id: String, traceless: bool) -> String {
+    let Ok(uuid) = uuid::Uuid::try_parse(&id) else {
+        return id;
+    };
+    let mut bytes = *uuid.as_bytes();
+    bytes[15] = (bytes[15] & !1) | u8::from(traceless);
+    uuid::Uuid::from_bytes(bytes).to_string()
+}
+
+/// Whether transaction `id` may have left no trace before its commit point
+/// (see [`new_txn_id`]).
+fn traceless(id: &str) -> bool {
+    uuid::Uuid::try_parse(id).is_ok_and(|u| u.as_bytes()[15] & 1 == 1)
 }

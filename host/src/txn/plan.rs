@@ -159,6 +159,13 @@ impl Plan {
         !self.parts[i].keys.is_empty() && !skipped
     }
 
+    /// Whether an attempt may leave no trace on any store before its
+    /// commit point: a blind transaction on one store locks nothing before
+    /// it (its only trace is the record it writes there).
+    pub fn traceless(&self) -> bool {
+        self.blind && self.parts.len() == 1
+    }
+
     /// The name of the primary store, or "" for a read-only transaction.
     pub fn primary_name(&self) -> &str {
         self.primary.map_or("", |p| &self.parts[p].store)

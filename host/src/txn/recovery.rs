@@ -41,15 +41,15 @@
 //! store name.
 
 use std::collections::{BTreeMap, HashSet};
-use std::time::Duration;
+use std::time::{Duration, Instant};
 
 use futures::future::join_all;
 use serde::Serialize;
 
-use super::Coordinator;
 use super::attempt::Blocked;
 use super::resolve::{EntryResolved, Fence, Resolution, host};
 use super::types::{KeyWrite, Record, StoreWork};
+use super::{Coordinator, faults};
 use crate::store::inspect::Indexed;
 use crate::store::{Bounded, Finalize, Holder, IndexEntry, Release, Store, StoreError, Write};
 
@@ -130,6 +130,11 @@ impl Coordinator {
         patience: Duration,
     ) -> Result<(), StoreError> {
         let store = self.store(&blocked.store);
+        if !self.fresh(blocked.seen) {
+            // Too old to fence on (see `fresh`): the next attempt meets the
+            // lock again, or not.
+            return Ok(());
+        }
         // At least the decision's read, then the release or the wait.
         self.metrics.round_trip();
         self.metrics.round_trip();
@@ -229,17 +234,16 @@ impl Coordinator {
                 ),
             });
         };
-        let bytes = match (log.record(txn).await?, fence) {
-            (Some(bytes), _) => bytes,
-            (None, Some(fence)) => {
-                log.decide(
-                    txn,
-                    &fence.record().encode(),
-                    self.config.record_retention(),
-                )
-                .await?
+        let bytes = match fence {
+            Some(fence) => {
+                let record = fence.record().encode();
+                log.decide(txn, &record, self.config.record_retention())
+                    .await?
             }
-            (None, None) => return Ok(None),
+            None => match log.record(txn).await? {
+                Some(bytes) => bytes,
+                None => return Ok(None),
+            },
         };
         Record::decode(&bytes)
             .map(Some)
@@ -247,6 +251,19 @@ impl Coordinator {
                 store: primary.to_owned(),
                 message: format!("unreadable record of {txn}: {e}"),
             })
+    }
+
+    /// Whether what was read at `seen` (a lock, an index entry) is recent
+    /// enough to fence its transaction on: within half a lease. A committed
+    /// record is kept at least two leases after it is finalized (see
+    /// [`crate::config::TxnConfig::finalized_retention`]), and a fence is
+    /// one store call (at most half a lease) after this check: so a fence
+    /// that follows a read of a lock or a marker made just before the
+    /// transaction was finalized still finds its record, even if its host
+    /// stalls a lease more in between, and never writes `aborted` for a
+    /// transaction that committed.
+    fn fresh(&self, seen: Instant) -> bool {
+        seen.elapsed() < self.config.lease() / 2
     }
 
     /// Applies a committed transaction on every store its record lists,
@@ -301,6 +318,7 @@ impl Coordinator {
         let mut finished: HashSet<String> = HashSet::new();
         let mut remaining = Some(0);
         for store in self.stores.values() {
+            let seen = Instant::now();
             let expired = match store.expired(SWEEP_BATCH).await {
                 Ok(expired) => expired,
                 Err(e) => {
@@ -311,6 +329,11 @@ impl Coordinator {
                 }
             };
             for Indexed { entry, deadline_ms } in expired {
+                faults::point("sweep-entry").await;
+                if !self.fresh(seen) {
+                    // The rest of the batch is read again next time.
+                    break;
+                }
                 let (member, delay, result) = match entry {
                     Ok(entry) if finished.contains(&entry.txn) => continue,
                     Ok(entry) => {

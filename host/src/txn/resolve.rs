@@ -40,9 +40,7 @@ use super::{Coordinator, is_txn_id};
 use crate::store::inspect::Indexed;
 use crate::store::{IndexEntry, Store, StoreError, Write};
 
-/// The abort code of a transaction rolled back by recovery: its lease
-/// ended (or an operator resolved it) with no decision written.
-pub const RECOVERED: &str = "recovered";
+pub use super::RECOVERED;
 
 /// What resolving a transaction did (or, in a dry run, would do).
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, utoipa::ToSchema)]
@@ -455,24 +453,21 @@ impl Coordinator {
         Ok(Some(resolution))
     }
 
-    /// The record of `txn` and the store holding it: the log store first,
-    /// then the others (as a lookup searches).
+    /// The record of `txn` that stands (see `Coordinator::lookup`), with
+    /// the store holding it.
     pub(super) async fn find_record(
         &self,
         txn: &str,
     ) -> Result<Option<(String, Record)>, StoreError> {
-        let others = self.stores.values().filter(|s| s.name() != self.log_store);
-        for store in std::iter::once(self.log()).chain(others) {
-            let Some(bytes) = store.record(txn).await? else {
-                continue;
-            };
-            let record = Record::decode(&bytes).map_err(|e| StoreError::Protocol {
-                store: store.name().to_owned(),
-                message: format!("unreadable record of {txn}: {e}"),
-            })?;
-            return Ok(Some((store.name().to_owned(), record)));
+        let records = join_all(self.stores.values().map(|s| s.record(txn))).await;
+        let mut found = Vec::new();
+        for (store, record) in self.stores.values().zip(records) {
+            if let Some(bytes) = record? {
+                let record = super::decode_record(store.name(), txn, &bytes)?;
+                found.push((store.name().to_owned(), record));
+            }
         }
-        Ok(None)
+        Ok(found.into_iter().max_by_key(|(_, r)| r.finality()))
     }
 
     /// A read-only transaction's shared locks: released where their lease

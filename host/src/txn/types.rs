@@ -164,6 +164,17 @@ impl Record {
         serde_json::from_slice(bytes)
     }
 
+    /// Which of several records of one transaction stands (see
+    /// `Coordinator::lookup`): a commit, since only its primary can hold
+    /// one; then an abort with its reason; then one without.
+    pub fn finality(&self) -> u8 {
+        match self {
+            Record::Committed { .. } => 2,
+            Record::Aborted { abort: Some(_) } => 1,
+            Record::Aborted { abort: None } => 0,
+        }
+    }
+
     /// `{"state":"committed"}`: what a committed record shrinks to.
     pub fn compact_committed() -> Record {
         Record::Committed {
@@ -178,9 +189,9 @@ impl Record {
 pub enum LookupStatus {
     Committed,
     Aborted,
-    /// Locks are held and no decision is written yet: the transaction is
-    /// running, or its coordinator died and recovery will abort it once
-    /// its leases run out.
+    /// No decision is written yet: the transaction is running (or, within
+    /// its lease, may be), or its coordinator died and recovery will abort
+    /// it once its leases run out.
     InDoubt,
 }
 
@@ -191,6 +202,29 @@ pub struct Lookup {
     pub status: LookupStatus,
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub abort: Option<AbortInfo>,
+}
+
+impl Lookup {
+    /// What a decision record says of transaction `id`.
+    pub fn of(id: &str, record: Record) -> Lookup {
+        let (status, abort) = match record {
+            Record::Committed { .. } => (LookupStatus::Committed, None),
+            Record::Aborted { abort } => (LookupStatus::Aborted, abort),
+        };
+        Lookup {
+            id: id.to_owned(),
+            status,
+            abort,
+        }
+    }
+
+    pub fn in_doubt(id: &str) -> Lookup {
+        Lookup {
+            id: id.to_owned(),
+            status: LookupStatus::InDoubt,
+            abort: None,
+        }
+    }
 }
 
 /// Renders participant output bytes for the response: JSON as JSON, empty

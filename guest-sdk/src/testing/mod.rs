@@ -1,6 +1,9 @@
-//! Running a participant natively, in plain `cargo test`, without wasm or Redis.
+//! Running participants natively, in plain `cargo test`, without wasm or Redis.
 //!
-//! [`run`] does what the host does around one step: it calls `declare`, builds
+//! [`Store`] runs transactions of several steps, of one or more
+//! participants, on one in-memory store of binary values, as the host runs
+//! them (see [`Transaction`]). [`run`] does what the host does around one
+//! step: it calls `declare`, builds
 //! the snapshot of exactly the declared keys from the given store contents,
 //! calls `execute`, checks the writes against the declared write set, and
 //! applies adjustments to the given values with their bounds checked. On
@@ -29,6 +32,10 @@
 //! assert_eq!(out.writes["hits"].as_deref(), Some("42"));
 //! assert_eq!(out.output, serde_json::json!(41));
 //! ```
+
+mod store;
+
+pub use store::{Store, Transaction, TxnAbort};
 
 use std::collections::BTreeMap;
 
@@ -122,18 +129,7 @@ pub fn run<P: Participant>(input_json: &str, store: &[(&str, &str)]) -> Result<T
             Some(value) => value.clone(),
             None => store.get(a.key.as_str()).map(|v| v.to_string()),
         };
-        let current = match current {
-            None => 0,
-            Some(text) => crate::snapshot::integer(text.as_bytes()).ok_or_else(|| {
-                Abort::new(
-                    "not_an_integer",
-                    format!(
-                        "`{}` holds a value that is not a decimal integer: it cannot be adjusted",
-                        a.key
-                    ),
-                )
-            })?,
-        };
+        let current = integer(&a.key, current.as_deref().map(str::as_bytes))?;
         let value = current
             .checked_add(a.delta)
             .filter(|v| a.bounds.contain(*v))
@@ -142,12 +138,7 @@ pub fn run<P: Participant>(input_json: &str, store: &[(&str, &str)]) -> Result<T
         *adjustments.entry(a.key.clone()).or_insert(0) += a.delta;
     }
 
-    let output = match outcome.output_bytes() {
-        [] => serde_json::Value::Null,
-        bytes => serde_json::from_slice(bytes).unwrap_or_else(|_| {
-            serde_json::Value::String(String::from_utf8_lossy(bytes).into_owned())
-        }),
-    };
+    let output = output_json(outcome.output_bytes());
 
     Ok(TestOutcome {
         access,
@@ -155,6 +146,31 @@ pub fn run<P: Participant>(input_json: &str, store: &[(&str, &str)]) -> Result<T
         adjustments,
         output,
     })
+}
+
+/// An adjusted key's value as the host reads it: a missing key is 0,
+/// anything but a decimal integer aborts with `not_an_integer`.
+fn integer(key: &str, value: Option<&[u8]>) -> Result<i64, Abort> {
+    let Some(bytes) = value else {
+        return Ok(0);
+    };
+    crate::snapshot::integer(bytes).ok_or_else(|| {
+        Abort::new(
+            "not_an_integer",
+            format!("`{key}` holds a value that is not a decimal integer: it cannot be adjusted"),
+        )
+    })
+}
+
+/// An output as the client sees it: JSON parsed, other bytes as a string,
+/// no output as `null`.
+fn output_json(bytes: &[u8]) -> serde_json::Value {
+    match bytes {
+        [] => serde_json::Value::Null,
+        bytes => serde_json::from_slice(bytes).unwrap_or_else(|_| {
+            serde_json::Value::String(String::from_utf8_lossy(bytes).into_owned())
+        }),
+    }
 }
 
 #[cfg(test)]
