@@ -363,6 +363,13 @@ async fn a_client_gone_mid_transaction_leaves_it_finished() {
         Some("99")
     );
     assert_eq!(env.leftovers().await, Vec::<String>::new());
+    // The access log says the client went away (nginx's 499).
+    let gone = "redstage::access: POST /v1/transactions 499";
+    assert!(
+        host.wait_for(gone, Duration::from_secs(5)).await,
+        "{:?}",
+        host.stderr()
+    );
 }
 
 #[tokio::test]
@@ -535,6 +542,13 @@ async fn every_answer_names_its_request_and_json_logs_carry_it() {
     let [answered] = access[..] else {
         panic!("one access line: {lines:?}");
     };
+    // Refusals are logged at info too, with their code.
+    let refused = host.stderr().iter().any(|l| {
+        l.contains("redstage::access")
+            && l.contains("\"status\":400")
+            && l.contains("\"outcome\":\"malformed_json\"")
+    });
+    assert!(refused, "{:?}", host.stderr());
     assert_eq!(answered["level"], "INFO", "{answered}");
     let fields = &answered["fields"];
     assert_eq!(
@@ -1008,7 +1022,7 @@ async fn metrics_move_with_the_traffic_recovery_and_store_failures() {
         "redstage_transaction_errors_total{code=\"in_flight\"} 0",
         "redstage_transaction_errors_total{code=\"outcome_unknown\"} 0",
         "redstage_transactions_total{status=\"aborted\",code=\"recovered\"} 0",
-        "redstage_oldest_lock_age_seconds{store=\"orders\"} 0",
+        "redstage_oldest_lock_age_seconds{store=\"orders\"} 0.0",
         "redstage_store_ready{store=\"ledger\"} 1",
         "redstage_transactions_in_flight 0",
         "redstage_instance_slots_in_use 0",

@@ -593,7 +593,7 @@ async fn metrics(State(coordinator): State<Arc<Coordinator>>) -> Response {
             .ok()?
             .and_then(|f| f.entry.ok())
             .map_or(0, |e| crate::txn::inspect::started_at_ms(&e.txn));
-        let oldest = crate::txn::inspect::now_ms().saturating_sub(started);
+        let oldest = crate::now_ms().saturating_sub(started);
         Some(crate::metrics::Locks {
             store: s.name(),
             held,

@@ -32,7 +32,6 @@ pub mod folder;
 
 use std::collections::BTreeMap;
 use std::sync::{Arc, Mutex, RwLock};
-use std::time::{SystemTime, UNIX_EPOCH};
 
 use serde::Serialize;
 use sha2::{Digest, Sha256};
@@ -548,7 +547,7 @@ impl Registry {
         self.broken.write().expect("registry lock").remove(name);
         if let Some(p) = current {
             let entry = HistoryEntry {
-                at_ms: Version::now_ms(),
+                at_ms: crate::now_ms(),
                 action: HistoryAction::Remove,
                 digest: p.version.digest.clone(),
                 store: p.store.clone(),
@@ -760,14 +759,8 @@ impl Version {
             digest: format!("sha256:{}", crate::hex(&Sha256::digest(bytes))),
             source,
             component_bytes: bytes.len(),
-            loaded_at_ms: Version::now_ms(),
+            loaded_at_ms: crate::now_ms(),
         }
-    }
-
-    fn now_ms() -> u64 {
-        SystemTime::now()
-            .duration_since(UNIX_EPOCH)
-            .map_or(0, |d| d.as_millis() as u64)
     }
 }
 

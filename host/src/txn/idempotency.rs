@@ -285,9 +285,7 @@ impl Coordinator {
         // the attempt may leave no trace before its commit point (see
         // `new_txn_id`).
         let traceless = flagged(owner.clone(), true);
-        let recovered = |record: Option<Record>| {
-            matches!(record, Some(Record::Aborted { abort: Some(a) }) if a.code == RECOVERED)
-        };
+        let recovered = |record: Option<Record>| matches!(record, Some(Record::Aborted { abort: Some(a) }) if a.code == RECOVERED);
         let mut fenced = recovered(self.decision(&owner, &self.log_store, None).await?)
             || recovered(self.decision(&traceless, &self.log_store, None).await?);
         if !fenced {

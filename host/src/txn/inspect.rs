@@ -321,19 +321,8 @@ enum TxnItem {
 /// The time in a transaction id (a UUIDv7), in ms since the Unix epoch
 /// (0 for what is no such id).
 pub fn started_at_ms(id: &str) -> u64 {
-    uuid::Uuid::try_parse(id)
-        .ok()
-        .and_then(|u| u.get_timestamp())
-        .map_or(0, |t| {
-            let (s, ns) = t.to_unix();
-            s * 1000 + u64::from(ns) / 1_000_000
-        })
-}
-
-/// This host's clock, in ms since the Unix epoch.
-pub fn now_ms() -> u64 {
-    std::time::SystemTime::now()
-        .duration_since(std::time::UNIX_EPOCH)
+    super::txn_started(id)
+        .and_then(|t| t.duration_since(std::time::UNIX_EPOCH).ok())
         .map_or(0, |d| d.as_millis() as u64)
 }
 
@@ -577,7 +566,7 @@ impl Coordinator {
             id: txn.to_owned(),
             state,
             started_at_ms,
-            age_ms: now_ms().saturating_sub(started_at_ms),
+            age_ms: crate::now_ms().saturating_sub(started_at_ms),
             primary,
             stores: stores.into_iter().collect(),
             participants: participants.into_iter().collect(),
@@ -920,7 +909,7 @@ mod tests {
     #[test]
     fn ids_tell_when_they_started() {
         let id = uuid::Uuid::now_v7().to_string();
-        let age = now_ms() - started_at_ms(&id);
+        let age = crate::now_ms() - started_at_ms(&id);
         assert!(age < 60_000, "{age}");
         assert_eq!(started_at_ms("not an id"), 0);
     }

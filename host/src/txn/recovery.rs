@@ -171,7 +171,7 @@ impl Coordinator {
         // The lease ended `-remaining_ms` ago by the store's clock: say when
         // by this host's, which is near enough for a reader of the record.
         let fence = holder.expired().then(|| {
-            let now = super::inspect::now_ms() as i64;
+            let now = crate::now_ms() as i64;
             let by = format!("{}, on meeting its lock on `{key}`", host());
             Fence::new(&by, Some((store.name(), now + holder.remaining_ms, now)))
         });
