@@ -20,6 +20,8 @@ command -v openssl >/dev/null 2>&1 || missing+=(openssl)
 # curl runs the README's requests in tests/docs.rs; python3 checks the docs' links.
 command -v curl >/dev/null 2>&1 || missing+=(curl)
 command -v python3 >/dev/null 2>&1 || missing+=(python3)
+# python3-venv: the OpenAPI check installs its checker in a virtualenv.
+python3 -c 'import ensurepip' >/dev/null 2>&1 || missing+=(python3-venv)
 if [ ${#missing[@]} -gt 0 ]; then
     say "installing ${missing[*]} (apt-get)"
     as_root apt-get update -qq

@@ -136,6 +136,7 @@ pub const RESERVED_ABORT_CODES: &[&str] = &[
     "undeclared_write",
     "bad_key",
     "bad_abort_code",
+    "recovered",
 ];
 
 /// A participant's abort code is a non-empty run of ASCII letters, digits
@@ -292,6 +293,12 @@ impl Runtime {
         let permit = self.slots.clone().acquire_many_owned(steps);
         let permit = tokio::time::timeout(wait, permit).await.ok()?;
         Some(permit.expect("the slot semaphore is never closed"))
+    }
+
+    /// Instance slots not reserved right now (of
+    /// `runtime.instance_pool`), for `/metrics`.
+    pub fn slots_free(&self) -> usize {
+        self.slots.available_permits()
     }
 
     pub fn settings(&self) -> &RuntimeSettings {
