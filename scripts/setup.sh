@@ -17,9 +17,11 @@ missing=()
 command -v redis-server >/dev/null 2>&1 || missing+=(redis-server)
 command -v redis-cli >/dev/null 2>&1 || missing+=(redis-tools)
 command -v openssl >/dev/null 2>&1 || missing+=(openssl)
-# curl runs the README's requests in tests/docs.rs; python3 checks the docs' links.
+# curl runs the README's requests in tests/docs.rs; python3 checks the docs'
+# links, and with venv (Debian's python3-venv) runs the Python client's tests.
 command -v curl >/dev/null 2>&1 || missing+=(curl)
 command -v python3 >/dev/null 2>&1 || missing+=(python3)
+python3 -c 'import ensurepip, venv' >/dev/null 2>&1 || missing+=(python3-venv)
 if [ ${#missing[@]} -gt 0 ]; then
     say "installing ${missing[*]} (apt-get)"
     as_root apt-get update -qq

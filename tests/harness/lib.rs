@@ -10,6 +10,7 @@ pub mod cluster;
 pub mod http;
 mod process;
 mod proxy;
+pub mod python;
 mod tls;
 
 pub use process::{HostProcess, Launch, binary as redstage_binary, signal};
