@@ -115,6 +115,24 @@ pub fn components(toolchain: Toolchain) -> &'static Path {
     })
 }
 
+/// The JavaScript payments participant (`examples/payments-js`), built by
+/// its `build.sh` (npm and ComponentizeJS) once per test process.
+pub fn js_payments() -> &'static Path {
+    static BUILT: OnceLock<PathBuf> = OnceLock::new();
+    BUILT.get_or_init(|| {
+        let script = workspace().join("examples/payments-js/build.sh");
+        let out = Command::new(&script)
+            .output()
+            .unwrap_or_else(|e| panic!("{}: {e}", script.display()));
+        assert!(
+            out.status.success(),
+            "building the JavaScript participant failed:\n{}",
+            String::from_utf8_lossy(&out.stderr)
+        );
+        workspace().join("target/js/payments_js.wasm")
+    })
+}
+
 /// A participant to configure: name, component, store, prefix.
 #[derive(Debug, Clone)]
 pub struct ParticipantSpec {
