@@ -383,3 +383,85 @@ async fn reservations_of_fifteen_digits_are_released_exactly() {
     let left: i64 = redis.get(key).expect("GET");
     assert_eq!(left, 1_000_000_000_000_000 - 2 * 123_456_789_012_345);
 }
+
+/// Values that `INCRBY` refuses, written by another application: "007",
+/// "-0", "+5", " 5", "1e3" and a 25-digit number. An adjustment of one
+/// aborts with `not_an_integer` before anything changes, wherever the key
+/// is checked: the commit point of a transfer alone (one store), the lock
+/// that reserves an order's stock, the commit point of an order's payment,
+/// and the host itself when the key is also read. (A script that took them
+/// for integers would decide, then fail in `INCRBY` with the decision
+/// written and the deltas unapplied.)
+#[tokio::test]
+async fn values_incrby_refuses_abort_adjustments_with_nothing_applied() {
+    use redis::Commands;
+
+    let env = env("");
+    env.stock_and_fund("sale", 5, "alice", 100).await;
+    let deduct_read = step(
+        "inventory",
+        json!({"op": "deduct", "sku": "sale", "qty": 1, "read": true}),
+    );
+    let pay_read = step(
+        "payments",
+        json!({"op": "transfer", "from": "alice", "to": "shop", "amount": 10, "read": true}),
+    );
+    let cases = [
+        (
+            "orders",
+            "inventory:stock:sale",
+            "5",
+            "inventory",
+            vec![
+                json!([deduct(1)]),
+                json!([deduct(1), pay(10)]),
+                json!([deduct_read.clone(), pay(10)]),
+            ],
+        ),
+        (
+            "ledger",
+            "payments:balance:alice",
+            "100",
+            "payments",
+            vec![
+                json!([pay(10)]),
+                json!([deduct(1), pay(10)]),
+                json!([pay_read.clone(), deduct(1)]),
+            ],
+        ),
+    ];
+    for bad in ["007", "-0", "+5", " 5", "1e3", "1234567890123456789012345"] {
+        for (store, key, good, participant, transactions) in &cases {
+            let mut redis = env.redis(store);
+            let _: () = redis.set(*key, bad).expect("SET");
+            let refused: redis::RedisResult<i64> = redis.incr(*key, 0);
+            assert!(refused.is_err(), "INCRBY takes {bad:?}: the test is wrong");
+            // Everything but the receipts of aborted transactions.
+            let state = || async {
+                let mut all = env.dump("orders").await;
+                all.extend(env.dump("ledger").await);
+                all.retain(|(k, _)| !k.starts_with("rs:txn:"));
+                all
+            };
+            let before = state().await;
+            for steps in transactions {
+                let r = env.run(steps.clone()).await;
+                let abort = r.abort.as_ref().unwrap_or_else(|| panic!("{bad:?}: {r:?}"));
+                // A step that reads the value itself finds it no integer
+                // either (the SDK applies the same rule).
+                let codes = ["not_an_integer", "bad_value"];
+                assert!(
+                    codes.contains(&abort.code.as_str())
+                        && abort.participant.as_deref() == Some(*participant),
+                    "{bad:?} {steps}: {abort:?}"
+                );
+                assert_eq!(before, state().await, "{bad:?} {steps}: something changed");
+                assert_eq!(env.leftovers().await, Vec::<String>::new(), "{bad:?}");
+            }
+            let _: () = redis.set(*key, *good).expect("SET");
+        }
+    }
+    // The same transactions commit on the values restored.
+    let r = env.run(json!([deduct(1), pay(10)])).await;
+    assert_eq!(r.status, Status::Committed, "{r:?}");
+}

@@ -896,3 +896,183 @@ async fn orders_until(
     }
     total
 }
+
+/// A decision the log store's master holds but its replica does not (the
+/// replica is stopped and cut off, the commit's `WAIT` timed out, the
+/// order answered `outcome_unknown`) is
+/// neither answered nor acted on: a keyed retry and a sweep on a second
+/// host see it on the master, and must not answer `committed` from it or
+/// roll the ledger forward with it, for the failover that follows loses it.
+/// The master is killed, the replica (stopped meanwhile, so it never got the
+/// decision) promoted, and once recovery and retries are done every order
+/// is applied on both stores or on neither, and a committed answer was
+/// applied exactly once.
+#[tokio::test]
+async fn a_decision_not_yet_replicated_is_never_acted_on() {
+    let master = RedisServer::start(Persistence::None).expect("master");
+    let mut replica = RedisServer::replica_of(&master, Persistence::None).expect("replica");
+    let ledger = RedisServer::start(Persistence::None).expect("ledger");
+    let lease = "[txn]\nlease_ms = 3000\nstore_timeout_ms = 400\nsweep_interval_ms = 100\n\
+                 idempotency_lease_ms = 1500\nidempotency_wait_ms = 200\n";
+    let config = |orders: &str, wait: bool| {
+        let wait = if wait {
+            "wait_replicas = 1\nwait_timeout_ms = 300\n"
+        } else {
+            ""
+        };
+        let participants: String = [
+            ParticipantSpec::example("inventory", "inventory", "orders", "inventory:"),
+            ParticipantSpec::example("payments", "payments", "ledger", "payments:"),
+        ]
+        .iter()
+        .map(|p| {
+            format!(
+                "[participants.{}]\ncomponent = {:?}\nstore = {:?}\nprefix = {:?}\n",
+                p.name,
+                p.component.display().to_string(),
+                p.store,
+                p.prefix
+            )
+        })
+        .collect();
+        format!(
+            "log_store = \"orders\"\ndurability = \"unsafe\"\n[stores.orders]\nurl = {orders:?}\n\
+             {wait}[stores.ledger]\nurl = {:?}\n{participants}[cache]\ndir = {:?}\n{lease}",
+            ledger.url(),
+            redstage_tests::shared_cache_dir().display().to_string(),
+        )
+    };
+    let dir = tempfile::tempdir().expect("temp dir");
+    let path = dir.path().join("redstage.toml");
+    std::fs::write(&path, config(&master.url(), true)).expect("write");
+    let coordinator = |path: &std::path::Path| {
+        Arc::new(
+            redstage::cli::coordinator(&Config::load(path).expect("config")).expect("coordinator"),
+        )
+    };
+    let second = coordinator(&path);
+    let seeded = second
+        .run(request(json!([
+            step(
+                "inventory",
+                json!({"op": "restock", "sku": "A1", "qty": STOCK})
+            ),
+            step(
+                "payments",
+                json!({"op": "deposit", "account": "alice", "amount": FUNDS})
+            ),
+        ])))
+        .await
+        .expect("seed");
+    assert_eq!(seeded.status, Status::Committed, "{seeded:?}");
+
+    // The first host stalls once it holds its locks; meanwhile the replica
+    // stops, so that the commit point's WAIT times out.
+    let mut first = HostProcess::start(&path, Some("after-prepare:1000"));
+    let body = json!({"idempotency_key": "k1", "steps": order()}).to_string();
+    let addr = first.addr;
+    let answer = tokio::spawn(async move {
+        http::try_request(addr, "POST", "/v1/transactions", body.as_bytes()).await
+    });
+    first.wait_for_point("after-prepare").await;
+    // Stopped, and cut off: a stopped process's socket still takes what the
+    // master sends, and would apply it once resumed.
+    signal(replica.pid().expect("pid"), "STOP");
+    redis::cmd("CLIENT")
+        .arg("KILL")
+        .arg("TYPE")
+        .arg("replica")
+        .exec(
+            &mut redis::Client::open(master.url())
+                .and_then(|c| c.get_connection())
+                .expect("connect"),
+        )
+        .expect("CLIENT KILL");
+    let (status, body) = answer.await.expect("task").expect("an answer");
+    assert_eq!(
+        (status, body["error"]["code"].as_str()),
+        (503, Some("outcome_unknown")),
+        "{body}"
+    );
+    first.kill();
+
+    // The decision is on the master only. A lookup, a retry and a sweep on
+    // another host must not take it for durable. (A host that has written
+    // nothing yet: its WAIT after a read would return at once.)
+    drop(second);
+    let second = coordinator(&path);
+    let mut answers = Vec::new();
+    let id = body["error"]["id"].as_str().expect("the id").to_owned();
+    let lookup = second.lookup(&id).await;
+    answers.push(format!("lookup: {lookup:?}"));
+    assert!(
+        lookup.is_err(),
+        "a lookup answered from an unreplicated decision: {lookup:?}"
+    );
+    let retry = second.run(keyed_order("k1")).await;
+    answers.push(format!("{retry:?}"));
+    // Past the lease: the sweep finds the order's locks on the ledger.
+    tokio::time::sleep(Duration::from_millis(3200)).await;
+    second.sweep().await;
+    second.flush().await;
+
+    // Failover: the master dies, the replica takes over without the
+    // decision.
+    let mut master = master;
+    master.kill();
+    signal(replica.pid().expect("pid"), "CONT");
+    replica.promote().expect("promote");
+    drop(second);
+    std::fs::write(&path, config(&replica.url(), false)).expect("write");
+    let after = coordinator(&path);
+    let started = Instant::now();
+    let committed = loop {
+        after.sweep().await;
+        let retry = after.run(keyed_order("k1")).await;
+        answers.push(format!("{retry:?}"));
+        if let Ok(r) = &retry
+            && r.status == Status::Committed
+        {
+            break r.clone();
+        }
+        assert!(
+            started.elapsed() < RECOVERY_TIMEOUT,
+            "no retry committed: {answers:?}"
+        );
+        tokio::time::sleep(Duration::from_millis(200)).await;
+    };
+    after.flush().await;
+    let read = |server: &RedisServer, key: &str| -> i64 {
+        redis::Client::open(server.url())
+            .and_then(|c| c.get_connection())
+            .and_then(|mut c| redis::cmd("GET").arg(key).query::<Option<i64>>(&mut c))
+            .expect("GET")
+            .unwrap_or(0)
+    };
+    let locks = |server: &RedisServer| -> usize {
+        redis::Client::open(server.url())
+            .and_then(|c| c.get_connection())
+            .and_then(|mut c| redis::cmd("ZCARD").arg("rs:locks").query(&mut c))
+            .expect("ZCARD")
+    };
+    let started = Instant::now();
+    while locks(&replica) + locks(&ledger) > 0 {
+        after.sweep().await;
+        assert!(started.elapsed() < RECOVERY_TIMEOUT, "{answers:?}");
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+    let sold = STOCK - read(&replica, "inventory:stock:A1");
+    let shop = read(&ledger, "payments:balance:shop");
+    let alice = read(&ledger, "payments:balance:alice");
+    assert_eq!(
+        alice + shop,
+        FUNDS,
+        "money was created or lost: {answers:?}"
+    );
+    assert_eq!(
+        (sold, shop),
+        (1, PRICE),
+        "the order committed as {} was not applied once on both stores: {answers:?}",
+        committed.id
+    );
+}

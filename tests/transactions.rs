@@ -522,3 +522,54 @@ async fn a_store_reached_over_tls_with_a_client_certificate_runs_orders() {
         assert_eq!(err.code(), "store_unavailable", "{table}: {err}");
     }
 }
+
+/// A key that holds another Redis type than the string a step declares (a
+/// hash where a balance should be): reading it, adjusting it on its own
+/// store (where the commit point checks it) and adjusting it in an order
+/// across stores all abort with `wrong_type`, naming the key and the type
+/// found; nothing changes, no lock is left, and a lookup of the id answers
+/// the same abort. (Before, a read answered `503 store_error`, and an
+/// adjustment `503 outcome_unknown` that the lookup then did not know.)
+#[tokio::test]
+async fn a_key_of_another_redis_type_aborts_with_wrong_type() {
+    use redis::Commands;
+
+    let env = stocked().await;
+    let mut ledger = env.redis("ledger");
+    let _: () = ledger
+        .hset("payments:balance:bob", "owner", "bob")
+        .expect("HSET");
+    let reading = step(
+        "payments",
+        json!({"op": "transfer", "from": "bob", "to": "shop", "amount": 1, "read": true}),
+    );
+    let state = || async {
+        let mut all = env.dump("orders").await;
+        all.extend(env.dump("ledger").await);
+        all.retain(|(k, _)| !k.starts_with("rs:txn:"));
+        all
+    };
+    let before = state().await;
+    for steps in [
+        json!([transfer("bob", "shop", 1)]),
+        json!([deduct("A1", 1), transfer("bob", "shop", 1)]),
+        json!([reading]),
+    ] {
+        let r = env.run(steps.clone()).await;
+        let abort = r.abort.clone().unwrap_or_else(|| panic!("{steps}: {r:?}"));
+        assert_eq!(
+            (abort.code.as_str(), abort.participant.as_deref()),
+            ("wrong_type", Some("payments")),
+            "{steps}: {abort:?}"
+        );
+        assert!(
+            abort.message.contains("balance:bob") && abort.message.contains("hash"),
+            "{abort:?}"
+        );
+        let found = env.coordinator.lookup(&r.id).await.expect("lookup");
+        let found = found.unwrap_or_else(|| panic!("{steps}: the lookup knows nothing"));
+        assert_eq!(found.abort.map(|a| a.code).as_deref(), Some("wrong_type"));
+        assert_eq!(state().await, before, "{steps}: something changed");
+        assert_eq!(env.leftovers().await, Vec::<String>::new(), "{steps}");
+    }
+}

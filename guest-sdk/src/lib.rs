@@ -90,7 +90,7 @@ pub use abort::{Abort, checked_add, checked_sub};
 pub use access::Access;
 pub use outcome::{Adjustment, Bounds, Outcome};
 pub use positive::Positive;
-pub use snapshot::Snapshot;
+pub use snapshot::{Snapshot, integer};
 
 /// The business logic of one kind of transaction step.
 ///

@@ -40,16 +40,14 @@ impl Snapshot {
         }
     }
 
-    /// The value of `key` as a decimal integer; a missing key reads as 0, so
-    /// counters and balances need no initialisation.
+    /// The value of `key` as a decimal integer, by the rule Redis's `INCRBY`
+    /// applies (see [`integer`]); a missing key reads as 0, so counters and
+    /// balances need no initialisation.
     pub fn get_i64(&self, key: &str) -> Result<i64, Abort> {
         let Some(bytes) = self.get(key)? else {
             return Ok(0);
         };
-        std::str::from_utf8(bytes)
-            .ok()
-            .and_then(|text| text.parse().ok())
-            .ok_or_else(|| bad_value(key, bytes, "a decimal 64-bit integer"))
+        integer(bytes).ok_or_else(|| bad_value(key, bytes, "a decimal 64-bit integer"))
     }
 
     /// The value of `key` parsed as JSON, `None` if the key does not exist.
@@ -72,6 +70,23 @@ fn bad_value(key: &str, bytes: &[u8], expected: &str) -> Abort {
         "bad_value",
         format!("key `{key}` holds {shown:?}{ellipsis}, expected {expected}"),
     )
+}
+
+/// The integer `bytes` holds, by the rule Redis's `INCRBY` applies and the
+/// host checks adjustments with: `0`, or an optional `-`, a digit 1-9 and
+/// more digits, within a signed 64-bit integer. `007`, `-0`, `+5`, ` 5`
+/// and `1e3` are not integers.
+pub fn integer(bytes: &[u8]) -> Option<i64> {
+    let digits = bytes.strip_prefix(b"-").unwrap_or(bytes);
+    let canonical = match digits {
+        [b'0'] => bytes.len() == 1,
+        [b'1'..=b'9', rest @ ..] => rest.iter().all(u8::is_ascii_digit),
+        _ => false,
+    };
+    if !canonical {
+        return None;
+    }
+    std::str::from_utf8(bytes).ok()?.parse().ok()
 }
 
 #[cfg(test)]
@@ -106,7 +121,17 @@ mod tests {
 
     #[test]
     fn get_i64_rejects_what_is_not_a_decimal_i64() {
-        for value in ["abc", "1.5", " 1", "", "9223372036854775808"] {
+        for value in [
+            "abc",
+            "1.5",
+            " 1",
+            "",
+            "9223372036854775808",
+            "007",
+            "-0",
+            "+5",
+            "1e3",
+        ] {
             let snap = snapshot(&[("n", Some(value))]);
             let err = snap.get_i64("n").unwrap_err();
             assert_eq!(err.code, "bad_value", "{value:?}");

@@ -124,7 +124,7 @@ pub fn run<P: Participant>(input_json: &str, store: &[(&str, &str)]) -> Result<T
         };
         let current = match current {
             None => 0,
-            Some(text) => text.parse::<i64>().map_err(|_| {
+            Some(text) => crate::snapshot::integer(text.as_bytes()).ok_or_else(|| {
                 Abort::new(
                     "not_an_integer",
                     format!(

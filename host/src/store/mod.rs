@@ -232,6 +232,9 @@ pub enum Refusal {
     /// A lock of the transaction on the key at `index` is gone (recovery
     /// took it): nothing was reserved.
     Lost { index: usize },
+    /// The key at `index` holds a value of another Redis type (`found`,
+    /// as `TYPE` names it) than the string the step declared.
+    WrongType { index: usize, found: String },
 }
 
 impl Refusal {
@@ -245,8 +248,29 @@ impl Refusal {
             Refusal::NotInteger { index } => Refusal::NotInteger { index: f(index) },
             Refusal::Range { index } => Refusal::Range { index: f(index) },
             Refusal::Lost { index } => Refusal::Lost { index: f(index) },
+            Refusal::WrongType { index, found } => Refusal::WrongType {
+                index: f(index),
+                found,
+            },
         }
     }
+}
+
+/// The integer `bytes` holds, by the rule `INCRBY` and `HINCRBY` apply:
+/// `0`, or an optional `-`, a digit 1-9 and more digits, within a signed
+/// 64-bit integer. So `007`, `-0`, `+5`, ` 5` and `1e3` are not integers
+/// here either (the scripts' `integer` helper is the same rule in Lua).
+pub fn integer(bytes: &[u8]) -> Option<i64> {
+    let digits = bytes.strip_prefix(b"-").unwrap_or(bytes);
+    let canonical = match digits {
+        [b'0'] => bytes.len() == 1,
+        [b'1'..=b'9', rest @ ..] => rest.iter().all(u8::is_ascii_digit),
+        _ => false,
+    };
+    if !canonical {
+        return None;
+    }
+    std::str::from_utf8(bytes).ok()?.parse().ok()
 }
 
 /// A key being released, with the write to apply first (none: just release).
@@ -356,6 +380,7 @@ struct Scripts {
     rescore: Script,
     claim: Script,
     settle_claim: Script,
+    decision: Script,
 }
 
 fn scripts() -> &'static Scripts {
@@ -371,6 +396,7 @@ fn scripts() -> &'static Scripts {
         rescore: Script::new(scripts::RESCORE),
         claim: Script::new(scripts::CLAIM),
         settle_claim: Script::new(scripts::SETTLE_CLAIM),
+        decision: Script::new(scripts::DECISION),
     })
 }
 
@@ -669,15 +695,17 @@ impl Store {
         call.arg(txn)
             .arg(lease.as_millis() as u64)
             .arg(&entry.primary)
-            .arg(entry.encode());
+            .arg(entry.encode())
+            .arg(self.reassert());
         for (_, mode) in keys {
             call.arg(mode.code());
         }
         for steps in reserve {
             call.arg(Write::steps(steps));
         }
-        let writes = keys.iter().any(|(_, m)| *m != Mode::Read);
-        let items = self.array(self.invoke(&call, writes).await?)?;
+        // Even a read that locks nothing waits for the replicas: it writes
+        // for that (see `scripts::LOCK`).
+        let items = self.array(self.invoke(&call, true).await?)?;
         match self.tag(&items)?.as_deref() {
             Some("ok") if items.len() == keys.len() + 1 => Ok(Locked::Values(
                 items[1..]
@@ -689,7 +717,10 @@ impl Store {
                 let (index, holder) = self.in_the_way(&items, |i| keys.get(i).map(|(k, _)| *k))?;
                 Ok(Locked::Conflict { index, holder })
             }
-            Some("bound" | "nan" | "range") => Ok(Locked::Refused(self.refusal(&items)?)),
+            Some("bound" | "nan" | "range" | "wrong_type") => {
+                Ok(Locked::Refused(self.refusal(&items)?))
+            }
+            Some("stopped") => Err(self.stopped(&items)),
             _ => Err(self.protocol("unknown lock reply")),
         }
     }
@@ -763,7 +794,10 @@ impl Store {
             )),
             (Some("superseded"), _) => Ok(Committed::Superseded),
             (Some("lost"), _) => Ok(Committed::Lost),
-            (Some("bound" | "nan" | "range"), _) => Ok(Committed::Refused(self.refusal(&items)?)),
+            (Some("bound" | "nan" | "range" | "wrong_type"), _) => {
+                Ok(Committed::Refused(self.refusal(&items)?))
+            }
+            (Some("stopped"), _) => Ok(Committed::Stopped(self.stopped(&items))),
             (Some("locked" | "legacy"), _) => {
                 match self.in_the_way(&items, |i| point.keys.get(i).map(|(k, _)| *k)) {
                     Ok((index, holder)) => Ok(Committed::Conflict { index, holder }),
@@ -813,13 +847,15 @@ impl Store {
         let items = self.array(self.invoke(&call, true).await?)?;
         match self.tag(&items)?.as_deref() {
             Some("ok") => Ok(None),
-            Some("bound" | "nan" | "range" | "lost") => Ok(Some(self.refusal(&items)?)),
+            Some("bound" | "nan" | "range" | "lost" | "wrong_type") => {
+                Ok(Some(self.refusal(&items)?))
+            }
             _ => Err(self.protocol("unknown reserve reply")),
         }
     }
 
-    /// `{'bound', i, j}`, `{'nan', i}`, `{'range', i}` or `{'lost', i}`
-    /// (0-based `i`, 1-based `j`).
+    /// `{'bound', i, j}`, `{'nan', i}`, `{'range', i}`, `{'lost', i}` or
+    /// `{'wrong_type', i, type}` (0-based `i`, 1-based `j`).
     fn refusal(&self, items: &[Value]) -> Result<Refusal, StoreError> {
         let tag = self.tag(items)?;
         let number = |i: usize| -> Result<usize, StoreError> {
@@ -836,8 +872,19 @@ impl Store {
             Some("nan") => Ok(Refusal::NotInteger { index: number(1)? }),
             Some("range") => Ok(Refusal::Range { index: number(1)? }),
             Some("lost") => Ok(Refusal::Lost { index: number(1)? }),
+            Some("wrong_type") => Ok(Refusal::WrongType {
+                index: number(1)?,
+                found: self.string(items.get(2).unwrap_or(&Value::Nil))?,
+            }),
             _ => Err(self.protocol("unknown refusal")),
         }
+    }
+
+    /// A `{'stopped', message}` reply: a script that met what it cannot go
+    /// past, before it changed anything.
+    fn stopped(&self, items: &[Value]) -> StoreError {
+        let message = items.get(1).and_then(|m| self.string(m).ok());
+        self.protocol(message.as_deref().unwrap_or("stopped"))
     }
 
     /// Applies `keys`' writes for `txn` and releases its locks on them (a
@@ -899,31 +946,19 @@ impl Store {
         self.count(reply)
     }
 
-    /// Writes `record` as the decision of `txn` unless one exists (`SET
-    /// NX`), and returns the record that stands: ours, or the one written
-    /// first. How recovery fences a transaction whose lease ran out.
+    /// Writes `record` as the decision of `txn` unless one exists, and
+    /// returns the record that stands: ours, or the one written first. How
+    /// recovery fences a transaction whose lease ran out. Answers only once
+    /// the record that stands has reached the replicas the store's setting
+    /// demands (see [`scripts::DECISION`]).
     pub async fn decide(
         &self,
         txn: &str,
         record: &[u8],
         ttl: Duration,
     ) -> Result<Vec<u8>, StoreError> {
-        let key = Key::TxnRecord(txn).encode();
-        let mut set = redis::cmd("SET");
-        set.arg(&key)
-            .arg(record)
-            .arg("NX")
-            .arg("PX")
-            .arg(ttl.as_millis() as u64);
-        let mut get = redis::cmd("GET");
-        get.arg(&key);
-        // One round trip: the GET sees whichever SET won.
-        let mut pipe = redis::pipe();
-        pipe.add_command(set).ignore().add_command(get);
-        let mut conn = self.conn.clone();
-        let (stored,): (Option<Vec<u8>>,) = self.bounded(pipe.query_async(&mut conn)).await?;
-        self.replicated().await?;
-        stored.ok_or_else(|| self.protocol("decision record vanished right after SET NX"))
+        let stored = self.decision(txn, Some((record, ttl))).await?;
+        stored.ok_or_else(|| self.protocol("decision record vanished right after it was written"))
     }
 
     /// Writes the outcome record of a transaction that decided nothing
@@ -939,11 +974,39 @@ impl Store {
         self.replicated().await
     }
 
-    /// The decision record of `txn`, if any.
+    /// The decision record of `txn`, if any, once it has reached the
+    /// replicas the store's setting demands: what may be acted on or
+    /// answered (see [`scripts::DECISION`]).
     pub async fn record(&self, txn: &str) -> Result<Option<Vec<u8>>, StoreError> {
-        let mut get = redis::cmd("GET");
-        get.arg(Key::TxnRecord(txn).encode());
-        self.query(&get).await
+        self.decision(txn, None).await
+    }
+
+    /// [`Store::record`], fencing with `fence` (a record and its TTL) when
+    /// there is none.
+    async fn decision(
+        &self,
+        txn: &str,
+        fence: Option<(&[u8], Duration)>,
+    ) -> Result<Option<Vec<u8>>, StoreError> {
+        let mut call = Call::new(&scripts().decision);
+        call.key(Key::TxnRecord(txn).encode());
+        match fence {
+            Some((record, ttl)) => call
+                .arg("fence")
+                .arg(self.reassert())
+                .arg(record)
+                .arg(ttl.as_millis() as u64),
+            None => call.arg("read").arg(self.reassert()).arg("").arg(0),
+        };
+        let reply = self.invoke(&call, true).await?;
+        self.bytes_or_nil(&reply)
+    }
+
+    /// `1` when what a script reads must be written again before it is
+    /// acted on, for a `WAIT` to cover it: the store's writes must reach
+    /// replicas (see [`scripts::DECISION`]).
+    fn reassert(&self) -> &'static str {
+        if self.replication.is_some() { "1" } else { "" }
     }
 
     /// Ends decision records whose stores have all applied (see
@@ -1080,7 +1143,8 @@ impl Store {
             .arg(owner)
             .arg(lease.as_millis() as u64)
             .arg(retention.as_millis() as u64)
-            .arg(request);
+            .arg(request)
+            .arg(self.reassert());
         let items = self.array(self.invoke(&call, true).await?)?;
         match (self.tag(&items)?.as_deref(), items.get(1)) {
             (Some("claimed"), _) => Ok(Claim::Claimed),
@@ -1336,4 +1400,33 @@ fn client(url: &str, tls: &StoreTls) -> Result<redis::Client, String> {
         root_cert,
     };
     redis::Client::build_with_tls(url, certificates).map_err(|e| e.to_string())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::integer;
+
+    #[test]
+    fn integers_are_what_incrby_takes() {
+        for (text, value) in [
+            ("0", Some(0)),
+            ("7", Some(7)),
+            ("-7", Some(-7)),
+            ("9223372036854775807", Some(i64::MAX)),
+            ("-9223372036854775808", Some(i64::MIN)),
+            ("9223372036854775808", None),
+            ("-9223372036854775809", None),
+            ("007", None),
+            ("-0", None),
+            ("+5", None),
+            (" 5", None),
+            ("5 ", None),
+            ("1e3", None),
+            ("", None),
+            ("-", None),
+            ("1234567890123456789012345", None),
+        ] {
+            assert_eq!(integer(text.as_bytes()), value, "{text:?}");
+        }
+    }
 }

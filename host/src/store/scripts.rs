@@ -68,7 +68,13 @@ macro_rules! lua_clock {
 /// - `holder(v)`: the sole holder of an exclusive entry, cheaply;
 /// - `adjuster(adj, txn)`: some adjuster other than `txn`, as a holder;
 /// - `strings(data)`: the values of the keys `data` (`MGET`), or nil and
-///   an error reply when one of them holds a value that is not a string;
+///   `{'wrong_type', i, type}` naming the first of them (0-based) that
+///   holds a value of another Redis type;
+/// - `integer(raw)`: the value of `raw` if `INCRBY` takes it as an
+///   integer (Redis's own rule: `0`, or an optional `-`, a digit 1-9 and
+///   more digits, within a signed 64-bit integer), else nil: so `007`,
+///   `-0`, `+5`, ` 5` or `1e3` are refused here, not by an `INCRBY` that
+///   would fail after the script's first write;
 /// - `int(x)`: a Lua number as a decimal integer, for a string built
 ///   from it (Lua's `..` keeps 14 digits: 123456789012345 would become
 ///   `1.2345678901234e+14`; a number passed to `redis.call` keeps 17);
@@ -83,7 +89,8 @@ macro_rules! lua_clock {
 ///   way; marks the key as waited for;
 /// - `legacy(i, meta)`: for a lock table entry that is not a string (the
 ///   first protocol's metadata hash), the reply refusing the `i`-th key if
-///   that protocol's lock is in it; otherwise drops it and returns nil;
+///   that protocol's lock is in it (or `{'stopped', message}` for an entry
+///   of any other type); otherwise drops it and returns nil;
 /// - `release_all(txn, data, metas, adjs, found, ops, values)`: lets go of
 ///   `txn`'s locks on keys whose entries `found` were read: a key held
 ///   exclusively gets its write first (`set`, `del`, or `keep` for none), a
@@ -150,12 +157,32 @@ local function strings(data)
   local values = call_all('MGET', {}, data)
   local absent = {}
   for i = 1, #data do
-    if not values[i] then absent[#absent + 1] = data[i] end
+    if not values[i] then absent[#absent + 1] = i end
   end
-  if #absent > 0 and redis.call('EXISTS', unpack(absent)) > 0 then
-    return nil, redis.error_reply('WRONGTYPE a declared key holds a value that is not a string')
+  if #absent == 0 then return values end
+  local keys = {}
+  for j, i in ipairs(absent) do keys[j] = data[i] end
+  local any = false
+  for j = 1, #keys, 1000 do
+    any = any or redis.call('EXISTS', unpack(keys, j, math.min(j + 999, #keys))) > 0
+  end
+  if not any then return values end
+  for _, i in ipairs(absent) do
+    local kind = redis.call('TYPE', data[i]).ok
+    if kind ~= 'none' then return nil, {'wrong_type', i - 1, kind} end
   end
   return values
+end
+local function integer(raw)
+  if raw == '0' then return 0 end
+  local sign, digits = string.match(raw, '^(-?)([1-9]%d*)$')
+  if not digits or #digits > 19 then return nil end
+  if #digits == 19 then
+    local max = '9223372036854775807'
+    if sign == '-' then max = '9223372036854775808' end
+    if digits > max then return nil end
+  end
+  return tonumber(raw)
 end
 local function int(x)
   return string.format('%.0f', x)
@@ -163,8 +190,8 @@ end
 local function bounded(raw, neg, pos, list)
   local value = 0
   if raw then
-    if not string.match(raw, '^-?%d+$') then return nil, {'nan'} end
-    value = tonumber(raw)
+    value = integer(raw)
+    if not value then return nil, {'nan'} end
   end
   local cum, j = 0, 0
   local exact = 9007199254740992
@@ -198,7 +225,7 @@ local function locked(i, meta, adj, v, txn, now_ms)
 end
 local function legacy(i, meta)
   if redis.call('TYPE', meta).ok ~= 'hash' then
-    return redis.error_reply('a lock table entry of another type is in the way')
+    return {'stopped', 'the lock table entry ' .. meta .. ' holds a value of another type'}
   end
   local held = redis.call('HGET', meta, 'lock')
   if held then return {'legacy', i - 1, held} end
@@ -298,9 +325,17 @@ end
 /// its holder is named, for an operator to finish with the version that
 /// took it.
 ///
+/// A read that locks nothing (or a call delivered again) writes nothing
+/// either, so the `WAIT` after it would cover none of what it read; with
+/// `sync` (the store's writes must reach replicas), it makes a write that
+/// changes nothing (an index member added and removed at once), so that the
+/// `WAIT` covers every value it read (see [`DECISION`]): a value the master
+/// holds and its replicas do not, which a failover could lose, is never
+/// answered.
+///
 /// KEYS: data1, meta1, adjusters1, ..., index; ARGV: txn, lease_ms,
-/// primary, index entry, then one mode per key, then (only to reserve) one
-/// `delta:lower:upper;...` per key ('' for none).
+/// primary, index entry, sync (`1` or ''), then one mode per key, then
+/// (only to reserve) one `delta:lower:upper;...` per key ('' for none).
 /// Reply: `{'ok', value1|nil, ...}`,
 /// `{'locked', i (0-based), holder, remaining_ms, holder's primary}`,
 /// `{'legacy', i, holder}`, or a reservation's refusal (see [`RESERVE`]).
@@ -316,7 +351,14 @@ for i = 1, n do
 end
 local values, wrong = strings(data)
 if not values then return wrong end
+local function sync()
+  if ARGV[5] == '1' then
+    redis.call('ZADD', KEYS[#KEYS], 0, 'sync')
+    redis.call('ZREM', KEYS[#KEYS], 'sync')
+  end
+end
 if redis.call('ZSCORE', KEYS[#KEYS], ARGV[4]) then
+  sync()
   local out = {'ok'}
   for i = 1, n do out[i + 1] = values[i] end
   return out
@@ -328,7 +370,7 @@ local function conflict(i, v)
 end
 local xs, xi, joins, ri = {}, {}, {}, {}
 for i = 1, n do
-  local mode = ARGV[4 + i]
+  local mode = ARGV[5 + i]
   if mode == 'x' then
     xs[#xs + 1] = metas[i]
     xs[#xs + 1] = 'x0\\t' .. mine
@@ -374,7 +416,7 @@ if #xs > 0 then
       end
     end
     if lock_all() == 0 then
-      return redis.error_reply('a lock table entry of another type is in the way')
+      return {'stopped', 'a lock table entry of another type is in the way'}
     end
   end
 end
@@ -396,7 +438,7 @@ local function rollback()
   end
 end
 for _, i in ipairs(joins) do
-  local mode = ARGV[4 + i]
+  local mode = ARGV[5 + i]
   local first = mode .. '0'
   if mode == 's' then first = first .. '\\t' .. mine end
   local old = redis.pcall('SET', metas[i], first, 'NX', 'GET')
@@ -416,7 +458,7 @@ for _, i in ipairs(joins) do
     undo[#undo + 1] = {meta = metas[i], old = old}
     if old then redis.call('SET', metas[i], old .. '\\t' .. mine) end
   else
-    local wanted = ARGV[4 + n + i]
+    local wanted = ARGV[5 + n + i]
     local held = 't:' .. txn
     if wanted and wanted ~= '' then
       local r = redis.call('HMGET', adjs[i], 'neg', 'pos', 'n')
@@ -437,7 +479,11 @@ for _, i in ipairs(joins) do
     end
   end
 end
-if #xs > 0 or #joins > 0 then redis.call('ZADD', KEYS[#KEYS], lease, ARGV[4]) end
+if #xs > 0 or #joins > 0 then
+  redis.call('ZADD', KEYS[#KEYS], lease, ARGV[4])
+else
+  sync()
+end
 local out = {'ok'}
 for i = 1, n do out[i + 1] = values[i] end
 return out
@@ -454,18 +500,22 @@ return out
 /// KEYS: data1, meta1, adjusters1, ...; ARGV: txn, then per key its
 /// adjustments `delta:lower:upper;...`.
 /// Reply: `{'ok'}`, `{'bound', i, j}` (adjustment `j`, 1-based, of key `i`),
-/// `{'nan', i}` (not an integer), `{'range', i}` or `{'lost', i}`.
+/// `{'nan', i}` (not an integer), `{'range', i}`, `{'lost', i}` or
+/// `{'wrong_type', i, type}` (a key of another Redis type).
 pub const RESERVE: &str = concat!(
     lua_locks!(),
     "local txn = ARGV[1]
 local n = #KEYS / 3
+local data = {}
+for i = 1, n do data[i] = KEYS[3 * i - 2] end
+local raws, wrong = strings(data)
+if not raws then return wrong end
 local held, totals = {}, {}
 for i = 1, n do
   local r = redis.call('HMGET', KEYS[3 * i], 't:' .. txn, 'neg', 'pos')
   if not r[1] then return {'lost', i - 1} end
   if string.match(r[1], '\\t([^\\t]*)$') == '0' then
-    local raw = redis.call('GET', KEYS[3 * i - 2])
-    local total, refused = bounded(raw, tonumber(r[2]) or 0, tonumber(r[3]) or 0, ARGV[1 + i])
+    local total, refused = bounded(raws[i], tonumber(r[2]) or 0, tonumber(r[3]) or 0, ARGV[1 + i])
     if refused then return {refused[1], i - 1, refused[2]} end
     held[i], totals[i] = r[1], total
   end
@@ -556,7 +606,7 @@ if #adjusted > 0 then
   local keys = {}
   for j, i in ipairs(adjusted) do keys[j] = data[i] end
   local got, wrong = strings(keys)
-  if not got then return wrong end
+  if not got then return {wrong[1], adjusted[wrong[2] + 1] - 1, wrong[3]} end
   for j, i in ipairs(adjusted) do raws[i] = got[j] end
 end
 local totals = {}
@@ -569,7 +619,7 @@ for i = 1, n do
       return locked(i, metas[i], adjs[i], v, txn, tonumber(t[1]) * 1000 + math.floor(tonumber(t[2]) / 1000))
     end
     if ops[i] == 'set' or ops[i] == 'del' then
-      return redis.error_reply('a key written without its lock')
+      return {'stopped', 'key ' .. data[i] .. ' would be written without its lock'}
     elseif ops[i] == 'adj' then
       local neg, pos = 0, 0
       if v then
@@ -619,7 +669,12 @@ return {'ok'}
 /// Applies a decided transaction's writes on this store and releases its
 /// locks here (or, with every op `keep`, just releases them: a rollback,
 /// which also gives up its reservations). Idempotent: a key no longer held
-/// by the transaction is left alone.
+/// by the transaction is left alone. The values its adjustments add to are
+/// checked before anything changes: through redstage they are integers
+/// (each was checked when its delta was reserved, and only adjusters have
+/// touched it since), but a value written behind redstage's back that
+/// `INCRBY` refuses makes the whole call an error that changes nothing,
+/// rather than one that fails half-way.
 /// KEYS: data1, meta1, adjusters1, ..., index; ARGV: txn, index entry (''
 /// if none), then per key `op, value`. Reply: how many keys the transaction
 /// held.
@@ -627,12 +682,24 @@ pub const APPLY: &str = concat!(
     lua_locks!(),
     "local n = (#KEYS - 1) / 3
 local data, metas, adjs, ops, values = {}, {}, {}, {}, {}
+local adjusted = {}
 for i = 1, n do
   data[i] = KEYS[3 * i - 2]
   metas[i] = KEYS[3 * i - 1]
   adjs[i] = KEYS[3 * i]
   ops[i] = ARGV[1 + 2 * i]
   values[i] = ARGV[2 + 2 * i]
+  if ops[i] == 'adj' then adjusted[#adjusted + 1] = data[i] end
+end
+if #adjusted > 0 then
+  local raws, wrong = strings(adjusted)
+  local bad = wrong and adjusted[wrong[2] + 1]
+  for j = 1, #adjusted do
+    if raws and raws[j] and not integer(raws[j]) then bad = adjusted[j] end
+  end
+  if bad then
+    return redis.error_reply('key ' .. bad .. ' cannot be adjusted: something written behind redstage that INCRBY refuses is in it; nothing applied')
+  end
 end
 local held = 0
 if n > 0 then
@@ -667,6 +734,29 @@ return #KEYS - 1
 "
 );
 
+/// Reads the decision record of a transaction, so that it can be acted on:
+/// with `fence`, writes `aborted` first unless a record stands (how
+/// recovery fences a transaction whose lease ran out). With `reassert`
+/// (the store's writes must reach replicas), a record found is written
+/// again as it is: a `WAIT` after a pure read covers nothing (Redis counts
+/// only the connection's own writes), but after this write it covers every
+/// write the master made before it, the record's included. So a decision
+/// is acted on only once it is as durable as the store's setting demands:
+/// one the master holds but its replicas do not yet (its own commit's
+/// `WAIT` timed out) could be lost in a failover, after recovery acted on
+/// it on other stores.
+/// KEYS: record; ARGV: `read` or `fence`, reassert (`1` or ''), the record
+/// to fence with, its TTL in ms. Reply: the record that stands, or nil.
+pub const DECISION: &str = "local v = redis.call('GET', KEYS[1])
+if v then
+  if ARGV[2] == '1' then redis.call('SET', KEYS[1], v, 'KEEPTTL') end
+  return v
+end
+if ARGV[1] ~= 'fence' then return false end
+redis.call('SET', KEYS[1], ARGV[3], 'PX', ARGV[4])
+return ARGV[3]
+";
+
 /// Index entries whose lease has run out, oldest first.
 /// KEYS: index; ARGV: max entries. Reply: entries.
 pub const EXPIRED: &str = lua_clock!(
@@ -694,8 +784,12 @@ pub const RESCORE: &str = lua_clock!(
 /// Claims an idempotency key for `owner`, unless a first request holds it.
 /// Claiming again with the same owner answers `claimed` (a reply lost on the
 /// way is simply asked again). A key first used for another request (a
-/// different fingerprint), running or done, answers `reused`.
-/// KEYS: idempotency key; ARGV: owner, lease_ms, retention_ms, fingerprint.
+/// different fingerprint), running or done, answers `reused`. A stored
+/// outcome is written again as it is before it is answered, with
+/// `reassert`, for the reason [`DECISION`] gives: it is answered only once
+/// it has reached the replicas.
+/// KEYS: idempotency key; ARGV: owner, lease_ms, retention_ms, fingerprint,
+/// reassert (`1` or '').
 /// Reply: `{'claimed'}`, `{'in_flight'}` while another owner's claim is
 /// live, `{'reused'}`, or `{'done', record}` once the first request has an
 /// outcome.
@@ -704,7 +798,10 @@ pub const CLAIM: &str = lua_clock!(
 if v then
   local r = cjson.decode(v)
   if r.request and r.request ~= ARGV[4] then return {'reused'} end
-  if r.state ~= 'pending' then return {'done', v} end
+  if r.state ~= 'pending' then
+    if ARGV[5] == '1' then redis.call('SET', KEYS[1], v, 'KEEPTTL') end
+    return {'done', v}
+  end
   if r.owner == ARGV[1] then return {'claimed'} end
   if tonumber(r.lease) > now_ms then return {'in_flight'} end
 end

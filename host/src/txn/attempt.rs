@@ -16,7 +16,7 @@ use super::{Coordinator, Step, TxnError, faults};
 use crate::metrics::Phase;
 use crate::runtime::{Adjustment, Entry, Write as GuestWrite};
 use crate::store::{
-    Bounded, ClaimedOutcome, CommitPoint, Committed, Holder, Locked, Mode, Refusal, Release,
+    self, Bounded, ClaimedOutcome, CommitPoint, Committed, Holder, Locked, Mode, Refusal, Release,
     StoreError, Write,
 };
 
@@ -117,9 +117,9 @@ impl Coordinator {
             Ok(view) => view,
             Err(Stop::Blocked(blocked)) => return Ok(Outcome::Blocked(blocked)),
             Err(Stop::Refused(part, refusal)) => {
-                let aborts = executed.as_ref().map(|(_, _, a)| a);
-                let aborts = aborts.expect("only a blind transaction reserves as it locks");
-                return refused(id, &plan.parts[part], refusal, aborts);
+                let none = Aborts::new();
+                let aborts = executed.as_ref().map_or(&none, |(_, _, a)| a);
+                return refused(id, steps, &plan.parts[part], refusal, aborts);
             }
             Err(Stop::Failed(e)) => return Err(e.into()),
         };
@@ -142,7 +142,11 @@ impl Coordinator {
         let Some(primary) = plan.primary else {
             return Ok(self.read_only(id, plan, &entries, started, outputs).await);
         };
-        if !blind && let Some(refused) = self.reserve(id, plan, primary, &writes, &aborts).await {
+        if !blind
+            && let Some(refused) = self
+                .reserve(id, steps, plan, primary, &writes, &aborts)
+                .await
+        {
             self.release(id, plan, &entries).await;
             return refused;
         }
@@ -186,7 +190,7 @@ impl Coordinator {
             }
             Committed::Refused(refusal) => {
                 self.release(id, plan, &entries).await;
-                refused(id, &plan.parts[primary], refusal, &aborts)
+                refused(id, steps, &plan.parts[primary], refusal, &aborts)
             }
             Committed::Conflict { index, holder } => {
                 self.release(id, plan, &entries).await;
@@ -216,6 +220,7 @@ impl Coordinator {
     async fn reserve(
         &self,
         id: &str,
+        steps: &[Step],
         plan: &Plan,
         primary: usize,
         writes: &Writes,
@@ -255,7 +260,7 @@ impl Coordinator {
                     let key = |index: usize| adjusted[index].0;
                     let index = |k: &str| part.keys.iter().position(|(p, _)| p == k).unwrap_or(0);
                     let refusal = refusal.reindex(|i| index(key(i)));
-                    return Some(refused(id, part, refusal, aborts));
+                    return Some(refused(id, steps, part, refusal, aborts));
                 }
                 Err(e) => return Some(Err(e.into())),
             }
@@ -554,8 +559,15 @@ fn store_work(part: &Part, writes: &Writes) -> StoreWork {
     }
 }
 
-/// What an attempt answers when an adjustment on `part` cannot be made.
-fn refused(id: &str, part: &Part, refusal: Refusal, aborts: &Aborts) -> Result<Outcome, TxnError> {
+/// What an attempt answers when a key of `part` cannot be locked or
+/// adjusted as declared.
+fn refused(
+    id: &str,
+    steps: &[Step],
+    part: &Part,
+    refusal: Refusal,
+    aborts: &Aborts,
+) -> Result<Outcome, TxnError> {
     let abort_of = |index: usize| aborts.get(&(part.store.clone(), part.keys[index].0.clone()));
     Ok(match refusal {
         Refusal::Bound { index, step } => {
@@ -591,8 +603,36 @@ fn refused(id: &str, part: &Part, refusal: Refusal, aborts: &Aborts) -> Result<O
         Refusal::Lost { .. } => Outcome::Fenced(format!(
             "transaction {id} was aborted by recovery before it could decide"
         )),
+        Refusal::WrongType { index, found } => {
+            Outcome::Aborted(wrong_type(steps, &part.store, &part.keys[index].0, &found))
+        }
     })
 }
+
+/// The abort of a transaction one of whose keys holds a value of another
+/// Redis type (`found`) than the string its first declaring step expects.
+fn wrong_type(steps: &[Step], store: &str, key: &str, found: &str) -> AbortInfo {
+    let declared = |s: &&Step| {
+        s.participant.store == store
+            && (s.keys.binary_search_by(|k| k.as_str().cmp(key)).is_ok()
+                || s.adjusts.binary_search_by(|k| k.as_str().cmp(key)).is_ok())
+    };
+    let step = steps
+        .iter()
+        .find(declared)
+        .expect("a key refused was declared by some step");
+    step.abort(
+        WRONG_TYPE,
+        format!(
+            "`{}` (Redis key `{key}` on store `{store}`) holds a {found}, not the string the step \
+             declared; nothing was applied",
+            step.participant.relative(key)
+        ),
+    )
+}
+
+/// The abort code of a key that holds another Redis type than declared.
+pub const WRONG_TYPE: &str = "wrong_type";
 
 /// The abort code of an adjustment of a key whose value is not an integer.
 pub const NOT_AN_INTEGER: &str = "not_an_integer";
@@ -731,17 +771,14 @@ fn adjust(
     }
     let current = match view.get(&at).cloned().flatten() {
         None => 0,
-        Some(bytes) => std::str::from_utf8(&bytes)
-            .ok()
-            .and_then(|s| s.parse::<i64>().ok())
-            .ok_or_else(|| AbortInfo {
-                code: NOT_AN_INTEGER.into(),
-                message: format!(
-                    "`{}` holds a value that is not a decimal integer: it cannot be adjusted",
-                    at.1
-                ),
-                ..abort.clone()
-            })?,
+        Some(bytes) => store::integer(&bytes).ok_or_else(|| AbortInfo {
+            code: NOT_AN_INTEGER.into(),
+            message: format!(
+                "`{}` holds a value that is not a decimal integer: it cannot be adjusted",
+                at.1
+            ),
+            ..abort.clone()
+        })?,
     };
     let value = current
         .checked_add(bounded.delta)
