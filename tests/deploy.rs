@@ -55,10 +55,12 @@ fn version_of(r: &redstage::txn::types::TxnResponse) -> i64 {
     versions[0]
 }
 
+/// The entries of the deploy folder (not its kept versions and history).
 fn files(folder: &Path) -> Vec<String> {
     let mut names: Vec<String> = std::fs::read_dir(folder)
         .map(|d| {
             d.map(|e| e.expect("entry").file_name().to_string_lossy().into_owned())
+                .filter(|name| !name.starts_with('.'))
                 .collect()
         })
         .unwrap_or_default();

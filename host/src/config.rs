@@ -386,6 +386,10 @@ pub struct DeployConfig {
     /// The largest component a deploy accepts. Guards memory and compile
     /// time against an oversized upload.
     pub component_bytes_max: usize,
+    /// Versions of each participant kept in the folder for rollbacks, the
+    /// current one included (see `participants::folder`). Bounds the
+    /// folder's size.
+    pub versions_max: usize,
 }
 
 impl Default for DeployConfig {
@@ -394,6 +398,7 @@ impl Default for DeployConfig {
             folder: None,
             poll_ms: 1_000,
             component_bytes_max: 16 << 20,
+            versions_max: 5,
         }
     }
 }
@@ -591,6 +596,8 @@ impl Config {
             ));
         }
         for (name, p) in &self.participants {
+            crate::participants::folder::check_name(name)
+                .map_err(|e| ConfigError::Invalid(format!("[participants.{name:?}]: {e}")))?;
             fits(
                 &format!("[participants.{name}.limits]"),
                 &self.limits_of(name, p)?,

@@ -122,6 +122,7 @@ pub const RESERVED_ABORT_CODES: &[&str] = &[
     "undeclared_write",
     "bad_key",
     "bad_abort_code",
+    "recovered",
 ];
 
 /// A participant's abort code is a non-empty run of ASCII letters, digits

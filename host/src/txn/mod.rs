@@ -162,6 +162,8 @@
 //! - `background`: applying other stores and finalizing records after the
 //!   answer.
 //! - `recovery`: resolving locks that are in the way; the sweep.
+//! - [`resolve`]: finishing one transaction now, and recovery's reports.
+//! - [`inspect`]: listing transactions and locks for operators.
 //! - `idempotency`: one outcome per client idempotency key.
 //! - `faults`: named points where tests crash a host.
 
@@ -169,9 +171,11 @@ mod attempt;
 mod background;
 pub mod faults;
 mod idempotency;
+pub mod inspect;
 mod latch;
 mod plan;
 mod recovery;
+pub mod resolve;
 pub mod types;
 mod wake;
 
@@ -193,7 +197,7 @@ use background::{Finalizer, Pending, Remaining};
 use idempotency::ClaimToken;
 use latch::{Latch, Latches};
 use plan::Plan;
-pub use recovery::SweepReport;
+pub use recovery::{Count, SweepReport};
 use types::{AbortInfo, Lookup, LookupStatus, Record, Status, TxnRequest, TxnResponse};
 
 /// A request's steps once checked: each participant with its input bytes.
@@ -650,15 +654,7 @@ impl Coordinator {
                 abort,
             }))
         };
-        let others = self.stores.values().filter(|s| s.name() != self.log_store);
-        for store in std::iter::once(self.log()).chain(others) {
-            let Some(bytes) = store.record(id).await? else {
-                continue;
-            };
-            let record = Record::decode(&bytes).map_err(|e| StoreError::Protocol {
-                store: store.name().to_owned(),
-                message: format!("unreadable record of {id}: {e}"),
-            })?;
+        if let Some((_, record)) = self.find_record(id).await? {
             return match record {
                 Record::Committed { .. } => found(LookupStatus::Committed, None),
                 Record::Aborted { abort } => found(LookupStatus::Aborted, abort),

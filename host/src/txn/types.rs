@@ -20,6 +20,13 @@ pub struct TxnRequest {
 #[derive(Debug, Clone, Deserialize, Serialize, utoipa::ToSchema)]
 #[serde(deny_unknown_fields)]
 pub struct StepRequest {
+    /// A participant's name: 1 to 64 ASCII letters, digits, `-` and `_`,
+    /// not starting with `-` (the names the host gives participants).
+    #[schema(
+        pattern = "^[A-Za-z0-9_][A-Za-z0-9_-]{0,63}$",
+        min_length = 1,
+        max_length = 64
+    )]
     pub participant: String,
     pub input: serde_json::Value,
 }
