@@ -6,6 +6,7 @@
 //! start Redis, one way to configure redstage, and one place that knows
 //! where the components come from.
 
+pub mod browser;
 pub mod cluster;
 pub mod http;
 mod process;
