@@ -1076,3 +1076,134 @@ async fn a_decision_not_yet_replicated_is_never_acted_on() {
         committed.id
     );
 }
+
+/// A transaction of twenty steps of about 150 ms each, on two stores,
+/// outlives its one-second lease three times over while another host
+/// sweeps: it commits at its first attempt, because its host renews its
+/// leases while it runs; so does the same transaction when it only reads.
+/// (With leases that are never renewed, the sweeping host takes every
+/// attempt for dead and fences it, until the transaction gives up.)
+#[tokio::test]
+async fn a_slow_transaction_within_its_limits_keeps_its_leases() {
+    let env = TestEnv::start_with(
+        &["orders", "ledger"],
+        &[
+            ParticipantSpec::example("slow_a", "slow", "orders", "a:"),
+            ParticipantSpec::example("slow_b", "slow", "ledger", "b:"),
+        ],
+        "[txn]\nlease_ms = 1000\nstore_timeout_ms = 400\nsweep_interval_ms = 100\n\
+         [limits]\ncall_time_ms = 2000\n",
+        Persistence::None,
+    );
+    // How many turns take about 150 ms here: doubled until one step takes
+    // over 300 ms, then scaled down.
+    let mut probe = 1_000_000u64;
+    let turns = loop {
+        let started = Instant::now();
+        let r = env
+            .run(json!([step(
+                "slow_a",
+                json!({"key": "probe", "turns": probe})
+            )]))
+            .await;
+        assert_eq!(r.status, Status::Committed, "{r:?}");
+        let took = started.elapsed().as_secs_f64();
+        if took > 0.3 {
+            break (probe as f64 * 0.150 / took) as u64;
+        }
+        probe *= 2;
+    };
+
+    let _sweeper = env.spawn_host(None);
+    for write in [true, false] {
+        let steps: Vec<Value> = (0..20)
+            .map(|i| {
+                let participant = ["slow_a", "slow_b"][i % 2];
+                step(
+                    participant,
+                    json!({"key": "n", "turns": turns, "write": write}),
+                )
+            })
+            .collect();
+        let started = Instant::now();
+        let r = env.run(Value::Array(steps)).await;
+        let took = started.elapsed();
+        assert_eq!(r.status, Status::Committed, "write: {write}: {r:?}");
+        assert_eq!(r.attempts, 1, "write: {write}: {r:?}");
+        assert!(
+            took > Duration::from_millis(1500),
+            "the steps were not slow ({took:?}): the test proves nothing"
+        );
+        // Each step sees the writes of the steps before it; reading only,
+        // the ten increments of the first run.
+        assert_eq!(
+            r.steps.last().map(|s| s.output["n"].clone()),
+            Some(json!(10))
+        );
+    }
+    assert_eq!(env.get("orders", "a:n").await.as_deref(), Some("10"));
+    assert_eq!(env.get("ledger", "b:n").await.as_deref(), Some("10"));
+    assert_eq!(env.leftovers().await, Vec::<String>::new());
+}
+
+/// A reader's shared lock broken while it reads (as recovery breaks a
+/// reader's lock once its lease is over by the store's clock, which a
+/// clock step or a failover to a node whose clock is ahead can bring
+/// early): the read-only transaction notices when it releases its locks,
+/// and reads again instead of answering a snapshot a writer may have come
+/// into.
+#[tokio::test]
+async fn a_reader_whose_lock_was_broken_reads_again() {
+    use redstage::store::{IndexEntry, Key, Store};
+
+    let env = TestEnv::start_with(
+        &["orders", "ledger"],
+        &[
+            ParticipantSpec::example("slow_a", "slow", "orders", "a:"),
+            ParticipantSpec::example("slow_b", "slow", "ledger", "b:"),
+        ],
+        "[limits]\ncall_time_ms = 5000\n",
+        Persistence::None,
+    );
+    let reader = json!([
+        step("slow_a", json!({"key": "n", "turns": 1, "write": false})),
+        step(
+            "slow_b",
+            json!({"key": "n", "turns": 300_000_000u64, "write": false})
+        ),
+    ]);
+    let coordinator = env.coordinator.clone();
+    let read = tokio::spawn(async move { coordinator.run(request(reader)).await });
+    // Its lock on `orders`, found in the lock index while its last step spins.
+    let mut redis = env.redis("orders");
+    let started = Instant::now();
+    let entry = loop {
+        let entries: Vec<String> = redis::cmd("ZRANGE")
+            .arg(Key::LockIndex.encode())
+            .arg(0)
+            .arg(-1)
+            .query(&mut redis)
+            .expect("ZRANGE");
+        if let Some(e) = entries.first() {
+            break IndexEntry::decode(e).expect("an entry");
+        }
+        assert!(started.elapsed() < Duration::from_secs(10), "no lock taken");
+        tokio::time::sleep(Duration::from_millis(5)).await;
+    };
+    // Broken as recovery breaks a reader's lock.
+    let store = Store::connect(
+        "orders",
+        &env.server("orders").url().as_str().into(),
+        Duration::from_secs(5),
+    )
+    .expect("a store");
+    let held = store
+        .apply(&entry.txn, None, &[("a:n", None)])
+        .await
+        .expect("break the lock");
+    assert_eq!(held, 1, "the reader did not hold a:n");
+    let r = read.await.expect("task").expect("a decision");
+    assert_eq!(r.status, Status::Committed, "{r:?}");
+    assert!(r.attempts >= 2, "it answered on a broken lock: {r:?}");
+    assert_eq!(env.leftovers().await, Vec::<String>::new());
+}

@@ -77,6 +77,7 @@ pub const COMPONENTS: &[&str] = &[
     "counter-v2",
     "register",
     "legacy-counter",
+    "slow",
 ];
 
 /// The file a component of [`COMPONENTS`] is built to, in `components()`'s

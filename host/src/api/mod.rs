@@ -283,14 +283,14 @@ impl Pending {
             target: "redstage::access",
             parent: None,
             method = %self.method,
-            route = route.unwrap_or(&self.path),
+            route = %route.unwrap_or(&self.path),
             status,
             us = self.started.elapsed().as_micros() as u64,
             request = %self.id,
-            token = token.unwrap_or("-"),
-            txn = outcome.txn.as_deref().unwrap_or("-"),
-            outcome = outcome.outcome.as_deref().unwrap_or("-"),
-            code = outcome.code.as_deref().unwrap_or("-"),
+            token = %token.unwrap_or("-"),
+            txn = %outcome.txn.as_deref().unwrap_or("-"),
+            outcome = %outcome.outcome.as_deref().unwrap_or("-"),
+            code = %outcome.code.as_deref().unwrap_or("-"),
             "{} {} {status}",
             self.method,
             route.unwrap_or(&self.path),
@@ -329,7 +329,8 @@ fn answer<T: serde::Serialize>(json: T, outcome: Outcome) -> Response {
     responses(
         (status = 200, description = "The transaction ran: `status` says whether it committed or aborted", body = TxnResponse),
         (status = 400, description = "`malformed_json`, `empty_transaction`, `unknown_participant`, `too_many_steps`, `bad_idempotency_key`, `idempotency_key_reused`, `bad_body`: will never work as sent", body = openapi::ErrorBody),
-        (status = 409, description = "`in_flight`: a first request with the same idempotency key is still running", body = openapi::ErrorBody),
+        (status = 409, description = "`in_flight`: a first request with the same idempotency key is still running; send it again after `Retry-After`", body = openapi::ErrorBody,
+            headers(("retry-after" = u32, description = "Seconds until a retry can succeed: until the first request's locks' leases or its claim's lease end"))),
         (status = 413, description = "`body_too_large`: over the request body limit", body = openapi::ErrorBody),
         (status = 503, description = "`store_unavailable` (nothing applied, send again), `outcome_unknown` (look `error.id` up later), `overloaded` (nothing applied, send again after `Retry-After`), `store_error` (a store holds what the protocol does not expect; nothing applied)", body = openapi::ErrorBody,
             headers(("retry-after" = u32, description = "With `overloaded`: seconds to wait"))),
@@ -880,6 +881,11 @@ impl From<TxnError> for ApiError {
             TxnError::OutcomeUnknown { id, .. } => error.id = Some(id),
             TxnError::Overloaded { .. } => {
                 error = error.with_header(RETRY_AFTER, OVERLOADED_RETRY_AFTER_S);
+            }
+            TxnError::InFlight { retry_after, .. } => {
+                let seconds = crate::txn::seconds(retry_after).to_string();
+                let value = HeaderValue::from_str(&seconds).expect("digits are a header value");
+                error.header = Some((RETRY_AFTER, value));
             }
             _ => {}
         }

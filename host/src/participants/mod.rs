@@ -510,7 +510,7 @@ impl Registry {
             version = %participant.version.digest,
             store = %manifest.store,
             prefix = %manifest.prefix,
-            token = by.name.as_deref().unwrap_or("(none)"),
+            token = %by.name.as_deref().unwrap_or("-"),
             "{action}"
         );
         Ok(())
@@ -542,7 +542,7 @@ impl Registry {
         }
         tracing::info!(
             participant = name,
-            token = by.name.as_deref().unwrap_or("(none)"),
+            token = %by.name.as_deref().unwrap_or("-"),
             "removed"
         );
         Ok(())

@@ -382,6 +382,7 @@ struct Scripts {
     claim: Script,
     settle_claim: Script,
     decision: Script,
+    renew: Script,
 }
 
 fn scripts() -> &'static Scripts {
@@ -398,6 +399,7 @@ fn scripts() -> &'static Scripts {
         claim: Script::new(scripts::CLAIM),
         settle_claim: Script::new(scripts::SETTLE_CLAIM),
         decision: Script::new(scripts::DECISION),
+        renew: Script::new(scripts::RENEW),
     })
 }
 
@@ -945,6 +947,35 @@ impl Store {
         }
         let reply = self.invoke(&call, true).await?;
         self.count(reply)
+    }
+
+    /// Extends `txn`'s leases on `entry`'s keys here, and on the entry, to
+    /// `lease` from now (see [`scripts::RENEW`]). Returns how many of the
+    /// keys it no longer holds.
+    pub async fn renew(
+        &self,
+        txn: &str,
+        lease: Duration,
+        entry: &IndexEntry,
+    ) -> Result<usize, StoreError> {
+        let groups = self.groups(entry.keys.iter().map(String::as_str));
+        let renewed = join_all(groups.iter().map(|g| {
+            let part = entry.part(g.at.iter().copied());
+            async move {
+                let mut call = Call::new(&scripts().renew);
+                for key in &part.keys {
+                    call.locked(key);
+                }
+                call.key(g.index.encode())
+                    .arg(txn)
+                    .arg(lease.as_millis() as u64)
+                    .arg(part.encode());
+                let reply = self.invoke(&call, false).await?;
+                self.count(reply)
+            }
+        }))
+        .await;
+        renewed.into_iter().sum()
     }
 
     /// Writes `record` as the decision of `txn` unless one exists, and

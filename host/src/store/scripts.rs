@@ -666,6 +666,49 @@ return {'ok'}
 "
 );
 
+/// Extends a live transaction's leases on this store: every lock it holds
+/// here and its lock index entry get `lease_ms` from now, by the server's
+/// clock. A coordinator renews while its transaction runs (a third of a
+/// lease apart), so that a transaction within its limits is never taken for
+/// dead because it is slow; one that dies stops renewing, and its leases
+/// end as before. A key no longer held (recovery took it) is left alone
+/// and counted; nothing is ever locked anew here.
+/// KEYS: data1, meta1, adjusters1, ..., index; ARGV: txn, lease_ms, index
+/// entry. Reply: how many of the keys the transaction no longer holds.
+pub const RENEW: &str = lua_clock!(concat!(
+    lua_locks!(),
+    "local txn = ARGV[1]
+local lease = tostring(now_ms + tonumber(ARGV[2]))
+local n = (#KEYS - 1) / 3
+local lost = 0
+for i = 1, n do
+  local meta, adj = KEYS[3 * i - 1], KEYS[3 * i]
+  local v = redis.call('GET', meta)
+  local mode = v and string.sub(v, 1, 1)
+  local renewed = false
+  if mode == 'x' or mode == 's' then
+    local _, wait, hs = holders(v)
+    for _, h in ipairs(hs) do
+      if h[1] == txn then
+        h[2] = lease
+        renewed = true
+      end
+    end
+    if renewed then redis.call('SET', meta, encode(mode, wait, hs)) end
+  elseif mode == 'a' then
+    local h = redis.call('HGET', adj, 't:' .. txn)
+    if h then
+      redis.call('HSET', adj, 't:' .. txn, lease .. string.match(h, '^[^\\t]*(.*)$'))
+      renewed = true
+    end
+  end
+  if not renewed then lost = lost + 1 end
+end
+redis.call('ZADD', KEYS[#KEYS], 'XX', lease, ARGV[3])
+return lost
+"
+));
+
 /// Applies a decided transaction's writes on this store and releases its
 /// locks here (or, with every op `keep`, just releases them: a rollback,
 /// which also gives up its reservations). Idempotent: a key no longer held

@@ -1,7 +1,7 @@
 //! One attempt of a transaction, phase by phase (see the module essay).
 
 use std::collections::{BTreeMap, HashMap};
-use std::time::Instant;
+use std::time::{Duration, Instant};
 
 use futures::future::join_all;
 use tracing::Instrument;
@@ -37,10 +37,9 @@ pub(super) enum Outcome {
 
 /// What a committed attempt leaves to do once it answered.
 pub(super) enum After {
-    /// Nothing: a read-only transaction on one store locks nothing.
+    /// Nothing: a read-only transaction released its locks before it
+    /// answered (or took none).
     Nothing,
-    /// Release a read-only transaction's shared locks.
-    Release(Vec<Owed>),
     /// Apply the other stores, then finalize the record on the primary.
     Apply {
         primary: String,
@@ -87,7 +86,6 @@ impl Coordinator {
         plan: &Plan,
         claim: Option<&ClaimToken>,
     ) -> Result<Outcome, TxnError> {
-        let started = Instant::now();
         let primary = plan.primary_name();
         // A blind transaction needs no value: its steps run first, and
         // round trip 1 reserves what they adjust. Unless its primary did not
@@ -123,94 +121,146 @@ impl Coordinator {
             }
             Err(Stop::Failed(e)) => return Err(e.into()),
         };
-        let executed = match executed {
-            Some(done) => Ok(done),
-            None => {
-                let executing = Instant::now();
-                let done = execute(steps, plan, view).await;
-                self.metrics.phase(Phase::Execute, executing.elapsed());
-                done
-            }
-        };
-        let (outputs, writes, aborts) = match executed {
-            Ok(done) => done,
-            Err(abort) => {
+        // From here on the transaction holds locks: they are kept alive
+        // while it runs, however long its steps take.
+        let rest = async {
+            let executed = match executed {
+                Some(done) => Ok(done),
+                None => {
+                    let executing = Instant::now();
+                    let done = execute(steps, plan, view).await;
+                    self.metrics.phase(Phase::Execute, executing.elapsed());
+                    done
+                }
+            };
+            let (outputs, writes, aborts) = match executed {
+                Ok(done) => done,
+                Err(abort) => {
+                    self.release(id, plan, &entries).await;
+                    return Ok(Outcome::Aborted(abort));
+                }
+            };
+            let Some(primary) = plan.primary else {
+                return self.read_only(id, plan, &entries, outputs).await;
+            };
+            if !blind
+                && let Some(refused) = self
+                    .reserve(id, steps, plan, primary, &writes, &aborts)
+                    .await
+            {
                 self.release(id, plan, &entries).await;
-                return Ok(Outcome::Aborted(abort));
+                return refused;
+            }
+            faults::point("after-prepare").await;
+            let response = TxnResponse {
+                id: id.to_owned(),
+                status: Status::Committed,
+                attempts: attempt,
+                steps: outputs,
+                abort: None,
+            };
+            let outcome = claim.map(|c| c.done_record(&response));
+            self.metrics.round_trip();
+            let committing = Instant::now();
+            let decided = self
+                .commit_point(
+                    id,
+                    plan,
+                    primary,
+                    &entries,
+                    &writes,
+                    claim.zip(outcome.as_deref()),
+                )
+                .await;
+            self.metrics.phase(Phase::Commit, committing.elapsed());
+            let decided = decided.map_err(|e| TxnError::OutcomeUnknown {
+                id: id.to_owned(),
+                message: e.to_string(),
+            })?;
+            let outputs = response.steps;
+            match decided {
+                Committed::Ok => {
+                    faults::point("after-decide").await;
+                    faults::point("commit-partial").await;
+                    let after = self.remaining(id, plan, primary, &entries, writes);
+                    Ok(Outcome::Committed { outputs, after })
+                }
+                Committed::Superseded => {
+                    self.release(id, plan, &entries).await;
+                    Ok(Outcome::Aborted(idempotency::superseded()))
+                }
+                Committed::Refused(refusal) => {
+                    self.release(id, plan, &entries).await;
+                    refused(id, steps, &plan.parts[primary], refusal, &aborts)
+                }
+                Committed::Conflict { index, holder } => {
+                    self.release(id, plan, &entries).await;
+                    Ok(Outcome::Blocked(Blocked {
+                        store: plan.parts[primary].store.clone(),
+                        key: plan.parts[primary].keys[index].0.clone(),
+                        holder,
+                    }))
+                }
+                Committed::Stopped(e) => {
+                    self.release(id, plan, &entries).await;
+                    Err(e.into())
+                }
+                Committed::Decided(_) | Committed::Lost => {
+                    self.release(id, plan, &entries).await;
+                    Ok(Outcome::Fenced(format!(
+                        "transaction {id} was aborted by recovery before it could decide"
+                    )))
+                }
             }
         };
-        let Some(primary) = plan.primary else {
-            return Ok(self.read_only(id, plan, &entries, started, outputs).await);
-        };
-        if !blind
-            && let Some(refused) = self
-                .reserve(id, steps, plan, primary, &writes, &aborts)
-                .await
-        {
-            self.release(id, plan, &entries).await;
-            return refused;
+        self.leased(id, plan, &entries, rest).await
+    }
+
+    /// Runs `work`, keeping the leases of the locks in `entries` alive
+    /// meanwhile: every third of a lease, each store with locks of the
+    /// attempt extends them (see [`crate::store::Store::renew`]). So a
+    /// transaction is never taken for dead by recovery while its host runs
+    /// it, however long its steps take within their limits; a host that dies
+    /// stops renewing, and its leases end as before. Renewing shares the
+    /// task with `work`, which yields at least every epoch tick.
+    async fn leased<T>(
+        &self,
+        id: &str,
+        plan: &Plan,
+        entries: &[Option<String>],
+        work: impl Future<Output = T>,
+    ) -> T {
+        if entries.iter().all(Option::is_none) {
+            return work.await;
         }
-        faults::point("after-prepare").await;
-        let response = TxnResponse {
-            id: id.to_owned(),
-            status: Status::Committed,
-            attempts: attempt,
-            steps: outputs,
-            abort: None,
+        let lease = self.config.lease();
+        let renew = async {
+            loop {
+                tokio::time::sleep(lease / 3).await;
+                self.renew(id, plan, entries, lease).await;
+            }
         };
-        let outcome = claim.map(|c| c.done_record(&response));
-        self.metrics.round_trip();
-        let committing = Instant::now();
-        let decided = self
-            .commit_point(
-                id,
-                plan,
-                primary,
-                &entries,
-                &writes,
-                claim.zip(outcome.as_deref()),
-            )
-            .await;
-        self.metrics.phase(Phase::Commit, committing.elapsed());
-        let decided = decided.map_err(|e| TxnError::OutcomeUnknown {
-            id: id.to_owned(),
-            message: e.to_string(),
-        })?;
-        let outputs = response.steps;
-        match decided {
-            Committed::Ok => {
-                faults::point("after-decide").await;
-                faults::point("commit-partial").await;
-                let after = self.remaining(id, plan, primary, &entries, writes);
-                Ok(Outcome::Committed { outputs, after })
-            }
-            Committed::Superseded => {
-                self.release(id, plan, &entries).await;
-                Ok(Outcome::Aborted(idempotency::superseded()))
-            }
-            Committed::Refused(refusal) => {
-                self.release(id, plan, &entries).await;
-                refused(id, steps, &plan.parts[primary], refusal, &aborts)
-            }
-            Committed::Conflict { index, holder } => {
-                self.release(id, plan, &entries).await;
-                Ok(Outcome::Blocked(Blocked {
-                    store: plan.parts[primary].store.clone(),
-                    key: plan.parts[primary].keys[index].0.clone(),
-                    holder,
-                }))
-            }
-            Committed::Stopped(e) => {
-                self.release(id, plan, &entries).await;
-                Err(e.into())
-            }
-            Committed::Decided(_) | Committed::Lost => {
-                self.release(id, plan, &entries).await;
-                Ok(Outcome::Fenced(format!(
-                    "transaction {id} was aborted by recovery before it could decide"
-                )))
-            }
+        tokio::select! {
+            done = work => done,
+            never = renew => never,
         }
+    }
+
+    /// Extends the attempt's leases on every store where it holds locks.
+    async fn renew(&self, id: &str, plan: &Plan, entries: &[Option<String>], lease: Duration) {
+        let primary = plan.primary_name();
+        join_all(plan.parts.iter().zip(entries).filter_map(|(part, entry)| {
+            entry.as_ref()?;
+            Some(async move {
+                let entry = part.entry(id, primary);
+                match self.store(&part.store).renew(id, lease, &entry).await {
+                    Ok(0) => {}
+                    Ok(lost) => tracing::debug!(txn = id, store = part.store, lost, "locks taken by recovery; the commit point will say so"),
+                    Err(e) => tracing::warn!(txn = id, store = part.store, error = %e, "could not renew leases"),
+                }
+            })
+        }))
+        .await;
     }
 
     /// Reserves the adjustments on every store but the primary (whose own
@@ -365,48 +415,51 @@ impl Coordinator {
     }
 
     /// A read-only transaction: one store read atomically needs nothing
-    /// more; across stores, its shared locks were all held at once when the
-    /// last store answered, and are released after the answer. Unless the
-    /// reads took so long that a lease may have run out between the first
-    /// and the last (recovery may have broken it and let a writer in): then
-    /// it runs again.
+    /// more. Across stores, its shared locks are released before the
+    /// answer, each store saying how many of them it still held: if every
+    /// one was, they were all held at once from the last store's read to
+    /// the first release, and the snapshot is that instant's. A lock that
+    /// recovery broke meanwhile (its lease ran out, by any clock) is missing
+    /// from the count: a writer may have come in between, so the
+    /// transaction runs again rather than answer a fractured read.
     async fn read_only(
         &self,
         id: &str,
         plan: &Plan,
         entries: &[Option<String>],
-        started: Instant,
         outputs: Vec<StepOutput>,
-    ) -> Outcome {
-        if entries.iter().all(Option::is_none) {
-            return Outcome::Committed {
-                outputs,
-                after: After::Nothing,
-            };
-        }
-        if started.elapsed() >= self.config.lease() / 2 {
-            self.release(id, plan, entries).await;
-            return Outcome::Fenced(format!(
-                "reading took {} ms, longer than half the lease: a lock may have expired meanwhile",
-                started.elapsed().as_millis()
-            ));
-        }
-        let stores = plan
-            .parts
-            .iter()
-            .zip(entries)
-            .filter_map(|(part, entry)| {
-                Some(Owed {
-                    store: self.store(&part.store).clone(),
-                    entry: entry.clone()?,
-                    keys: part.keys.iter().map(|(k, _)| (k.clone(), None)).collect(),
-                })
-            })
-            .collect();
-        Outcome::Committed {
+    ) -> Result<Outcome, TxnError> {
+        let committed = Outcome::Committed {
             outputs,
-            after: After::Release(stores),
+            after: After::Nothing,
+        };
+        if entries.iter().all(Option::is_none) {
+            return Ok(committed);
         }
+        self.metrics.round_trip();
+        let released = join_all(plan.parts.iter().zip(entries).filter_map(|(part, entry)| {
+            let entry = entry.as_deref()?;
+            Some(async move {
+                let keys: Vec<Release> =
+                    part.keys.iter().map(|(k, _)| (k.as_str(), None)).collect();
+                let held = self
+                    .store(&part.store)
+                    .apply(id, Some(entry), &keys)
+                    .await?;
+                Ok::<bool, StoreError>(held == keys.len())
+            })
+        }))
+        .await;
+        let mut whole = true;
+        for held in released {
+            whole &= held?;
+        }
+        Ok(match whole {
+            true => committed,
+            false => Outcome::Fenced(format!(
+                "a shared lock of {id} was broken before the reads were done: read again"
+            )),
+        })
     }
 
     /// The commit point on the primary store: the decision record (with

@@ -1,6 +1,6 @@
 //! The work a coordinator still owes after it answered: applying a
-//! committed transaction on its other stores, releasing a read-only
-//! transaction's shared locks, and finalizing decision records in batches.
+//! committed transaction on its other stores, and finalizing decision
+//! records in batches.
 //!
 //! None of it can change an outcome: the decision is written before the
 //! answer. If it fails, or the host dies first, the locks stay and whoever
@@ -154,19 +154,6 @@ pub(super) async fn apply(work: Remaining, finalizer: &Finalizer) {
             },
         );
     }
-}
-
-/// Releases a read-only transaction's shared locks.
-pub(super) async fn release(txn: String, stores: Vec<Owed>, latches: Vec<Latch>) {
-    let txn = &txn;
-    join_all(stores.iter().map(|owed| async move {
-        if let Err(e) = owed.pay(txn).await {
-            let store = owed.store.name();
-            tracing::warn!(txn, store, error = %e, "release incomplete; the locks end with their lease");
-        }
-    }))
-    .await;
-    drop(latches);
 }
 
 /// Finalizes decision records in batches: one script call per store for

@@ -814,7 +814,7 @@ impl Listing for Locks<'_> {
 /// needs it.
 #[derive(Debug, Deserialize)]
 #[serde(tag = "state", rename_all = "snake_case")]
-enum KeptUnderKey {
+pub(super) enum KeptUnderKey {
     Pending {
         owner: String,
         /// Until when, by the log store's clock, in ms.

@@ -21,9 +21,11 @@
 //!     |        the locks, nothing is written.
 //!     +-- read-only, one store .. committed: the one read script was atomic
 //!     |                           (it locks nothing)
-//!     +-- read-only, several .... committed: the shared locks were all held
-//!     |                           once the last store answered; they are
-//!     |                           released after the answer
+//!     +-- read-only, several .... release the shared locks, each store
+//!     |                           counting those still held: all held, they
+//!     |                           were held at once between the last read
+//!     |                           and the first release: committed; one
+//!     |                           broken by recovery meanwhile: run again
 //!  commit      ROUND TRIP 2, one script on the primary store (see `plan`:
 //!   point      the log store, or the single Redis it writes most, never a
 //!     |        Redis Cluster): unless a decision stands, write the record
@@ -44,6 +46,11 @@
 //! A transaction whose every key is only adjusted (see "Adjusted keys"
 //! below: an order, a transfer, with the examples) needs no value, and
 //! takes a shorter way: two round trips across stores, one on one store.
+//!
+//! While an attempt holds locks, its host renews their leases every third
+//! of a lease (see `attempt`): a transaction is never taken for dead while
+//! its host runs it, however long its steps take within their limits. A
+//! host that dies or loses its stores stops renewing, and its leases end.
 //!
 //! A transaction that meets a live lock runs again after the lock's release
 //! wakes it (or its lease ends), at most `txn.attempts_max` times and for at
@@ -138,8 +145,10 @@
 //! Leases keep a dead coordinator from blocking forever without breaking
 //! the argument: a lock is only taken away from an undecided transaction
 //! after `aborted` is written where its commit point would write, so it
-//! can no longer commit; a read-only transaction whose reads outlast half a
-//! lease runs again instead of answering. Adjusters share a key's lock, but
+//! can no longer commit; a read-only transaction, which has no decision to
+//! fence, answers only once every one of its shared locks turned out to
+//! be still held when it released them, and runs again otherwise, so it
+//! depends on no clock. Adjusters share a key's lock, but
 //! none of them reads it and no reader or writer can hold it meanwhile;
 //! their deltas commute, so the value any later reader sees is the same in
 //! every order of their commit points, and reservations keep each bound
@@ -221,13 +230,23 @@ pub enum TxnError {
     /// may or may not have committed. Its id tells, once the store is back.
     #[error("transaction {id}: the decision could not be confirmed ({message}); look it up by id")]
     OutcomeUnknown { id: String, message: String },
-    /// A first request with the same idempotency key is still running.
-    #[error("a request with idempotency key `{key}` is still running; send it again later")]
-    InFlight { key: String },
+    /// A first request with the same idempotency key is still running; a
+    /// retry may succeed after `retry_after` (its claim's lease, or its
+    /// transaction's locks' leases, whichever end first).
+    #[error(
+        "a request with idempotency key `{key}` is still running; send it again in {} s",
+        seconds(*retry_after)
+    )]
+    InFlight { key: String, retry_after: Duration },
     /// The host is at one of its bounds (`what`); nothing was touched, and
     /// the request can be sent again after a pause.
     #[error("the host is overloaded: {what}; nothing was applied, send it again shortly")]
     Overloaded { what: String },
+}
+
+/// `d` in whole seconds, rounded up, at least 1: what a `Retry-After` says.
+pub fn seconds(d: Duration) -> u64 {
+    d.as_millis().div_ceil(1000).max(1) as u64
 }
 
 impl TxnError {
@@ -505,7 +524,13 @@ impl Coordinator {
         let mut waited = Duration::ZERO;
         let mut attempt = 1;
         loop {
-            let id = new_txn_id();
+            // A claimed request's first attempt is its claim's owner, so
+            // that a retry can tell from the owner's record and locks when
+            // the request's host is gone (see `idempotency`).
+            let id = match claim {
+                Some(claim) if attempt == 1 => claim.owner.clone(),
+                _ => new_txn_id(),
+            };
             let span = tracing::info_span!("txn", id = %id, attempt);
             let outcome = self
                 .attempt(&id, attempt, &mut steps, &plan, claim)
@@ -572,13 +597,6 @@ impl Coordinator {
     fn after(&self, id: String, after: After, latches: Vec<Latch>) {
         match after {
             After::Nothing => drop(latches),
-            After::Release(stores) => {
-                let ticket = self.pending.ticket();
-                tokio::spawn(async move {
-                    background::release(id, stores, latches).await;
-                    drop(ticket);
-                });
-            }
             After::Apply {
                 primary,
                 stores,
