@@ -100,7 +100,6 @@ impl Browser {
         let url = format!("{}{path}", self.base);
         let request = match method {
             "GET" => self.http.get(&url),
-            "DELETE" => self.http.delete(&url),
             _ => self
                 .http
                 .post(&url)
