@@ -6,10 +6,12 @@
 //! start Redis, one way to configure redstage, and one place that knows
 //! where the components come from.
 
+pub mod browser;
 pub mod cluster;
 pub mod http;
 mod process;
 mod proxy;
+pub mod python;
 mod tls;
 
 pub use process::{HostProcess, Launch, binary as redstage_binary, signal};
@@ -122,6 +124,24 @@ pub fn components(toolchain: Toolchain) -> &'static Path {
             "building the participant components failed: {cmd:?}"
         );
         toolchain.out_dir()
+    })
+}
+
+/// The JavaScript payments participant (`examples/payments-js`), built by
+/// its `build.sh` (npm and ComponentizeJS) once per test process.
+pub fn js_payments() -> &'static Path {
+    static BUILT: OnceLock<PathBuf> = OnceLock::new();
+    BUILT.get_or_init(|| {
+        let script = workspace().join("examples/payments-js/build.sh");
+        let out = Command::new(&script)
+            .output()
+            .unwrap_or_else(|e| panic!("{}: {e}", script.display()));
+        assert!(
+            out.status.success(),
+            "building the JavaScript participant failed:\n{}",
+            String::from_utf8_lossy(&out.stderr)
+        );
+        workspace().join("target/js/payments_js.wasm")
     })
 }
 

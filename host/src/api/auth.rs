@@ -76,6 +76,8 @@ impl Scope {
         let transaction = path.strip_prefix("/v1/transactions/");
         match (method, path) {
             (_, "/v1/health" | "/v1/ready" | "/openapi.json") => None,
+            // The console's pages hold no data; what they fetch needs a token.
+            (_, p) if super::console::is_console(p) => None,
             (&Method::POST, "/v1/transactions") => Some(SUBMIT),
             (&Method::POST, _) if transaction.is_some_and(|t| t.ends_with("/resolve")) => Some(ACT),
             (_, "/v1/transactions") => Some(LOOK),

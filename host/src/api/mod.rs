@@ -17,6 +17,7 @@
 //! | `GET /v1/ready`           | every store answers, with durable settings  |
 //! | `GET /metrics`            | Prometheus metrics (see `metrics`)          |
 //! | `GET /openapi.json`       | this API as an OpenAPI 3.1 document         |
+//! | `GET /console`            | the web console (see [`console`]), open     |
 //!
 //! With tokens configured, every route but health, readiness and this
 //! document needs a bearer token with one of its scopes (see [`auth`]):
@@ -53,6 +54,7 @@
 //! goes away first.
 
 pub mod auth;
+mod console;
 pub mod openapi;
 
 use std::sync::Arc;
@@ -91,6 +93,7 @@ pub fn router(coordinator: Arc<Coordinator>, tokens: Arc<auth::Tokens>) -> Route
     let (router, _) = routes(component_bytes_max).split_for_parts();
     router
         .route_layer(axum::middleware::from_fn(note_route))
+        .merge(console::routes())
         .layer(DefaultBodyLimit::max(BODY_BYTES_MAX))
         .layer(axum::middleware::from_fn_with_state(tokens, auth::require))
         .layer(axum::middleware::from_fn(json_errors))
