@@ -1,11 +1,13 @@
 #!/usr/bin/env python3
-"""Checks every relative link of README.md and docs/*.md: the file it names
+"""Checks every relative link of README.md, docs/*.md and the clients'
+READMEs: the file it names
 exists in the repository and, with a #fragment, the heading it names exists
 in that file (anchors as GitHub makes them). Links to other sites are not
 followed (CI has no network for them); a bare #fragment is checked against
 the file it is in.
 
-Usage: scripts/check-links.py [FILE.md ...]   (default: README.md docs/*.md)
+Usage: scripts/check-links.py [FILE.md ...]
+       (default: README.md docs/*.md clients/*/README.md)
 Exit status 0 when every link resolves, 1 listing each one that does not.
 """
 
@@ -90,7 +92,11 @@ def check(path):
 
 
 def main(args):
-    files = [Path(a).resolve() for a in args] or [ROOT / "README.md", *sorted((ROOT / "docs").glob("*.md"))]
+    files = [Path(a).resolve() for a in args] or [
+        ROOT / "README.md",
+        *sorted((ROOT / "docs").glob("*.md")),
+        *sorted(ROOT.glob("clients/*/README.md")),
+    ]
     problems = [p for f in files for p in check(f)]
     for problem in problems:
         print(problem, file=sys.stderr)

@@ -1,6 +1,7 @@
 # Installs what building and testing redstage needs and is missing:
-# redis-server, redis-cli, openssl, curl, python3, the wasm targets,
-# cargo-component. Sourced by the other scripts; says what it does.
+# redis-server, redis-cli, openssl, curl, python3, node and npm, chromium and
+# chromedriver, the wasm targets, cargo-component. Sourced by the other
+# scripts; says what it does.
 set -euo pipefail
 
 CARGO_COMPONENT_VERSION=0.21.1
@@ -17,9 +18,17 @@ missing=()
 command -v redis-server >/dev/null 2>&1 || missing+=(redis-server)
 command -v redis-cli >/dev/null 2>&1 || missing+=(redis-tools)
 command -v openssl >/dev/null 2>&1 || missing+=(openssl)
-# curl runs the README's requests in tests/docs.rs; python3 checks the docs' links.
+# curl runs the README's requests in tests/docs.rs; python3 checks the docs'
+# links, and with venv (Debian's python3-venv) runs the Python client's tests.
 command -v curl >/dev/null 2>&1 || missing+=(curl)
 command -v python3 >/dev/null 2>&1 || missing+=(python3)
+# python3-venv: the OpenAPI check and the Python client's tests use virtualenvs.
+python3 -c 'import ensurepip, venv' >/dev/null 2>&1 || missing+=(python3-venv)
+# npm builds the JavaScript participant (examples/payments-js/build.sh);
+# chromium and its WebDriver run the console's tests (tests/console.rs).
+command -v npm >/dev/null 2>&1 || missing+=(nodejs npm)
+command -v chromium >/dev/null 2>&1 || missing+=(chromium)
+command -v chromedriver >/dev/null 2>&1 || missing+=(chromium-driver)
 if [ ${#missing[@]} -gt 0 ]; then
     say "installing ${missing[*]} (apt-get)"
     as_root apt-get update -qq

@@ -69,7 +69,7 @@ async fn every_route_but_health_and_ready_needs_a_token_with_its_scope() {
             OPS_TOKEN,
             200,
         ),
-        ("GET", &lookup, b"", SHOP_TOKEN, METRICS_TOKEN, 404),
+        ("GET", &lookup, b"", METRICS_TOKEN, OPS_TOKEN, 404),
         (
             "GET",
             "/v1/participants",
@@ -363,6 +363,13 @@ async fn a_client_gone_mid_transaction_leaves_it_finished() {
         Some("99")
     );
     assert_eq!(env.leftovers().await, Vec::<String>::new());
+    // The access log says the client went away (nginx's 499).
+    let gone = "redstage::access: POST /v1/transactions 499";
+    assert!(
+        host.wait_for(gone, Duration::from_secs(5)).await,
+        "{:?}",
+        host.stderr()
+    );
 }
 
 #[tokio::test]
@@ -519,18 +526,44 @@ async fn every_answer_names_its_request_and_json_logs_carry_it() {
     )
     .await;
     assert_ne!(http::header(&head, "x-request-id"), Some(&*long));
-    // Its log lines are JSON objects, inside the request's span.
+    // Its log lines are JSON objects (those logged while it runs carry its
+    // `request` span), and it has one access log line of its own, at info.
     assert!(host.wait_for("order-42", Duration::from_secs(10)).await);
-    let answered: Value = host
+    let lines: Vec<Value> = host
         .stderr()
         .iter()
         .filter(|l| l.contains("order-42"))
         .map(|l| serde_json::from_str::<Value>(l).unwrap_or_else(|e| panic!("{e}: {l}")))
-        .find(|l| l["fields"]["message"] == "answered")
-        .expect("the request's answered line");
-    assert_eq!(answered["span"]["name"], "request", "{answered}");
-    assert_eq!(answered["span"]["id"], "order-42", "{answered}");
-    assert_eq!(answered["fields"]["status"], 200, "{answered}");
+        .collect();
+    let access: Vec<&Value> = lines
+        .iter()
+        .filter(|l| l["target"] == "redstage::access")
+        .collect();
+    let [answered] = access[..] else {
+        panic!("one access line: {lines:?}");
+    };
+    // Refusals are logged at info too, with their code.
+    let refused = host.stderr().iter().any(|l| {
+        l.contains("redstage::access")
+            && l.contains("\"status\":400")
+            && l.contains("\"outcome\":\"malformed_json\"")
+    });
+    assert!(refused, "{:?}", host.stderr());
+    assert_eq!(answered["level"], "INFO", "{answered}");
+    let fields = &answered["fields"];
+    assert_eq!(
+        (&fields["method"], &fields["route"], &fields["status"]),
+        (&json!("POST"), &json!("/v1/transactions"), &json!(200)),
+        "{answered}"
+    );
+    assert_eq!(fields["request"], "order-42", "{answered}");
+    assert_eq!(fields["outcome"], "committed", "{answered}");
+    assert!(http_id(fields["txn"].as_str()), "{answered}");
+    assert!(fields["us"].as_u64().is_some(), "{answered}");
+}
+
+fn http_id(id: Option<&str>) -> bool {
+    id.is_some_and(redstage::txn::is_txn_id)
 }
 
 /// Random JSON, shaped now and then like a request, for the fuzz test.
@@ -772,11 +805,14 @@ async fn the_openapi_document_is_valid_lists_every_route_and_fits_the_answers() 
             "/metrics",
             "/openapi.json",
             "/v1/health",
+            "/v1/locks",
             "/v1/participants",
             "/v1/participants/{name}",
+            "/v1/participants/{name}/rollback",
             "/v1/ready",
             "/v1/transactions",
             "/v1/transactions/{id}",
+            "/v1/transactions/{id}/resolve",
         ]
     );
     let id = "0190a0a0-0000-7000-8000-000000000000";
@@ -810,9 +846,58 @@ async fn the_openapi_document_is_valid_lists_every_route_and_fits_the_answers() 
             document.check("GET", &path, &answer, &path);
         }
     }
-    for path in ["/v1/participants", "/v1/transactions/x", "/nowhere"] {
+    for path in [
+        "/v1/participants",
+        "/v1/participants/inventory",
+        "/v1/participants/nobody",
+        "/v1/transactions/x",
+        "/v1/transactions",
+        "/v1/transactions?state=committed&limit=1",
+        "/v1/transactions?state=nonsense",
+        "/v1/transactions?idempotency_key=k",
+        "/v1/locks",
+        "/v1/locks?store=nowhere",
+        "/nowhere",
+    ] {
         document.check("GET", path, &http::get(host.addr, path).await, path);
     }
+    let (_, committed) = http::get(host.addr, "/v1/transactions?state=committed&limit=1").await;
+    let id = committed["transactions"][0]["id"]
+        .as_str()
+        .expect("a committed id");
+    let path = format!("/v1/transactions/{id}/resolve");
+    document.check(
+        "POST",
+        &path,
+        &http::post(host.addr, &path, b"").await,
+        &path,
+    );
+    // A submission's answer links its id to the lookup and the resolution.
+    let operations =
+        |template: &str, method: &str| document.0["paths"][template][method]["operationId"].clone();
+    for status in ["200", "503"] {
+        let links = &document.0["paths"]["/v1/transactions"]["post"]["responses"][status]["links"];
+        assert_eq!(
+            links["lookup"]["operationId"],
+            operations("/v1/transactions/{id}", "get")
+        );
+        assert_eq!(
+            links["resolve"]["operationId"],
+            operations("/v1/transactions/{id}/resolve", "post")
+        );
+        assert!(
+            links["lookup"]["parameters"]["id"]
+                .as_str()
+                .is_some_and(|p| p.starts_with("$response.body#/"))
+        );
+    }
+    // Participant names are constrained as the host constrains them.
+    let step = &document.0["components"]["schemas"]["StepRequest"]["properties"]["participant"];
+    assert_eq!(
+        step["pattern"],
+        redstage::participants::folder::NAME_PATTERN,
+        "{step}"
+    );
 }
 
 /// `redstage check --config PATH` with `envs`: its exit code, stdout as
@@ -929,6 +1014,25 @@ async fn metrics_move_with_the_traffic_recovery_and_store_failures() {
         let held = format!("redstage_locks{{store=\"{store}\"}}");
         assert_eq!(metric(here, &held).await, 0.0);
     }
+    // Every error code is there from the start, at 0; so are the gauges of
+    // this host and of its stores.
+    let (_, text) = http::get(here, "/metrics").await;
+    let text = text.as_str().expect("text");
+    for line in [
+        "redstage_transaction_errors_total{code=\"in_flight\"} 0",
+        "redstage_transaction_errors_total{code=\"outcome_unknown\"} 0",
+        "redstage_transactions_total{status=\"aborted\",code=\"recovered\"} 0",
+        "redstage_oldest_lock_age_seconds{store=\"orders\"} 0.0",
+        "redstage_store_ready{store=\"ledger\"} 1",
+        "redstage_transactions_in_flight 0",
+        "redstage_instance_slots_in_use 0",
+    ] {
+        assert!(text.lines().any(|l| l == line), "no `{line}` in\n{text}");
+    }
+    assert!(
+        text.contains("redstage_transaction_duration_seconds_bucket{le=\"10\"}"),
+        "buckets reach txn.lock_wait_ms"
+    );
     // A host dies after its decision: its locks are in doubt once their
     // lease is over (nothing here sweeps), until another host's sweep
     // rolls them forward.
@@ -940,6 +1044,9 @@ async fn metrics_move_with_the_traffic_recovery_and_store_failures() {
         "redstage_locks_expired{store=\"ledger\"}",
     ];
     metrics_until(here, &expired, |n| n >= 1.0).await;
+    // The transaction in doubt is the oldest lock on both stores.
+    let oldest = "redstage_oldest_lock_age_seconds{store=\"orders\"}";
+    assert!(metric(here, oldest).await > 0.0);
     let survivor = env.spawn_host(None);
     let forward = ["redstage_recovery_actions_total{action=\"roll_forward\"}"];
     metrics_until(survivor.addr, &forward, |n| n >= 1.0).await;

@@ -535,3 +535,108 @@ fn the_demo_runs_on_a_cluster() {
         "{stdout}"
     );
 }
+
+/// What an operator sees of a cluster store: an order held before its
+/// commit point across the single Redis and three masters is listed once,
+/// in doubt; its locks on every master are listed, each once, with their
+/// mode and holder; and resolving it fences it and rolls it back on every
+/// slot.
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn a_stuck_order_on_a_cluster_is_listed_and_resolved() {
+    use redstage::txn::inspect::LockMode;
+    use redstage::txn::types::LookupStatus;
+
+    let env = env(1, toml::Table::new());
+    seed(&env).await;
+    let payees = one_per_master(&env);
+    let payer = BANK;
+    let mut steps = vec![step(
+        "ledger",
+        json!({"op": "withdraw", "account": account(payer), "amount": 3}),
+    )];
+    for &p in &payees {
+        steps.push(step(
+            "bank",
+            json!({"op": "deposit", "account": account(p), "amount": 1}),
+        ));
+    }
+    let body = json!({ "steps": steps }).to_string();
+    let mut host = env.spawn_host(Some("after-prepare"));
+    let addr = host.addr;
+    let request = tokio::spawn(async move {
+        redstage_tests::http::try_request(addr, "POST", "/v1/transactions", body.as_bytes()).await
+    });
+    host.wait_for_point("after-prepare").await;
+
+    let coordinator = &env.coordinator;
+    let mut rows = Vec::new();
+    let mut cursor: Option<String> = None;
+    loop {
+        let page = coordinator
+            .list_transactions(Some(LookupStatus::InDoubt), 1, cursor.as_deref())
+            .await
+            .expect("a page");
+        rows.extend(page.transactions);
+        match page.next_cursor {
+            Some(next) => cursor = Some(next),
+            None => break,
+        }
+    }
+    let [row] = &rows[..] else {
+        panic!("one transaction in doubt: {rows:?}");
+    };
+    // Listed from the single Redis, which holds locks of it too: the
+    // cluster is not searched for a transaction found already (it would
+    // take a SCAN of every master).
+    assert_eq!(row.primary.as_deref(), Some(LOG_STORE), "{row:?}");
+    assert_eq!(row.stores, [LOG_STORE], "{row:?}");
+    assert_eq!(row.participants, ["ledger"], "{row:?}");
+    let mut locks = Vec::new();
+    let mut cursor: Option<String> = None;
+    loop {
+        let page = coordinator
+            .list_locks(Some(CLUSTER_STORE), 2, cursor.as_deref())
+            .await
+            .expect("a page");
+        locks.extend(page.locks);
+        match page.next_cursor {
+            Some(next) => cursor = Some(next),
+            None => break,
+        }
+    }
+    let mut keys: Vec<&str> = locks.iter().map(|l| l.key.as_str()).collect();
+    keys.sort();
+    let mut expected: Vec<String> = payees.iter().map(|&p| bank_key(p)).collect();
+    expected.sort();
+    assert_eq!(keys, expected, "{locks:?}");
+    for lock in &locks {
+        // A deposit writes its balance: held exclusively.
+        assert_eq!(
+            (lock.mode, &lock.txn),
+            (LockMode::Exclusive, &row.id),
+            "{lock:?}"
+        );
+        assert_eq!(lock.participant.as_deref(), Some("bank"));
+    }
+
+    let resolved = coordinator
+        .resolve(&row.id, "a test", false)
+        .await
+        .expect("resolve")
+        .expect("known");
+    assert!(resolved.made, "{resolved:?}");
+    let stores: Vec<(&str, &str)> = resolved
+        .stores
+        .iter()
+        .map(|s| (s.store.as_str(), s.action.name()))
+        .collect();
+    assert_eq!(
+        stores,
+        [(LOG_STORE, "rolled_back"), (CLUSTER_STORE, "rolled_back")]
+    );
+    host.kill();
+    let _ = request.await;
+    assert_eq!(env.unfinished(), Vec::<String>::new());
+    let reply = run(&env.coordinator, read_all()).await.expect("a read");
+    assert_eq!(balances(&reply), [INITIAL; ACCOUNTS]);
+}

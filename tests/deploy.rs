@@ -55,10 +55,12 @@ fn version_of(r: &redstage::txn::types::TxnResponse) -> i64 {
     versions[0]
 }
 
+/// The entries of the deploy folder (not its kept versions and history).
 fn files(folder: &Path) -> Vec<String> {
     let mut names: Vec<String> = std::fs::read_dir(folder)
         .map(|d| {
             d.map(|e| e.expect("entry").file_name().to_string_lossy().into_owned())
+                .filter(|name| !name.starts_with('.'))
                 .collect()
         })
         .unwrap_or_default();
@@ -413,4 +415,207 @@ async fn a_server_watches_its_folder() {
     let refusal: Value = serde_json::from_slice(&out.stdout).expect("the refusal as JSON");
     assert_eq!(refusal["error"]["code"], "bad_manifest", "{refusal}");
     assert!(std::fs::exists(folder.path().join("tally.wasm")).expect("stat"));
+}
+
+/// Deploy tokens held to some participants and stores, and what a deploy
+/// leaves: kept versions (at most `deploy.versions_max`), a history naming
+/// who did what, and rollbacks that go one version back each, as a deploy
+/// of that version would.
+#[tokio::test]
+async fn rollbacks_go_back_a_version_each_and_deploy_tokens_keep_to_their_scope() {
+    const CI: &str = "ci-0123456789abcdef";
+    const ADMIN: &str = "admin-0123456789abcdef";
+    const VIEWER: &str = "viewer-0123456789abcdef";
+    let tokens = r#"poll_ms = 100
+versions_max = 2
+[[auth.tokens]]
+name = "ci"
+token = "ci-0123456789abcdef"
+scopes = ["deploy"]
+participants = ["counter"]
+stores = ["orders"]
+[[auth.tokens]]
+name = "admin"
+token = "admin-0123456789abcdef"
+scopes = ["deploy", "submit"]
+[[auth.tokens]]
+name = "viewer"
+token = "viewer-0123456789abcdef"
+scopes = ["read"]
+"#;
+    let (env, folder) = TestEnv::orders_with_folder(tokens);
+    let host = env
+        .launch_host(&redstage_tests::Launch::default())
+        .expect("serves");
+    let addr = host.addr;
+    let put_as = |token: &'static str, name: &'static str, query: &'static str, bytes: Vec<u8>| async move {
+        let path = format!("/v1/participants/{name}?{query}");
+        let (status, _, body) = http::request_as(addr, Some(token), "PUT", &path, &bytes).await;
+        (status, body)
+    };
+    let post_as = |token: &'static str, path: String| async move {
+        let (status, _, body) = http::request_as(addr, Some(token), "POST", &path, b"").await;
+        (status, body)
+    };
+    let register =
+        std::fs::read(components(Toolchain::CargoComponent).join(component_file("register")))
+            .expect("the register component");
+
+    // Out of its scope, a deploy token is refused, naming what it lacks.
+    let (status, reply) = put_as(CI, "counter", "store=ledger&prefix=counter%3A", counter(1)).await;
+    assert_eq!(
+        (status, &reply["error"]["code"]),
+        (403, &json!("forbidden")),
+        "{reply}"
+    );
+    assert!(
+        reply["error"]["message"]
+            .as_str()
+            .is_some_and(|m| m.contains("store `ledger`")),
+        "{reply}"
+    );
+    let (status, reply) = put_as(CI, "other", COUNTER_AT, counter(1)).await;
+    assert_eq!(status, 403, "{reply}");
+    assert!(
+        reply["error"]["message"]
+            .as_str()
+            .is_some_and(|m| m.contains("participant `other`")),
+        "{reply}"
+    );
+    let (status, _) = put_as(VIEWER, "counter", COUNTER_AT, counter(1)).await;
+    assert_eq!(status, 403);
+
+    // Three versions; two are kept.
+    let mut digests = Vec::new();
+    for (token, bytes) in [(CI, counter(1)), (CI, counter(2)), (ADMIN, register)] {
+        let (status, reply) = put_as(token, "counter", COUNTER_AT, bytes).await;
+        assert_eq!(status, 200, "{reply}");
+        digests.push(
+            reply["version"]["digest"]
+                .as_str()
+                .expect("a digest")
+                .to_owned(),
+        );
+    }
+    let (status, _, detail) =
+        http::request_as(addr, Some(VIEWER), "GET", "/v1/participants/counter", b"").await;
+    assert_eq!(status, 200, "{detail}");
+    assert_eq!(
+        (&detail["store"], &detail["prefix"]),
+        (&json!("orders"), &json!("counter:"))
+    );
+    assert_eq!(detail["version"]["digest"], json!(digests[2]));
+    let kept: Vec<(&str, bool)> = detail["versions"]
+        .as_array()
+        .expect("versions")
+        .iter()
+        .map(|v| {
+            (
+                v["digest"].as_str().unwrap(),
+                v["current"].as_bool().unwrap(),
+            )
+        })
+        .collect();
+    assert_eq!(
+        kept,
+        [(&*digests[2], true), (&*digests[1], false)],
+        "{detail}"
+    );
+    let history: Vec<(&str, &str, &str)> = detail["history"]
+        .as_array()
+        .expect("history")
+        .iter()
+        .map(|h| {
+            (
+                h["action"].as_str().unwrap(),
+                h["digest"].as_str().unwrap(),
+                h["by"].as_str().unwrap(),
+            )
+        })
+        .collect();
+    assert_eq!(
+        history,
+        [
+            ("deploy", &*digests[2], "admin"),
+            ("deploy", &*digests[1], "ci"),
+            ("deploy", &*digests[0], "ci")
+        ],
+        "newest first: {detail}"
+    );
+
+    // A rollback: the version before, current on this host at once, and
+    // what the next transaction runs; seeing is not enough to do it.
+    let rollback = "/v1/participants/counter/rollback".to_owned();
+    let (status, _) = post_as(VIEWER, rollback.clone()).await;
+    assert_eq!(status, 403);
+    let (status, reply) = post_as(CI, rollback.clone()).await;
+    assert_eq!(
+        (status, &reply["version"]["digest"]),
+        (200, &json!(digests[1])),
+        "{reply}"
+    );
+    let bump =
+        json!({"steps": [step("counter", json!({"op": "bump", "counter": "c"}))]}).to_string();
+    let (status, _, ran) = http::request_as(
+        addr,
+        Some(ADMIN),
+        "POST",
+        "/v1/transactions",
+        bump.as_bytes(),
+    )
+    .await;
+    assert_eq!(
+        (status, &ran["steps"][0]["output"]["version"]),
+        (200, &json!(2)),
+        "{ran}"
+    );
+    // Version 1 is no longer kept: there is nothing before this one.
+    let (status, reply) = post_as(ADMIN, rollback.clone()).await;
+    assert_eq!(
+        (status, &reply["error"]["code"]),
+        (409, &json!("no_previous_version")),
+        "{reply}"
+    );
+    // The command says the same.
+    let out = std::process::Command::new(redstage_tests::redstage_binary())
+        .args(["--server", &format!("http://{addr}"), "--token", ADMIN])
+        .args(["deploy", "--rollback", "counter"])
+        .output()
+        .expect("run redstage deploy --rollback");
+    let reply: Value = serde_json::from_slice(&out.stdout).expect("JSON");
+    assert_eq!(
+        (out.status.code(), &reply["error"]["code"]),
+        (Some(1), &json!("no_previous_version"))
+    );
+    let (_, _, detail) =
+        http::request_as(addr, Some(VIEWER), "GET", "/v1/participants/counter", b"").await;
+    assert_eq!(detail["history"][0]["action"], "rollback", "{detail}");
+    assert_eq!(detail["history"][0]["by"], "ci", "{detail}");
+    let logged = host.stderr().iter().any(|l| {
+        l.contains("rolled back")
+            && l.contains("token=ci")
+            && l.contains(&digests[1])
+            && l.contains("store=orders")
+    });
+    assert!(logged, "{:?}", host.stderr());
+
+    // Another host on the same folder runs the rolled-back version too.
+    let other = env
+        .launch_host(&redstage_tests::Launch::default())
+        .expect("serves");
+    let (_, _, listing) = http::request_as(
+        other.addr,
+        Some(VIEWER),
+        "GET",
+        "/v1/participants/counter",
+        b"",
+    )
+    .await;
+    assert_eq!(listing["version"]["digest"], json!(digests[1]), "{listing}");
+    // Only the versions a rollback could reach are kept: version 1 went
+    // past versions_max, the rolled back one went with its rollback.
+    let mut kept_files = files(&folder.path().join(".history/counter"));
+    kept_files.retain(|f| f.ends_with(".wasm"));
+    let current = digests[1].trim_start_matches("sha256:");
+    assert_eq!(kept_files, [format!("{current}.wasm")]);
 }

@@ -1,7 +1,7 @@
 //! The README's first screens, run as written: the demo prints what the
 //! README shows (on durable stores, checked), and its first transaction
-//! over HTTP, with its config and its `curl` commands, answers what the
-//! README shows against a real `serve`.
+//! over HTTP, with its config, its `curl` commands and its Python script,
+//! answers what the README shows against a real `serve`.
 //!
 //! Lines shown in the README may shorten a part that changes from run to
 //! run (ids, ports) to `...`; everything else must match exactly.
@@ -175,6 +175,29 @@ async fn the_readme_first_transaction_runs_as_shown() {
             "the README shows\n  {expected}\nbut serve answered\n  {line}"
         );
     }
+
+    // The same order from Python, printing what the script's comment says.
+    let script = blocks(&text, heading, "python")[0]
+        .replace("http://127.0.0.1:7878", &format!("http://{}", host.addr));
+    let printed = script
+        .lines()
+        .find_map(|l| {
+            l.trim()
+                .strip_prefix("print(")?
+                .split_once("# ")
+                .map(|(_, p)| p)
+        })
+        .expect("the script shows what it prints");
+    let out = Command::new(redstage_tests::python::python())
+        .args(["-c", &script])
+        .output()
+        .expect("run python");
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    assert_eq!(String::from_utf8_lossy(&out.stdout).trim(), printed);
 }
 
 fn run_sh(line: &str, dir: &Path) -> String {

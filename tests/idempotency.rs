@@ -516,3 +516,84 @@ async fn a_superseded_request_says_so_on_every_path() {
         assert_eq!(again, retry, "{name}");
     }
 }
+
+/// A keyed retry whose first request's host died does not wait out the
+/// claim's lease (`txn.idempotency_lease_ms`, here far past the retry's
+/// wait): once the first transaction's leases end, the retry fences it and
+/// runs; once recovery (here, an operator's resolve) rolled it back, the
+/// retry runs at once. While the first may still run, `409 in_flight` says
+/// with `Retry-After` when a retry can succeed: when its leases end.
+#[tokio::test]
+async fn a_retry_takes_over_from_a_dead_first_request_once_it_can_no_longer_commit() {
+    // Leases end within the retry's wait: the retry fences and runs.
+    let env = env(
+        "[txn]\nlease_ms = 800\nstore_timeout_ms = 300\nidempotency_lease_ms = 60000\n\
+         idempotency_wait_ms = 5000\n",
+    );
+    seed(&env).await;
+    let body = json!({"steps": order(), "idempotency_key": "dead"});
+    let (mut host, first) = env.held_at("after-prepare", &body).await;
+    let owner = lock_holder(&env);
+    host.kill();
+    assert!(
+        first.await.expect("task").is_err(),
+        "a killed host answered"
+    );
+    let retry = run_keyed(&env.coordinator, order(), "dead").await;
+    assert_eq!(retry.status, Status::Committed, "{retry:?}");
+    assert_ne!(retry.id, owner);
+    let found = env.coordinator.lookup(&owner).await.expect("lookup");
+    let abort = found.and_then(|f| f.abort).expect("the first is aborted");
+    assert_eq!(abort.code, "recovered", "{abort:?}");
+    assert!(
+        abort.message.contains("a retry of idempotency key `dead`"),
+        "{abort:?}"
+    );
+    assert_eq!(state(&env).await, after_orders(1));
+
+    // Leases far past the wait: told when to come back, then let in at once
+    // once the first is rolled back.
+    let env = self::env(
+        "[txn]\nlease_ms = 30000\nidempotency_lease_ms = 60000\nidempotency_wait_ms = 1000\n",
+    );
+    seed(&env).await;
+    let body = json!({"steps": order(), "idempotency_key": "dead"});
+    let (mut host, first) = env.held_at("after-prepare", &body).await;
+    let owner = lock_holder(&env);
+    host.kill();
+    assert!(
+        first.await.expect("task").is_err(),
+        "a killed host answered"
+    );
+    let api = http::serve(env.coordinator.clone()).await;
+    let (status, head, reply) = http::request_with(
+        api,
+        &[],
+        "POST",
+        "/v1/transactions",
+        body.to_string().as_bytes(),
+    )
+    .await;
+    assert_eq!(
+        (status, &reply["error"]["code"]),
+        (409, &json!("in_flight")),
+        "{reply}"
+    );
+    let retry_after: u64 = http::header(&head, "retry-after")
+        .and_then(|v| v.parse().ok())
+        .expect("a Retry-After in seconds");
+    assert!(
+        (2..=30).contains(&retry_after),
+        "the first's leases end in at most 30 s: {retry_after}"
+    );
+    let resolved = env
+        .coordinator
+        .resolve(&owner, "a test", false)
+        .await
+        .expect("resolve")
+        .expect("known");
+    assert!(resolved.made, "{resolved:?}");
+    let retry = run_keyed(&env.coordinator, order(), "dead").await;
+    assert_eq!(retry.status, Status::Committed, "{retry:?}");
+    assert_eq!(state(&env).await, after_orders(1));
+}

@@ -41,6 +41,8 @@ const PARTICIPANTS: &[(&str, &str, &str)] = &[
 
 /// Some participants get limits of their own; the rest keep the defaults.
 const LIMITS: &str = r#"
+[participants.infinite_loop.limits]
+call_time_ms = 200
 [participants.crowded_doctors.limits]
 instances_max = 2
 [participants.cramped_doctors.limits]

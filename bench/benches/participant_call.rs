@@ -6,6 +6,9 @@
 //!
 //! Needs the example components: `cargo build --release --target
 //! wasm32-unknown-unknown -p inventory -p payments` (or set `REDSTAGE_COMPONENTS` to their folder).
+//! Times `payments-js` too once `examples/payments-js/build.sh` has built
+//! the JavaScript payments (`target/js/payments_js.wasm`), on the same
+//! sample as `payments`.
 //!
 //! ```sh
 //! cargo bench -p redstage-bench --bench participant_call
@@ -47,6 +50,18 @@ fn participant_call(c: &mut Criterion) {
     let runtime = Runtime::new().expect("the wasm runtime");
     for sample in [inventory_sample(), payments_sample()] {
         let component = load(&runtime, sample.participant);
+        bench_sample(c, &tokio, &component, &sample);
+    }
+    // The same payments in JavaScript, once built by its build.sh.
+    let js = PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("../target/js/payments_js.wasm");
+    if let Ok(bytes) = std::fs::read(&js) {
+        let component = runtime
+            .load(&bytes, CallLimits::default())
+            .expect("a valid participant component");
+        let sample = Sample {
+            participant: "payments-js",
+            ..payments_sample()
+        };
         bench_sample(c, &tokio, &component, &sample);
     }
 }

@@ -99,7 +99,9 @@ pub struct Config {
     #[serde(default = "default_listen")]
     pub listen: SocketAddr,
     /// The store that keeps idempotency keys, and the decision records of
-    /// transactions that touch it or span stores.
+    /// transactions that touch it or span stores. With one store, that one
+    /// by default.
+    #[serde(default)]
     pub log_store: String,
     /// Whether every store must keep acknowledged writes across a crash
     /// (see `store::durability`); checked at start unless `unsafe`.
@@ -424,6 +426,10 @@ pub struct DeployConfig {
     /// The largest component a deploy accepts. Guards memory and compile
     /// time against an oversized upload.
     pub component_bytes_max: usize,
+    /// Versions of each participant kept in the folder for rollbacks, the
+    /// current one included (see `participants::folder`). Bounds the
+    /// folder's size.
+    pub versions_max: usize,
 }
 
 impl Default for DeployConfig {
@@ -432,6 +438,7 @@ impl Default for DeployConfig {
             folder: None,
             poll_ms: 1_000,
             component_bytes_max: 16 << 20,
+            versions_max: 5,
         }
     }
 }
@@ -577,6 +584,21 @@ impl Config {
                     parse_error(format!("{e} (with values from {})", names.join(", ")))
                 })?
         };
+        let mut config = config;
+        if config.log_store.is_empty() {
+            let mut stores = config.stores.keys();
+            config.log_store = match (stores.next(), stores.next()) {
+                (Some(only), None) => only.clone(),
+                _ => {
+                    return Err(ConfigError::Invalid(format!(
+                        "log_store names the store that keeps decisions and idempotency keys; \
+                         with {} stores it must be given: one of {}",
+                        config.stores.len(),
+                        config.stores.keys().cloned().collect::<Vec<_>>().join(", ")
+                    )));
+                }
+            };
+        }
         config.check()?;
         Ok(config)
     }
@@ -629,6 +651,8 @@ impl Config {
             ));
         }
         for (name, p) in &self.participants {
+            crate::participants::folder::check_name(name)
+                .map_err(|e| ConfigError::Invalid(format!("[participants.{name:?}]: {e}")))?;
             fits(
                 &format!("[participants.{name}.limits]"),
                 &self.limits_of(name, p)?,
@@ -760,6 +784,17 @@ mod tests {
         vars.iter()
             .map(|(n, v)| ((*n).to_owned(), (*v).to_owned()))
             .collect()
+    }
+
+    #[test]
+    fn the_only_store_keeps_the_log_unless_told_otherwise() {
+        let one = Config::parse("[stores]\nmain = \"redis://127.0.0.1:6379\"\n").unwrap();
+        assert_eq!(one.log_store, "main");
+        let two = "[stores]\na = \"redis://127.0.0.1:6379\"\nb = \"redis://127.0.0.1:6380\"\n";
+        let err = Config::parse(two).unwrap_err().to_string();
+        assert!(err.contains("log_store") && err.contains("a, b"), "{err}");
+        let named = Config::parse(&format!("log_store = \"b\"\n{two}")).unwrap();
+        assert_eq!(named.log_store, "b");
     }
 
     #[test]

@@ -21,9 +21,20 @@
 //! | `redstage_recovery_actions_total` | `action` | the same, by `roll_forward` or `roll_back` |
 //! | `redstage_phase_seconds` | `phase` | histogram of each phase: `declare`, `lock`, `execute`, `reserve`, `commit` |
 //! | `redstage_store_errors_total` | `store`, `kind` | failed Redis calls: `unavailable` (no answer in time, connection lost) or `protocol` |
-//! | `redstage_locks` | `store` | locks held right now, read from each store's lock index at scrape |
-//! | `redstage_locks_expired` | `store` | of those, locks past their lease: transactions in doubt until recovery finishes them |
+//! | `redstage_locks` | `store` | transactions holding locks on each store right now (its lock index entries: one per transaction, whatever its keys; a committed one whose other stores are still applying counts on its primary), read at scrape |
+//! | `redstage_locks_expired` | `store` | of those, the ones whose lease has ended: in doubt until recovery finishes them |
+//! | `redstage_store_ready` | `store` | 1 when the store answers and keeps its writes as the config's durability demands (what `/v1/ready` checks), else 0 |
+//! | `redstage_oldest_lock_age_seconds` | `store` | how long ago the transaction whose lease on the store ends first started (by its id's time); 0 without locks |
 //! | `redstage_round_trips_total` | | rounds of Redis calls transactions waited for before their answers (calls of one round run in parallel) |
+//! | `redstage_transactions_in_flight` | | transactions running on this host now (bounded by `txn.in_flight_max`) |
+//! | `redstage_instance_slots` | | instance slots of the pool (`runtime.instance_pool`) |
+//! | `redstage_instance_slots_in_use` | | of those, reserved by running transactions now |
+//! | `redstage_build_info` | `version` | 1, labelled with this build's version |
+//!
+//! Every error code a request can end in, and every abort code of the
+//! host's own, is there from the start at 0, so that rates and alerts see
+//! a series before its first event. The latency histogram's buckets reach
+//! the largest wait the config allows (see [`Metrics::new`]).
 
 use std::sync::Mutex;
 use std::sync::atomic::{AtomicU64, Ordering::Relaxed};
@@ -38,9 +49,25 @@ use prometheus_client::registry::Registry;
 
 use crate::runtime::{RESERVED_ABORT_CODES, ReuseCounts};
 
-/// Upper bounds of the latency histogram's buckets, in seconds.
+/// Upper bounds of the latency histograms' buckets, in seconds; the
+/// transactions' own go on past the last (see [`Metrics::new`]).
 const LATENCY_BUCKETS: [f64; 12] = [
     0.0005, 0.001, 0.002, 0.005, 0.01, 0.02, 0.05, 0.1, 0.2, 0.5, 1.0, 5.0,
+];
+
+/// The codes a request can end in without a decision (see
+/// `txn::TxnError::code`), each counted from 0.
+pub const ERROR_CODES: &[&str] = &[
+    "empty_transaction",
+    "unknown_participant",
+    "too_many_steps",
+    "bad_idempotency_key",
+    "idempotency_key_reused",
+    "store_unavailable",
+    "store_error",
+    "outcome_unknown",
+    "in_flight",
+    "overloaded",
 ];
 
 /// Distinct abort codes counted under their own label. Participants choose
@@ -65,6 +92,18 @@ fn labels<const N: usize>(pairs: [(&'static str, &str); N]) -> Labels {
 
 fn latency_histogram() -> Histogram {
     Histogram::new(LATENCY_BUCKETS)
+}
+
+/// [`LATENCY_BUCKETS`], then 10 s, 20 s, 40 s, ... until one reaches
+/// `longest`.
+fn buckets_to(longest: Duration) -> Vec<f64> {
+    let mut buckets = LATENCY_BUCKETS.to_vec();
+    let mut next = 10.0;
+    while buckets.last().is_some_and(|b| *b < longest.as_secs_f64()) {
+        buckets.push(next);
+        next *= 2.0;
+    }
+    buckets
 }
 
 /// The phases of a transaction whose time is measured.
@@ -137,10 +176,24 @@ pub struct Metrics {
     reuse_mismatches: Family<Labels, Counter>,
     compiled: Counter,
     cache_hits: Counter,
+    oldest_lock_age: Family<Labels, Gauge<f64, AtomicU64>>,
+    ready: Family<Labels, Gauge>,
+    in_flight: Gauge,
+    slots: Gauge,
+    slots_in_use: Gauge,
 }
 
 impl Default for Metrics {
     fn default() -> Metrics {
+        Metrics::new(Duration::ZERO)
+    }
+}
+
+impl Metrics {
+    /// The metrics of a coordinator whose longest configured wait (for
+    /// locks, a first request with the same key, instance slots) is
+    /// `longest`: the latency histogram's buckets reach it.
+    pub fn new(longest: Duration) -> Metrics {
         let transactions = Family::<Labels, Counter>::default();
         let committed = transactions.get_or_create_owned(&labels([("status", "committed")]));
         let phase_family =
@@ -161,7 +214,7 @@ impl Default for Metrics {
             scraping: Mutex::new(()),
             errors: Family::default(),
             attempts: Counter::default(),
-            latency: latency_histogram(),
+            latency: Histogram::new(buckets_to(longest)),
             recovered_locks: Counter::default(),
             rolled_forward,
             rolled_back,
@@ -177,16 +230,28 @@ impl Default for Metrics {
             reuse_mismatches: Family::default(),
             compiled: Counter::default(),
             cache_hits: Counter::default(),
+            oldest_lock_age: Family::default(),
+            ready: Family::default(),
+            in_flight: Gauge::default(),
+            slots: Gauge::default(),
+            slots_in_use: Gauge::default(),
         };
+        for code in ERROR_CODES {
+            m.errors.get_or_create_owned(&labels([("code", code)]));
+        }
+        for code in RESERVED_ABORT_CODES {
+            let labels = labels([("status", "aborted"), ("code", code)]);
+            m.transactions.get_or_create_owned(&labels);
+        }
         let r = &mut m.registry;
         r.register(
             "transactions",
-            "decided transactions",
+            "transactions decided, by status and (aborted) code",
             m.transactions.clone(),
         );
         r.register(
             "transaction_errors",
-            "requests that ended in an error rather than a decision",
+            "requests that ended in an error rather than a decision, by code",
             m.errors.clone(),
         );
         r.register(
@@ -224,11 +289,53 @@ impl Default for Metrics {
             "failed Redis calls, by store and kind",
             m.store_errors.clone(),
         );
-        r.register("locks", "locks held now, by store", m.locks.clone());
+        r.register(
+            "locks",
+            "transactions holding locks on each store now (lock index entries, one per \
+             transaction whatever its keys)",
+            m.locks.clone(),
+        );
         r.register(
             "locks_expired",
-            "locks past their lease now, in doubt until recovery finishes them",
+            "of the transactions holding locks on each store, those whose lease has ended: \
+             in doubt until recovery finishes them",
             m.locks_expired.clone(),
+        );
+        r.register(
+            "oldest_lock_age_seconds",
+            "how long ago the transaction whose lease on each store ends first started \
+             (0 without locks)",
+            m.oldest_lock_age.clone(),
+        );
+        r.register(
+            "store_ready",
+            "1 when the store answers and keeps its writes as the config's durability \
+             demands (what /v1/ready checks), else 0",
+            m.ready.clone(),
+        );
+        r.register(
+            "transactions_in_flight",
+            "transactions running on this host now (txn.in_flight_max bounds them)",
+            m.in_flight.clone(),
+        );
+        r.register(
+            "instance_slots",
+            "instance slots of the pool (runtime.instance_pool)",
+            m.slots.clone(),
+        );
+        r.register(
+            "instance_slots_in_use",
+            "instance slots reserved by running transactions now",
+            m.slots_in_use.clone(),
+        );
+        let build = Family::<Labels, Gauge>::default();
+        build
+            .get_or_create(&labels([("version", env!("CARGO_PKG_VERSION"))]))
+            .set(1);
+        r.register(
+            "build_info",
+            "this build: 1, labelled with its version",
+            build,
         );
         r.register(
             "participant_calls",
@@ -267,9 +374,7 @@ impl Default for Metrics {
         );
         m
     }
-}
 
-impl Metrics {
     pub fn decided(&self, abort_code: Option<&str>, attempts: u32, took: Duration) {
         match abort_code {
             None => {
@@ -335,6 +440,12 @@ impl Metrics {
         self.store_errors.clear();
         self.locks.clear();
         self.locks_expired.clear();
+        self.oldest_lock_age.clear();
+        self.ready.clear();
+        for (store, ready) in &scraped.ready {
+            let labels = labels([("store", store)]);
+            self.ready.get_or_create(&labels).set(i64::from(*ready));
+        }
         self.calls.clear();
         self.call_seconds.clear();
         self.reused.clear();
@@ -346,13 +457,19 @@ impl Metrics {
                 self.store_errors.get_or_create(&labels).inc_by(*n);
             }
         }
-        for (store, held, expired) in &scraped.locks {
-            let labels = labels([("store", store)]);
-            self.locks.get_or_create(&labels).set(*held as i64);
+        for lock in &scraped.locks {
+            let labels = labels([("store", lock.store)]);
+            self.locks.get_or_create(&labels).set(lock.held as i64);
             self.locks_expired
                 .get_or_create(&labels)
-                .set(*expired as i64);
+                .set(lock.expired as i64);
+            self.oldest_lock_age
+                .get_or_create(&labels)
+                .set(lock.oldest.as_secs_f64());
         }
+        self.in_flight.set(scraped.in_flight as i64);
+        self.slots.set(scraped.slots.0 as i64);
+        self.slots_in_use.set(scraped.slots.1 as i64);
         for (participant, stats) in &scraped.calls {
             for (call, timer) in stats.timers() {
                 let (count, total) = timer.get();
@@ -362,6 +479,10 @@ impl Metrics {
                     .get_or_create(&labels)
                     .inc_by(total.as_secs_f64());
             }
+            // A series for every participant, reusing or not, so that an
+            // alert on mismatches has one from the start.
+            let labels = labels([("participant", participant)]);
+            self.reuse_mismatches.get_or_create_owned(&labels);
         }
         for (participant, counts) in &scraped.reuse {
             let labels = labels([("participant", participant)]);
@@ -391,14 +512,32 @@ impl Metrics {
 pub struct Scraped<'a> {
     /// Per store: failed calls (unavailable, protocol).
     pub store_errors: Vec<(&'a str, u64, u64)>,
-    /// Per store that answered: locks held, and of those past their lease.
-    pub locks: Vec<(&'a str, u64, u64)>,
+    /// Per store that answered: its locks.
+    pub locks: Vec<Locks<'a>>,
+    /// Per store: whether it is ready (answers, and is durable enough).
+    pub ready: Vec<(&'a str, bool)>,
+    /// Transactions running on this host.
+    pub in_flight: usize,
+    /// Instance slots: (all, in use).
+    pub slots: (usize, usize),
     /// Per participant: its calls.
     pub calls: Vec<(&'a str, &'a CallStats)>,
     /// Per participant: how reusing its instances went.
     pub reuse: Vec<(&'a str, ReuseCounts)>,
     /// The compile cache's (compilations, hits), when there is one.
     pub cache: Option<(u64, u64)>,
+}
+
+/// The locks of one store, as read at a scrape.
+#[derive(Debug, Default)]
+pub struct Locks<'a> {
+    pub store: &'a str,
+    /// Transactions holding locks there.
+    pub held: u64,
+    /// Of those, past their lease.
+    pub expired: u64,
+    /// How long ago the one whose lease ends first started.
+    pub oldest: Duration,
 }
 
 /// Calls into one participant's component, and the wall time they took.
@@ -460,7 +599,15 @@ mod tests {
         stats.execute.record(Duration::from_millis(3));
         let scraped = Scraped {
             store_errors: vec![("ledger", 2, 0)],
-            locks: vec![("ledger", 5, 1)],
+            locks: vec![Locks {
+                store: "ledger",
+                held: 5,
+                expired: 1,
+                oldest: Duration::from_millis(2500),
+            }],
+            ready: vec![("ledger", true), ("orders", false)],
+            in_flight: 3,
+            slots: (1000, 7),
             calls: vec![("pay\"ments", &stats)],
             reuse: vec![(
                 "inventory",
@@ -490,6 +637,19 @@ mod tests {
             "redstage_store_errors_total{store=\"ledger\",kind=\"unavailable\"} 2",
             "redstage_locks{store=\"ledger\"} 5",
             "redstage_locks_expired{store=\"ledger\"} 1",
+            "redstage_oldest_lock_age_seconds{store=\"ledger\"} 2.5",
+            "redstage_store_ready{store=\"ledger\"} 1",
+            "redstage_store_ready{store=\"orders\"} 0",
+            "redstage_transactions_in_flight 3",
+            "redstage_instance_slots 1000",
+            "redstage_instance_slots_in_use 7",
+            concat!(
+                "redstage_build_info{version=\"",
+                env!("CARGO_PKG_VERSION"),
+                "\"} 1"
+            ),
+            "redstage_transaction_errors_total{code=\"in_flight\"} 0",
+            "redstage_transactions_total{status=\"aborted\",code=\"recovered\"} 0",
             r#"redstage_participant_calls_total{participant="pay\"ments",call="execute"} 1"#,
             "redstage_components_compiled_total 3",
             "redstage_compile_cache_hits_total 4",
@@ -526,6 +686,26 @@ mod tests {
         });
     }
 
+    /// The latency histogram reaches the longest wait configured, however
+    /// long.
+    #[test]
+    fn latency_buckets_reach_the_longest_wait() {
+        assert_eq!(buckets_to(Duration::ZERO).last(), Some(&5.0));
+        assert_eq!(buckets_to(Duration::from_secs(10)).last(), Some(&10.0));
+        assert_eq!(buckets_to(Duration::from_secs(25)).last(), Some(&40.0));
+        let m = Metrics::new(Duration::from_secs(30));
+        m.decided(None, 1, Duration::from_secs(25));
+        let out = render(&m);
+        assert!(
+            out.contains("redstage_transaction_duration_seconds_bucket{le=\"20\"} 0\n"),
+            "{out}"
+        );
+        assert!(
+            out.contains("redstage_transaction_duration_seconds_bucket{le=\"40\"} 1\n"),
+            "{out}"
+        );
+    }
+
     #[test]
     fn abort_codes_past_the_bound_share_one_label() {
         let m = Metrics::default();
@@ -539,7 +719,10 @@ mod tests {
             .lines()
             .filter(|l| l.starts_with("redstage_transactions_total{status=\"aborted\""))
             .collect();
-        assert_eq!(aborted.len(), ABORT_CODES_MAX + 2, "{out}");
+        // The bounded codes, `(other)`, and the host's own (at 0 from the
+        // start, `conflict` among them).
+        let expected = ABORT_CODES_MAX + 1 + RESERVED_ABORT_CODES.len();
+        assert_eq!(aborted.len(), expected, "{out}");
         assert!(
             aborted.contains(&r#"redstage_transactions_total{status="aborted",code="conflict"} 1"#)
         );

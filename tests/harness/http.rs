@@ -3,6 +3,7 @@
 
 use std::net::SocketAddr;
 
+use redstage::cli::client::Client;
 use serde_json::Value;
 
 /// Sends `method path` with `body` and returns the status and the body
@@ -72,7 +73,7 @@ pub fn header<'h>(head: &'h str, name: &str) -> Option<&'h str> {
 }
 
 /// One request with `headers` (name, value) added, on a connection of its
-/// own.
+/// own, through the API client the `redstage` commands use.
 async fn exchange(
     addr: SocketAddr,
     method: &str,
@@ -80,31 +81,18 @@ async fn exchange(
     headers: &[(&str, &str)],
     body: &[u8],
 ) -> std::io::Result<(u16, String, Value)> {
-    let other = |e: reqwest::Error| std::io::Error::other(format!("{e:?}"));
-    let method = reqwest::Method::from_bytes(method.as_bytes()).map_err(std::io::Error::other)?;
-    let client = reqwest::Client::builder()
-        .pool_max_idle_per_host(0)
-        .build()
-        .map_err(other)?;
-    let mut request = client
-        .request(method, format!("http://{addr}{path}"))
-        .header("content-type", "application/json")
-        .body(body.to_vec());
-    for (name, value) in headers {
-        request = request.header(*name, *value);
+    let client = Client::fresh(&format!("http://{addr}"), None).map_err(std::io::Error::other)?;
+    let mut with: Vec<(&str, &str)> = vec![("content-type", "application/json")];
+    with.extend_from_slice(headers);
+    let answer = client
+        .send(method, path, &with, body.to_vec())
+        .await
+        .map_err(|e| std::io::Error::other(format!("{e:?}")))?;
+    let mut head = format!("HTTP/1.1 {}", answer.status);
+    for (name, value) in &answer.headers {
+        head.push_str(&format!("\r\n{name}: {value}"));
     }
-    let response = request.send().await.map_err(other)?;
-    let status = response.status().as_u16();
-    let mut head = format!("{:?} {status}", response.version());
-    for (name, value) in response.headers() {
-        head.push_str(&format!(
-            "\r\n{name}: {}",
-            String::from_utf8_lossy(value.as_bytes())
-        ));
-    }
-    let body = response.text().await.map_err(other)?;
-    let json = serde_json::from_str(&body).unwrap_or(Value::String(body));
-    Ok((status, head.to_ascii_lowercase(), json))
+    Ok((answer.status, head.to_ascii_lowercase(), answer.json()))
 }
 
 pub async fn post(addr: SocketAddr, path: &str, body: &[u8]) -> (u16, Value) {

@@ -6,10 +6,12 @@
 //! start Redis, one way to configure redstage, and one place that knows
 //! where the components come from.
 
+pub mod browser;
 pub mod cluster;
 pub mod http;
 mod process;
 mod proxy;
+pub mod python;
 mod tls;
 
 pub use process::{HostProcess, Launch, binary as redstage_binary, signal};
@@ -122,6 +124,24 @@ pub fn components(toolchain: Toolchain) -> &'static Path {
             "building the participant components failed: {cmd:?}"
         );
         toolchain.out_dir()
+    })
+}
+
+/// The JavaScript payments participant (`examples/payments-js`), built by
+/// its `build.sh` (npm and ComponentizeJS) once per test process.
+pub fn js_payments() -> &'static Path {
+    static BUILT: OnceLock<PathBuf> = OnceLock::new();
+    BUILT.get_or_init(|| {
+        let script = workspace().join("examples/payments-js/build.sh");
+        let out = Command::new(&script)
+            .output()
+            .unwrap_or_else(|e| panic!("{}: {e}", script.display()));
+        assert!(
+            out.status.success(),
+            "building the JavaScript participant failed:\n{}",
+            String::from_utf8_lossy(&out.stderr)
+        );
+        workspace().join("target/js/payments_js.wasm")
     })
 }
 
@@ -545,6 +565,10 @@ pub(crate) fn configure(text: &str) -> (Config, tempfile::TempDir, PathBuf, Arc<
     (config, config_dir, config_path, coordinator)
 }
 
+/// The wall time one participant call may take in a test's config (the
+/// default is 200 ms), unless the test sets `[limits]` itself.
+pub const TEST_CALL_TIME_MS: i64 = 2000;
+
 /// How long a test waits for answered transactions to finish applying
 /// before it looks at raw Redis.
 pub const SETTLE_TIMEOUT: std::time::Duration = std::time::Duration::from_secs(10);
@@ -603,6 +627,14 @@ pub fn config_text(
         })
         .collect();
     config.insert("participants".into(), participants.into());
+    // Calls are bounded by wall time, which a test machine busy with a
+    // whole suite (and its builds) stretches: the tests of the time limit
+    // set it themselves.
+    if !extra.contains("[limits]") {
+        let limits =
+            toml::Table::from_iter([("call_time_ms".to_owned(), TEST_CALL_TIME_MS.into())]);
+        config.insert("limits".into(), limits.into());
+    }
     if !extra.contains("[cache]") {
         let dir = shared_cache_dir().display().to_string();
         let cache = toml::Table::from_iter([("dir".to_owned(), dir.into())]);

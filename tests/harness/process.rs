@@ -14,7 +14,7 @@ use redstage::txn::faults::FAULT_ENV;
 pub const FAULT_POINT_TIMEOUT: Duration = Duration::from_secs(20);
 
 /// How long a host gets to start serving.
-const STARTUP_TIMEOUT: Duration = Duration::from_secs(30);
+const STARTUP_TIMEOUT: Duration = Duration::from_secs(60);
 
 /// The `redstage` binary with fault points compiled in, built once per
 /// test process.

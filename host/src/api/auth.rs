@@ -1,11 +1,23 @@
 //! Bearer tokens with scopes.
 //!
-//! Each route needs one scope: `submit` for transactions and their
-//! lookups, `deploy` for deploying and removing participants, `read` for
-//! the participant listing and metrics. `GET /v1/health` and
-//! `GET /v1/ready` stay open (load balancers probe them). A request sends
+//! Each route needs one of its scopes: `read` to see (listings, lookups,
+//! metrics; a `submit` token may look its own transactions up too),
+//! `submit` to run transactions, `deploy` to deploy, roll back and remove
+//! participants, and `submit` or `deploy` to resolve a transaction. A
+//! `deploy` token may be held to some participants and stores
+//! (`participants`, `stores`; `*` for all, the default).
+//! `GET /v1/health`, `GET /v1/ready` and `GET /openapi.json` stay open
+//! (load balancers probe them). A request sends
 //! `Authorization: Bearer <token>`; no token or an unknown one is
 //! `401 unauthorized`, a token without the route's scope `403 forbidden`.
+//!
+//! | scopes             | routes                                              |
+//! |--------------------|-----------------------------------------------------|
+//! | `submit`           | `POST /v1/transactions`                             |
+//! | `read` or `submit` | `GET /v1/transactions`, `GET /v1/transactions/{id}` |
+//! | `submit` or `deploy` | `POST /v1/transactions/{id}/resolve`              |
+//! | `deploy`           | `PUT`, `DELETE /v1/participants/{name}`, `POST /v1/participants/{name}/rollback` |
+//! | `read`             | every other route: `GET /v1/locks`, `GET /v1/participants[/{name}]`, `GET /metrics` |
 //! Tokens are compared by their SHA-256 digests, in constant time, all of
 //! them every time: neither the answer's timing nor its content tells how
 //! much of a token was right, or which token was close.
@@ -33,13 +45,20 @@ pub const TOKEN_BYTES_MIN: usize = 16;
 #[derive(Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord, Serialize, Deserialize)]
 #[serde(rename_all = "snake_case")]
 pub enum Scope {
-    /// Run transactions and look them up.
+    /// Run transactions, look them up, resolve them.
     Submit,
-    /// Deploy and remove participants.
+    /// Deploy, roll back and remove participants; resolve transactions.
     Deploy,
-    /// List participants, read metrics.
+    /// See: list and look up transactions, locks and participants, read
+    /// metrics.
     Read,
 }
+
+const SUBMIT: &[Scope] = &[Scope::Submit];
+const DEPLOY: &[Scope] = &[Scope::Deploy];
+const READ: &[Scope] = &[Scope::Read];
+const LOOK: &[Scope] = &[Scope::Read, Scope::Submit];
+const ACT: &[Scope] = &[Scope::Submit, Scope::Deploy];
 
 impl Scope {
     pub fn name(self) -> &'static str {
@@ -50,19 +69,45 @@ impl Scope {
         }
     }
 
-    /// The scope a request needs; `None` for the open routes.
-    pub fn of(method: &Method, path: &str) -> Option<Scope> {
+    /// The scopes of which a request needs one; `None` for the open
+    /// routes.
+    pub fn of(method: &Method, path: &str) -> Option<&'static [Scope]> {
+        let participant = path.strip_prefix("/v1/participants/");
+        let transaction = path.strip_prefix("/v1/transactions/");
         match (method, path) {
             (_, "/v1/health" | "/v1/ready" | "/openapi.json") => None,
-            (_, "/v1/transactions") => Some(Scope::Submit),
-            (_, p) if p.starts_with("/v1/transactions/") => Some(Scope::Submit),
-            (&Method::PUT | &Method::DELETE, p) if p.starts_with("/v1/participants/") => {
-                Some(Scope::Deploy)
+            // The console's pages hold no data; what they fetch needs a token.
+            (_, p) if super::console::is_console(p) => None,
+            (&Method::POST, "/v1/transactions") => Some(SUBMIT),
+            (&Method::POST, _) if transaction.is_some_and(|t| t.ends_with("/resolve")) => Some(ACT),
+            (_, "/v1/transactions") => Some(LOOK),
+            _ if transaction.is_some() => Some(LOOK),
+            (&Method::PUT | &Method::DELETE, _) if participant.is_some() => Some(DEPLOY),
+            (&Method::POST, _) if participant.is_some_and(|p| p.ends_with("/rollback")) => {
+                Some(DEPLOY)
             }
             // Listings, metrics, and paths that are no route: any token.
-            _ => Some(Scope::Read),
+            _ => Some(READ),
         }
     }
+
+    /// `scopes` for a message: "`read` or `submit`".
+    pub fn names(scopes: &[Scope]) -> String {
+        let names: Vec<String> = scopes.iter().map(|s| format!("`{}`", s.name())).collect();
+        names.join(" or ")
+    }
+}
+
+/// The token a request was let in with, for the handlers (who may act on
+/// which participants) and the access log. Absent when the server has no
+/// tokens.
+#[derive(Debug, Clone)]
+pub struct Caller {
+    pub name: String,
+    /// The participants it may deploy; `None`: all.
+    pub participants: Option<Vec<String>>,
+    /// The stores it may deploy to; `None`: all.
+    pub stores: Option<Vec<String>>,
 }
 
 /// One token of `[[auth.tokens]]`: the secret itself (`token`), the
@@ -81,6 +126,14 @@ pub struct TokenConfig {
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub token_file: Option<std::path::PathBuf>,
     pub scopes: Vec<Scope>,
+    /// The participants a `deploy` token may deploy, roll back and remove
+    /// (`*`: all, the default).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub participants: Option<Vec<String>>,
+    /// The stores a `deploy` token may deploy participants to (`*`: all,
+    /// the default).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub stores: Option<Vec<String>>,
 }
 
 /// `[auth]`.
@@ -96,9 +149,9 @@ pub struct Tokens(Vec<Token>);
 
 #[derive(Debug)]
 struct Token {
-    name: String,
     digest: [u8; 32],
     scopes: Vec<Scope>,
+    caller: Caller,
 }
 
 impl Tokens {
@@ -138,14 +191,26 @@ impl Tokens {
                     "{what}: give it scopes (`submit`, `deploy`, `read`)"
                 ));
             }
+            for (key, list) in [("participants", &t.participants), ("stores", &t.stores)] {
+                if list.as_ref().is_some_and(Vec::is_empty) {
+                    return Err(format!(
+                        "{what}: `{key}` names none, so the token could deploy nothing; \
+                         name some, or `*` for all"
+                    ));
+                }
+            }
             let digest = Sha256::digest(secret.as_bytes()).into();
             if tokens.iter().any(|o: &Token| o.digest == digest) {
                 return Err(format!("{what}: the same token is configured twice"));
             }
             tokens.push(Token {
-                name: t.name.clone(),
                 digest,
                 scopes: t.scopes.clone(),
+                caller: Caller {
+                    name: t.name.clone(),
+                    participants: t.participants.clone(),
+                    stores: t.stores.clone(),
+                },
             });
         }
         Ok(Tokens(tokens))
@@ -159,8 +224,9 @@ impl Tokens {
         self.0.len()
     }
 
-    /// Whether `header` (an `Authorization` value) grants `scope`.
-    fn check(&self, header: Option<&[u8]>, scope: Scope) -> Result<(), Refusal> {
+    /// Whether `header` (an `Authorization` value) grants one of `scopes`:
+    /// the token's caller if it does.
+    fn check(&self, header: Option<&[u8]>, scopes: &[Scope]) -> Result<&Caller, Refusal> {
         let presented = header
             .and_then(|h| h.strip_prefix(b"Bearer "))
             .ok_or(Refusal::Unauthorized("no `Authorization: Bearer` token"))?;
@@ -172,11 +238,10 @@ impl Tokens {
             }
         }
         let token = found.ok_or(Refusal::Unauthorized("an unknown token"))?;
-        if token.scopes.contains(&scope) {
-            tracing::debug!(token = %token.name, scope = scope.name(), "authorized");
-            Ok(())
+        if scopes.iter().any(|s| token.scopes.contains(s)) {
+            Ok(&token.caller)
         } else {
-            Err(Refusal::Forbidden(token.name.clone()))
+            Err(Refusal::Forbidden(token.caller.name.clone()))
         }
     }
 }
@@ -193,39 +258,60 @@ fn constant_time_eq(a: &[u8; 32], b: &[u8; 32]) -> bool {
     std::hint::black_box(diff) == 0
 }
 
-/// The middleware: passes a request on only if its token grants the
-/// route's scope.
-pub async fn require(State(tokens): State<Arc<Tokens>>, request: Request, next: Next) -> Response {
+/// The middleware: passes a request on only if its token grants one of
+/// the route's scopes, with its [`Caller`] in the request's extensions
+/// (and its name in the answer's, for the access log).
+pub async fn require(
+    State(tokens): State<Arc<Tokens>>,
+    mut request: Request,
+    next: Next,
+) -> Response {
     if tokens.is_empty() {
         return next.run(request).await;
     }
-    let Some(scope) = Scope::of(request.method(), request.uri().path()) else {
+    let Some(scopes) = Scope::of(request.method(), request.uri().path()) else {
         return next.run(request).await;
     };
     let header = request
         .headers()
         .get(AUTHORIZATION)
         .map(HeaderValue::as_bytes);
-    match tokens.check(header, scope) {
-        Ok(()) => next.run(request).await,
+    let (refusal, name) = match tokens.check(header, scopes) {
+        Ok(caller) => {
+            let name = TokenName(caller.name.clone());
+            request.extensions_mut().insert(caller.clone());
+            let mut response = next.run(request).await;
+            response.extensions_mut().insert(name);
+            return response;
+        }
         Err(Refusal::Unauthorized(what)) => {
             let message = format!(
-                "this route needs a token with the `{}` scope, and the request has {what}",
-                scope.name()
+                "this route needs a token with the {} scope, and the request has {what}",
+                Scope::names(scopes)
             );
-            ApiError::new(StatusCode::UNAUTHORIZED, "unauthorized", message)
-                .with_header(WWW_AUTHENTICATE, "Bearer")
-                .into_response()
+            let error = ApiError::new(StatusCode::UNAUTHORIZED, "unauthorized", message)
+                .with_header(WWW_AUTHENTICATE, "Bearer");
+            (error, None)
         }
         Err(Refusal::Forbidden(name)) => {
             let message = format!(
-                "token `{name}` does not have the `{}` scope this route needs",
-                scope.name()
+                "token `{name}` has not the {} scope this route needs",
+                Scope::names(scopes)
             );
-            ApiError::new(StatusCode::FORBIDDEN, "forbidden", message).into_response()
+            let error = ApiError::new(StatusCode::FORBIDDEN, "forbidden", message);
+            (error, Some(TokenName(name)))
         }
+    };
+    let mut response = refusal.into_response();
+    if let Some(name) = name {
+        response.extensions_mut().insert(name);
     }
+    response
 }
+
+/// The name of the token an answer was given to, for the access log.
+#[derive(Debug, Clone)]
+pub struct TokenName(pub String);
 
 #[cfg(test)]
 mod tests {
@@ -250,17 +336,22 @@ mod tests {
 
     #[test]
     fn scopes_follow_the_routes() {
-        for (method, path, scope) in [
-            (Method::POST, "/v1/transactions", Some(Scope::Submit)),
-            (Method::GET, "/v1/transactions/x", Some(Scope::Submit)),
-            (Method::PUT, "/v1/participants/x", Some(Scope::Deploy)),
-            (Method::DELETE, "/v1/participants/x", Some(Scope::Deploy)),
-            (Method::GET, "/v1/participants", Some(Scope::Read)),
-            (Method::GET, "/metrics", Some(Scope::Read)),
+        for (method, path, scopes) in [
+            (Method::POST, "/v1/transactions", Some(SUBMIT)),
+            (Method::GET, "/v1/transactions", Some(LOOK)),
+            (Method::GET, "/v1/transactions/x", Some(LOOK)),
+            (Method::POST, "/v1/transactions/x/resolve", Some(ACT)),
+            (Method::GET, "/v1/locks", Some(READ)),
+            (Method::PUT, "/v1/participants/x", Some(DEPLOY)),
+            (Method::DELETE, "/v1/participants/x", Some(DEPLOY)),
+            (Method::POST, "/v1/participants/x/rollback", Some(DEPLOY)),
+            (Method::GET, "/v1/participants/x", Some(READ)),
+            (Method::GET, "/v1/participants", Some(READ)),
+            (Method::GET, "/metrics", Some(READ)),
             (Method::GET, "/v1/health", None),
             (Method::GET, "/v1/ready", None),
         ] {
-            assert_eq!(Scope::of(&method, path), scope, "{method} {path}");
+            assert_eq!(Scope::of(&method, path), scopes, "{method} {path}");
         }
     }
 
@@ -268,9 +359,13 @@ mod tests {
     fn a_token_grants_its_scopes_only() {
         let tokens = tokens();
         let shop = Some(&b"Bearer 0123456789abcdef-shop"[..]);
-        assert!(tokens.check(shop, Scope::Submit).is_ok());
+        assert_eq!(
+            tokens.check(shop, SUBMIT).map(|c| &*c.name).ok(),
+            Some("shop")
+        );
+        assert!(tokens.check(shop, LOOK).is_ok());
         assert!(matches!(
-            tokens.check(shop, Scope::Deploy),
+            tokens.check(shop, DEPLOY),
             Err(Refusal::Forbidden(n)) if n == "shop"
         ));
         for header in [
@@ -280,7 +375,7 @@ mod tests {
             Some(&b"Basic 0123456789abcdef-shop"[..]),
         ] {
             assert!(matches!(
-                tokens.check(header, Scope::Submit),
+                tokens.check(header, SUBMIT),
                 Err(Refusal::Unauthorized(_))
             ));
         }
@@ -313,6 +408,10 @@ mod tests {
                 r#"tokens = [{name = "a", token_env = "REDSTAGE_TEST_NO_SUCH_VAR", scopes = ["read"]}]"#,
                 "REDSTAGE_TEST_NO_SUCH_VAR is not set",
             ),
+            (
+                r#"tokens = [{name = "a", token = "0123456789abcdefgh", scopes = ["deploy"], stores = []}]"#,
+                "`stores` names none",
+            ),
         ] {
             let config: AuthConfig = toml::from_str(toml).expect("parses");
             let err = Tokens::from_config(&config).expect_err(toml);
@@ -334,17 +433,19 @@ mod tests {
                 token_env: None,
                 token_file: Some(path),
                 scopes: vec![Scope::Submit],
+                participants: None,
+                stores: None,
             }],
         };
         let tokens = Tokens::from_config(&config).expect("valid");
         assert!(
             tokens
-                .check(Some(b"Bearer 0123456789abcdef-file"), Scope::Submit)
+                .check(Some(b"Bearer 0123456789abcdef-file"), SUBMIT)
                 .is_ok()
         );
         assert!(
             tokens
-                .check(Some(b"Bearer 0123456789abcdef-file\n"), Scope::Submit)
+                .check(Some(b"Bearer 0123456789abcdef-file\n"), SUBMIT)
                 .is_err()
         );
     }

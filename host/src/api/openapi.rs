@@ -10,6 +10,7 @@ use std::sync::LazyLock;
 
 use axum::Json;
 use utoipa::openapi::path::{Operation, Parameter, ParameterIn};
+use utoipa::openapi::schema::{KnownFormat, ObjectBuilder, SchemaFormat, Type};
 use utoipa::openapi::security::{HttpAuthScheme, HttpBuilder, SecurityScheme};
 use utoipa::openapi::{ContentBuilder, OpenApi, Ref, RefOr, ResponseBuilder};
 use utoipa::{OpenApi as _, ToSchema};
@@ -27,8 +28,8 @@ pub const BEARER: &str = "bearer";
                        with a stable `code`; every answer carries `x-request-id`."
     ),
     tags(
-        (name = "transactions", description = "Run transactions and look them up"),
-        (name = "participants", description = "List, deploy and remove participants"),
+        (name = "transactions", description = "Run transactions, look them up, list and resolve them, list locks"),
+        (name = "participants", description = "List, deploy, roll back and remove participants"),
         (name = "operations", description = "Health, readiness, metrics and this document"),
     ),
     components(schemas(ErrorBody))
@@ -56,6 +57,7 @@ pub fn document() -> &'static OpenApi {
             .components
             .get_or_insert_with(Default::default)
             .add_security_scheme(BEARER, SecurityScheme::Http(scheme));
+        binary_body(&mut document, "/v1/participants/{name}");
         for item in document.paths.paths.values_mut() {
             for operation in operations(item) {
                 if operation.security.as_ref().is_some_and(|s| !s.is_empty()) {
@@ -75,6 +77,65 @@ pub fn document() -> &'static OpenApi {
         document
     });
     &DOCUMENT
+}
+
+/// The document as served, with what `utoipa` cannot write: links from
+/// the `id` a transaction's answer (or an `outcome_unknown` error) names to
+/// the operations that take it, so that tools can follow a transaction
+/// from its submission to its lookup and its resolution. (`utoipa` 5.5
+/// writes a link's `operationId` as `operation_id`, which OpenAPI does not
+/// know, so the links are added to the JSON.)
+pub fn served() -> &'static serde_json::Value {
+    static SERVED: LazyLock<serde_json::Value> = LazyLock::new(|| {
+        let mut json = serde_json::to_value(document()).expect("the document serializes");
+        let responses = &mut json["paths"]["/v1/transactions"]["post"]["responses"];
+        for (status, from) in [
+            ("200", "$response.body#/id"),
+            ("503", "$response.body#/error/id"),
+        ] {
+            let link = |operation: &str, description: &str| {
+                serde_json::json!({
+                    "operationId": operation,
+                    "parameters": {"id": from},
+                    "description": description,
+                })
+            };
+            if let Some(response) = responses.get_mut(status) {
+                response["links"] = serde_json::json!({
+                    "lookup": link("lookup", "What became of the transaction"),
+                    "resolve": link("resolve", "Finish the transaction now"),
+                });
+            }
+        }
+        json
+    });
+    &SERVED
+}
+
+/// The body of `PUT path` as what it is, the bytes of a component, taken
+/// whatever its media type says (`application/wasm`, or any other).
+fn binary_body(document: &mut OpenApi, path: &str) {
+    let Some(put) = document
+        .paths
+        .paths
+        .get_mut(path)
+        .and_then(|i| i.put.as_mut())
+    else {
+        return;
+    };
+    let Some(body) = put.request_body.as_mut() else {
+        return;
+    };
+    let binary = || {
+        let schema = ObjectBuilder::new()
+            .schema_type(Type::String)
+            .format(Some(SchemaFormat::KnownFormat(KnownFormat::Binary)));
+        ContentBuilder::new().schema(Some(schema)).build()
+    };
+    body.content.clear();
+    for media in ["application/wasm", "application/octet-stream"] {
+        body.content.insert(media.to_owned(), binary());
+    }
 }
 
 /// Lists an error answer of `operation`: a new `status` with the error
@@ -124,8 +185,8 @@ fn operations(item: &mut utoipa::openapi::PathItem) -> impl Iterator<Item = &mut
     tag = "operations",
     responses((status = 200, description = "The OpenAPI 3.1 document of this API", content_type = "application/json")),
 )]
-pub(super) async fn serve() -> Json<&'static OpenApi> {
-    Json(document())
+pub(super) async fn serve() -> Json<&'static serde_json::Value> {
+    Json(served())
 }
 
 /// Every error answer.
@@ -193,8 +254,17 @@ mod tests {
             ] {
                 let Some(operation) = operation else { continue };
                 let named = serde_json::to_value(&operation.security).unwrap();
-                let named = named[0][BEARER][0].as_str();
-                let enforced = Scope::of(&method, &concrete).map(Scope::name);
+                let named: Vec<&str> = named
+                    .as_array()
+                    .into_iter()
+                    .flatten()
+                    .filter_map(|alternative| alternative[BEARER][0].as_str())
+                    .collect();
+                let enforced: Vec<&str> = Scope::of(&method, &concrete)
+                    .unwrap_or_default()
+                    .iter()
+                    .map(|s| s.name())
+                    .collect();
                 assert_eq!(
                     named, enforced,
                     "{method} {path}: the document and auth disagree"

@@ -1,16 +1,24 @@
-//! The `redstage` command line: `serve`, `check`, `run`, `status`,
-//! `recover`, `deploy`, `demo`, and for participant authors `new` and
-//! `call`.
+//! The `redstage` command line.
 //!
-//! Every command reads the same TOML config (see `config`); `demo` can do
-//! without one by starting local `redis-server` processes itself. Errors
-//! reach the user through `anyhow` with the cause chain; logs go to stderr
-//! through `tracing` (`RUST_LOG=debug` for more).
+//! Three kinds of commands:
+//!
+//! - against the stores, from a config file (`--config`, or
+//!   `$REDSTAGE_CONFIG`): `serve`, `check`, `run`, `status`, `recover`,
+//!   `demo`;
+//! - for participant authors, on their own: `new` and `call`;
+//! - against a running server, over its HTTP API (`--server URL`, or
+//!   `$REDSTAGE_SERVER`; a token with `--token`, or `$REDSTAGE_TOKEN`):
+//!   `submit`, `get`, `list`, `locks`, `resolve`, `participants`, `deploy`
+//!   (see `remote`, through the one API client, `client`).
+//!
+//! Errors reach the user through `anyhow` with the cause chain; logs go to
+//! stderr through `tracing` (`RUST_LOG=debug` for more).
 
 pub mod call;
-mod client;
+pub mod client;
 pub mod demo;
 pub mod new;
+mod remote;
 
 use std::future::IntoFuture;
 use std::path::PathBuf;
@@ -35,6 +43,19 @@ pub struct Cli {
     /// object per line, with the request's span) for log pipelines.
     #[arg(long, global = true, value_enum, default_value_t = LogFormat::Text)]
     log_format: LogFormat,
+    /// The server the commands that talk to one use (submit, get, list,
+    /// locks, resolve, participants, deploy).
+    #[arg(
+        long,
+        global = true,
+        env = "REDSTAGE_SERVER",
+        default_value = "http://127.0.0.1:7878"
+    )]
+    server: String,
+    /// The bearer token those commands send, if the server requires tokens:
+    /// `read` scope to look, `submit` or `deploy` to act.
+    #[arg(long, global = true, env = "REDSTAGE_TOKEN", hide_env_values = true)]
+    token: Option<String>,
 }
 
 /// See [`Cli`]'s `--log-format`.
@@ -44,14 +65,21 @@ pub enum LogFormat {
     Json,
 }
 
+/// The config file of the commands that read one.
+#[derive(Debug, clap::Args)]
+struct ConfigArg {
+    /// The TOML config: stores, log store, participants, limits.
+    #[arg(long, env = "REDSTAGE_CONFIG")]
+    config: PathBuf,
+}
+
 #[derive(Debug, Subcommand)]
 enum Command {
-    /// Serve the HTTP API (POST /v1/transactions, GET /v1/transactions/{id},
-    /// GET /v1/health, GET /v1/ready), with the background recovery sweep.
+    /// Serve the HTTP API (see GET /openapi.json), with the background
+    /// recovery sweep.
     Serve {
-        /// The TOML config: stores, log store, participants, limits.
-        #[arg(long)]
-        config: PathBuf,
+        #[command(flatten)]
+        config: ConfigArg,
         /// Listen here instead of the config's `listen`.
         #[arg(long)]
         listen: Option<std::net::SocketAddr>,
@@ -61,66 +89,152 @@ enum Command {
         insecure: bool,
     },
     /// Check a config as `serve` would start from it, without serving: load
-    /// it (with the values the environment sets), compile every participant,
-    /// read the tokens, ping every store and run the durability check.
-    /// Prints a JSON summary.
+    /// it (with the values the environment sets), compile every participant
+    /// (each is reported with its contract and digest), read the tokens,
+    /// ping every store and run the durability check. Prints a JSON
+    /// summary.
     ///
     /// Exit status: 0 when all is well, 1 naming the first thing that is not.
     Check {
-        #[arg(long)]
-        config: PathBuf,
+        #[command(flatten)]
+        config: ConfigArg,
     },
     /// Run one transaction and print its outcome as JSON.
     ///
     /// Exit status: 0 committed, 2 aborted, 1 error (nothing applied, or the
     /// outcome is unknown: the message says which).
     Run {
-        #[arg(long)]
-        config: PathBuf,
+        #[command(flatten)]
+        config: ConfigArg,
         /// The transaction: {"steps":[{"participant":"...","input":{...}}]}
         transaction: String,
     },
     /// Print what is known of a transaction: committed, aborted or in doubt,
-    /// as `GET /v1/transactions/{id}` answers it.
+    /// as `GET /v1/transactions/{id}` answers it, read from the stores
+    /// (no component is compiled).
     ///
     /// Exit status: 0 known, 2 unknown (never ran, or its record is past
     /// txn.record_retention_s), 1 error.
     Status {
-        #[arg(long)]
-        config: PathBuf,
+        #[command(flatten)]
+        config: ConfigArg,
         /// The transaction id, as a response or an `outcome_unknown` error
         /// named it.
         id: String,
     },
-    /// Finish every in-doubt transaction: resolve each lock whose lease has
-    /// run out (roll forward if its transaction committed, else roll back),
-    /// sweeping until nothing is left. Prints a JSON summary.
+    /// Finish in-doubt transactions by the protocol's rules: roll forward
+    /// what committed, fence and roll back what has no decision. Prints a
+    /// JSON report per transaction: its stores, whether its decision was
+    /// found or made, and the action on each store.
     ///
-    /// With --wait, also waits for live leases to run out (a host that died
-    /// a moment ago), up to the given number of seconds, so that afterwards
-    /// no lock remains. Exit status 0 when no lock remains, 2 otherwise.
+    /// Without ID: every transaction with a lock whose lease has run out,
+    /// sweeping until nothing is left (with --wait, also waiting for live
+    /// leases to run out, up to that many seconds). Exit status 0 when no
+    /// lock remains, 2 otherwise.
+    ///
+    /// With ID: that transaction now, lease or not (a read-only one's
+    /// locks are left while its lease runs). Exit status 0 resolved, 2
+    /// unknown, 1 a store failed.
     Recover {
-        #[arg(long)]
-        config: PathBuf,
-        /// Seconds to wait for live leases to expire.
-        #[arg(long, default_value_t = 0)]
+        #[command(flatten)]
+        config: ConfigArg,
+        /// Seconds to wait for live leases to expire (without ID).
+        #[arg(long, default_value_t = 0, conflicts_with = "id")]
         wait: u64,
+        /// Say what would be done, and do nothing.
+        #[arg(long)]
+        dry_run: bool,
+        /// One transaction to resolve now.
+        id: Option<String>,
     },
-    /// Deploy a participant component to a running server: it is compiled
-    /// and checked there, written to the server's deploy folder, and used
-    /// by every transaction that starts afterwards. Prints the new version.
+    /// Run a transaction on the server (POST /v1/transactions) and print
+    /// its answer. The transaction is JSON
+    /// ({"steps":[{"participant":...,"input":...}],"idempotency_key":...}),
+    /// given as the argument, read from a file with --file, or from stdin
+    /// (no argument, or `-`).
+    ///
+    /// Exit status: 0 committed, 2 aborted, 1 an error answer (printed).
+    Submit {
+        /// A file holding the transaction.
+        #[arg(long, conflicts_with = "transaction")]
+        file: Option<PathBuf>,
+        /// The transaction as JSON, or `-` for stdin.
+        transaction: Option<String>,
+    },
+    /// Look a transaction up on the server (GET /v1/transactions/{id}).
+    ///
+    /// Exit status: 0 known, 2 unknown, 1 an error answer.
+    Get {
+        /// The transaction id.
+        id: String,
+    },
+    /// List transactions that hold locks or records (GET /v1/transactions),
+    /// following the pages up to --limit rows.
+    ///
+    /// Exit status: 0, or 1 an error answer.
+    List {
+        /// Only these: in_doubt, committed, aborted.
+        #[arg(long)]
+        state: Option<String>,
+        /// The transaction a request with this idempotency key ran.
+        #[arg(long, conflicts_with = "cursor")]
+        idempotency_key: Option<String>,
+        /// Rows to print, at most.
+        #[arg(long, default_value_t = 100)]
+        limit: usize,
+        /// Go on from a `next_cursor` printed before.
+        #[arg(long)]
+        cursor: Option<String>,
+    },
+    /// List locked keys, with their mode, holder and lease (GET /v1/locks),
+    /// following the pages up to --limit rows.
+    ///
+    /// Exit status: 0, or 1 an error answer.
+    Locks {
+        /// Only this store's.
+        #[arg(long)]
+        store: Option<String>,
+        /// Rows to print, at most.
+        #[arg(long, default_value_t = 100)]
+        limit: usize,
+        /// Go on from a `next_cursor` printed before.
+        #[arg(long)]
+        cursor: Option<String>,
+    },
+    /// Finish one transaction now on the server, by the protocol's rules
+    /// (POST /v1/transactions/{id}/resolve): roll it forward if it
+    /// committed, else fence it and roll it back. Prints what was done.
+    ///
+    /// Exit status: 0 resolved, 2 unknown, 1 an error answer.
+    Resolve {
+        /// The transaction id.
+        id: String,
+    },
+    /// List the server's participants (GET /v1/participants), or show one
+    /// with its versions and deploy history (GET /v1/participants/{name}).
+    ///
+    /// Exit status: 0, 2 unknown participant, 1 an error answer.
+    Participants {
+        /// One participant.
+        name: Option<String>,
+    },
+    /// Deploy a participant component to the server: it is compiled and
+    /// checked there, written to the server's deploy folder, and used by
+    /// every transaction that starts afterwards. Prints the new version.
+    /// With --rollback NAME, makes the version before the current one
+    /// current again instead.
     ///
     /// Exit status: 0 deployed, 1 refused (the message says why).
     Deploy {
-        /// The server, e.g. http://127.0.0.1:7878
-        #[arg(long, default_value = "http://127.0.0.1:7878")]
-        server: String,
+        /// Make participant NAME's previous version current again.
+        #[arg(long, value_name = "NAME", conflicts_with_all = ["store", "prefix", "limits", "reuse_steps", "reuse_audit", "name", "component"])]
+        rollback: Option<String>,
         /// The store the participant's keys live on.
-        #[arg(long)]
-        store: String,
+        #[arg(long, required_unless_present = "rollback")]
+        store: Option<String>,
         /// The prefix of its keys on that store.
-        #[arg(long)]
-        prefix: String,
+        #[arg(long, required_unless_present = "rollback")]
+        prefix: Option<String>,
         /// Limits to override, as JSON: '{"call_time_ms":50}'.
         #[arg(long)]
         limits: Option<String>,
@@ -130,17 +244,16 @@ enum Command {
         /// The fraction of reused steps audited on a fresh instance.
         #[arg(long)]
         reuse_audit: Option<f64>,
-        /// A token with the `deploy` scope, if the server requires tokens.
-        #[arg(long, env = "REDSTAGE_TOKEN", hide_env_values = true)]
-        token: Option<String>,
         /// Seconds to wait for the whole deploy, the server's compile
         /// included.
         #[arg(long, default_value_t = 120)]
         timeout_s: u64,
         /// The participant's name.
-        name: String,
+        #[arg(required_unless_present = "rollback")]
+        name: Option<String>,
         /// The component (.wasm) file.
-        component: PathBuf,
+        #[arg(required_unless_present = "rollback")]
+        component: Option<PathBuf>,
     },
     /// Run the order demo: inventory and payments on two Redis instances,
     /// one order committed, one aborted for insufficient funds.
@@ -224,45 +337,81 @@ impl Cli {
     }
 
     pub async fn run(self) -> anyhow::Result<ExitCode> {
+        let remote = remote::Remote {
+            server: self.server,
+            token: self.token,
+        };
         match self.command {
             Command::Serve {
                 config,
                 listen,
                 insecure,
-            } => serve(config, listen, insecure).await,
-            Command::Check { config } => check(config).await,
+            } => serve(config.config, listen, insecure).await,
+            Command::Check { config } => check(config.config).await,
             Command::Run {
                 config,
                 transaction,
-            } => run(config, &transaction).await,
-            Command::Status { config, id } => status(config, &id).await,
-            Command::Recover { config, wait } => recover(config, wait).await,
+            } => run(config.config, &transaction).await,
+            Command::Status { config, id } => status(config.config, &id).await,
+            Command::Recover {
+                config,
+                wait,
+                dry_run,
+                id,
+            } => recover(config.config, wait, dry_run, id.as_deref()).await,
+            Command::Submit { file, transaction } => {
+                remote.submit(file, transaction.as_deref()).await
+            }
+            Command::Get { id } => remote.get(&id).await,
+            Command::List {
+                state,
+                idempotency_key,
+                limit,
+                cursor,
+            } => {
+                let filter = [("state", state), ("idempotency_key", idempotency_key)];
+                remote.list("transactions", &filter, limit, cursor).await
+            }
+            Command::Locks {
+                store,
+                limit,
+                cursor,
+            } => {
+                remote
+                    .list("locks", &[("store", store)], limit, cursor)
+                    .await
+            }
+            Command::Resolve { id } => remote.resolve(&id).await,
+            Command::Participants { name } => remote.participants(name.as_deref()).await,
             Command::Deploy {
-                server,
+                rollback: Some(name),
+                timeout_s,
+                ..
+            } => remote.rollback(&name, timeout_s).await,
+            Command::Deploy {
                 store,
                 prefix,
                 limits,
                 reuse_steps,
                 reuse_audit,
-                token,
                 timeout_s,
                 name,
                 component,
+                ..
             } => {
-                let mut query = vec![("store", store), ("prefix", prefix)];
-                query.extend(limits.map(|l| ("limits", l)));
-                query.extend(reuse_steps.map(|n| ("reuse_steps", n.to_string())));
-                query.extend(reuse_audit.map(|f| ("reuse_audit", f.to_string())));
-                let timeout = std::time::Duration::from_secs(timeout_s);
-                client::deploy(
-                    &server,
-                    token.as_deref(),
-                    &name,
-                    &query,
-                    &component,
-                    timeout,
-                )
-                .await
+                let (Some(store), Some(prefix), Some(name), Some(component)) =
+                    (store, prefix, name, component)
+                else {
+                    unreachable!("clap requires them without --rollback")
+                };
+                let manifest = [
+                    ("store", Some(store)),
+                    ("prefix", Some(prefix)),
+                    ("limits", limits),
+                    ("reuse_steps", reuse_steps.map(|n| n.to_string())),
+                    ("reuse_audit", reuse_audit.map(|f| f.to_string())),
+                ];
+                remote.deploy(&name, &manifest, &component, timeout_s).await
             }
             Command::Demo {
                 config,
@@ -297,7 +446,7 @@ impl Cli {
             Command::Openapi => {
                 println!(
                     "{}",
-                    serde_json::to_string_pretty(crate::api::openapi::document())?
+                    serde_json::to_string_pretty(crate::api::openapi::served())?
                 );
                 Ok(ExitCode::SUCCESS)
             }
@@ -311,7 +460,8 @@ pub async fn check_durability(coordinator: &Coordinator) -> anyhow::Result<()> {
     let problems = coordinator.check_durability().await;
     if !problems.is_empty() {
         anyhow::bail!(
-            "refusing to run on stores that could lose committed transactions:\n  - {}",
+            "refusing to run: a store is unreachable or could lose committed \
+             transactions:\n  - {}",
             problems.join("\n  - ")
         );
     }
@@ -414,13 +564,19 @@ async fn serve(
     Ok(ExitCode::SUCCESS)
 }
 
-/// The background recovery sweep of `serve`.
+/// The background recovery sweep of `serve`. The sweep logs each
+/// transaction it resolves; what it could not, it says here.
 async fn sweep_forever(coordinator: Arc<Coordinator>, interval: std::time::Duration) {
     loop {
         tokio::time::sleep(interval).await;
         let report = coordinator.sweep().await;
-        if report.resolved > 0 || report.failed > 0 {
-            tracing::info!(?report, "recovery sweep");
+        if report.failed > 0 {
+            tracing::warn!(
+                failed = report.failed,
+                resolved = report.resolved,
+                remaining = %report.remaining,
+                "the recovery sweep could not resolve everything; it tries again"
+            );
         }
     }
 }
@@ -442,7 +598,7 @@ async fn watch_folder(registry: Arc<crate::participants::Registry>, interval: st
 
 async fn status(path: PathBuf, id: &str) -> anyhow::Result<ExitCode> {
     let config = load(&path)?;
-    let coordinator = coordinator(&config)?;
+    let coordinator = inspector(&config)?;
     match coordinator.lookup(id).await? {
         Some(found) => {
             println!("{}", serde_json::to_string_pretty(&found)?);
@@ -459,29 +615,72 @@ async fn status(path: PathBuf, id: &str) -> anyhow::Result<ExitCode> {
     }
 }
 
-async fn recover(path: PathBuf, wait_s: u64) -> anyhow::Result<ExitCode> {
+/// A coordinator over the stores of `config` with no participant loaded:
+/// for the commands that only read and finish what is in the stores, which
+/// need no component compiled.
+fn inspector(config: &Config) -> anyhow::Result<Coordinator> {
+    let runtime = crate::runtime::Runtime::with(config.runtime.clone(), None)
+        .context("starting the WebAssembly runtime")?;
+    let registry = crate::participants::Registry::unloaded(&runtime, config);
+    Ok(Coordinator::new(config, Arc::new(registry))?)
+}
+
+async fn recover(
+    path: PathBuf,
+    wait_s: u64,
+    dry_run: bool,
+    id: Option<&str>,
+) -> anyhow::Result<ExitCode> {
     let config = load(&path)?;
-    let coordinator = coordinator(&config)?;
+    let coordinator = inspector(&config)?;
+    let by = format!("`redstage recover` on {}", crate::txn::resolve::host());
+    if let Some(id) = id {
+        let Some(resolution) = coordinator.resolve(id, &by, dry_run).await? else {
+            eprintln!("redstage: no record and no lock of transaction {id}");
+            return Ok(ExitCode::from(2));
+        };
+        println!("{}", serde_json::to_string_pretty(&resolution)?);
+        return Ok(match resolution.failed() {
+            true => ExitCode::FAILURE,
+            false => ExitCode::SUCCESS,
+        });
+    }
+    if dry_run {
+        let plan = coordinator.sweep_plan(&by).await?;
+        let report = serde_json::json!({"transactions": plan, "dry_run": true});
+        println!("{}", serde_json::to_string_pretty(&report)?);
+        return Ok(ExitCode::SUCCESS);
+    }
     let deadline = tokio::time::Instant::now() + std::time::Duration::from_secs(wait_s);
     let mut total = crate::txn::SweepReport::default();
     loop {
-        let report = coordinator.sweep().await;
-        total.resolved += report.resolved;
+        let report = coordinator.sweep_as(&by).await;
+        let progress = report.resolved > 0;
+        for resolution in report.transactions {
+            match total
+                .transactions
+                .iter_mut()
+                .find(|r| r.id == resolution.id)
+            {
+                Some(known) => known.merge(resolution),
+                None => total.transactions.push(resolution),
+            }
+        }
+        total.resolved = total.transactions.len();
         total.failed = report.failed;
         total.remaining = report.remaining;
-        let progress = report.resolved > 0;
-        if report.remaining == 0 || (!progress && tokio::time::Instant::now() >= deadline) {
+        if report.remaining.is_none_left() || (!progress && tokio::time::Instant::now() >= deadline)
+        {
             break;
         }
         if !progress {
             tokio::time::sleep(std::time::Duration::from_millis(100)).await;
         }
     }
-    println!("{}", serde_json::to_string(&total)?);
-    Ok(if total.remaining == 0 {
-        ExitCode::SUCCESS
-    } else {
-        ExitCode::from(2)
+    println!("{}", serde_json::to_string_pretty(&total)?);
+    Ok(match total.remaining.is_none_left() {
+        true => ExitCode::SUCCESS,
+        false => ExitCode::from(2),
     })
 }
 
@@ -502,28 +701,48 @@ async fn check(path: PathBuf) -> anyhow::Result<ExitCode> {
     let tokens = crate::api::auth::Tokens::from_config(&config.auth)
         .map_err(|e| anyhow::anyhow!("{}: {e}", path.display()))?;
     let coordinator = coordinator(&config)?;
-    for store in coordinator.stores() {
-        store
-            .ping()
-            .await
-            .with_context(|| format!("store `{}`", store.name()))?;
-    }
-    check_durability(&coordinator).await?;
-    let participants: Vec<String> = coordinator
-        .registry()
-        .all()
+    let participants = coordinator.registry().all();
+    // Every component compiled and passed its checks: say so, with what
+    // was loaded, before anything about the stores.
+    let components: Vec<serde_json::Value> = participants
         .iter()
-        .map(|p| p.name.clone())
+        .map(|p| {
+            serde_json::json!({
+                "name": p.name,
+                "contract": p.component.contract(),
+                "digest": p.version.digest,
+                "source": p.version.source,
+                "store": p.store,
+            })
+        })
         .collect();
-    let summary = serde_json::json!({
+    let mut summary = serde_json::json!({
         "status": "ok",
+        "components": components,
+        "participants": participants.iter().map(|p| &p.name).collect::<Vec<_>>(),
         "stores": coordinator.stores().map(|s| s.name()).collect::<Vec<_>>(),
-        "participants": participants,
         "tokens": tokens.len(),
         "durability": coordinator.durability(),
     });
+    let mut failed = None;
+    for store in coordinator.stores() {
+        if let Err(e) = store.ping().await {
+            failed = Some(anyhow::Error::new(e).context(format!("store `{}`", store.name())));
+            break;
+        }
+    }
+    if failed.is_none() {
+        failed = check_durability(&coordinator).await.err();
+    }
+    if let Some(e) = &failed {
+        summary["status"] = "error".into();
+        summary["error"] = format!("{e:#}").into();
+    }
     println!("{}", serde_json::to_string_pretty(&summary)?);
-    Ok(ExitCode::SUCCESS)
+    match failed {
+        Some(e) => Err(e),
+        None => Ok(ExitCode::SUCCESS),
+    }
 }
 
 async fn run(path: PathBuf, transaction: &str) -> anyhow::Result<ExitCode> {

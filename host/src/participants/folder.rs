@@ -19,6 +19,27 @@
 //! runs a component with another version's manifest. Removal deletes the
 //! component first, then the manifest. Several hosts may share one folder:
 //! each loads what the others deployed on its next scan.
+//!
+//! Beside the current entries, the folder keeps each participant's recent
+//! versions and what was done to it, for rollbacks and for
+//! `GET /v1/participants/{name}`:
+//!
+//! ```text
+//!  participants/
+//!    .history/wallet/
+//!      <sha256 hex>.wasm     a version deployed (at most deploy.versions_max,
+//!      <sha256 hex>.toml     the current one included), and its manifest
+//!      log.jsonl             one line per deploy, rollback and removal:
+//!                            {"at_ms","action","digest","store","prefix","by","host"}
+//! ```
+//!
+//! A rollback writes the version before the current one as the current
+//! entry, as a deploy of it would, so hosts load it the same way. The
+//! versions are a stack: a deploy pushes one, a rollback pops the current
+//! one (so rolling back twice goes two versions back), a removal empties
+//! it. The log is appended to (one short line, so that hosts sharing the
+//! folder do not tear each other's) and cut back to its last
+//! [`HISTORY_MAX`] lines once it holds twice that many.
 
 use std::collections::BTreeMap;
 use std::io::Write as _;
@@ -35,6 +56,44 @@ use crate::runtime::{LimitOverrides, REUSE_AUDIT_DEFAULT, ReusePolicy};
 
 /// Longest participant name: it becomes a file name.
 pub const NAME_BYTES_MAX: usize = 64;
+
+/// What the names of participants look like (see [`check_name`]), as a
+/// regular expression, for the API's schema.
+pub const NAME_PATTERN: &str = "^[A-Za-z0-9_][A-Za-z0-9_-]{0,63}$";
+
+/// Lines of a participant's history kept (see the module essay).
+pub const HISTORY_MAX: usize = 100;
+
+/// The folder, inside the deploy folder, of every participant's kept
+/// versions and history.
+const HISTORY_DIR: &str = ".history";
+
+/// One line of a participant's history.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize, utoipa::ToSchema)]
+pub struct HistoryEntry {
+    /// When, in milliseconds since the Unix epoch.
+    pub at_ms: u64,
+    pub action: HistoryAction,
+    /// The version made current (`sha256:<hex>`); for a removal, the one
+    /// removed.
+    pub digest: String,
+    pub store: String,
+    pub prefix: String,
+    /// The name of the token that did it, when the server has tokens.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub by: Option<String>,
+    /// The host that did it.
+    #[serde(default)]
+    pub host: String,
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize, utoipa::ToSchema)]
+#[serde(rename_all = "snake_case")]
+pub enum HistoryAction {
+    Deploy,
+    Rollback,
+    Remove,
+}
 
 /// `NAME.toml`: where a folder participant lives and what it may use.
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
@@ -238,8 +297,117 @@ impl Folder {
         Ok(())
     }
 
+    /// The folder of `name`'s kept versions and history.
+    fn history_dir(&self, name: &str) -> PathBuf {
+        self.path.join(HISTORY_DIR).join(name)
+    }
+
+    /// Keeps `bytes` (with `manifest`) as a version of `name`, under its
+    /// digest's hex; a version kept already is left as it is.
+    pub fn keep(&self, name: &str, manifest: &Manifest, bytes: &[u8]) -> std::io::Result<String> {
+        let dir = self.history_dir(name);
+        std::fs::create_dir_all(&dir)?;
+        let digest = hex(&Sha256::digest(bytes));
+        let component = dir.join(format!("{digest}.wasm"));
+        if !component.exists() {
+            let manifest = Manifest {
+                sha256: Some(digest.clone()),
+                ..manifest.clone()
+            };
+            let text = toml::to_string(&manifest).map_err(std::io::Error::other)?;
+            self.replace(&dir.join(format!("{digest}.toml")), text.as_bytes())?;
+            self.replace(&component, bytes)?;
+        }
+        Ok(digest)
+    }
+
+    /// The kept version of `name` whose digest's hex is `digest`.
+    pub fn kept(&self, name: &str, digest: &str) -> Result<(Manifest, Vec<u8>), EntryError> {
+        let dir = self.history_dir(name);
+        let gone = |e: &dyn std::fmt::Display| {
+            EntryError::Broken(format!("version {digest} of `{name}` is not kept: {e}"))
+        };
+        let text =
+            std::fs::read_to_string(dir.join(format!("{digest}.toml"))).map_err(|e| gone(&e))?;
+        let manifest: Manifest = toml::from_str(&text).map_err(|e| gone(&e))?;
+        let bytes = std::fs::read(dir.join(format!("{digest}.wasm"))).map_err(|e| gone(&e))?;
+        if hex(&Sha256::digest(&bytes)) != digest {
+            return Err(gone(&"its component does not match its digest"));
+        }
+        Ok((manifest, bytes))
+    }
+
+    /// The hex digests of the versions of `name` kept now.
+    pub fn kept_digests(&self, name: &str) -> Vec<String> {
+        let Ok(listing) = std::fs::read_dir(self.history_dir(name)) else {
+            return Vec::new();
+        };
+        let mut digests: Vec<String> = listing
+            .filter_map(|e| {
+                let path = e.ok()?.path();
+                (path.extension()? == "wasm")
+                    .then(|| path.file_stem()?.to_str().map(str::to_owned))?
+            })
+            .collect();
+        digests.sort();
+        digests
+    }
+
+    /// Deletes the kept versions of `name` but those in `keep` (hex).
+    pub fn prune(&self, name: &str, keep: &[String]) -> std::io::Result<()> {
+        for digest in self.kept_digests(name) {
+            if keep.contains(&digest) {
+                continue;
+            }
+            for extension in ["wasm", "toml"] {
+                let path = self.history_dir(name).join(format!("{digest}.{extension}"));
+                match std::fs::remove_file(path) {
+                    Err(e) if e.kind() != std::io::ErrorKind::NotFound => return Err(e),
+                    _ => {}
+                }
+            }
+        }
+        Ok(())
+    }
+
+    /// Appends `entry` to `name`'s history, and cuts it back to its last
+    /// [`HISTORY_MAX`] lines once it holds twice that many.
+    pub fn log(&self, name: &str, entry: &HistoryEntry) -> std::io::Result<()> {
+        let dir = self.history_dir(name);
+        std::fs::create_dir_all(&dir)?;
+        let path = dir.join("log.jsonl");
+        let mut line = serde_json::to_vec(entry).map_err(std::io::Error::other)?;
+        line.push(b'\n');
+        std::fs::OpenOptions::new()
+            .create(true)
+            .append(true)
+            .open(&path)?
+            .write_all(&line)?;
+        let history = self.history(name);
+        if history.len() >= 2 * HISTORY_MAX {
+            let mut text = Vec::new();
+            for entry in &history[history.len() - HISTORY_MAX..] {
+                text.extend(serde_json::to_vec(entry).map_err(std::io::Error::other)?);
+                text.push(b'\n');
+            }
+            self.replace(&path, &text)?;
+        }
+        Ok(())
+    }
+
+    /// `name`'s history, oldest first (lines that cannot be read are left
+    /// out).
+    pub fn history(&self, name: &str) -> Vec<HistoryEntry> {
+        std::fs::read_to_string(self.history_dir(name).join("log.jsonl"))
+            .unwrap_or_default()
+            .lines()
+            .filter_map(|line| serde_json::from_str(line).ok())
+            .collect()
+    }
+
     fn replace(&self, path: &Path, bytes: &[u8]) -> std::io::Result<()> {
-        let mut tmp = tempfile::NamedTempFile::new_in(&self.path)?;
+        let dir = path.parent().unwrap_or(&self.path);
+        let mut tmp = tempfile::NamedTempFile::new_in(dir)?;
         tmp.write_all(bytes)?;
         tmp.as_file().sync_all()?;
         tmp.persist(path).map_err(|e| e.error)?;

@@ -18,6 +18,11 @@
 //! start for all its steps and attempts, so a transaction in flight finishes
 //! on the version it started with while new ones get the new version.
 //!
+//! The deploy folder also keeps each participant's last
+//! `deploy.versions_max` versions and its history (see [`folder`]): a
+//! rollback makes the version before the current one current again, the
+//! same way a deploy of it would.
+//!
 //! A participant's `reuse_steps` and `reuse_audit` (see `runtime::reuse`)
 //! belong to its version: a new version starts with no idle instances and
 //! reuse on again, and the old version's idle instances are dropped when it
@@ -27,15 +32,16 @@ pub mod folder;
 
 use std::collections::BTreeMap;
 use std::sync::{Arc, Mutex, RwLock};
-use std::time::{SystemTime, UNIX_EPOCH};
 
 use serde::Serialize;
 use sha2::{Digest, Sha256};
 
 use crate::config::Config;
 use crate::metrics::CallStats;
-use crate::runtime::{CallError, CallLimits, Component, Instance, ReusePolicy, Runtime};
-use folder::{EntryError, Folder, Manifest};
+use crate::runtime::{
+    CallError, CallLimits, Component, Instance, LimitOverrides, ReusePolicy, Runtime,
+};
+use folder::{EntryError, Folder, HistoryAction, HistoryEntry, Manifest};
 
 /// One loaded participant: one version of it.
 #[derive(Debug)]
@@ -159,6 +165,12 @@ pub enum DeployError {
     InvalidComponent(String),
     #[error("could not write the deploy folder: {0}")]
     Io(#[from] std::io::Error),
+    /// The caller's token may not do this; the message says what it lacks.
+    #[error("{0}")]
+    Forbidden(String),
+    /// A rollback with no earlier version kept.
+    #[error("{0}")]
+    NoPreviousVersion(String),
 }
 
 impl DeployError {
@@ -173,6 +185,8 @@ impl DeployError {
             DeployError::BadManifest(_) => "bad_manifest",
             DeployError::InvalidComponent(_) => "invalid_component",
             DeployError::Io(_) => "deploy_failed",
+            DeployError::Forbidden(_) => "forbidden",
+            DeployError::NoPreviousVersion(_) => "no_previous_version",
         }
     }
 }
@@ -207,6 +221,76 @@ impl From<&Participant> for Listed {
             limits: p.component.limits().clone(),
             reuse: p.component.reuse_policy(),
         }
+    }
+}
+
+/// One participant in full, for `GET /v1/participants/{name}`.
+#[derive(Debug, Clone, Serialize, utoipa::ToSchema)]
+pub struct Detail {
+    #[serde(flatten)]
+    pub current: Listed,
+    /// Why its deploy folder entry does not load, if it does not (the
+    /// version above keeps running).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub error: Option<String>,
+    /// The versions kept for rollbacks, the current one first, then the
+    /// one a rollback makes current, and so on (deploy folder participants
+    /// only).
+    pub versions: Vec<Kept>,
+    /// Deploys, rollbacks and removals, newest first (at most
+    /// `participants::folder::HISTORY_MAX`).
+    pub history: Vec<HistoryEntry>,
+}
+
+/// A version kept in the deploy folder.
+#[derive(Debug, Clone, Serialize, utoipa::ToSchema)]
+pub struct Kept {
+    /// `sha256:<hex>` of the component.
+    pub digest: String,
+    pub store: String,
+    pub prefix: String,
+    pub component_bytes: usize,
+    /// Overrides of the global `[limits]` it was deployed with.
+    #[serde(default, skip_serializing_if = "LimitOverrides::is_empty")]
+    #[schema(value_type = Object)]
+    pub limits: LimitOverrides,
+    /// Whether it is the version running now.
+    pub current: bool,
+}
+
+/// Who asks for a change: the token's name, when the server has tokens,
+/// and what it may change (`None`: anything).
+#[derive(Debug, Clone, Default)]
+pub struct Deployer {
+    pub name: Option<String>,
+    /// The participants it may deploy (`*`: all).
+    pub participants: Option<Vec<String>>,
+    /// The stores it may deploy to (`*`: all).
+    pub stores: Option<Vec<String>>,
+}
+
+impl Deployer {
+    /// Refused unless it may change participant `name` (and place it on
+    /// `store`, if given), naming what it lacks.
+    pub fn may(&self, name: &str, store: Option<&str>) -> Result<(), DeployError> {
+        let allows = |list: &Option<Vec<String>>, item: &str| {
+            list.as_ref()
+                .is_none_or(|l| l.iter().any(|x| x == "*" || x == item))
+        };
+        let token = self.name.as_deref().unwrap_or("?");
+        if !allows(&self.participants, name) {
+            return Err(DeployError::Forbidden(format!(
+                "token `{token}` may not deploy participant `{name}`: its `participants` are {}",
+                self.participants.as_deref().unwrap_or_default().join(", ")
+            )));
+        }
+        if let Some(store) = store.filter(|s| !allows(&self.stores, s)) {
+            return Err(DeployError::Forbidden(format!(
+                "token `{token}` may not deploy to store `{store}`: its `stores` are {}",
+                self.stores.as_deref().unwrap_or_default().join(", ")
+            )));
+        }
+        Ok(())
     }
 }
 
@@ -270,6 +354,20 @@ impl Registry {
         Ok(registry)
     }
 
+    /// A registry of no participant at all, and no deploy folder: for the
+    /// commands that only read the stores (`status`, `recover`), which need
+    /// no component compiled.
+    pub fn unloaded(runtime: &Runtime, config: &Config) -> Registry {
+        Registry {
+            runtime: runtime.clone(),
+            config: config.clone(),
+            folder: None,
+            participants: RwLock::default(),
+            broken: RwLock::default(),
+            changing: Mutex::default(),
+        }
+    }
+
     /// The runtime the participants were loaded by (and its compile cache).
     pub fn runtime(&self) -> &Runtime {
         &self.runtime
@@ -324,21 +422,20 @@ impl Registry {
     }
 
     /// Deploys `bytes` as the new version of participant `name` (a new one,
-    /// or one of the folder), placed as `manifest` says. The component is
-    /// compiled and checked first; only then is it written to the folder and
-    /// swapped in. Blocks while compiling: call it off the async workers.
+    /// or one of the folder), placed as `manifest` says, for `by` (who must
+    /// be allowed to). The component is compiled and checked first; only
+    /// then is it written to the folder and swapped in. Blocks while
+    /// compiling: call it off the async workers.
     pub fn deploy(
         &self,
         name: &str,
         manifest: Manifest,
         bytes: &[u8],
+        by: &Deployer,
     ) -> Result<Arc<Participant>, DeployError> {
-        let folder = self.folder.as_ref().ok_or(DeployError::Disabled)?;
-        folder::check_name(name)?;
+        let folder = self.changeable(name, by)?;
+        by.may(name, Some(&manifest.store))?;
         let _changing = self.changing.lock().expect("registry lock");
-        if self.config.participants.contains_key(name) {
-            return Err(DeployError::ConfiguredInFile(name.to_owned()));
-        }
         let max = self.config.deploy.component_bytes_max;
         if bytes.len() > max {
             return Err(DeployError::TooLarge {
@@ -347,23 +444,121 @@ impl Registry {
             });
         }
         let participant = Arc::new(self.build(name, &manifest, bytes)?);
-        folder.write(name, &manifest, bytes)?;
-        self.install(participant.clone());
-        tracing::info!(participant = name, version = %participant.version.digest, "deployed");
+        self.put(
+            folder,
+            &participant,
+            &manifest,
+            bytes,
+            HistoryAction::Deploy,
+            by,
+        )?;
         Ok(participant)
     }
 
-    /// Removes folder participant `name`. Transactions that already hold it
-    /// finish; new ones no longer find it.
-    pub fn remove(&self, name: &str) -> Result<(), DeployError> {
+    /// Makes the version of `name` before the current one current again
+    /// (see [`folder`]), for `by` (who must be allowed to deploy it where
+    /// it goes). Blocks while compiling: call it off the async workers.
+    pub fn rollback(&self, name: &str, by: &Deployer) -> Result<Arc<Participant>, DeployError> {
+        let folder = self.changeable(name, by)?;
+        let _changing = self.changing.lock().expect("registry lock");
+        if self.get(name).is_none() {
+            return Err(DeployError::Unknown(name.to_owned()));
+        }
+        let history = folder.history(name);
+        let stack = stack(&history);
+        let Some(previous) = stack.iter().rev().nth(1) else {
+            return Err(DeployError::NoPreviousVersion(format!(
+                "participant `{name}` has no version before its current one to roll back to"
+            )));
+        };
+        let hex = previous.trim_start_matches("sha256:");
+        let (manifest, bytes) = folder.kept(name, hex).map_err(|e| match e {
+            EntryError::Broken(m) => DeployError::NoPreviousVersion(m),
+            EntryError::InProgress => DeployError::NoPreviousVersion(format!(
+                "the version of `{name}` before its current one is being written"
+            )),
+        })?;
+        by.may(name, Some(&manifest.store))?;
+        let participant = Arc::new(self.build(name, &manifest, &bytes)?);
+        self.put(
+            folder,
+            &participant,
+            &manifest,
+            &bytes,
+            HistoryAction::Rollback,
+            by,
+        )?;
+        Ok(participant)
+    }
+
+    /// The deploy folder, if `name` is a participant of it that `by` may
+    /// change at all.
+    fn changeable(&self, name: &str, by: &Deployer) -> Result<&Folder, DeployError> {
         let folder = self.folder.as_ref().ok_or(DeployError::Disabled)?;
         folder::check_name(name)?;
-        let _changing = self.changing.lock().expect("registry lock");
         if self.config.participants.contains_key(name) {
             return Err(DeployError::ConfiguredInFile(name.to_owned()));
         }
-        let known = self.read().contains_key(name) || self.is_broken(name);
-        if !known {
+        by.may(name, None)?;
+        Ok(folder)
+    }
+
+    /// Writes a built version as `name`'s current one, keeps it, logs it
+    /// in the history and on stderr, drops versions past
+    /// `deploy.versions_max`, and swaps it in.
+    fn put(
+        &self,
+        folder: &Folder,
+        participant: &Arc<Participant>,
+        manifest: &Manifest,
+        bytes: &[u8],
+        action: HistoryAction,
+        by: &Deployer,
+    ) -> Result<(), DeployError> {
+        let name = &participant.name;
+        folder.write(name, manifest, bytes)?;
+        folder.keep(name, manifest, bytes)?;
+        let entry = HistoryEntry {
+            at_ms: participant.version.loaded_at_ms,
+            action,
+            digest: participant.version.digest.clone(),
+            store: manifest.store.clone(),
+            prefix: manifest.prefix.clone(),
+            by: by.name.clone(),
+            host: crate::txn::resolve::host().to_owned(),
+        };
+        folder.log(name, &entry)?;
+        let history = folder.history(name);
+        let keep: Vec<String> = stack(&history)
+            .iter()
+            .rev()
+            .take(self.config.deploy.versions_max)
+            .map(|d| d.trim_start_matches("sha256:").to_owned())
+            .collect();
+        folder.prune(name, &keep)?;
+        self.install(participant.clone());
+        let action = match action {
+            HistoryAction::Deploy => "deployed",
+            _ => "rolled back",
+        };
+        tracing::info!(
+            participant = %name,
+            version = %participant.version.digest,
+            store = %manifest.store,
+            prefix = %manifest.prefix,
+            token = %by.name.as_deref().unwrap_or("-"),
+            "{action}"
+        );
+        Ok(())
+    }
+
+    /// Removes folder participant `name`, for `by`. Transactions that
+    /// already hold it finish; new ones no longer find it.
+    pub fn remove(&self, name: &str, by: &Deployer) -> Result<(), DeployError> {
+        let folder = self.changeable(name, by)?;
+        let _changing = self.changing.lock().expect("registry lock");
+        let current = self.get(name);
+        if current.is_none() && !self.is_broken(name) {
             return Err(DeployError::Unknown(name.to_owned()));
         }
         folder.remove(name)?;
@@ -371,8 +566,76 @@ impl Registry {
             old.component.retire();
         }
         self.broken.write().expect("registry lock").remove(name);
-        tracing::info!(participant = name, "removed");
+        if let Some(p) = current {
+            let entry = HistoryEntry {
+                at_ms: crate::now_ms(),
+                action: HistoryAction::Remove,
+                digest: p.version.digest.clone(),
+                store: p.store.clone(),
+                prefix: p.prefix.clone(),
+                by: by.name.clone(),
+                host: crate::txn::resolve::host().to_owned(),
+            };
+            folder.log(name, &entry)?;
+        }
+        tracing::info!(
+            participant = name,
+            token = %by.name.as_deref().unwrap_or("-"),
+            "removed"
+        );
         Ok(())
+    }
+
+    /// Participant `name` in full: its current version, the versions kept
+    /// for rollbacks and its history. `None` unless it runs here.
+    pub fn detail(&self, name: &str) -> Option<Detail> {
+        let current = Listed::from(&*self.get(name)?);
+        let error = self
+            .broken
+            .read()
+            .expect("registry lock")
+            .get(name)
+            .cloned();
+        let Some(folder) = self
+            .folder
+            .as_ref()
+            .filter(|_| current.version.source == Source::Folder)
+        else {
+            return Some(Detail {
+                current,
+                error,
+                versions: Vec::new(),
+                history: Vec::new(),
+            });
+        };
+        let mut history = folder.history(name);
+        let kept = folder.kept_digests(name);
+        let mut versions = Vec::new();
+        for digest in stack(&history).into_iter().rev() {
+            let hex = digest.trim_start_matches("sha256:");
+            if versions.iter().any(|v: &Kept| v.digest == digest) || !kept.iter().any(|k| k == hex)
+            {
+                continue;
+            }
+            if let Ok((manifest, bytes)) = folder.kept(name, hex) {
+                versions.push(Kept {
+                    current: digest == current.version.digest,
+                    digest: digest.to_owned(),
+                    store: manifest.store,
+                    prefix: manifest.prefix,
+                    component_bytes: bytes.len(),
+                    limits: manifest.limits,
+                });
+            }
+        }
+        history.reverse();
+        history.truncate(folder::HISTORY_MAX);
+        Some(Detail {
+            current,
+            error,
+            versions,
+            history,
+        })
     }
 
     /// Brings the folder participants in line with the folder: loads new and
@@ -523,9 +786,81 @@ impl Version {
             digest: format!("sha256:{}", crate::hex(&Sha256::digest(bytes))),
             source,
             component_bytes: bytes.len(),
-            loaded_at_ms: SystemTime::now()
-                .duration_since(UNIX_EPOCH)
-                .map_or(0, |d| d.as_millis() as u64),
+            loaded_at_ms: crate::now_ms(),
         }
+    }
+}
+
+/// The versions a history leaves, oldest first, the current one last: a
+/// deploy pushes its version, a rollback pops the current one (and pushes
+/// the version it names, should another be on top), a removal empties it.
+fn stack(history: &[HistoryEntry]) -> Vec<&str> {
+    let mut stack: Vec<&str> = Vec::new();
+    for entry in history {
+        match entry.action {
+            HistoryAction::Deploy => stack.push(&entry.digest),
+            HistoryAction::Rollback => {
+                stack.pop();
+                if stack.last() != Some(&entry.digest.as_str()) {
+                    stack.push(&entry.digest);
+                }
+            }
+            HistoryAction::Remove => stack.clear(),
+        }
+    }
+    stack
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn entry(action: HistoryAction, digest: &str) -> HistoryEntry {
+        HistoryEntry {
+            at_ms: 0,
+            action,
+            digest: digest.into(),
+            store: "s".into(),
+            prefix: "p:".into(),
+            by: None,
+            host: String::new(),
+        }
+    }
+
+    #[test]
+    fn rollbacks_go_back_one_version_each() {
+        use HistoryAction::{Deploy, Remove, Rollback};
+        let mut history = vec![entry(Deploy, "a"), entry(Deploy, "b"), entry(Deploy, "c")];
+        assert_eq!(stack(&history), ["a", "b", "c"]);
+        history.push(entry(Rollback, "b"));
+        assert_eq!(stack(&history), ["a", "b"]);
+        history.push(entry(Rollback, "a"));
+        assert_eq!(stack(&history), ["a"]);
+        history.push(entry(Deploy, "d"));
+        assert_eq!(stack(&history), ["a", "d"]);
+        history.push(entry(Remove, "d"));
+        assert_eq!(stack(&history), Vec::<&str>::new());
+    }
+
+    #[test]
+    fn deployers_are_held_to_their_participants_and_stores() {
+        let open = Deployer::default();
+        assert!(open.may("x", Some("orders")).is_ok());
+        let ci = Deployer {
+            name: Some("ci".into()),
+            participants: Some(vec!["inventory".into()]),
+            stores: Some(vec!["orders".into()]),
+        };
+        assert!(ci.may("inventory", Some("orders")).is_ok());
+        let err = ci.may("payments", None).unwrap_err().to_string();
+        assert!(err.contains("`ci`") && err.contains("`payments`"), "{err}");
+        let err = ci.may("inventory", Some("ledger")).unwrap_err().to_string();
+        assert!(err.contains("store `ledger`"), "{err}");
+        let all = Deployer {
+            participants: Some(vec!["*".into()]),
+            stores: Some(vec!["*".into()]),
+            ..ci
+        };
+        assert!(all.may("payments", Some("ledger")).is_ok());
     }
 }

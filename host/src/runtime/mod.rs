@@ -311,6 +311,12 @@ impl Runtime {
         Some(permit.expect("the slot semaphore is never closed"))
     }
 
+    /// Instance slots not reserved right now (of
+    /// `runtime.instance_pool`), for `/metrics`.
+    pub fn slots_free(&self) -> usize {
+        self.slots.available_permits()
+    }
+
     pub fn settings(&self) -> &RuntimeSettings {
         &self.settings
     }

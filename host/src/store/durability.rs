@@ -82,12 +82,21 @@ impl Store {
     /// Checks this store against the rules (every master of a cluster);
     /// the error says what to set, and where.
     pub async fn check_durability(&self, durability: Durability) -> Result<(), String> {
-        let unreadable = |e: StoreError| {
-            format!(
+        let unreadable = |e: StoreError| match e {
+            StoreError::Unavailable { .. } => format!(
+                "{e}: the store cannot be reached, so nothing can run on it; check its URL \
+                 and that it runs"
+            ),
+            StoreError::Protocol { .. } if durability == Durability::Unsafe => format!(
+                "{e}; cannot read its eviction policy (CONFIG GET), which is checked even \
+                 with durability = \"unsafe\" (an evicted lock or record leaves a \
+                 transaction half applied). Allow CONFIG GET to this user"
+            ),
+            StoreError::Protocol { .. } => format!(
                 "{e}; cannot check its persistence settings (CONFIG GET), so a decision \
                  written there may not survive a crash. Allow CONFIG GET, or set \
                  durability = \"unsafe\" to run without the check"
-            )
+            ),
         };
         if !self.is_cluster() {
             let settings = self.settings(None).await.map_err(unreadable)?;

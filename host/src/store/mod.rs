@@ -72,6 +72,7 @@
 
 pub mod cluster;
 pub mod durability;
+pub mod inspect;
 pub mod keys;
 pub mod scripts;
 pub mod work;
@@ -1099,10 +1100,10 @@ impl Store {
         Ok(())
     }
 
-    /// Up to `max` lock index entries whose lease has run out, oldest first.
-    /// Entries that cannot be read are returned as errors, one each, so
-    /// that the caller can put them aside.
-    pub async fn expired(&self, max: usize) -> Result<Vec<Result<IndexEntry, String>>, StoreError> {
+    /// Up to `max` lock index entries whose lease has run out, oldest first,
+    /// with their deadlines. Entries that cannot be read are returned as
+    /// errors, one each, so that the caller can put them aside.
+    pub async fn expired(&self, max: usize) -> Result<Vec<inspect::Indexed>, StoreError> {
         let mut found = Vec::new();
         for index in self.indexes().await? {
             if found.len() >= max {
@@ -1110,10 +1111,12 @@ impl Store {
             }
             let mut call = Call::new(&scripts().expired);
             call.key(index.encode()).arg(max - found.len());
-            for e in self.array(self.invoke(&call, false).await?)? {
-                let member = self.string(&e)?;
-                found.push(IndexEntry::decode(&member).ok_or(member));
-            }
+            let flat = self.array(self.invoke(&call, false).await?)?;
+            let flat = flat
+                .iter()
+                .map(|v| self.string(v).map(String::into_bytes))
+                .collect::<Result<_, _>>()?;
+            found.extend(self.scored(flat)?);
         }
         Ok(found)
     }

@@ -967,10 +967,11 @@ redis.call('SET', KEYS[1], ARGV[3], 'PX', ARGV[4])
 return ARGV[3]
 ";
 
-/// Index entries whose lease has run out, oldest first.
-/// KEYS: index; ARGV: max entries. Reply: entries.
+/// Index entries whose lease has run out, oldest first, each with its
+/// deadline (the score).
+/// KEYS: index; ARGV: max entries. Reply: entry, deadline, entry, ...
 pub const EXPIRED: &str = lua_clock!(
-    "return redis.call('ZRANGEBYSCORE', KEYS[1], '-inf', now_ms, 'LIMIT', 0, tonumber(ARGV[1]))
+    "return redis.call('ZRANGEBYSCORE', KEYS[1], '-inf', now_ms, 'WITHSCORES', 'LIMIT', 0, tonumber(ARGV[1]))
 "
 );
 

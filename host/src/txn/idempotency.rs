@@ -36,6 +36,17 @@
 //! asked again rather than left to block retries; if that fails too, it is
 //! released in the background as soon as the log store answers again.
 //!
+//! A claim's owner is the id of its request's first attempt. So a retry
+//! that finds the claim held need not wait out the claim's lease when the
+//! first request's host is gone: every [`OWNER_CHECK`] it looks at the
+//! owner's transaction. Rolled back by recovery (its record `aborted` with
+//! code `recovered`, written by a sweep, a transaction that met its locks,
+//! an operator's resolve or a lookup), or holding locks whose leases all
+//! ended (the retry then fences it and rolls it back, as recovery would),
+//! it can never commit: the claim is released and the retry runs. Otherwise the retry
+//! waits, and its `in_flight` answer says when a retry can succeed: when
+//! the owner's leases end, or else the claim's.
+//!
 //! The fingerprint is a SHA-256 of every step's participant and input. A
 //! request that reuses a key for different steps is a client bug, not a
 //! retry: it is rejected with `idempotency_key_reused` instead of answered
@@ -45,8 +56,10 @@ use std::time::{Duration, Instant};
 
 use serde::{Deserialize, Serialize};
 
-use super::types::{AbortInfo, Status, TxnResponse};
-use super::{CONFLICT, CheckedSteps, Coordinator, TxnError, new_txn_id};
+use super::inspect::KeptUnderKey;
+use super::resolve::{RECOVERED, host};
+use super::types::{AbortInfo, Record, Status, TxnResponse};
+use super::{CONFLICT, CheckedSteps, Coordinator, TxnError, flagged, is_txn_id, new_txn_id};
 use crate::store::{Claim, StoreError};
 
 /// Longest a client key may be. Guards the log store against key bloat.
@@ -57,13 +70,30 @@ pub const IDEMPOTENCY_KEY_BYTES_MAX: usize = 256;
 const POLL_MIN: Duration = Duration::from_millis(5);
 const POLL_MAX: Duration = Duration::from_millis(100);
 
+/// How often a retry waiting for a first request looks at whether that
+/// request's host is gone (see the module essay). Bounds what a waiting
+/// retry costs the stores.
+const OWNER_CHECK: Duration = Duration::from_millis(500);
+
 /// A claim held by this host on a client key.
 #[derive(Debug)]
 pub(super) struct ClaimToken {
     pub key: String,
+    /// The id of the request's first attempt.
     pub owner: String,
     /// The request's fingerprint, see [`fingerprint`].
     pub request: String,
+    /// The stores the request's steps touch (and the log store): where
+    /// its transaction may hold locks.
+    pub stores: Vec<String>,
+}
+
+/// What a retry found of the first request holding a key.
+enum Owner {
+    /// Its transaction can never commit, and the claim is released.
+    Gone,
+    /// It may still run: a retry can succeed after this long.
+    Running(Duration),
 }
 
 impl ClaimToken {
@@ -123,18 +153,16 @@ impl Coordinator {
         key: &str,
         steps: CheckedSteps,
     ) -> Result<TxnResponse, TxnError> {
-        if key.is_empty() || key.len() > IDEMPOTENCY_KEY_BYTES_MAX {
-            return Err(TxnError::BadRequest {
-                code: "bad_idempotency_key",
-                message: format!(
-                    "idempotency_key must have 1 to {IDEMPOTENCY_KEY_BYTES_MAX} bytes"
-                ),
-            });
-        }
+        check_key(key)?;
+        let mut stores: Vec<String> = steps.iter().map(|(p, _)| p.store.clone()).collect();
+        stores.push(self.log_store.clone());
+        stores.sort();
+        stores.dedup();
         let token = ClaimToken {
             key: key.to_owned(),
             owner: new_txn_id(false),
             request: fingerprint(&steps),
+            stores,
         };
         if let Some(first) = self.claim(&token).await? {
             return Ok(first);
@@ -180,6 +208,8 @@ impl Coordinator {
     async fn claim(&self, token: &ClaimToken) -> Result<Option<TxnResponse>, TxnError> {
         let deadline = Instant::now() + self.config.idempotency_wait();
         let mut pause = POLL_MIN;
+        let mut checked: Option<Instant> = None;
+        let mut retry_after = self.config.idempotency_lease();
         loop {
             let claim = match self.claim_once(token).await {
                 Ok(claim) => claim,
@@ -210,9 +240,20 @@ impl Coordinator {
                     }
                     return Ok(Some(response));
                 }
+                Claim::InFlight if checked.is_none_or(|c| c.elapsed() >= OWNER_CHECK) => {
+                    checked = Some(Instant::now());
+                    match self.first_request(token).await {
+                        Ok(Owner::Gone) => continue,
+                        Ok(Owner::Running(left)) => retry_after = left,
+                        Err(e) => {
+                            tracing::warn!(key = token.key, error = %e, "could not tell whether the first request of this key still runs");
+                        }
+                    }
+                }
                 Claim::InFlight if Instant::now() + pause > deadline => {
                     return Err(TxnError::InFlight {
                         key: token.key.clone(),
+                        retry_after,
                     });
                 }
                 Claim::InFlight => {
@@ -221,6 +262,85 @@ impl Coordinator {
                 }
             }
         }
+    }
+
+    /// Whether the first request holding `token`'s key can still commit
+    /// (see the module essay); releases its claim when it cannot.
+    async fn first_request(&self, token: &ClaimToken) -> Result<Owner, StoreError> {
+        let log = self.log();
+        let Some(bytes) = log.idempotency(&token.key).await? else {
+            return Ok(Owner::Gone);
+        };
+        let Ok(KeptUnderKey::Pending { owner, lease }) = serde_json::from_slice(&bytes) else {
+            // Done meanwhile: claiming again answers it.
+            return Ok(Owner::Running(Duration::ZERO));
+        };
+        let now = log.now_ms().await?;
+        let claim_left = lease.parse::<i64>().map_or(0, |l| l - now);
+        let claim_left = Duration::from_millis(claim_left.max(0) as u64);
+        if !is_txn_id(&owner) {
+            return Ok(Owner::Running(claim_left));
+        }
+        // The first attempt's id is the owner, with its last bit set when
+        // the attempt may leave no trace before its commit point (see
+        // `new_txn_id`).
+        let traceless = flagged(owner.clone(), true);
+        let recovered = |record: Option<Record>| matches!(record, Some(Record::Aborted { abort: Some(a) }) if a.code == RECOVERED);
+        let mut fenced = recovered(self.decision(&owner, &self.log_store, None).await?)
+            || recovered(self.decision(&traceless, &self.log_store, None).await?);
+        if !fenced {
+            match self.owner_leases(&owner, &token.stores).await? {
+                Some(left) if !left.is_zero() => return Ok(Owner::Running(left.min(claim_left))),
+                Some(_) => {
+                    let by = format!("a retry of idempotency key `{}` on {}", token.key, host());
+                    let resolved = self.resolve(&owner, &by, false).await?;
+                    fenced = resolved.is_some_and(|r| r.decision == Some(Status::Aborted));
+                }
+                // No lock: not locked yet, between attempts (then it may
+                // still run, past what its first attempt's id tells), or an
+                // attempt that leaves no trace before its commit point (a
+                // lookup of its id fences it once it can no longer commit):
+                // only the claim's lease says when it is over.
+                None => {}
+            }
+        }
+        if !fenced {
+            return Ok(Owner::Running(claim_left));
+        }
+        let retention = self.config.record_retention();
+        if log.settle_claim(&token.key, &owner, &[], retention).await? {
+            tracing::info!(
+                key = token.key,
+                owner,
+                "released the claim of a request whose transaction recovery rolled back"
+            );
+        }
+        Ok(Owner::Gone)
+    }
+
+    /// How long until the last lease of `txn`'s locks on `stores` ends
+    /// (zero once all have); `None` when it holds none there. Redis Cluster
+    /// stores are left out: finding a transaction's entries there takes a
+    /// `SCAN` of every master.
+    async fn owner_leases(
+        &self,
+        txn: &str,
+        stores: &[String],
+    ) -> Result<Option<Duration>, StoreError> {
+        let mut last: Option<i64> = None;
+        for store in stores
+            .iter()
+            .filter_map(|s| self.stores.get(s))
+            .filter(|s| !s.is_cluster())
+        {
+            let entries = store.entries_of(txn).await?;
+            let Some(deadline) = entries.iter().map(|e| e.deadline_ms).max() else {
+                continue;
+            };
+            let left = deadline - store.now_ms().await?;
+            last = Some(last.map_or(left, |l| l.max(left)));
+        }
+        Ok(last.map(|left| Duration::from_millis(left.max(0) as u64)))
     }
 
     async fn claim_once(&self, token: &ClaimToken) -> Result<Claim, StoreError> {
@@ -257,6 +377,17 @@ impl Coordinator {
             drop(ticket);
         });
     }
+}
+
+/// An idempotency key is 1 to [`IDEMPOTENCY_KEY_BYTES_MAX`] bytes.
+pub fn check_key(key: &str) -> Result<(), TxnError> {
+    if key.is_empty() || key.len() > IDEMPOTENCY_KEY_BYTES_MAX {
+        return Err(TxnError::BadRequest {
+            code: "bad_idempotency_key",
+            message: format!("idempotency_key must have 1 to {IDEMPOTENCY_KEY_BYTES_MAX} bytes"),
+        });
+    }
+    Ok(())
 }
 
 fn reused(key: &str) -> TxnError {

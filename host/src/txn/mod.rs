@@ -197,6 +197,8 @@
 //! - `background`: applying other stores and finalizing records after the
 //!   answer.
 //! - `recovery`: resolving locks that are in the way; the sweep.
+//! - [`resolve`]: finishing one transaction now, and recovery's reports.
+//! - [`inspect`]: listing transactions and locks for operators.
 //! - `idempotency`: one outcome per client idempotency key.
 //! - `faults`: named points where tests crash a host.
 
@@ -205,9 +207,11 @@ mod attempt;
 mod background;
 pub mod faults;
 mod idempotency;
+pub mod inspect;
 mod latch;
 mod plan;
 mod recovery;
+pub mod resolve;
 pub mod types;
 mod wake;
 
@@ -230,7 +234,7 @@ use background::{Finalizer, Pending, Remaining};
 use idempotency::ClaimToken;
 use latch::{Latch, Latches};
 use plan::Plan;
-pub use recovery::SweepReport;
+pub use recovery::{Count, SweepReport};
 use types::{AbortInfo, Lookup, Record, Status, TxnRequest, TxnResponse};
 
 /// A request's steps once checked: each participant with its input bytes.
@@ -254,13 +258,23 @@ pub enum TxnError {
     /// may or may not have committed. Its id tells, once the store is back.
     #[error("transaction {id}: the decision could not be confirmed ({message}); look it up by id")]
     OutcomeUnknown { id: String, message: String },
-    /// A first request with the same idempotency key is still running.
-    #[error("a request with idempotency key `{key}` is still running; send it again later")]
-    InFlight { key: String },
+    /// A first request with the same idempotency key is still running; a
+    /// retry may succeed after `retry_after` (its claim's lease, or its
+    /// transaction's locks' leases, whichever end first).
+    #[error(
+        "a request with idempotency key `{key}` is still running; send it again in {} s",
+        seconds(*retry_after)
+    )]
+    InFlight { key: String, retry_after: Duration },
     /// The host is at one of its bounds (`what`); nothing was touched, and
     /// the request can be sent again after a pause.
     #[error("the host is overloaded: {what}; nothing was applied, send it again shortly")]
     Overloaded { what: String },
+}
+
+/// `d` in whole seconds, rounded up, at least 1: what a `Retry-After` says.
+pub fn seconds(d: Duration) -> u64 {
+    d.as_millis().div_ceil(1000).max(1) as u64
 }
 
 impl TxnError {
@@ -387,7 +401,16 @@ impl Coordinator {
             log_store: config.log_store.clone(),
             config: config.txn.clone(),
             durability: config.durability,
-            metrics: Metrics::default(),
+            metrics: Metrics::new(
+                [
+                    config.txn.lock_wait(),
+                    config.txn.idempotency_wait(),
+                    config.txn.slot_wait(),
+                ]
+                .into_iter()
+                .max()
+                .unwrap_or_default(),
+            ),
             latches: Latches::default(),
             waker: wake::Waker::default(),
             finalizer: Arc::new(Finalizer::new(pending.clone())),
@@ -522,8 +545,10 @@ impl Coordinator {
         };
         let declaring = Instant::now();
         // The first attempt's id names the declare phase too, so that what
-        // participants print there is logged under it.
-        let first_id = new_txn_id(false);
+        // participants print there is logged under it. A claimed request's
+        // is its claim's owner, so that a retry can tell from that
+        // transaction when the request's host is gone (see `idempotency`).
+        let first_id = claim.map_or_else(|| new_txn_id(false), |c| c.owner.clone());
         let declared = self
             .declare(steps)
             .instrument(tracing::info_span!("txn", id = %first_id, attempt = 1))
@@ -852,11 +877,7 @@ fn txn_started(id: &str) -> Option<std::time::SystemTime> {
 /// `aborted` elsewhere is a lookup's fence. An abort with its reason is
 /// preferred to one without.
 fn final_record(records: Vec<Record>) -> Option<Record> {
-    records.into_iter().max_by_key(|r| match r {
-        Record::Committed { .. } => 2,
-        Record::Aborted { abort: Some(_) } => 1,
-        Record::Aborted { abort: None } => 0,
-    })
+    records.into_iter().max_by_key(Record::finality)
 }
 
 fn decode_record(store: &str, id: &str, bytes: &[u8]) -> Result<Record, StoreError> {

@@ -47,8 +47,10 @@ use futures::future::join_all;
 use serde::Serialize;
 
 use super::attempt::Blocked;
+use super::resolve::{EntryResolved, Fence, Resolution, host};
 use super::types::{Record, StoreWork, WorkKey};
 use super::{Coordinator, faults};
+use crate::store::inspect::Indexed;
 use crate::store::{Finalize, Holder, IndexEntry, KeyWork, Kind, Mode, Store, StoreError, Target};
 
 /// Index entries one sweep resolves per store, at most.
@@ -65,14 +67,57 @@ const SWEEP_UNREADABLE: Duration = Duration::from_secs(3600);
 /// What one sweep did.
 #[derive(Debug, Clone, Default, PartialEq, Eq, Serialize)]
 pub struct SweepReport {
-    /// Transactions finished on a store (rolled forward, rolled back, their
-    /// record finalized).
+    /// Each transaction the sweep finished (or finished on some store),
+    /// with what it did where.
+    pub transactions: Vec<Resolution>,
+    /// How many transactions: `transactions.len()`.
     pub resolved: usize,
-    /// Index entries that could not be resolved now (a store was down).
+    /// Index entries that could not be resolved now (a store was down),
+    /// and stores whose lock index could not be read.
     pub failed: usize,
     /// Index entries still there after the sweep, on every store: under a
-    /// live lease, or expired but not resolvable now.
-    pub remaining: usize,
+    /// live lease, or expired but not resolvable now; `unknown` when some
+    /// store's index could not be counted.
+    pub remaining: Count,
+}
+
+/// A count that may not be known.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Count {
+    Known(usize),
+    /// Some store's lock index could not be read.
+    Unknown,
+}
+
+impl Default for Count {
+    fn default() -> Count {
+        Count::Known(0)
+    }
+}
+
+impl Count {
+    /// Whether nothing is known to remain.
+    pub fn is_none_left(self) -> bool {
+        self == Count::Known(0)
+    }
+}
+
+impl Serialize for Count {
+    fn serialize<S: serde::Serializer>(&self, s: S) -> Result<S::Ok, S::Error> {
+        match self {
+            Count::Known(n) => s.serialize_u64(*n as u64),
+            Count::Unknown => s.serialize_str("unknown"),
+        }
+    }
+}
+
+impl std::fmt::Display for Count {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        match self {
+            Count::Known(n) => write!(f, "{n}"),
+            Count::Unknown => f.write_str("unknown"),
+        }
+    }
 }
 
 impl Coordinator {
@@ -137,8 +182,15 @@ impl Coordinator {
             store.apply(&holder.txn, None, &release).await?;
             return Ok(true);
         }
+        // The lease ended `-remaining_ms` ago by the store's clock: say when
+        // by this host's, which is near enough for a reader of the record.
+        let fence = holder.expired().then(|| {
+            let now = crate::now_ms() as i64;
+            let by = format!("{}, on meeting its lock on `{key}`", host());
+            Fence::new(&by, Some((store.name(), now + holder.remaining_ms, now)))
+        });
         let decision = self
-            .decision(&holder.txn, &holder.primary, holder.expired())
+            .decision(&holder.txn, &holder.primary, fence.as_ref())
             .await?;
         match decision {
             None => Ok(false),
@@ -148,33 +200,44 @@ impl Coordinator {
                 };
                 apply_work(store, &holder.txn, &holder.primary, work).await?;
                 self.metrics.recovered(true);
-                tracing::info!(
+                // The sweep finishes and logs it once every store applied.
+                tracing::debug!(
+                    parent: None,
                     txn = holder.txn,
                     store = store.name(),
+                    key,
                     "rolled a committed transaction forward on sight"
                 );
                 Ok(true)
             }
-            Some(Record::Aborted { .. }) => {
+            Some(record @ Record::Aborted { .. }) => {
                 store.apply(&holder.txn, None, &release).await?;
                 self.metrics.recovered(false);
-                tracing::info!(
-                    txn = holder.txn,
-                    store = store.name(),
-                    "rolled back the lock of an aborted transaction"
-                );
+                if let Some(fence) = fence.filter(|f| f.wrote(&record)) {
+                    let Record::Aborted { abort: Some(abort) } = fence.record() else {
+                        unreachable!("a fence is an abort with its reason")
+                    };
+                    tracing::info!(
+                        parent: None,
+                        txn = holder.txn,
+                        store = store.name(),
+                        key,
+                        why = %abort.message,
+                        "rolled back a transaction whose lease ended undecided"
+                    );
+                }
                 Ok(true)
             }
         }
     }
 
     /// The decision of `txn`, read from `primary`; with `fence`, a
-    /// transaction without one gets `aborted` first (its lease is over).
-    async fn decision(
+    /// transaction without one gets the fence's `aborted` first.
+    pub(super) async fn decision(
         &self,
         txn: &str,
         primary: &str,
-        fence: bool,
+        fence: Option<&Fence>,
     ) -> Result<Option<Record>, StoreError> {
         let Some(log) = self.stores.get(primary) else {
             return Err(StoreError::Protocol {
@@ -185,15 +248,16 @@ impl Coordinator {
                 ),
             });
         };
-        let bytes = if fence {
-            let aborted = Record::Aborted { abort: None };
-            log.decide(txn, &aborted.encode(), self.config.record_retention())
-                .await?
-        } else {
-            match log.record(txn).await? {
+        let bytes = match fence {
+            Some(fence) => {
+                let record = fence.record().encode();
+                log.decide(txn, &record, self.config.record_retention())
+                    .await?
+            }
+            None => match log.record(txn).await? {
                 Some(bytes) => bytes,
                 None => return Ok(None),
-            }
+            },
         };
         Record::decode(&bytes)
             .map(Some)
@@ -221,7 +285,7 @@ impl Coordinator {
     /// client may never have heard of the outcome. `marker` is the record's
     /// marker in the primary's lock index, when known; otherwise the sweep
     /// removes it once it meets it.
-    async fn roll_forward(
+    pub(super) async fn roll_forward(
         &self,
         txn: &str,
         primary: &str,
@@ -251,24 +315,34 @@ impl Coordinator {
             .await
     }
 
-    /// Resolves up to [`SWEEP_BATCH`] expired index entries per store.
+    /// Resolves up to [`SWEEP_BATCH`] expired index entries per store, and
+    /// logs one line per transaction it resolved.
     pub async fn sweep(&self) -> SweepReport {
+        self.sweep_as(&format!("the recovery sweep of {}", host()))
+            .await
+    }
+
+    /// [`Coordinator::sweep`], naming `by` as who resolved what it resolves.
+    pub async fn sweep_as(&self, by: &str) -> SweepReport {
         let mut report = SweepReport::default();
+        let mut resolved: BTreeMap<String, Resolution> = BTreeMap::new();
         // Transactions rolled forward in this pass: on every store and
         // slot at once, so their other entries (a cluster store has one per
         // slot, read in the same batch) are already gone.
         let mut finished: HashSet<String> = HashSet::new();
+        let mut remaining = Some(0);
         for store in self.stores.values() {
             let seen = Instant::now();
             let expired = match store.expired(SWEEP_BATCH).await {
                 Ok(expired) => expired,
                 Err(e) => {
-                    tracing::warn!(store = store.name(), error = %e, "sweep could not read the lock index");
+                    tracing::warn!(store = store.name(), error = %e, "the recovery sweep could not read the lock index");
                     report.failed += 1;
+                    remaining = None;
                     continue;
                 }
             };
-            for entry in expired {
+            for Indexed { entry, deadline_ms } in expired {
                 faults::point("sweep-entry").await;
                 if !self.fresh(seen) {
                     // The rest of the batch is read again next time.
@@ -277,9 +351,19 @@ impl Coordinator {
                 let (member, delay, result) = match entry {
                     Ok(entry) if finished.contains(&entry.txn) => continue,
                     Ok(entry) => {
-                        let result = self.resolve_entry(store, &entry).await;
-                        if let Ok(true) = result {
-                            finished.insert(entry.txn.clone());
+                        let fence = Fence::new(by, Some((store.name(), deadline_ms, deadline_ms)));
+                        let result = self.resolve_entry(store, &entry, &fence).await;
+                        let resolution = resolved
+                            .entry(entry.txn.clone())
+                            .or_insert_with(|| Resolution::new(&entry.txn, by, false));
+                        match &result {
+                            Ok(done) => {
+                                if let EntryResolved::RolledForward { .. } = done {
+                                    finished.insert(entry.txn.clone());
+                                }
+                                resolution.entry(store.name(), &entry.primary, done);
+                            }
+                            Err(e) => resolution.did(store.name(), Err(e.to_string())),
                         }
                         (entry.encode(), SWEEP_RETRY, result.map(drop))
                     }
@@ -291,73 +375,101 @@ impl Coordinator {
                         (member, SWEEP_UNREADABLE, Err(e))
                     }
                 };
-                match result {
-                    Ok(()) => report.resolved += 1,
-                    Err(e) => {
-                        tracing::warn!(store = store.name(), entry = member, error = %e, "sweep could not resolve an entry; trying the others first");
-                        report.failed += 1;
-                        if let Err(e) = store.rescore(&member, delay).await {
-                            tracing::warn!(store = store.name(), error = %e, "could not put an entry back in line");
-                        }
+                if let Err(e) = result {
+                    tracing::warn!(store = store.name(), entry = member, error = %e, "the recovery sweep could not resolve an entry; trying the others first");
+                    report.failed += 1;
+                    if let Err(e) = store.rescore(&member, delay).await {
+                        tracing::warn!(store = store.name(), error = %e, "could not put an entry back in line");
                     }
                 }
             }
             match store.lock_counts().await {
-                Ok((held, _)) => report.remaining += held as usize,
-                Err(_) => report.failed += 1,
+                Ok((held, _)) => remaining = remaining.map(|n| n + held as usize),
+                Err(e) => {
+                    tracing::warn!(store = store.name(), error = %e, "the recovery sweep could not count the locks left");
+                    report.failed += 1;
+                    remaining = None;
+                }
             }
+        }
+        report.remaining = remaining.map_or(Count::Unknown, Count::Known);
+        report.transactions = resolved.into_values().collect();
+        report.resolved = report.transactions.len();
+        for resolution in &report.transactions {
+            resolution.log();
         }
         report
     }
 
-    /// Finishes the transaction of an expired index entry of `store`; true
-    /// when it rolled the transaction forward (everywhere).
-    async fn resolve_entry(&self, store: &Store, entry: &IndexEntry) -> Result<bool, StoreError> {
+    /// What a sweep would do now, done nothing: each transaction with an
+    /// expired lock index entry, resolved in a dry run (see
+    /// [`Coordinator::resolve`]).
+    pub async fn sweep_plan(&self, by: &str) -> Result<Vec<Resolution>, StoreError> {
+        let mut txns = std::collections::BTreeSet::new();
+        for store in self.stores.values() {
+            let expired = store.expired(SWEEP_BATCH).await?;
+            txns.extend(
+                expired
+                    .into_iter()
+                    .filter_map(|i| i.entry.ok())
+                    .map(|e| e.txn),
+            );
+        }
+        let mut plan = Vec::new();
+        for txn in txns {
+            plan.extend(self.resolve(&txn, by, true).await?);
+        }
+        Ok(plan)
+    }
+
+    /// Finishes the transaction of an expired index entry of `store`,
+    /// fencing it with `fence` if it has no decision.
+    async fn resolve_entry(
+        &self,
+        store: &Store,
+        entry: &IndexEntry,
+        fence: &Fence,
+    ) -> Result<EntryResolved, StoreError> {
         let member = entry.encode();
         if entry.primary.is_empty() {
             let keys = released(&entry.keys);
-            return self
-                .release_keys(store, &entry.txn, &member, &keys)
-                .await
-                .map(|()| false);
+            self.release_keys(store, &entry.txn, &member, &keys).await?;
+            return Ok(EntryResolved::Released);
         }
-        let forward = match self.decision(&entry.txn, &entry.primary, true).await? {
+        let resolved = match self
+            .decision(&entry.txn, &entry.primary, Some(fence))
+            .await?
+        {
             // On the primary, a committed transaction's entry is the
             // record's marker: its keys there were applied at the commit
             // point; the other stores may not have been.
-            Some(Record::Committed { stores }) if store.name() == entry.primary => {
-                self.roll_forward(&entry.txn, &entry.primary, &stores, Some(member))
-                    .await?;
-                true
-            }
             Some(Record::Committed { stores }) => {
-                if !stores.contains_key(store.name()) {
+                let marker = (store.name() == entry.primary).then_some(member);
+                if marker.is_none() && !stores.contains_key(store.name()) {
                     return Err(inconsistent(store, &entry.txn));
                 }
-                self.roll_forward(&entry.txn, &entry.primary, &stores, None)
+                self.roll_forward(&entry.txn, &entry.primary, &stores, marker)
                     .await?;
-                tracing::info!(
-                    txn = entry.txn,
-                    "rolled forward an expired committed transaction"
-                );
-                true
+                EntryResolved::RolledForward {
+                    stores: stores.into_keys().collect(),
+                    primary: entry.primary.clone(),
+                }
             }
-            Some(Record::Aborted { .. }) | None => {
+            Some(record @ Record::Aborted { .. }) => {
                 let keys = released(&entry.keys);
                 self.release_keys(store, &entry.txn, &member, &keys).await?;
-                tracing::info!(
-                    txn = entry.txn,
-                    store = store.name(),
-                    "rolled back expired locks"
-                );
-                false
+                EntryResolved::RolledBack {
+                    made: fence.wrote(&record),
+                }
             }
+            None => unreachable!("a fenced transaction has a decision"),
         };
+        let forward = matches!(resolved, EntryResolved::RolledForward { .. });
         self.metrics.recovered(forward);
-        Ok(forward)
+        Ok(resolved)
     }
 
-    async fn release_keys(
+    pub(super) async fn release_keys(
         &self,
         store: &Store,
         txn: &str,
@@ -421,7 +533,7 @@ fn released(targets: &[Target]) -> Vec<WorkKey> {
 
 /// A lock of a committed transaction on a store its record does not list:
 /// its writes are unknown here, so nothing is touched.
-fn inconsistent(store: &Store, txn: &str) -> StoreError {
+pub(super) fn inconsistent(store: &Store, txn: &str) -> StoreError {
     StoreError::Protocol {
         store: store.name().to_owned(),
         message: format!(

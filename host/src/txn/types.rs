@@ -11,11 +11,22 @@ use crate::store::{KeyWork, Kind, Mode, Op};
 /// A transaction as a client submits it.
 #[derive(Debug, Clone, Deserialize, Serialize, utoipa::ToSchema)]
 #[serde(deny_unknown_fields)]
+#[schema(example = json!({
+    "steps": [
+        {"participant": "inventory", "input": {"op": "deduct", "sku": "A1", "qty": 2}},
+        {"participant": "payments", "input": {"op": "transfer", "from": "alice", "to": "shop", "amount": 30}}
+    ],
+    "idempotency_key": "order-1042"
+}))]
 pub struct TxnRequest {
-    /// Run in order; each sees the writes of the ones before it.
+    /// Run in order; each sees the writes of the ones before it (at least
+    /// one, at most `txn.steps_max`).
+    #[schema(min_items = 1)]
     pub steps: Vec<StepRequest>,
-    /// A client's name for this request, so that a retry is recognised.
+    /// A client's name for this request, so that a retry is recognised: 1
+    /// to 256 bytes.
     #[serde(default, skip_serializing_if = "Option::is_none")]
+    #[schema(min_length = 1)]
     pub idempotency_key: Option<String>,
 }
 
@@ -23,6 +34,13 @@ pub struct TxnRequest {
 #[derive(Debug, Clone, Deserialize, Serialize, utoipa::ToSchema)]
 #[serde(deny_unknown_fields)]
 pub struct StepRequest {
+    /// A participant's name: 1 to 64 ASCII letters, digits, `-` and `_`,
+    /// not starting with `-` (the names the host gives participants).
+    #[schema(
+        pattern = "^[A-Za-z0-9_][A-Za-z0-9_-]{0,63}$",
+        min_length = 1,
+        max_length = 64
+    )]
     pub participant: String,
     pub input: serde_json::Value,
 }
@@ -134,6 +152,17 @@ impl Record {
 
     pub fn decode(bytes: &[u8]) -> Result<Record, serde_json::Error> {
         serde_json::from_slice(bytes)
+    }
+
+    /// Which of several records of one transaction stands (see
+    /// `Coordinator::lookup`): a commit, since only its primary can hold
+    /// one; then an abort with its reason; then one without.
+    pub fn finality(&self) -> u8 {
+        match self {
+            Record::Committed { .. } => 2,
+            Record::Aborted { abort: Some(_) } => 1,
+            Record::Aborted { abort: None } => 0,
+        }
     }
 
     /// `{"state":"committed"}`: what a committed record shrinks to.
