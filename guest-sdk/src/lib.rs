@@ -103,10 +103,10 @@ mod snapshot;
 pub mod testing;
 
 pub use abort::{Abort, checked_add, checked_sub};
-pub use access::Access;
-pub use outcome::{Adjustment, Bounds, Outcome};
+pub use access::{Access, Declaration, Kind, Mode, Target};
+pub use outcome::{Adjustment, Bounded, Bounds, Op, Outcome, Write};
 pub use positive::Positive;
-pub use snapshot::{Snapshot, integer};
+pub use snapshot::{SCORE_INTEGER_MAX, Snapshot, Value, integer, score_integer};
 
 /// The business logic of one kind of transaction step.
 ///
