@@ -1,5 +1,6 @@
 //! The snapshot: what the declared reads found, as this transaction sees it.
 
+use std::cmp::Ordering;
 use std::collections::BTreeMap;
 use std::ops::Range;
 
@@ -57,7 +58,15 @@ impl Snapshot {
         entries: impl IntoIterator<Item = (String, Kind, Target, Value)>,
     ) -> Self {
         let mut snapshot = Snapshot::default();
-        for (key, kind, target, value) in entries {
+        for (key, kind, target, mut value) in entries {
+            // In the contract's order already; sorting what is sorted is one
+            // pass, and the lookups below rely on it.
+            match &mut value {
+                Value::Fields(fields) => fields.sort_unstable_by(|(a, _), (b, _)| a.cmp(b)),
+                Value::Members(members) => members.sort_unstable(),
+                Value::Ranked(ranked) => ranked.sort_unstable_by(by_score),
+                Value::Bytes(_) | Value::Present(_) | Value::Score(_) => {}
+            }
             snapshot
                 .entries
                 .entry(key)
@@ -229,6 +238,11 @@ impl Snapshot {
     }
 }
 
+/// `ZRANGE`'s order of sorted-set members: by score, then by member.
+pub(crate) fn by_score((m1, s1): &(String, f64), (m2, s2): &(String, f64)) -> Ordering {
+    s1.total_cmp(s2).then_with(|| m1.cmp(m2))
+}
+
 /// The indexes `ZRANGE start stop` covers in a sorted set of `len`
 /// members: negative ranks count from the end, both ends included, out of
 /// range clamped.
@@ -387,9 +401,10 @@ mod tests {
 
     #[test]
     fn hash_fields_are_read_alone_or_from_the_whole_hash() {
+        // Out of order on purpose: the snapshot sorts what it gets.
         let fields = vec![
-            ("a".to_string(), b"1".to_vec()),
             ("c".to_string(), b"x".to_vec()),
+            ("a".to_string(), b"1".to_vec()),
         ];
         let snap = Snapshot::from_entries([
             ("h".into(), Kind::Hash, Target::Whole, Value::Fields(fields)),
@@ -424,7 +439,7 @@ mod tests {
                 "s".into(),
                 Kind::Set,
                 Target::Whole,
-                Value::Members(vec!["a".into(), "b".into()]),
+                Value::Members(vec!["b".into(), "a".into()]),
             ),
             (
                 "t".into(),
@@ -443,7 +458,7 @@ mod tests {
 
     #[test]
     fn sorted_sets_answer_scores_and_ranges_from_what_was_declared() {
-        let all = ranked(&[("a", 1.0), ("b", 2.0), ("c", 2.0), ("d", 5.0)]);
+        let all = ranked(&[("d", 5.0), ("c", 2.0), ("a", 1.0), ("b", 2.0)]);
         let snap = Snapshot::from_entries([
             ("z".into(), Kind::Zset, Target::Whole, all),
             (

@@ -16,7 +16,7 @@
 
 use std::collections::{BTreeMap, BTreeSet, VecDeque};
 
-use crate::snapshot::{ranks, scores};
+use crate::snapshot::{by_score, ranks, scores};
 use crate::{Kind, Target, Value};
 
 /// A stream entry: its fields and their values, in order.
@@ -72,7 +72,7 @@ impl Data {
     /// A sorted set's members by score, then member: `ZRANGE`'s order.
     pub(super) fn ranked(zset: &BTreeMap<String, f64>) -> Vec<(String, f64)> {
         let mut ranked: Vec<(String, f64)> = zset.iter().map(|(m, s)| (m.clone(), *s)).collect();
-        ranked.sort_by(|(m1, s1), (m2, s2)| s1.total_cmp(s2).then_with(|| m1.cmp(m2)));
+        ranked.sort_unstable_by(by_score);
         ranked
     }
 }
