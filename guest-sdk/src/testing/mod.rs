@@ -27,6 +27,7 @@
 //! | `undeclared_write` | a write no declaration covers |
 //! | `wrong_type` | a declared key holds another type |
 //! | `not_an_integer` | a bounded write to a value that is not an integer (`INCRBY`'s rule; for a score, an integer within 2^53 either side of 0) |
+//! | `overflow` | a bounded write to a part no step of the transaction reads (escrow: Redis adds) taking it past 2^53 either side of 0, where Redis adds exactly; to a part some step reads (the host adds), the write's own abort past the 64-bit range |
 //!
 //! What the host does not check, and this module does not model: time
 //! (TTLs are recorded, never counted down), memory and fuel, concurrency

@@ -1,16 +1,6 @@
-//! The host's checks of what a step declares and writes, with the codes
-//! and limit names the host answers with:
-//!
-//! | code | when |
-//! | --- | --- |
-//! | `limit_exceeded` | a named limit of [`Limits`] is broken (`TxnAbort::limit` names it) |
-//! | `bad_key` | an empty key is declared |
-//! | `bad_access` | a declaration the contract does not allow (below), or one key with two kinds |
-//! | `bad_abort_code` | an abort (the step's, or a bounded write's) with a code of the host's or of other characters |
-//! | `bad_write` | a write Redis could not apply: a NaN score, an entry without fields, a push without values, a TTL of 0 ms or past `i64::MAX` |
-//! | `undeclared_write` | a write no declaration covers (below) |
-//! | `wrong_type` | a declared key holds another type |
-//! | `not_an_integer` | a bounded write to a value that is not an integer |
+//! The host's checks of what a step declares and writes, answered with
+//! the codes and limit names the host answers with (the table of codes is
+//! in the `testing` module's documentation).
 //!
 //! Declarations allowed, by kind (`whole` is the key itself):
 //!
@@ -49,16 +39,18 @@ pub struct Limits {
     pub keys_max: usize,
     /// Bytes of one declared key, before the prefix (limit `key_bytes`).
     pub key_bytes_max: usize,
-    /// Writes one step returns (limit `writes`).
+    /// Writes one step returns, a push counting one per value (limit
+    /// `writes`).
     pub writes_max: usize,
-    /// Bytes of one written value: a string's, a hash field's, a stream
-    /// entry's value, a pushed value (limit `value_bytes`).
+    /// Bytes of one written value: a string's, a hash field's, a pushed
+    /// value, a stream entry's fields and values together (limit
+    /// `value_bytes`).
     pub value_bytes_max: usize,
     /// Items one whole-key or range read returns: fields, members (limit
     /// `read_items`).
     pub read_items_max: usize,
-    /// Bytes of a field or member name, declared or written (and of a
-    /// stream entry's field names) (limit `member_bytes`).
+    /// Bytes of a hash field's or a (sorted) set member's name, declared or
+    /// written (limit `member_bytes`).
     pub member_bytes_max: usize,
     /// Bytes of an abort's code (limit `abort_code_bytes`).
     pub abort_code_bytes_max: usize,
@@ -92,9 +84,11 @@ const RESERVED_ABORT_CODES: &[&str] = &[
     "limit_exceeded",
     "undeclared_write",
     "bad_key",
-    "bad_abort_code",
     "bad_access",
+    "bad_abort_code",
     "bad_write",
+    "wrong_type",
+    "recovered",
 ];
 
 /// Why the host fails a step: the abort the client sees and, for a broken
@@ -277,17 +271,19 @@ pub(super) fn check_outcome(who: &str, outcome: &Outcome, limits: &Limits) -> Re
     let output = outcome.output_bytes().len();
     let bound = format!("{} bytes of output", limits.output_bytes_max);
     limit(who, "output", output > limits.output_bytes_max, bound)?;
-    let writes = outcome.ops().count();
+    // A push counts a write per value, so that one op cannot carry what
+    // `writes_max` keeps from many.
+    let writes: usize = outcome.ops().map(|w| pushed(&w.op)).sum();
     let bound = format!("{} writes", limits.writes_max);
     limit(who, "writes", writes > limits.writes_max, bound)?;
     let too_big = outcome
         .ops()
-        .any(|w| values(&w.op).any(|v| v.len() > limits.value_bytes_max));
+        .any(|w| value_sizes(&w.op).any(|len| len > limits.value_bytes_max));
     let bound = format!("{} bytes per value", limits.value_bytes_max);
     limit(who, "value_bytes", too_big, bound)?;
     let too_long = outcome
         .ops()
-        .any(|w| names(&w.op).any(|n| n.len() > limits.member_bytes_max));
+        .any(|w| member(&w.op).is_some_and(|n| n.len() > limits.member_bytes_max));
     let bound = format!("{} bytes per field or member", limits.member_bytes_max);
     limit(who, "member_bytes", too_long, bound)?;
     for w in outcome.ops() {
@@ -298,29 +294,39 @@ pub(super) fn check_outcome(who: &str, outcome: &Outcome, limits: &Limits) -> Re
     Ok(())
 }
 
-/// The values an op writes.
-fn values(op: &Op) -> Box<dyn Iterator<Item = &Vec<u8>> + '_> {
+/// The writes an op counts for: one, or one per value pushed.
+fn pushed(op: &Op) -> usize {
     match op {
-        Op::Set { value, .. } | Op::Hset { value, .. } => Box::new(std::iter::once(value)),
-        Op::Xadd { fields, .. } => Box::new(fields.iter().map(|(_, v)| v)),
-        Op::Rpush { values } | Op::Lpush { values } => Box::new(values.iter()),
+        Op::Rpush { values } | Op::Lpush { values } => values.len().max(1),
+        _ => 1,
+    }
+}
+
+/// The sizes of the values an op writes, each bounded by `value_bytes_max`:
+/// a string's or a field's value, each value pushed, a stream entry whole
+/// (its field names and values together).
+fn value_sizes(op: &Op) -> Box<dyn Iterator<Item = usize> + '_> {
+    match op {
+        Op::Set { value, .. } | Op::Hset { value, .. } => Box::new(std::iter::once(value.len())),
+        Op::Xadd { fields, .. } => {
+            let entry = fields.iter().map(|(f, v)| f.len() + v.len()).sum();
+            Box::new(std::iter::once(entry))
+        }
+        Op::Rpush { values } | Op::Lpush { values } => Box::new(values.iter().map(Vec::len)),
         _ => Box::new(std::iter::empty()),
     }
 }
 
-/// The field and member names an op writes.
-fn names(op: &Op) -> Box<dyn Iterator<Item = &String> + '_> {
+/// The field or member an op names, bounded by `member_bytes_max`.
+fn member(op: &Op) -> Option<&String> {
     match op {
-        Op::Hset { field, .. } | Op::Hdel { field } | Op::Hincrby { field, .. } => {
-            Box::new(std::iter::once(field))
-        }
+        Op::Hset { field, .. } | Op::Hdel { field } | Op::Hincrby { field, .. } => Some(field),
         Op::Sadd { member }
         | Op::Srem { member }
         | Op::Zadd { member, .. }
         | Op::Zrem { member }
-        | Op::Zincrby { member, .. } => Box::new(std::iter::once(member)),
-        Op::Xadd { fields, .. } => Box::new(fields.iter().map(|(f, _)| f)),
-        _ => Box::new(std::iter::empty()),
+        | Op::Zincrby { member, .. } => Some(member),
+        _ => None,
     }
 }
 

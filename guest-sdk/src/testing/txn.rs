@@ -1,12 +1,15 @@
 //! Transactions of several steps on a [`Store`], as the host runs them.
 
+use std::collections::{BTreeMap, BTreeSet};
 use std::ops::RangeInclusive;
 
 use super::data::{self, Data, Entry, Keys};
 use super::rules::{self, Fail, Limits};
 use super::store::Store;
 use crate::snapshot::{SCORE_INTEGER_MAX, integer, score_integer};
-use crate::{Abort, Access, Bounded, Kind, Mode, Op, Outcome, Participant, Snapshot, component};
+use crate::{
+    Abort, Access, Bounded, Kind, Mode, Op, Outcome, Participant, Snapshot, Target, component,
+};
 
 /// The two calls of one participant type.
 type Declare = fn(&[u8]) -> Result<Access, Abort>;
@@ -143,12 +146,27 @@ pub(super) fn run_steps(
         .enumerate()
         .map(|(i, step)| declare(step, limits).map_err(failed(i)))
         .collect::<Result<Vec<Access>, TxnAbort>>()?;
+    let read: Read = steps
+        .iter()
+        .zip(&declared)
+        .flat_map(|(step, access)| {
+            access
+                .accesses()
+                .filter(|d| matches!(d.mode, Mode::Read | Mode::Write))
+                .map(|d| (step.full(&d.key), d.target))
+        })
+        .collect();
     let mut view = keys.clone();
     let mut done = Vec::with_capacity(steps.len());
     for (i, (step, access)) in steps.iter().zip(declared).enumerate() {
         let outcome = execute(step, &access, &view, limits).map_err(failed(i))?;
         for w in outcome.ops() {
-            apply(step, &access, &mut view, &w.key, &w.op).map_err(failed(i))?;
+            let write = Applied {
+                step,
+                access: &access,
+                read: &read,
+            };
+            write.apply(&mut view, &w.key, &w.op).map_err(failed(i))?;
         }
         done.push(Done { access, outcome });
     }
@@ -216,125 +234,156 @@ fn execute(step: &Step, access: &Access, view: &Keys, limits: &Limits) -> Result
     Ok(outcome)
 }
 
-/// Applies `op` on `key` (relative to the step's prefix) to `view`, after
-/// checking that Redis could apply it and that `access` covers it.
-fn apply(step: &Step, access: &Access, view: &mut Keys, key: &str, op: &Op) -> Result<(), Fail> {
-    rules::bad_write(key, op)?;
-    if !rules::covers(access, key, op) {
-        return Err(Fail::new(
-            "undeclared_write",
-            format!(
-                "participant `{}` wrote `{key}`, which it did not declare for writing: {}",
-                step.name,
-                rules::needs(op)
-            ),
-        ));
-    }
-    let full = step.full(key);
-    match op {
-        Op::Set { value, ttl_ms } => {
-            let kept = view.get(&full).and_then(|e| e.ttl_ms);
-            let entry = Entry {
-                data: Data::String(value.clone()),
-                ttl_ms: ttl_ms.or(kept),
-            };
-            view.insert(full, entry);
+/// The parts of keys some step of a transaction reads (declares in read or
+/// write mode), by full key. The host knows their values, so it adds
+/// bounded deltas to them itself, as 64-bit integers; to any other part
+/// Redis adds them under escrow, exact within 2^53 either side of 0.
+type Read = BTreeSet<(String, Target)>;
+
+/// One step's writes, as the host applies them.
+struct Applied<'a> {
+    step: &'a Step,
+    access: &'a Access,
+    read: &'a Read,
+}
+
+impl Applied<'_> {
+    /// Applies `op` on `key` (relative to the step's prefix) to `view`,
+    /// after checking that Redis could apply it and that a declaration
+    /// covers it.
+    fn apply(&self, view: &mut Keys, key: &str, op: &Op) -> Result<(), Fail> {
+        rules::bad_write(key, op)?;
+        if !rules::covers(self.access, key, op) {
+            return Err(Fail::new(
+                "undeclared_write",
+                format!(
+                    "participant `{}` wrote `{key}`, which it did not declare for writing: {}",
+                    self.step.name,
+                    rules::needs(op)
+                ),
+            ));
         }
-        Op::Delete => {
-            view.remove(&full);
-        }
-        Op::Adjust(by) => {
-            let current = match view.get(&full).map(|e| &e.data) {
-                Some(Data::String(value)) => Some(value.as_slice()),
-                _ => None,
-            };
-            let current = decimal(current, || format!("`{key}`"))?;
-            let value = bump(current, by, i64::MIN..=i64::MAX)?;
-            // The key's TTL stays, as `INCRBY` keeps it.
-            *data::slot(view, &full, Kind::String) = Data::String(value.to_string().into_bytes());
-        }
-        Op::Hset { field, value } => {
-            hash(view, &full).insert(field.clone(), value.clone());
-        }
-        Op::Hdel { field } => {
-            hash(view, &full).remove(field);
-            data::drop_if_gone(view, &full);
-        }
-        Op::Hincrby { field, by } => {
-            // A failure discards the whole view: a hash created here for
-            // nothing goes with it.
-            let hash = hash(view, &full);
-            let current = hash.get(field).map(Vec::as_slice);
-            let current = decimal(current, || format!("field `{field}` of `{key}`"))?;
-            let value = bump(current, by, i64::MIN..=i64::MAX)?;
-            hash.insert(field.clone(), value.to_string().into_bytes());
-        }
-        Op::Sadd { member } | Op::Srem { member } => {
-            let Data::Set(set) = data::slot(view, &full, Kind::Set) else {
-                unreachable!("slot() checked the type")
-            };
-            match op {
-                Op::Sadd { .. } => set.insert(member.clone()),
-                _ => set.remove(member),
-            };
-            data::drop_if_gone(view, &full);
-        }
-        Op::Zadd { .. } | Op::Zrem { .. } | Op::Zincrby { .. } => zset_op(view, &full, key, op)?,
-        Op::Xadd { fields, maxlen } => data::xadd(view, &full, fields.clone(), *maxlen),
-        Op::Rpush { values } => data::push(view, &full, values, true),
-        Op::Lpush { values } => data::push(view, &full, values, false),
-        Op::Expire { ttl_ms } => {
-            if let Some(entry) = view.get_mut(&full) {
-                entry.ttl_ms = Some(*ttl_ms);
+        let full = self.step.full(key);
+        match op {
+            Op::Set { value, ttl_ms } => {
+                let kept = view.get(&full).and_then(|e| e.ttl_ms);
+                let entry = Entry {
+                    data: Data::String(value.clone()),
+                    ttl_ms: ttl_ms.or(kept),
+                };
+                view.insert(full, entry);
+            }
+            Op::Delete => {
+                view.remove(&full);
+            }
+            Op::Adjust(by) => {
+                let current = match view.get(&full).map(|e| &e.data) {
+                    Some(Data::String(value)) => Some(value.as_slice()),
+                    _ => None,
+                };
+                let what = || format!("`{key}`");
+                let current = decimal(current, what)?;
+                let escrow = self.escrow(&full, Target::Whole, what);
+                let value = bump(current, by, i64::MIN..=i64::MAX, escrow)?;
+                // The key's TTL stays, as `INCRBY` keeps it.
+                *data::slot(view, &full, Kind::String) =
+                    Data::String(value.to_string().into_bytes());
+            }
+            Op::Hset { field, value } => {
+                hash(view, &full).insert(field.clone(), value.clone());
+            }
+            Op::Hdel { field } => {
+                hash(view, &full).remove(field);
+                data::drop_if_gone(view, &full);
+            }
+            Op::Hincrby { field, by } => {
+                // A failure discards the whole view: a hash created here for
+                // nothing goes with it.
+                let hash = hash(view, &full);
+                let what = || format!("field `{field}` of `{key}`");
+                let current = decimal(hash.get(field).map(Vec::as_slice), what)?;
+                let escrow = self.escrow(&full, Target::Field(field.clone()), what);
+                let value = bump(current, by, i64::MIN..=i64::MAX, escrow)?;
+                hash.insert(field.clone(), value.to_string().into_bytes());
+            }
+            Op::Sadd { member } | Op::Srem { member } => {
+                let Data::Set(set) = data::slot(view, &full, Kind::Set) else {
+                    unreachable!("slot() checked the type")
+                };
+                match op {
+                    Op::Sadd { .. } => set.insert(member.clone()),
+                    _ => set.remove(member),
+                };
+                data::drop_if_gone(view, &full);
+            }
+            Op::Zadd { .. } | Op::Zrem { .. } | Op::Zincrby { .. } => {
+                self.zset_op(view, &full, key, op)?;
+            }
+            Op::Xadd { fields, maxlen } => data::xadd(view, &full, fields.clone(), *maxlen),
+            Op::Rpush { values } => data::push(view, &full, values, true),
+            Op::Lpush { values } => data::push(view, &full, values, false),
+            Op::Expire { ttl_ms } => {
+                if let Some(entry) = view.get_mut(&full) {
+                    entry.ttl_ms = Some(*ttl_ms);
+                }
             }
         }
+        Ok(())
     }
-    Ok(())
+
+    /// `what` names `part` of `full` if Redis adjusts it under escrow (no
+    /// step of the transaction reads it); `None` if the host adds to it.
+    fn escrow(&self, full: &str, part: Target, what: impl FnOnce() -> String) -> Option<String> {
+        let read = |target: Target| self.read.contains(&(full.to_owned(), target));
+        (!read(Target::Whole) && !read(part)).then(what)
+    }
+
+    /// `zadd`, `zrem` or `zincrby` of the sorted set `full` (`key` in the
+    /// participant's terms).
+    fn zset_op(&self, view: &mut Keys, full: &str, key: &str, op: &Op) -> Result<(), Fail> {
+        let Data::Zset(zset) = data::slot(view, full, Kind::Zset) else {
+            unreachable!("slot() checked the type")
+        };
+        let result = match op {
+            Op::Zadd { member, score } => {
+                zset.insert(member.clone(), *score);
+                Ok(())
+            }
+            Op::Zrem { member } => {
+                zset.remove(member);
+                Ok(())
+            }
+            Op::Zincrby { member, by } => {
+                let current = zset.get(member).copied().unwrap_or(0.0);
+                let what = || format!("member `{member}` of `{key}`");
+                let escrow = self.escrow(full, Target::Member(member.clone()), what);
+                let range = -SCORE_INTEGER_MAX..=SCORE_INTEGER_MAX;
+                match score_integer(current) {
+                    Some(current) => bump(current, by, range, escrow).map(|score| {
+                        zset.insert(member.clone(), score as f64);
+                    }),
+                    None => Err(Fail::new(
+                        "not_an_integer",
+                        format!(
+                            "the score of `{member}` in `{key}` is {current}, not an integer \
+                             within 2^53 either side of 0: it cannot be adjusted"
+                        ),
+                    )),
+                }
+            }
+            _ => unreachable!("only sorted-set ops come here"),
+        };
+        data::drop_if_gone(view, full);
+        result
+    }
 }
 
 /// The hash `full` for a write, created if missing.
-fn hash<'v>(view: &'v mut Keys, full: &str) -> &'v mut std::collections::BTreeMap<String, Vec<u8>> {
+fn hash<'v>(view: &'v mut Keys, full: &str) -> &'v mut BTreeMap<String, Vec<u8>> {
     match data::slot(view, full, Kind::Hash) {
         Data::Hash(hash) => hash,
         _ => unreachable!("slot() checked the type"),
     }
-}
-
-/// `zadd`, `zrem` or `zincrby` of the sorted set `full` (`key` in the
-/// participant's terms).
-fn zset_op(view: &mut Keys, full: &str, key: &str, op: &Op) -> Result<(), Fail> {
-    let Data::Zset(zset) = data::slot(view, full, Kind::Zset) else {
-        unreachable!("slot() checked the type")
-    };
-    let result = match op {
-        Op::Zadd { member, score } => {
-            zset.insert(member.clone(), *score);
-            Ok(())
-        }
-        Op::Zrem { member } => {
-            zset.remove(member);
-            Ok(())
-        }
-        Op::Zincrby { member, by } => {
-            let current = zset.get(member).copied().unwrap_or(0.0);
-            let range = -SCORE_INTEGER_MAX..=SCORE_INTEGER_MAX;
-            match score_integer(current) {
-                Some(current) => bump(current, by, range).map(|score| {
-                    zset.insert(member.clone(), score as f64);
-                }),
-                None => Err(Fail::new(
-                    "not_an_integer",
-                    format!(
-                        "the score of `{member}` in `{key}` is {current}, not an integer within \
-                         2^53 either side of 0: it cannot be adjusted"
-                    ),
-                )),
-            }
-        }
-        _ => unreachable!("only sorted-set ops come here"),
-    };
-    data::drop_if_gone(view, full);
-    result
 }
 
 /// An adjusted value as the host reads it: missing is 0, anything but a
@@ -354,12 +403,27 @@ fn decimal(value: Option<&[u8]>, what: impl FnOnce() -> String) -> Result<i64, F
     })
 }
 
-/// `current` plus the bounded delta, or the write's own abort if the sum
-/// leaves `range` (what the value can hold) or the bounds.
-fn bump(current: i64, by: &Bounded, range: RangeInclusive<i64>) -> Result<i64, Fail> {
-    current
-        .checked_add(by.delta)
-        .filter(|v| range.contains(v) && by.bounds.contain(*v))
+/// `current` plus the bounded delta. Under escrow (`escrow` names the
+/// part), a sum past 2^53 either side of 0 is the host's `overflow`; then
+/// a sum that leaves `range` (what the value can hold) or the bounds is the
+/// write's own abort.
+fn bump(
+    current: i64,
+    by: &Bounded,
+    range: RangeInclusive<i64>,
+    escrow: Option<String>,
+) -> Result<i64, Fail> {
+    let sum = current.checked_add(by.delta);
+    if let Some(what) = escrow {
+        let exact = -SCORE_INTEGER_MAX..=SCORE_INTEGER_MAX;
+        if !sum.is_some_and(|v| exact.contains(&v)) {
+            return Err(Fail::new(
+                "overflow",
+                format!("adjusting {what} would take it past +-2^53, where adjustments are exact"),
+            ));
+        }
+    }
+    sum.filter(|v| range.contains(v) && by.bounds.contain(*v))
         .ok_or_else(|| by.abort.clone().into())
 }
 
