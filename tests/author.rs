@@ -31,12 +31,12 @@ async fn sdk_builds_import_only_the_console_and_run_an_order() {
     let env = TestEnv::start(&["orders", "ledger"], &orders());
     for name in ["inventory", "payments"] {
         let participant = env.coordinator.registry().get(name).expect("loaded");
-        assert_eq!(participant.component.contract(), "0.2.1");
+        assert_eq!(participant.component.contract(), "0.3.0");
         assert_eq!(
             participant.component.imports(),
             [
-                "redstage:participant/console@0.2.1",
-                "redstage:participant/types@0.2.1"
+                "redstage:participant/console@0.3.0",
+                "redstage:participant/types@0.3.0"
             ]
         );
     }

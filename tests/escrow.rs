@@ -194,7 +194,7 @@ async fn contract_0_1_and_0_2_participants_share_a_transaction() {
             .map(|p| p["contract"].clone())
     };
     assert_eq!(contract("legacy"), Some(json!("0.1.0")), "{listing}");
-    assert_eq!(contract("inventory"), Some(json!("0.2.1")), "{listing}");
+    assert_eq!(contract("inventory"), Some(json!("0.3.0")), "{listing}");
 
     for n in 1..=2 {
         let r = env

@@ -1,7 +1,9 @@
 #!/usr/bin/env bash
 # Builds the JavaScript payments participant into a component:
 # target/js/payments_js.wasm (at the workspace root), with ComponentizeJS
-# from the npm registry at the version package-lock.json pins.
+# from the npm registry at the version package-lock.json pins. It is
+# written to contract 0.2.1 (string values, wit/v0.2/), which the host
+# keeps running next to 0.3.0.
 #
 # Every WASI feature ComponentizeJS can leave out is left out (random,
 # clocks, http, fetch-event): a participant gets none of them from the host
@@ -19,7 +21,7 @@ npm ci --no-audit --no-fund --silent
 mkdir -p "$root/target/js"
 out="$root/target/js/payments_js.wasm"
 npx --no-install componentize-js payments.js \
-    --wit "$root/wit/participant.wit" --world-name participant \
+    --wit "$root/wit/v0.2/participant.wit" --world-name participant \
     --disable random clocks http fetch-event \
     -o "$out.tmp"
 mv "$out.tmp" "$out"

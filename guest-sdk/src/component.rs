@@ -10,7 +10,10 @@ use std::any::Any;
 use std::cell::RefCell;
 use std::marker::PhantomData;
 
-use crate::{Abort, Access, Outcome, Participant, Snapshot};
+use crate::{
+    Abort, Access, Bounded, Declaration, Kind, Mode, Op, Outcome, Participant, Snapshot, Target,
+    Value, Write,
+};
 
 #[allow(
     missing_debug_implementations,
@@ -48,38 +51,23 @@ impl<P: Participant> bindings::Guest for Component<P> {
     fn declare(input: Vec<u8>) -> Result<wit::AccessSet, wit::Abort> {
         #[cfg(target_arch = "wasm32")]
         crate::console::report_panics();
-        let (reads, writes, adjusts) = declare::<P>(&input).map_err(wit::Abort::from)?.into_parts();
-        Ok(wit::AccessSet {
-            reads,
-            writes,
-            adjusts,
-        })
+        let access = declare::<P>(&input).map_err(wit::Abort::from)?;
+        let accesses = access.accesses().map(wit::Access::from).collect();
+        Ok(wit::AccessSet { accesses })
     }
 
     fn execute(input: Vec<u8>, snapshot: Vec<wit::Entry>) -> Result<wit::Outcome, wit::Abort> {
         #[cfg(target_arch = "wasm32")]
         crate::console::report_panics();
-        let snapshot = Snapshot::from_entries(snapshot.into_iter().map(|e| (e.key, e.value)));
-        let (writes, adjustments, output) = execute::<P>(&input, &snapshot)
+        let snapshot = Snapshot::from_entries(
+            snapshot
+                .into_iter()
+                .map(|e| (e.key, e.kind.into(), e.target.into(), e.value.into())),
+        );
+        let (writes, output) = execute::<P>(&input, &snapshot)
             .map_err(wit::Abort::from)?
             .into_parts();
-        let adjustments = adjustments.into_iter().map(|a| {
-            wit::Write::Adjust(wit::Adjustment {
-                key: a.key,
-                delta: a.delta,
-                lower: a.bounds.lower,
-                upper: a.bounds.upper,
-                abort: a.abort.into(),
-            })
-        });
-        let writes = writes
-            .into_iter()
-            .map(|(key, value)| match value {
-                Some(value) => wit::Write::Set((key, value)),
-                None => wit::Write::Delete(key),
-            })
-            .chain(adjustments)
-            .collect();
+        let writes = writes.into_iter().map(wit::Write::from).collect();
         Ok(wit::Outcome { writes, output })
     }
 }
@@ -87,6 +75,119 @@ impl<P: Participant> bindings::Guest for Component<P> {
 impl From<Abort> for wit::Abort {
     fn from(Abort { code, message }: Abort) -> Self {
         Self { code, message }
+    }
+}
+
+impl From<Declaration> for wit::Access {
+    fn from(d: Declaration) -> Self {
+        Self {
+            key: d.key,
+            kind: d.kind.into(),
+            target: d.target.into(),
+            mode: match d.mode {
+                Mode::Read => wit::Mode::Read,
+                Mode::Write => wit::Mode::Write,
+                Mode::Adjust => wit::Mode::Adjust,
+                Mode::Append => wit::Mode::Append,
+            },
+        }
+    }
+}
+
+impl From<Kind> for wit::Kind {
+    fn from(kind: Kind) -> Self {
+        match kind {
+            Kind::String => wit::Kind::String,
+            Kind::Hash => wit::Kind::Hash,
+            Kind::Set => wit::Kind::Set,
+            Kind::Zset => wit::Kind::Zset,
+            Kind::Stream => wit::Kind::Stream,
+            Kind::List => wit::Kind::List,
+        }
+    }
+}
+
+impl From<wit::Kind> for Kind {
+    fn from(kind: wit::Kind) -> Self {
+        match kind {
+            wit::Kind::String => Kind::String,
+            wit::Kind::Hash => Kind::Hash,
+            wit::Kind::Set => Kind::Set,
+            wit::Kind::Zset => Kind::Zset,
+            wit::Kind::Stream => Kind::Stream,
+            wit::Kind::List => Kind::List,
+        }
+    }
+}
+
+impl From<Target> for wit::Target {
+    fn from(target: Target) -> Self {
+        match target {
+            Target::Whole => wit::Target::Whole,
+            Target::Field(field) => wit::Target::Field(field),
+            Target::Member(member) => wit::Target::Member(member),
+            Target::Ranks(start, stop) => wit::Target::Ranks((start, stop)),
+            Target::Scores(min, max) => wit::Target::Scores((min, max)),
+        }
+    }
+}
+
+impl From<wit::Target> for Target {
+    fn from(target: wit::Target) -> Self {
+        match target {
+            wit::Target::Whole => Target::Whole,
+            wit::Target::Field(field) => Target::Field(field),
+            wit::Target::Member(member) => Target::Member(member),
+            wit::Target::Ranks((start, stop)) => Target::Ranks(start, stop),
+            wit::Target::Scores((min, max)) => Target::Scores(min, max),
+        }
+    }
+}
+
+impl From<wit::Value> for Value {
+    fn from(value: wit::Value) -> Self {
+        match value {
+            wit::Value::Bytes(bytes) => Value::Bytes(bytes),
+            wit::Value::Present(present) => Value::Present(present),
+            wit::Value::Score(score) => Value::Score(score),
+            wit::Value::Fields(fields) => Value::Fields(fields),
+            wit::Value::Members(members) => Value::Members(members),
+            wit::Value::Ranked(ranked) => Value::Ranked(ranked),
+        }
+    }
+}
+
+impl From<Bounded> for wit::Bounded {
+    fn from(b: Bounded) -> Self {
+        Self {
+            delta: b.delta,
+            lower: b.bounds.lower,
+            upper: b.bounds.upper,
+            abort: b.abort.into(),
+        }
+    }
+}
+
+impl From<Write> for wit::Write {
+    fn from(Write { key, op }: Write) -> Self {
+        let op = match op {
+            Op::Set { value, ttl_ms } => wit::Op::Set((value, ttl_ms)),
+            Op::Delete => wit::Op::Delete,
+            Op::Adjust(by) => wit::Op::Adjust(by.into()),
+            Op::Hset { field, value } => wit::Op::Hset((field, value)),
+            Op::Hdel { field } => wit::Op::Hdel(field),
+            Op::Hincrby { field, by } => wit::Op::Hincrby((field, by.into())),
+            Op::Sadd { member } => wit::Op::Sadd(member),
+            Op::Srem { member } => wit::Op::Srem(member),
+            Op::Zadd { member, score } => wit::Op::Zadd((member, score)),
+            Op::Zrem { member } => wit::Op::Zrem(member),
+            Op::Zincrby { member, by } => wit::Op::Zincrby((member, by.into())),
+            Op::Xadd { fields, maxlen } => wit::Op::Xadd(wit::StreamEntry { fields, maxlen }),
+            Op::Rpush { values } => wit::Op::Rpush(values),
+            Op::Lpush { values } => wit::Op::Lpush(values),
+            Op::Expire { ttl_ms } => wit::Op::Expire(ttl_ms),
+        };
+        Self { key, op }
     }
 }
 

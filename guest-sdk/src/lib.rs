@@ -3,17 +3,28 @@
 //! A participant is the business logic of one step of a transaction,
 //! compiled to a WebAssembly component. The host calls it twice per step:
 //!
-//! 1. [`Participant::declare`] with the parsed input: which keys will it read,
-//!    and which may it write? The host locks and reads exactly those.
-//! 2. [`Participant::execute`] with the same input and a [`Snapshot`] of those
-//!    keys: the writes to apply if the whole transaction commits, and the
-//!    output for the client, as an [`Outcome`]. Or an [`Abort`]: a business
-//!    "no" (`insufficient_stock`) that aborts the whole transaction.
+//! 1. [`Participant::declare`] with the parsed input: what will it read, what
+//!    may it write, adjust or append to? An [`Access`] of keys, or parts of
+//!    keys (a hash field, a set member, a sorted-set range). The host locks
+//!    and reads exactly those, at that granularity.
+//! 2. [`Participant::execute`] with the same input and a [`Snapshot`] of what
+//!    it declared: the writes to apply if the whole transaction commits, and
+//!    the output for the client, as an [`Outcome`]. Or an [`Abort`]: a
+//!    business "no" (`insufficient_stock`) that aborts the whole transaction.
 //!
 //! The input is JSON; the SDK parses it into [`Participant::Input`] and turns
 //! a parse failure into a `bad_input` abort that says what was expected.
 //! Values are bytes; [`Snapshot::get_i64`] and [`Outcome::set_i64`] store
 //! integers as decimal strings, and the `*_json` methods use serde.
+//!
+//! Keys hold Redis's types: strings, hashes, sets, sorted sets, streams and
+//! lists. Reads and writes are named after the Redis commands that do the
+//! same ([`Snapshot::hget`], [`Snapshot::smembers`], [`Snapshot::zrange`];
+//! [`Outcome::hset`], [`Outcome::sadd`], [`Outcome::zincrby`],
+//! [`Outcome::xadd`]), and declarations after what they declare
+//! ([`Access::write_set_member`], [`Access::adjust_hash_field`],
+//! [`Access::append_stream`]); see [`Access`] for the whole list and the
+//! rules the host checks.
 //!
 //! ```
 //! use redstage_guest::{Abort, Access, Outcome, Participant, Positive, Snapshot, checked_add};
@@ -103,10 +114,10 @@ mod snapshot;
 pub mod testing;
 
 pub use abort::{Abort, checked_add, checked_sub};
-pub use access::Access;
-pub use outcome::{Adjustment, Bounds, Outcome};
+pub use access::{Access, Declaration, Kind, Mode, Target};
+pub use outcome::{Adjustment, Bounded, Bounds, Op, Outcome, Write};
 pub use positive::Positive;
-pub use snapshot::{Snapshot, integer};
+pub use snapshot::{SCORE_INTEGER_MAX, Snapshot, Value, integer, score_integer};
 
 /// The business logic of one kind of transaction step.
 ///

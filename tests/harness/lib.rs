@@ -68,6 +68,8 @@ impl Toolchain {
 pub const COMPONENTS: &[&str] = &[
     "inventory",
     "payments",
+    "social",
+    "orders",
     "oncall",
     "infinite-loop",
     "memory-bomb",

@@ -1,19 +1,40 @@
 //! Running participants natively, in plain `cargo test`, without wasm or Redis.
 //!
 //! [`Store`] runs transactions of several steps, of one or more
-//! participants, on one in-memory store of binary values, as the host runs
-//! them (see [`Transaction`]). [`run`] does what the host does around one
-//! step: it calls `declare`, builds
-//! the snapshot of exactly the declared keys from the given store contents,
-//! calls `execute`, checks the writes against the declared write set, and
-//! applies adjustments to the given values with their bounds checked. On
-//! top of that it calls `declare` and `execute` twice each and requires the
+//! participants, on one in-memory store of typed, binary values (strings,
+//! hashes, sets, sorted sets, streams, lists), as the host runs them (see
+//! [`Transaction`]): every `declare` first, then each `execute` on a
+//! snapshot of exactly what it declared, as the store and the steps before
+//! it left it, its writes checked against its declarations and applied in
+//! order, bounded ones within their bounds, and all of it kept only if
+//! every step succeeds. [`run`] does the same for one step on a store of
+//! strings. Both call `declare` and `execute` twice each and require the
 //! same answer, because the host may re-run a step after a conflict and
-//! relies on participants being deterministic.
+//! relies on participants being deterministic; a participant that answers
+//! differently panics.
 //!
-//! Contract violations that the host would turn into a failed step (an
-//! undeclared write, an empty key, non-determinism) panic here, so a test
-//! fails loudly; business aborts come back as `Err(Abort)`.
+//! Everything the host refuses comes back as the abort the host answers,
+//! with its code, so a test can assert on it like on a participant's own
+//! abort (`insufficient_stock`); [`TxnAbort::limit`] names a broken limit:
+//!
+//! | code | when |
+//! | --- | --- |
+//! | `limit_exceeded` | a limit of [`Limits`] is broken: `input`, `output`, `keys`, `key_bytes`, `writes`, `value_bytes`, `read_items`, `member_bytes`, `abort_code_bytes`, `abort_message_bytes` |
+//! | `bad_key` | an empty key is declared |
+//! | `bad_access` | a declaration the contract does not allow (a field of a set, a range in write mode, adjusting a set, reading a stream, ...), or one key with two kinds |
+//! | `bad_abort_code` | an abort with one of the host's codes, or with characters other than ASCII letters, digits and `_-.:` |
+//! | `bad_write` | a write Redis could not apply: a NaN score, an entry without fields, a push without values, a TTL of 0 ms or past `i64::MAX` |
+//! | `undeclared_write` | a write no declaration covers |
+//! | `wrong_type` | a declared key holds another type |
+//! | `not_an_integer` | a bounded write to a value that is not an integer (`INCRBY`'s rule; for a score, an integer within 2^53 either side of 0) |
+//! | `overflow` | a bounded write to a part no step of the transaction reads (escrow: Redis adds) taking it past 2^53 either side of 0, where Redis adds exactly; to a part some step reads (the host adds), the write's own abort past the 64-bit range |
+//!
+//! What the host does not check, and this module does not model: time
+//! (TTLs are recorded, never counted down), memory and fuel, concurrency
+//! (transactions here run one at a time, so escrow's bounds are checked
+//! against the value the transaction sees), and `MAXLEN ~`'s slack (a
+//! stream is trimmed to exactly `maxlen` entries, the fewest Redis may
+//! keep).
 //!
 //! ```
 //! # use redstage_guest::{Abort, Access, Outcome, Participant, Snapshot};
@@ -33,132 +54,94 @@
 //! assert_eq!(out.output, serde_json::json!(41));
 //! ```
 
+mod data;
+mod rules;
 mod store;
+#[cfg(test)]
+mod tests;
+mod txn;
 
-pub use store::{Store, Transaction, TxnAbort};
+pub use data::StreamEntry;
+pub use rules::Limits;
+pub use store::Store;
+pub use txn::{Transaction, TxnAbort};
 
 use std::collections::BTreeMap;
 
-use crate::{Abort, Access, Participant, Snapshot, component};
+use crate::{Abort, Access, Op, Participant, Write};
 
 /// What a step did, in a form that is easy to assert on.
 #[derive(Debug, Clone, PartialEq)]
 pub struct TestOutcome {
     /// What `declare` returned.
     pub access: Access,
-    /// Written keys: `Some(value)` for a set, `None` for a delete; an
-    /// adjusted key with the value it ends up with. Values that are not
-    /// UTF-8 are converted lossily.
+    /// The strings written: `Some(value)` for a set, `None` for a delete;
+    /// an adjusted string with the value it ends up with. Values that are
+    /// not UTF-8 are converted lossily.
     pub writes: BTreeMap<String, Option<String>>,
-    /// Adjusted keys with the sum of their deltas.
+    /// Adjusted strings with the sum of their deltas.
     pub adjustments: BTreeMap<String, i64>,
     /// The output as the client would see it: JSON parsed, other bytes as a
     /// string, no output as `null`.
     pub output: serde_json::Value,
+    /// Every write `execute` returned, in order.
+    pub ops: Vec<Write>,
+    /// The store after the step: what its writes made of the given values.
+    pub store: Store,
 }
 
-/// Calls `P::declare` on `input_json`, as the host would.
+/// Calls `P::declare` on `input_json` and checks what it returns, as the
+/// host would (with the host's default [`Limits`]).
 pub fn declare<P: Participant>(input_json: &str) -> Result<Access, Abort> {
-    let input = input_json.as_bytes();
-    let access = component::declare::<P>(input);
-    assert_eq!(
-        access,
-        component::declare::<P>(input),
-        "declare() answered differently for the same input: participants must be deterministic"
-    );
-    let access = access?;
-    for key in access
-        .reads()
-        .chain(access.writes())
-        .chain(access.adjusts())
-    {
-        assert!(!key.is_empty(), "declare() returned an empty key");
-    }
-    Ok(access)
+    let step = txn::Step::of::<P>("", input_json);
+    txn::declare(&step, &Limits::default()).map_err(|fail| fail.abort)
 }
 
 /// Runs one step of `P` on `input_json` against a store holding `store`
-/// (`(key, value)` pairs; keys that are not listed do not exist, and keys
-/// that are not declared are not shown to the participant).
+/// (`(key, value)` pairs of strings; keys that are not listed do not
+/// exist, and what is not declared is not shown to the participant), as
+/// a transaction of one step: see [`Transaction`]. An abort is the
+/// participant's, or one of the host's codes (see above).
 ///
 /// # Panics
 ///
-/// If the participant breaks the contract: writes a key it did not declare
-/// for writing, declares an empty key, or answers differently when called
-/// twice with the same input and snapshot.
+/// If the participant answers differently when called twice with the
+/// same input and snapshot.
 pub fn run<P: Participant>(input_json: &str, store: &[(&str, &str)]) -> Result<TestOutcome, Abort> {
-    let access = declare::<P>(input_json)?;
-
-    let store: BTreeMap<&str, &str> = store.iter().copied().collect();
-    let snapshot = Snapshot::from_entries(access.reads().chain(access.writes()).map(|key| {
-        let value = store.get(key).map(|value| value.as_bytes().to_vec());
-        (key.to_string(), value)
-    }));
-
-    let input = input_json.as_bytes();
-    let outcome = component::execute::<P>(input, &snapshot);
-    assert_eq!(
-        outcome,
-        component::execute::<P>(input, &snapshot),
-        "execute() answered differently for the same input and snapshot: \
-         participants must be deterministic"
-    );
-    let outcome = outcome?;
-
-    let mut writes: BTreeMap<String, Option<String>> = outcome
-        .writes()
-        .map(|(key, value)| {
-            assert!(
-                access.is_writable(key),
-                "execute() wrote key `{key}`, which declare() did not return as a write \
-                 (declared writes: {:?})",
-                access.writes().collect::<Vec<_>>()
-            );
-            let value = value.map(|bytes| String::from_utf8_lossy(bytes).into_owned());
-            (key.to_string(), value)
-        })
-        .collect();
-    let mut adjustments = BTreeMap::new();
-    for a in outcome.adjustments() {
-        assert!(
-            access.is_adjustable(&a.key),
-            "execute() adjusted key `{}`, which declare() did not return as adjusted or written",
-            a.key
-        );
-        let current = match writes.get(&a.key) {
-            Some(value) => value.clone(),
-            None => store.get(a.key.as_str()).map(|v| v.to_string()),
-        };
-        let current = integer(&a.key, current.as_deref().map(str::as_bytes))?;
-        let value = current
-            .checked_add(a.delta)
-            .filter(|v| a.bounds.contain(*v))
-            .ok_or_else(|| a.abort.clone())?;
-        writes.insert(a.key.clone(), Some(value.to_string()));
-        *adjustments.entry(a.key.clone()).or_insert(0) += a.delta;
+    let mut before = Store::new();
+    for (key, value) in store {
+        before.set(*key, *value);
     }
-
-    let output = output_json(outcome.output_bytes());
-
+    let steps = [txn::Step::of::<P>("", input_json)];
+    let (keys, mut done) =
+        txn::run_steps(&before.keys, &before.limits, &steps).map_err(|err| err.abort)?;
+    let txn::Done { access, outcome } = done.remove(0);
+    let after = Store {
+        keys,
+        limits: before.limits,
+    };
+    let mut writes = BTreeMap::new();
+    let mut adjustments = BTreeMap::new();
+    for w in outcome.ops() {
+        match &w.op {
+            Op::Set { .. } | Op::Delete => {}
+            Op::Adjust(by) => *adjustments.entry(w.key.clone()).or_insert(0) += by.delta,
+            _ => continue,
+        }
+        let value = match after.key_type(&w.key) {
+            Some(crate::Kind::String) => after.get(&w.key),
+            _ => None,
+        };
+        let value = value.map(|v| String::from_utf8_lossy(v).into_owned());
+        writes.insert(w.key.clone(), value);
+    }
     Ok(TestOutcome {
         access,
         writes,
         adjustments,
-        output,
-    })
-}
-
-/// An adjusted key's value as the host reads it: a missing key is 0,
-/// anything but a decimal integer aborts with `not_an_integer`.
-fn integer(key: &str, value: Option<&[u8]>) -> Result<i64, Abort> {
-    let Some(bytes) = value else {
-        return Ok(0);
-    };
-    crate::snapshot::integer(bytes).ok_or_else(|| {
-        Abort::new(
-            "not_an_integer",
-            format!("`{key}` holds a value that is not a decimal integer: it cannot be adjusted"),
-        )
+        output: output_json(outcome.output_bytes()),
+        ops: outcome.ops().cloned().collect(),
+        store: after,
     })
 }
 
@@ -170,177 +153,5 @@ fn output_json(bytes: &[u8]) -> serde_json::Value {
         bytes => serde_json::from_slice(bytes).unwrap_or_else(|_| {
             serde_json::Value::String(String::from_utf8_lossy(bytes).into_owned())
         }),
-    }
-}
-
-#[cfg(test)]
-mod tests {
-    use super::*;
-    use crate::{Outcome, Positive, checked_add};
-    use serde::Deserialize;
-    use serde_json::json;
-
-    /// `{"key": K, "by": N}` adds N to K and reads `limit`.
-    struct Add;
-
-    #[derive(Deserialize)]
-    #[serde(deny_unknown_fields)]
-    struct AddInput {
-        key: String,
-        by: Positive,
-    }
-
-    impl Participant for Add {
-        type Input = AddInput;
-
-        fn declare(input: &AddInput) -> Result<Access, Abort> {
-            Ok(Access::new().read("limit").write(input.key.as_str()))
-        }
-
-        fn execute(input: &AddInput, snapshot: &Snapshot) -> Result<Outcome, Abort> {
-            let value = checked_add(snapshot.get_i64(&input.key)?, input.by.get())?;
-            if value > snapshot.get_i64("limit")? {
-                return Err(Abort::new(
-                    "over_limit",
-                    format!("{value} is over the limit"),
-                ));
-            }
-            Outcome::new()
-                .set_i64(input.key.as_str(), value)
-                .output_json(&json!({ "value": value }))
-        }
-    }
-
-    #[test]
-    fn runs_declare_then_execute_on_the_declared_keys() {
-        let out = run::<Add>(
-            r#"{"key": "n", "by": 2}"#,
-            &[("n", "5"), ("limit", "10"), ("other", "x")],
-        )
-        .unwrap();
-        assert_eq!(out.access, Access::new().read("limit").write("n"));
-        assert_eq!(out.writes, BTreeMap::from([("n".into(), Some("7".into()))]));
-        assert_eq!(out.output, json!({ "value": 7 }));
-    }
-
-    #[test]
-    fn missing_keys_are_absent() {
-        let err = run::<Add>(r#"{"key": "n", "by": 2}"#, &[]).unwrap_err();
-        assert_eq!(err, Abort::new("over_limit", "2 is over the limit"));
-    }
-
-    #[test]
-    fn malformed_input_is_bad_input() {
-        for input in [
-            "",
-            "[]",
-            r#"{"key": "n"}"#,
-            r#"{"key": "n", "by": 0}"#,
-            r#"{"key": "n", "by": 1, "extra": 1}"#,
-        ] {
-            let err = run::<Add>(input, &[]).unwrap_err();
-            assert_eq!(err.code, "bad_input", "{input}: {err}");
-        }
-        let err = declare::<Add>(r#"{"key": "n", "by": -1}"#).unwrap_err();
-        assert!(
-            err.message.contains("expected a positive 64-bit integer"),
-            "{}",
-            err.message
-        );
-    }
-
-    #[test]
-    fn stored_garbage_and_overflow_abort() {
-        let input = r#"{"key": "n", "by": 1}"#;
-        let err = run::<Add>(input, &[("n", "seven")]).unwrap_err();
-        assert_eq!(err.code, "bad_value");
-        let err = run::<Add>(input, &[("n", &i64::MAX.to_string())]).unwrap_err();
-        assert_eq!(err.code, "overflow");
-    }
-
-    /// Writes a key it never declared.
-    struct Sneaky;
-
-    impl Participant for Sneaky {
-        type Input = ();
-
-        fn declare(_: &()) -> Result<Access, Abort> {
-            Ok(Access::new().read("a"))
-        }
-
-        fn execute(_: &(), _: &Snapshot) -> Result<Outcome, Abort> {
-            Ok(Outcome::new().delete("a"))
-        }
-    }
-
-    #[test]
-    #[should_panic(expected = "execute() wrote key `a`, which declare() did not return as a write")]
-    fn undeclared_write_panics() {
-        let _ = run::<Sneaky>("null", &[]);
-    }
-
-    /// Reads a key it never declared.
-    struct Nosy;
-
-    impl Participant for Nosy {
-        type Input = ();
-
-        fn declare(_: &()) -> Result<Access, Abort> {
-            Ok(Access::new())
-        }
-
-        fn execute(_: &(), snapshot: &Snapshot) -> Result<Outcome, Abort> {
-            snapshot.get("secret")?;
-            Ok(Outcome::new())
-        }
-    }
-
-    #[test]
-    fn undeclared_read_aborts() {
-        let err = run::<Nosy>("null", &[("secret", "x")]).unwrap_err();
-        assert_eq!(err.code, "undeclared_key");
-    }
-
-    /// Answers differently each time: what the host must never see.
-    struct Fickle;
-
-    impl Participant for Fickle {
-        type Input = ();
-
-        fn declare(_: &()) -> Result<Access, Abort> {
-            Ok(Access::new())
-        }
-
-        fn execute(_: &(), _: &Snapshot) -> Result<Outcome, Abort> {
-            use std::sync::atomic::{AtomicU32, Ordering};
-            static CALLS: AtomicU32 = AtomicU32::new(0);
-            Ok(Outcome::new().output(CALLS.fetch_add(1, Ordering::Relaxed).to_string()))
-        }
-    }
-
-    #[test]
-    #[should_panic(expected = "participants must be deterministic")]
-    fn nondeterminism_panics() {
-        let _ = run::<Fickle>("null", &[]);
-    }
-
-    /// Returns non-JSON output.
-    struct Plain;
-
-    impl Participant for Plain {
-        type Input = ();
-
-        fn declare(_: &()) -> Result<Access, Abort> {
-            Ok(Access::new())
-        }
-
-        fn execute(_: &(), _: &Snapshot) -> Result<Outcome, Abort> {
-            Ok(Outcome::new().output("not json"))
-        }
-    }
-
-    #[test]
-    fn non_json_output_is_a_string() {
-        assert_eq!(run::<Plain>("null", &[]).unwrap().output, json!("not json"));
     }
 }

@@ -1,11 +1,21 @@
-//! Transactions of several steps on an in-memory store: see [`Store`].
+//! The in-memory store transactions run on: see [`Store`].
 
 use std::collections::BTreeMap;
 
-use crate::{Abort, Access, Outcome, Participant, Snapshot, component};
+use super::data::{self, Data, Entry, Keys, StreamEntry};
+use super::rules::Limits;
+use super::txn::{Transaction, TxnAbort};
+use crate::snapshot::ranks;
+use crate::{Kind, Participant};
 
-/// An in-memory store of binary values, on which [`Transaction`]s run as
-/// the host runs them.
+/// An in-memory store of typed values (strings, hashes, sets, sorted sets,
+/// streams, lists, all binary) on which [`Transaction`]s run as the host
+/// runs them.
+///
+/// Its methods are named after the Redis commands that do the same, to set
+/// up data before a test and look at it after. They refer to full keys (a
+/// participant's prefix included), and panic on a key of another type, as
+/// Redis answers `WRONGTYPE`: that is a mistake in the test.
 ///
 /// ```
 /// # use redstage_guest::{Abort, Access, Outcome, Participant, Snapshot};
@@ -21,322 +31,243 @@ use crate::{Abort, Access, Outcome, Participant, Snapshot, component};
 /// use redstage_guest::testing::Store;
 ///
 /// let mut store = Store::new();
-/// store.set("n", "40");
+/// store.set("n", "40").sadd("tags", "x").hset("user:{a}", "sent", "3");
 /// let outputs = store.transaction().step::<Add>("1").step::<Add>("1").run().unwrap();
 /// assert_eq!(outputs, [serde_json::json!(41), serde_json::json!(42)]);
 /// assert_eq!(store.get("n"), Some(&b"42"[..]));
+/// assert!(store.sismember("tags", "x"));
 /// ```
-#[derive(Debug, Clone, Default, PartialEq, Eq)]
+#[derive(Debug, Clone, Default, PartialEq)]
 pub struct Store {
-    values: BTreeMap<String, Vec<u8>>,
+    pub(super) keys: Keys,
+    pub(super) limits: Limits,
 }
+
+// Scores are never NaN: `zadd` refuses them.
+impl Eq for Store {}
 
 impl Store {
     pub fn new() -> Store {
         Store::default()
     }
 
-    /// Sets `key` (a full key: a participant's prefix included).
-    pub fn set(&mut self, key: impl Into<String>, value: impl Into<Vec<u8>>) -> &mut Store {
-        self.values.insert(key.into(), value.into());
+    /// Sets the limits every step runs under (by default the host's).
+    pub fn set_limits(&mut self, limits: Limits) -> &mut Store {
+        self.limits = limits;
         self
     }
 
-    /// The value of `key`, if it exists.
-    pub fn get(&self, key: &str) -> Option<&[u8]> {
-        self.values.get(key).map(Vec::as_slice)
-    }
-
-    /// Every key and value.
-    pub fn values(&self) -> &BTreeMap<String, Vec<u8>> {
-        &self.values
+    /// The limits every step runs under.
+    pub fn limits(&self) -> &Limits {
+        &self.limits
     }
 
     /// A transaction on this store, to add steps to and run.
     pub fn transaction(&mut self) -> Transaction<'_> {
-        Transaction {
-            store: self,
-            steps: Vec::new(),
-        }
-    }
-}
-
-/// The two calls of one participant type.
-type Declare = fn(&[u8]) -> Result<Access, Abort>;
-type Execute = fn(&[u8], &Snapshot) -> Result<Outcome, Abort>;
-
-/// One step to run.
-struct Step {
-    name: &'static str,
-    prefix: String,
-    input: Vec<u8>,
-    declare: Declare,
-    execute: Execute,
-}
-
-/// Steps of one or more participants, run in order against one [`Store`]
-/// by [`Transaction::run`] as the host runs them:
-///
-/// 1. `declare` of every step, before any value is read; an abort there
-///    aborts the transaction;
-/// 2. `execute` of each step in order, on a snapshot of exactly its
-///    declared keys as the transaction sees them: the store plus the
-///    writes of the steps before it;
-/// 3. writes checked against the declared keys, adjustments applied with
-///    their bounds checked against the value so far; an abort, or an
-///    adjustment out of bounds, aborts the transaction;
-/// 4. all writes applied to the store only if every step succeeded.
-///
-/// Each step's keys are under its prefix ([`Transaction::step_in`]), as a
-/// participant's are under the one its manifest gives it. A broken
-/// contract (an undeclared write, an empty key, different answers to the
-/// same call) panics, as it fails the step in the host.
-pub struct Transaction<'s> {
-    store: &'s mut Store,
-    steps: Vec<Step>,
-}
-
-impl std::fmt::Debug for Transaction<'_> {
-    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-        let names: Vec<&str> = self.steps.iter().map(|s| s.name).collect();
-        f.debug_struct("Transaction")
-            .field("steps", &names)
-            .finish()
-    }
-}
-
-/// Why a [`Transaction`] aborted: the step and its abort.
-#[derive(Debug, Clone, PartialEq, Eq)]
-pub struct TxnAbort {
-    /// The index of the step that aborted.
-    pub step: usize,
-    pub abort: Abort,
-}
-
-/// A transaction's view of the keys it wrote: `None` for a deleted one.
-type View = BTreeMap<String, Option<Vec<u8>>>;
-
-impl Transaction<'_> {
-    /// A step of `P` whose keys are the store's keys as they are.
-    pub fn step<P: Participant>(self, input_json: &str) -> Self {
-        self.step_in::<P>("", input_json)
+        Transaction::new(self)
     }
 
-    /// A step of `P` whose keys live under `prefix` in the store.
-    pub fn step_in<P: Participant>(mut self, prefix: &str, input_json: &str) -> Self {
-        self.steps.push(Step {
-            name: std::any::type_name::<P>(),
-            prefix: prefix.to_owned(),
-            input: input_json.as_bytes().to_vec(),
-            declare: component::declare::<P>,
-            execute: component::execute::<P>,
-        });
+    /// Runs a transaction of one step of `P` on `input_json`, whose keys are
+    /// the store's as they are: its output, or why it aborted.
+    pub fn run<P: Participant>(&mut self, input_json: &str) -> Result<serde_json::Value, TxnAbort> {
+        let mut outputs = self.transaction().step::<P>(input_json).run()?;
+        Ok(outputs.remove(0))
+    }
+
+    fn data(&self, key: &str, kind: Kind) -> Option<&Data> {
+        let data = &self.keys.get(key)?.data;
+        assert_eq!(
+            data.kind(),
+            kind,
+            "`{key}` holds a {}, not a {}",
+            data.kind().name(),
+            kind.name()
+        );
+        Some(data)
+    }
+
+    /// The type of `key`, `None` if it does not exist (`TYPE`).
+    pub fn key_type(&self, key: &str) -> Option<Kind> {
+        self.keys.get(key).map(|e| e.data.kind())
+    }
+
+    /// Whether `key` exists (`EXISTS`).
+    pub fn exists(&self, key: &str) -> bool {
+        self.keys.contains_key(key)
+    }
+
+    /// Removes `key`, whatever it holds (`DEL`).
+    pub fn delete(&mut self, key: &str) -> &mut Store {
+        self.keys.remove(key);
         self
     }
 
-    /// Runs the steps; on success, applies their writes to the store and
-    /// returns each step's output (JSON, or a string when it is not JSON,
-    /// `null` when there is none). On an abort the store is unchanged.
-    pub fn run(self) -> Result<Vec<serde_json::Value>, TxnAbort> {
-        let aborted = |step: usize| move |abort: Abort| TxnAbort { step, abort };
-        let mut declared = Vec::with_capacity(self.steps.len());
-        for (i, step) in self.steps.iter().enumerate() {
-            let access = twice("declare()", || (step.declare)(&step.input)).map_err(aborted(i))?;
-            for key in access
-                .reads()
-                .chain(access.writes())
-                .chain(access.adjusts())
-            {
-                assert!(
-                    !key.is_empty(),
-                    "{}: declare() returned an empty key",
-                    step.name
-                );
-            }
-            declared.push(access);
-        }
-        let mut view = View::new();
-        let mut outputs = Vec::with_capacity(self.steps.len());
-        for (i, (step, access)) in self.steps.iter().zip(&declared).enumerate() {
-            let outcome = self.execute(step, access, &view).map_err(aborted(i))?;
-            apply(step, access, &outcome, &mut view, |key| {
-                self.store.values.get(key).cloned()
-            })
-            .map_err(aborted(i))?;
-            outputs.push(super::output_json(outcome.output_bytes()));
-        }
-        for (key, value) in view {
-            match value {
-                Some(value) => self.store.values.insert(key, value),
-                None => self.store.values.remove(&key),
-            };
-        }
-        Ok(outputs)
+    /// The TTL recorded for `key` in ms (`PTTL`; time does not pass here):
+    /// `None` if the key has none or does not exist.
+    pub fn pttl(&self, key: &str) -> Option<u64> {
+        self.keys.get(key)?.ttl_ms
     }
 
-    /// `execute` of `step` on a snapshot of its declared keys as `view`
-    /// sees them.
-    fn execute(&self, step: &Step, access: &Access, view: &View) -> Result<Outcome, Abort> {
-        let snapshot = Snapshot::from_entries(access.reads().chain(access.writes()).map(|key| {
-            let full = format!("{}{key}", step.prefix);
-            let value = match view.get(&full) {
-                Some(value) => value.clone(),
-                None => self.store.values.get(&full).cloned(),
-            };
-            (key.to_owned(), value)
-        }));
-        twice("execute()", || (step.execute)(&step.input, &snapshot))
+    /// Records a TTL of `ttl_ms` for `key`, if it exists (`PEXPIRE`).
+    pub fn pexpire(&mut self, key: &str, ttl_ms: u64) -> &mut Store {
+        if let Some(entry) = self.keys.get_mut(key) {
+            entry.ttl_ms = Some(ttl_ms);
+        }
+        self
     }
-}
 
-/// Applies a step's writes and adjustments to `view` (`stored`: a key's
-/// value before the transaction), checking them against what it declared.
-fn apply(
-    step: &Step,
-    access: &Access,
-    outcome: &Outcome,
-    view: &mut View,
-    stored: impl Fn(&str) -> Option<Vec<u8>>,
-) -> Result<(), Abort> {
-    let full = |key: &str| format!("{}{key}", step.prefix);
-    for (key, value) in outcome.writes() {
-        assert!(
-            access.is_writable(key),
-            "{}: execute() wrote key `{key}`, which declare() did not return as a write",
-            step.name
-        );
-        view.insert(full(key), value.map(<[u8]>::to_vec));
-    }
-    for a in outcome.adjustments() {
-        assert!(
-            access.is_adjustable(&a.key),
-            "{}: execute() adjusted key `{}`, which declare() did not return as adjusted or written",
-            step.name,
-            a.key
-        );
-        let key = full(&a.key);
-        let current = match view.get(&key) {
-            Some(value) => value.clone(),
-            None => stored(&key),
+    /// Sets the string `key` (`SET`; a key of another type is replaced,
+    /// its TTL dropped).
+    pub fn set(&mut self, key: impl Into<String>, value: impl Into<Vec<u8>>) -> &mut Store {
+        let entry = Entry {
+            data: Data::String(value.into()),
+            ttl_ms: None,
         };
-        let current = super::integer(&a.key, current.as_deref())?;
-        let value = current
-            .checked_add(a.delta)
-            .filter(|v| a.bounds.contain(*v))
-            .ok_or_else(|| a.abort.clone())?;
-        view.insert(key, Some(value.to_string().into_bytes()));
-    }
-    Ok(())
-}
-
-/// Calls `f` twice and requires the same answer: the host may call a
-/// participant again and relies on it being deterministic.
-fn twice<T: PartialEq + std::fmt::Debug>(
-    what: &str,
-    f: impl Fn() -> Result<T, Abort>,
-) -> Result<T, Abort> {
-    let first = f();
-    assert_eq!(
-        first,
-        f(),
-        "{what} answered differently for the same input: participants must be deterministic"
-    );
-    first
-}
-
-#[cfg(test)]
-mod tests {
-    use serde::Deserialize;
-    use serde_json::json;
-
-    use super::*;
-    use crate::{Bounds, Positive};
-
-    /// Takes `qty` of `stock`, never below 0 (an adjustment).
-    struct Take;
-
-    #[derive(Deserialize)]
-    struct TakeInput {
-        qty: Positive,
+        self.keys.insert(key.into(), entry);
+        self
     }
 
-    impl Participant for Take {
-        type Input = TakeInput;
-
-        fn declare(_: &TakeInput) -> Result<Access, Abort> {
-            Ok(Access::new().adjust("stock"))
-        }
-
-        fn execute(input: &TakeInput, _: &Snapshot) -> Result<Outcome, Abort> {
-            let abort = Abort::new("insufficient_stock", "not enough");
-            Outcome::new()
-                .adjust("stock", -input.qty.get(), Bounds::at_least(0), abort)
-                .output_json(&input.qty)
+    /// The value of the string `key`, if it exists (`GET`).
+    pub fn get(&self, key: &str) -> Option<&[u8]> {
+        match self.data(key, Kind::String)? {
+            Data::String(value) => Some(value),
+            _ => unreachable!("data() checked the type"),
         }
     }
 
-    /// Copies the bytes of `from` to `to`, both its own keys.
-    struct Copy;
-
-    #[derive(Deserialize)]
-    struct CopyInput {
-        from: String,
-        to: String,
+    /// Every string and its value (keys of other types are not listed).
+    pub fn values(&self) -> BTreeMap<String, Vec<u8>> {
+        self.keys
+            .iter()
+            .filter_map(|(key, entry)| match &entry.data {
+                Data::String(value) => Some((key.clone(), value.clone())),
+                _ => None,
+            })
+            .collect()
     }
 
-    impl Participant for Copy {
-        type Input = CopyInput;
-
-        fn declare(input: &CopyInput) -> Result<Access, Abort> {
-            Ok(Access::new()
-                .read(input.from.as_str())
-                .write(input.to.as_str()))
+    /// Sets `field` of the hash `key` (`HSET`).
+    pub fn hset(&mut self, key: &str, field: &str, value: impl Into<Vec<u8>>) -> &mut Store {
+        if let Data::Hash(hash) = data::slot(&mut self.keys, key, Kind::Hash) {
+            hash.insert(field.to_owned(), value.into());
         }
+        self
+    }
 
-        fn execute(input: &CopyInput, snapshot: &Snapshot) -> Result<Outcome, Abort> {
-            let value = snapshot.get(&input.from)?.unwrap_or_default().to_vec();
-            Ok(Outcome::new().set(input.to.as_str(), value))
+    /// The value of `field` of the hash `key` (`HGET`).
+    pub fn hget(&self, key: &str, field: &str) -> Option<&[u8]> {
+        match self.data(key, Kind::Hash)? {
+            Data::Hash(hash) => hash.get(field).map(Vec::as_slice),
+            _ => unreachable!("data() checked the type"),
         }
     }
 
-    #[test]
-    fn steps_see_earlier_writes_under_their_own_prefixes_with_binary_values() {
-        let mut store = Store::new();
-        store
-            .set("inv:stock", "5")
-            .set("raw:blob", vec![0u8, 159, 146, 150]);
-        let outputs = store
-            .transaction()
-            .step_in::<Take>("inv:", r#"{"qty": 2}"#)
-            .step_in::<Copy>("raw:", r#"{"from": "blob", "to": "copy"}"#)
-            .step_in::<Copy>("raw:", r#"{"from": "copy", "to": "again"}"#)
-            .run()
-            .expect("committed");
-        assert_eq!(outputs, [json!(2), json!(null), json!(null)]);
-        assert_eq!(store.get("inv:stock"), Some(&b"3"[..]));
-        assert_eq!(store.get("raw:again"), Some(&[0u8, 159, 146, 150][..]));
+    /// The fields of the hash `key` and their values, by field (`HGETALL`).
+    pub fn hgetall(&self, key: &str) -> Vec<(&str, &[u8])> {
+        match self.data(key, Kind::Hash) {
+            Some(Data::Hash(hash)) => hash
+                .iter()
+                .map(|(f, v)| (f.as_str(), v.as_slice()))
+                .collect(),
+            _ => Vec::new(),
+        }
     }
 
-    #[test]
-    fn an_abort_or_a_broken_bound_leaves_the_store_unchanged() {
-        let mut store = Store::new();
-        store.set("stock", "3");
-        let before = store.clone();
-        let err = store
-            .transaction()
-            .step::<Copy>(r#"{"from": "stock", "to": "seen"}"#)
-            .step::<Take>(r#"{"qty": 2}"#)
-            .step::<Take>(r#"{"qty": 2}"#)
-            .run()
-            .expect_err("the second take breaks the bound");
-        assert_eq!(err.step, 2);
-        assert_eq!(err.abort.code, "insufficient_stock");
-        assert_eq!(store, before);
-        let err = store
-            .transaction()
-            .step::<Take>("{}")
-            .run()
-            .expect_err("bad input");
-        assert_eq!((err.step, err.abort.code.as_str()), (0, "bad_input"));
+    /// Adds `member` to the set `key` (`SADD`).
+    pub fn sadd(&mut self, key: &str, member: &str) -> &mut Store {
+        if let Data::Set(set) = data::slot(&mut self.keys, key, Kind::Set) {
+            set.insert(member.to_owned());
+        }
+        self
+    }
+
+    /// Whether `member` is in the set `key` (`SISMEMBER`).
+    pub fn sismember(&self, key: &str, member: &str) -> bool {
+        matches!(self.data(key, Kind::Set), Some(Data::Set(set)) if set.contains(member))
+    }
+
+    /// The members of the set `key`, sorted (`SMEMBERS`).
+    pub fn smembers(&self, key: &str) -> Vec<&str> {
+        match self.data(key, Kind::Set) {
+            Some(Data::Set(set)) => set.iter().map(String::as_str).collect(),
+            _ => Vec::new(),
+        }
+    }
+
+    /// Adds `member` to the sorted set `key` with `score`, or changes its
+    /// score (`ZADD`).
+    ///
+    /// # Panics
+    ///
+    /// On a NaN score, which Redis refuses.
+    pub fn zadd(&mut self, key: &str, score: f64, member: &str) -> &mut Store {
+        assert!(!score.is_nan(), "a sorted set's score is not NaN");
+        if let Data::Zset(zset) = data::slot(&mut self.keys, key, Kind::Zset) {
+            zset.insert(member.to_owned(), score);
+        }
+        self
+    }
+
+    /// The score of `member` in the sorted set `key` (`ZSCORE`).
+    pub fn zscore(&self, key: &str, member: &str) -> Option<f64> {
+        match self.data(key, Kind::Zset)? {
+            Data::Zset(zset) => zset.get(member).copied(),
+            _ => unreachable!("data() checked the type"),
+        }
+    }
+
+    /// The members of the sorted set `key` from rank `start` to `stop`,
+    /// with their scores, by score (`ZRANGE key start stop WITHSCORES`).
+    pub fn zrange(&self, key: &str, start: i64, stop: i64) -> Vec<(String, f64)> {
+        let Some(Data::Zset(zset)) = self.data(key, Kind::Zset) else {
+            return Vec::new();
+        };
+        let ranked = Data::ranked(zset);
+        ranked[ranks(ranked.len(), start, stop)].to_vec()
+    }
+
+    /// Appends an entry to the stream `key` (`XADD key * field value ...`).
+    pub fn xadd<F: Into<String>, V: Into<Vec<u8>>>(
+        &mut self,
+        key: &str,
+        fields: impl IntoIterator<Item = (F, V)>,
+    ) -> &mut Store {
+        let fields = fields
+            .into_iter()
+            .map(|(f, v)| (f.into(), v.into()))
+            .collect();
+        data::xadd(&mut self.keys, key, fields, None);
+        self
+    }
+
+    /// The entries of the stream `key`, oldest first (`XRANGE key - +`).
+    pub fn xrange(&self, key: &str) -> &[StreamEntry] {
+        match self.data(key, Kind::Stream) {
+            Some(Data::Stream(entries)) => entries,
+            _ => &[],
+        }
+    }
+
+    /// Appends `values` at the tail of the list `key` (`RPUSH`).
+    pub fn rpush<V: Into<Vec<u8>>>(
+        &mut self,
+        key: &str,
+        values: impl IntoIterator<Item = V>,
+    ) -> &mut Store {
+        let values: Vec<Vec<u8>> = values.into_iter().map(Into::into).collect();
+        data::push(&mut self.keys, key, &values, true);
+        data::drop_if_gone(&mut self.keys, key);
+        self
+    }
+
+    /// The values of the list `key` from index `start` to `stop`, both
+    /// included, negative from the end (`LRANGE`).
+    pub fn lrange(&self, key: &str, start: i64, stop: i64) -> Vec<&[u8]> {
+        let Some(Data::List(list)) = self.data(key, Kind::List) else {
+            return Vec::new();
+        };
+        list.range(ranks(list.len(), start, stop))
+            .map(Vec::as_slice)
+            .collect()
     }
 }

@@ -16,14 +16,14 @@
 //!                            SCAN rs:{*}:locks per master,  the SCAN cursor, one
 //!                            then ZRANGE of each index      master at a time
 //!  decision records          SCAN rs:txn:* + MGET           the SCAN cursor
-//!  how a key is held         GET rs:{K}, HGET rs:{K}:a      (named keys)
+//!  how a key is held         HMGET rs:{K}                   (named keys)
 //!  an idempotency claim      GET rs:idem:<key>              (a named key)
 //! ```
 
 use futures::future::join_all;
 use redis::Value;
 
-use super::keys::{IndexEntry, Key, SLOT_INDEX_PATTERN};
+use super::keys::{IndexEntry, Key, SLOT_INDEX_PATTERN, Target};
 use super::{Mode, Store, StoreError};
 
 /// Elements one `SCAN`, `ZSCAN` or `ZRANGE` call of a listing looks at, at
@@ -42,8 +42,8 @@ pub struct Indexed {
     pub deadline_ms: i64,
 }
 
-/// How one transaction holds one key right now, read from the key's lock
-/// table entry (and its adjusters, in adjust mode).
+/// How one transaction holds one target right now, read from the key's lock
+/// table (its lock entry and, in adjust mode, its adjuster field).
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct Hold {
     pub mode: Mode,
@@ -262,17 +262,17 @@ impl Store {
         self.query(&get).await
     }
 
-    /// How each `(key, txn)` is held right now: `None` where `txn` no
-    /// longer holds `key`, or where its lock table entry is not one this
-    /// protocol reads (a first-protocol hash).
-    pub async fn holds(&self, pairs: &[(&str, &str)]) -> Result<Vec<Option<Hold>>, StoreError> {
+    /// How each `(target, txn)` is held right now: `None` where `txn` no
+    /// longer holds the target, where it only appends to it (appends take
+    /// no lock), or where its lock table is not one this protocol reads.
+    pub async fn holds(&self, pairs: &[(&Target, &str)]) -> Result<Vec<Option<Hold>>, StoreError> {
         if pairs.is_empty() {
             return Ok(Vec::new());
         }
         if !self.is_cluster() {
             return self.holds_in(pairs).await;
         }
-        // Each key's entry and adjusters share its slot; other keys may not.
+        // A key's lock table shares its slot; other keys may not.
         let each = join_all(
             pairs
                 .iter()
@@ -285,23 +285,32 @@ impl Store {
         Ok(holds)
     }
 
-    /// [`Store::holds`] in one pipeline (keys of one node).
-    async fn holds_in(&self, pairs: &[(&str, &str)]) -> Result<Vec<Option<Hold>>, StoreError> {
+    /// [`Store::holds`] in one pipeline (keys of one node): the target's
+    /// lock entry and its adjuster field for `txn`, of the key's lock table
+    /// (see `scripts`).
+    async fn holds_in(&self, pairs: &[(&Target, &str)]) -> Result<Vec<Option<Hold>>, StoreError> {
         let mut pipe = redis::pipe();
         pipe.ignore_errors();
-        for (key, txn) in pairs {
-            pipe.cmd("GET").arg(Key::Meta(key).encode());
-            pipe.cmd("HGET")
-                .arg(Key::Adjusters(key).encode())
-                .arg(format!("t:{txn}"));
+        for (target, txn) in pairs {
+            let (lock, adjusters) = match &target.part {
+                Some(part) => (format!("p:{part}"), format!("A{}:{part}:", part.len())),
+                None => ("w".to_owned(), String::new()),
+            };
+            pipe.cmd("HMGET")
+                .arg(Key::Meta(&target.key).encode())
+                .arg(lock)
+                .arg(format!("{adjusters}t:{txn}"));
         }
         let mut conn = self.conn.clone();
         let replies: Vec<Value> = self.bounded(pipe.query_async(&mut conn)).await?;
         Ok(pairs
             .iter()
-            .zip(replies.chunks(2))
-            .map(|((_, txn), replies)| match replies {
-                [Value::BulkString(meta), adjuster] => hold(meta, adjuster, txn),
+            .zip(replies)
+            .map(|((_, txn), reply)| match reply {
+                Value::Array(fields) => match &fields[..] {
+                    [Value::BulkString(lock), adjuster] => hold(lock, adjuster, txn),
+                    _ => None,
+                },
                 _ => None,
             })
             .collect())

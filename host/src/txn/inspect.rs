@@ -49,7 +49,7 @@ use sha2::{Digest, Sha256};
 use super::types::{AbortInfo, LookupStatus, Record};
 use super::{Coordinator, TxnError, is_txn_id};
 use crate::store::inspect::{Hold, Indexed};
-use crate::store::{IndexEntry, Mode, Store, StoreError};
+use crate::store::{IndexEntry, Mode, Store, StoreError, Target};
 
 /// The rows a listing answers when the request names no `limit`.
 pub const LIST_LIMIT_DEFAULT: usize = 100;
@@ -134,6 +134,10 @@ pub struct LockSummary {
     pub store: String,
     /// The Redis key (the participant's prefix included).
     pub key: String,
+    /// The hash field, set member or sorted set member locked, when the
+    /// lock is on one of them rather than on the key whole.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub part: Option<String>,
     /// The participant whose prefix the key has, if any runs here.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub participant: Option<String>,
@@ -488,7 +492,11 @@ impl Coordinator {
             lease_left_ms = lease_left_ms.min(indexed.deadline_ms - now);
             stores.insert(store.name().to_owned());
             if let Ok(e) = &indexed.entry {
-                participants.extend(e.keys.iter().filter_map(|k| self.owner(store.name(), k)));
+                participants.extend(
+                    e.keys
+                        .iter()
+                        .filter_map(|k| self.owner(store.name(), &k.key)),
+                );
             }
         }
         Ok(self.summary(
@@ -528,7 +536,7 @@ impl Coordinator {
             Record::Committed { stores: works } => {
                 for (name, work) in works {
                     stores.insert(name.clone());
-                    participants.extend(work.keys.iter().filter_map(|k| self.owner(name, k)));
+                    participants.extend(work.keys.iter().filter_map(|k| self.owner(name, &k.key)));
                 }
                 (LookupStatus::Committed, !works.is_empty(), None)
             }
@@ -582,7 +590,7 @@ impl Coordinator {
         self.registry
             .all()
             .into_iter()
-            .find(|p| p.store == store && key.starts_with(&p.prefix))
+            .find(|p| p.store == store && p.namespaces().iter().any(|n| key.starts_with(n)))
             .map(|p| p.name.clone())
     }
 
@@ -622,13 +630,22 @@ impl Coordinator {
         })
     }
 
-    fn lock_row(&self, store: &Store, key: &str, txn: &str, hold: Hold, now: i64) -> LockSummary {
+    fn lock_row(
+        &self,
+        store: &Store,
+        target: &Target,
+        txn: &str,
+        hold: Hold,
+        now: i64,
+    ) -> LockSummary {
         LockSummary {
             store: store.name().to_owned(),
-            key: key.to_owned(),
-            participant: self.owner(store.name(), key),
+            key: target.key.clone(),
+            part: target.part.clone(),
+            participant: self.owner(store.name(), &target.key),
             mode: match hold.mode {
-                Mode::Shared | Mode::Read => LockMode::Shared,
+                // Appends take no lock: a hold is never one.
+                Mode::Shared | Mode::Read | Mode::Append => LockMode::Shared,
                 Mode::Exclusive => LockMode::Exclusive,
                 Mode::Adjust => LockMode::Adjust,
             },
@@ -757,8 +774,8 @@ struct Locks<'a> {
 }
 
 impl Listing for Locks<'_> {
-    /// A key and its holder.
-    type Item = (String, String);
+    /// A holder and what it holds.
+    type Item = (String, Target);
     type Row = LockSummary;
 
     fn sources(&self) -> usize {
@@ -774,9 +791,11 @@ impl Listing for Locks<'_> {
         let (next, page) = store.index_page(part, scan).await?;
         let mut items = Vec::new();
         for entry in page.into_iter().filter_map(|i| i.entry.ok()) {
-            for key in &entry.keys {
-                let sort = digest(&[entry.txn.as_bytes(), key.as_bytes()]);
-                items.push((sort, (entry.txn.clone(), key.clone())));
+            for target in &entry.keys {
+                let mut parts = vec![entry.txn.as_bytes(), target.key.as_bytes()];
+                parts.extend(target.part.as_ref().map(|p| p.as_bytes()));
+                let sort = digest(&parts);
+                items.push((sort, (entry.txn.clone(), target.clone())));
             }
         }
         Ok((next, items))
@@ -788,10 +807,7 @@ impl Listing for Locks<'_> {
         items: Vec<Self::Item>,
     ) -> Result<Vec<Option<LockSummary>>, TxnError> {
         let store = self.sources[source].0;
-        let pairs: Vec<(&str, &str)> = items
-            .iter()
-            .map(|(t, k)| (k.as_str(), t.as_str()))
-            .collect();
+        let pairs: Vec<(&Target, &str)> = items.iter().map(|(t, k)| (k, t.as_str())).collect();
         let holds = store.holds(&pairs).await?;
         let now = store.now_ms().await?;
         Ok(items

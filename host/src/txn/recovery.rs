@@ -514,7 +514,7 @@ async fn apply_work(
 /// The targets of an index entry, key by key, with nothing to change: what
 /// releases them. (The mode is the scripts' to find: they release whatever
 /// lock the transaction holds.)
-fn released(targets: &[Target]) -> Vec<WorkKey> {
+pub(super) fn released(targets: &[Target]) -> Vec<WorkKey> {
     let mut keys: Vec<WorkKey> = Vec::new();
     for t in targets {
         let target = (t.part.clone(), Mode::Exclusive);

@@ -38,7 +38,7 @@ use serde::Serialize;
 use super::types::{AbortInfo, Record, Status};
 use super::{Coordinator, is_txn_id};
 use crate::store::inspect::Indexed;
-use crate::store::{IndexEntry, Store, StoreError, Write};
+use crate::store::{IndexEntry, Store, StoreError};
 
 pub use super::RECOVERED;
 
@@ -498,8 +498,7 @@ impl Coordinator {
         store: &Store,
         entry: &IndexEntry,
     ) -> Result<(), StoreError> {
-        let keys: Vec<(String, Option<Write>)> =
-            entry.keys.iter().map(|k| (k.clone(), None)).collect();
+        let keys = super::recovery::released(&entry.keys);
         self.release_keys(store, &entry.txn, &entry.encode(), &keys)
             .await
     }
