@@ -21,7 +21,7 @@ npm ci --no-audit --no-fund --silent
 mkdir -p "$root/target/js"
 out="$root/target/js/payments_js.wasm"
 npx --no-install componentize-js payments.js \
-    --wit "$root/wit/v0.2/participant.wit" --world-name participant \
+    --wit "$root/wit/v0.2" --world-name participant \
     --disable random clocks http fetch-event \
     -o "$out.tmp"
 mv "$out.tmp" "$out"

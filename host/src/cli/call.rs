@@ -521,7 +521,10 @@ fn write_json(write: &guest::Write) -> Value {
         })
     };
     match &write.op {
-        Op::Set((value, ttl)) => json!({"set": key, "value": value_json(value), "ttl_ms": ttl}),
+        Op::Set((value, None)) => json!({"set": key, "value": value_json(value)}),
+        Op::Set((value, Some(ttl))) => {
+            json!({"set": key, "value": value_json(value), "ttl_ms": ttl})
+        }
         Op::Delete => json!({"delete": key}),
         Op::Adjust(b) => {
             let mut v = bounded(b);
