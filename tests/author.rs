@@ -304,7 +304,14 @@ async fn call_runs_one_step_and_says_how_it_ended() {
     );
     assert!(printed["dropped_bytes"].as_u64() > Some(1000), "{report}");
 
-    let (code, report) = call(&[&built("memory-bomb"), "--input", "{}"]);
+    // (With time to spare: a busy machine must not turn it into a timeout.)
+    let (code, report) = call(&[
+        &built("memory-bomb"),
+        "--input",
+        "{}",
+        "--limits",
+        r#"{"call_time_ms":5000}"#,
+    ]);
     assert_eq!(
         (code, &report["failure"]["limit"]),
         (2, &json!("memory")),

@@ -42,7 +42,7 @@ async fn a_javascript_participant_runs_in_one_transaction_with_a_rust_one() {
     let query = "/v1/participants/payments?store=ledger&prefix=payments:";
     let (status, deployed) = request(host.addr, "PUT", query, &component).await;
     assert_eq!(status, 200, "{deployed}");
-    assert_eq!(deployed["contract"], "0.2.0", "{deployed}");
+    assert_eq!(deployed["contract"], "0.2.1", "{deployed}");
 
     let stocked = submit(
         host.addr,

@@ -81,13 +81,9 @@ async fn race(hosts: Vec<SocketAddr>, clients: usize, run: Duration) -> Tally {
                 while started.elapsed() < run {
                     let body = json!({"steps": [step("social", social_op(&mut rng))]});
                     let body = body.to_string();
-                    let sent = http::try_request(
-                        hosts[host],
-                        "POST",
-                        "/v1/transactions",
-                        body.as_bytes(),
-                    )
-                    .await;
+                    let sent =
+                        http::try_request(hosts[host], "POST", "/v1/transactions", body.as_bytes())
+                            .await;
                     match sent {
                         Ok((200, reply)) if reply["status"] == "committed" => tally.committed += 1,
                         Ok((200, reply)) => {
@@ -181,14 +177,21 @@ async fn follows_raced_with_a_host_killed_stay_symmetric() {
     let env = TestEnv::start_with(&["social"], &[social("social")], FAST, Persistence::None);
     let mut doomed = env.spawn_host(None);
     let survivor = env.spawn_host(None);
-    let race = tokio::spawn(race(vec![doomed.addr, survivor.addr], 8, Duration::from_secs(4)));
+    let race = tokio::spawn(race(
+        vec![doomed.addr, survivor.addr],
+        8,
+        Duration::from_secs(4),
+    ));
     tokio::time::sleep(Duration::from_secs(1)).await;
     doomed.kill();
     let tally = race.await.expect("the race");
     assert_eq!(env.leftovers().await, Vec::<String>::new());
     let (follows, messages) = audit(|_| env.redis("social"));
     println!("{tally:?}; {follows} follows and {messages} messages stand");
-    assert!(tally.committed > 20, "too few transactions to show anything: {tally:?}");
+    assert!(
+        tally.committed > 20,
+        "too few transactions to show anything: {tally:?}"
+    );
     assert!(tally.lost > 0, "the kill hit nothing in flight: {tally:?}");
 }
 
@@ -205,14 +208,21 @@ async fn follows_on_a_cluster_across_slots_stay_symmetric() {
     assert!(masters.len() > 1, "the users share one master: {masters:?}");
     let mut doomed = env.spawn_host(None);
     let survivor = env.spawn_host(None);
-    let race = tokio::spawn(race(vec![doomed.addr, survivor.addr], 8, Duration::from_secs(4)));
+    let race = tokio::spawn(race(
+        vec![doomed.addr, survivor.addr],
+        8,
+        Duration::from_secs(4),
+    ));
     tokio::time::sleep(Duration::from_secs(1)).await;
     doomed.kill();
     let tally = race.await.expect("the race");
     assert_eq!(env.leftovers().await, Vec::<String>::new());
     let (follows, messages) = audit(|k| env.node_of(k));
     println!("{tally:?}; {follows} follows and {messages} messages stand");
-    assert!(tally.committed > 20, "too few transactions to show anything: {tally:?}");
+    assert!(
+        tally.committed > 20,
+        "too few transactions to show anything: {tally:?}"
+    );
 }
 
 /// One follow and one message, with their answers and what they leave; a
@@ -291,7 +301,9 @@ async fn wrong_types_ttls_and_the_read_bound() {
     // A profile reads the whole hash: past read_items_max (1024) fields,
     // it is refused by the limit's name, and nothing is left locked.
     let fields: Vec<(String, i64)> = (0..1100).map(|i| (format!("f{i}"), i)).collect();
-    let _: () = redis.hset_multiple(key("user", "cat"), &fields).expect("HSET");
+    let _: () = redis
+        .hset_multiple(key("user", "cat"), &fields)
+        .expect("HSET");
     let r = run(json!({"op": "profile", "user": "cat"})).await;
     let abort = r.abort.expect("an abort");
     assert_eq!(
@@ -310,11 +322,28 @@ async fn wrong_types_ttls_and_the_read_bound() {
 #[tokio::test]
 async fn the_outbox_holds_exactly_the_committed_orders() {
     let participants = [
-        ParticipantSpec::built(Toolchain::Sdk, "inventory", "inventory", "orders", "inventory:"),
-        ParticipantSpec::built(Toolchain::Sdk, "payments", "payments", "ledger", "payments:"),
+        ParticipantSpec::built(
+            Toolchain::Sdk,
+            "inventory",
+            "inventory",
+            "orders",
+            "inventory:",
+        ),
+        ParticipantSpec::built(
+            Toolchain::Sdk,
+            "payments",
+            "payments",
+            "ledger",
+            "payments:",
+        ),
         ParticipantSpec::built(Toolchain::Sdk, "orders", "orders", "orders", "orders:"),
     ];
-    let env = TestEnv::start_with(&["orders", "ledger"], &participants, FAST, Persistence::None);
+    let env = TestEnv::start_with(
+        &["orders", "ledger"],
+        &participants,
+        FAST,
+        Persistence::None,
+    );
     env.stock_and_fund("A1", 5, "alice", 1000).await;
     let order = |id: &str| {
         json!({"steps": [
@@ -373,10 +402,18 @@ async fn the_outbox_holds_exactly_the_committed_orders() {
     let announced = placed.len();
     placed.sort();
     placed.dedup();
-    assert_eq!(placed.len(), announced, "an order announced twice: {events:?}");
+    assert_eq!(
+        placed.len(),
+        announced,
+        "an order announced twice: {events:?}"
+    );
     let orders: BTreeSet<String> = (0..points.len() + 6)
         .map(|i| format!("o{i}"))
-        .filter(|o| redis.exists(format!("orders:order:{{{o}}}")).expect("EXISTS"))
+        .filter(|o| {
+            redis
+                .exists(format!("orders:order:{{{o}}}"))
+                .expect("EXISTS")
+        })
         .collect();
     assert_eq!(placed.into_iter().collect::<BTreeSet<_>>(), orders);
     // The stock sold is the orders placed: 5 units, one per order.

@@ -400,7 +400,8 @@ pub(super) fn needs(op: &Op) -> String {
     match op {
         Op::Set { .. } => "`set` needs the string in write mode".to_owned(),
         Op::Delete => {
-            "`delete` needs the key whole in write mode (a string, hash, set or sorted set)".to_owned()
+            "`delete` needs the key whole in write mode (a string, hash, set or sorted set)"
+                .to_owned()
         }
         Op::Adjust(_) => "`adjust` needs the string in adjust or write mode".to_owned(),
         Op::Hset { field, .. } | Op::Hdel { field } => {

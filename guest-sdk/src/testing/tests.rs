@@ -792,15 +792,7 @@ fn ttls_are_set_kept_and_dropped_as_redis_does() {
         .collect();
     assert_eq!(
         ttls,
-        [
-            Some(500),
-            Some(1000),
-            None,
-            Some(70),
-            Some(500),
-            None,
-            None
-        ]
+        [Some(500), Some(1000), None, Some(70), Some(500), None, None]
     );
     assert!(!store.exists("missing"));
     script(

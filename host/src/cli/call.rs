@@ -481,7 +481,12 @@ fn access_json(access: &AccessSet) -> Value {
             "key": a.key,
             "kind": kind_name(a.kind),
             "target": target_json(&a.target),
-            "mode": format!("{:?}", a.mode).to_lowercase(),
+            "mode": match a.mode {
+                Mode::Read => "read",
+                Mode::Write => "write",
+                Mode::Adjust => "adjust",
+                Mode::Append => "append",
+            },
         })).collect::<Vec<_>>(),
     })
 }
