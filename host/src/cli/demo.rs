@@ -1,4 +1,5 @@
-//! `redstage demo`: an order across two Redis instances, shown step by step.
+//! `redstage demo`: an order across two Redis instances, with its event in
+//! an outbox, shown step by step.
 
 use std::path::PathBuf;
 use std::process::ExitCode;
@@ -24,7 +25,7 @@ pub async fn run(
     };
     let coordinator = super::coordinator(&config)?;
     super::check_durability(&coordinator).await?;
-    for name in ["inventory", "payments"] {
+    for name in ["inventory", "payments", "orders"] {
         if coordinator.registry().get(name).is_none() {
             bail!("the demo needs a participant named `{name}`");
         }
@@ -45,13 +46,35 @@ pub async fn run(
     let before = levels(&coordinator).await?;
     println!("\n# before: {before}");
 
-    println!("\n# order 1: 2 x A1 for 30, paid by alice -> commits on both stores");
-    let first = submit(&coordinator, order(2, 30)).await?;
-    println!("\n# order 2: 1 x A1 for 500, alice cannot pay -> aborts, nothing changes");
-    let second = submit(&coordinator, order(1, 500)).await?;
+    println!("\n# order o1: 2 x A1 for 30, paid by alice -> commits on both stores");
+    let first = submit(&coordinator, order("o1", 2, 30)).await?;
+    println!("\n# order o2: 1 x A1 for 500, alice cannot pay -> aborts, nothing changes");
+    let second = submit(&coordinator, order("o2", 1, 500)).await?;
 
     let after = levels(&coordinator).await?;
     println!("\n# after: {after}");
+    // The outbox: the event of the committed order, none of the other.
+    let orders = coordinator
+        .stores()
+        .find(|s| s.name() == "orders")
+        .context("the demo needs a store named `orders`")?;
+    let events: Vec<Value> = orders
+        .stream_head(OUTBOX, 10)
+        .await?
+        .into_iter()
+        .map(|fields| {
+            Value::Object(
+                fields
+                    .into_iter()
+                    .map(|(f, v)| (f, Value::String(v)))
+                    .collect(),
+            )
+        })
+        .collect();
+    println!(
+        "\n# events in `{OUTBOX}`: {}",
+        serde_json::to_string(&events)?
+    );
     // What the host still owes after its answers (releasing the last
     // read's locks), before the servers stop.
     coordinator.flush().await;
@@ -116,7 +139,8 @@ fn local(
 
 /// The config of the examples: inventory on store `orders` (which keeps
 /// the log, unless it is a Redis Cluster, which cannot: then `ledger`
-/// does) at `orders`, payments on `ledger`, their components in
+/// does) at `orders`, payments on `ledger`, and orders and social on
+/// `orders` where `components` holds them, their components in
 /// `components`; everything else default. A table, for callers that set
 /// more before they parse it.
 pub fn example_config(
@@ -143,10 +167,16 @@ pub fn example_config(
         .into())
     };
     let stores = table(vec![("orders", orders.into()), ("ledger", ledger.into())]);
-    let participants = table(vec![
+    let mut participants = table(vec![
         ("inventory", participant("inventory", "orders")?),
         ("payments", participant("payments", "ledger")?),
     ]);
+    // The examples of typed data, where they were built.
+    for name in ["orders", "social"] {
+        if components.join(format!("{name}.wasm")).exists() {
+            participants.insert(name.to_owned(), participant(name, "orders")?);
+        }
+    }
     Ok(table(vec![
         (
             "log_store",
@@ -164,12 +194,21 @@ fn step(participant: &str, input: Value) -> Value {
     json!({"participant": participant, "input": input})
 }
 
-fn order(qty: u64, amount: u64) -> Value {
+/// The stream the `orders` participant announces orders on.
+const OUTBOX: &str = "orders:events";
+
+/// An order of three steps: stock, payment, and the order recorded with
+/// its event in the outbox.
+fn order(id: &str, qty: u64, amount: u64) -> Value {
     json!([
         step("inventory", json!({"op":"deduct","sku":"A1","qty":qty})),
         step(
             "payments",
             json!({"op":"transfer","from":"alice","to":"shop","amount":amount})
+        ),
+        step(
+            "orders",
+            json!({"op":"place","order":id,"customer":"alice","sku":"A1","qty":qty,"total":amount})
         ),
     ])
 }

@@ -18,6 +18,7 @@
 //!  decision records          SCAN rs:txn:* + MGET           the SCAN cursor
 //!  how a key is held         HMGET rs:{K}                   (named keys)
 //!  an idempotency claim      GET rs:idem:<key>              (a named key)
+//!  a stream's first entries  XRANGE key - + COUNT n         (a named key)
 //! ```
 
 use futures::future::join_all;
@@ -314,6 +315,20 @@ impl Store {
                 _ => None,
             })
             .collect())
+    }
+
+    /// The first `max` entries of the stream `key` (none if it does not
+    /// exist), each as its fields and values, oldest first: what a reader
+    /// of an outbox sees.
+    pub async fn stream_head(
+        &self,
+        key: &str,
+        max: usize,
+    ) -> Result<Vec<Vec<(String, String)>>, StoreError> {
+        let mut range = redis::cmd("XRANGE");
+        range.arg(key).arg("-").arg("+").arg("COUNT").arg(max);
+        let entries: Vec<(String, Vec<(String, String)>)> = self.query(&range).await?;
+        Ok(entries.into_iter().map(|(_, fields)| fields).collect())
     }
 
     /// What the idempotency key `key` holds on this store: the claim of a
