@@ -11,7 +11,7 @@ cd "$(dirname "$0")/.."
 source scripts/setup.sh
 
 say "building the example participants (cargo build --target wasm32-unknown-unknown)"
-cargo build --release --quiet --target wasm32-unknown-unknown -p inventory -p payments
+cargo build --release --quiet --target wasm32-unknown-unknown -p inventory -p payments -p orders -p social
 say "building redstage-bench (cargo build --release)"
 cargo build --release --quiet -p redstage-bench
 mkdir -p target/bench

@@ -187,7 +187,7 @@ async fn redis_time(
 ) -> anyhow::Result<Vec<redis_time::Profile>> {
     let mut profiles = Vec::new();
     for &workload in &options.workloads {
-        for &system in &options.systems {
+        for &system in options.systems.iter().filter(|s| s.runs(workload)) {
             eprintln!("profiling {workload} {system}");
             let driver = Driver::new(system, stores, coordinator, http).await?;
             let space = options.key_space(workload);
@@ -236,7 +236,7 @@ async fn run_cell(
     });
     let mut after = stores.stats().await?;
     after.memory_bytes = stores.kept_bytes().await?;
-    let levels = stores.levels(&space, placement).await?;
+    let levels = stores.levels(workload, &space, placement).await?;
     let leftovers = stores.leftovers().await?;
     let audit = workload::Audit::new(workload, &space, &levels, &cell.tally, leftovers);
 

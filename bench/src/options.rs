@@ -52,12 +52,15 @@ pub struct Options {
     /// `order`: inventory deduct on `orders` + payment on `ledger`;
     /// `transfer`: one payment, one store; `hot`: orders all paying `shop`;
     /// `shop`: orders from 100 customers to 10 merchants; `flash`: orders
-    /// all taking the same SKU and paying `shop`.
+    /// all taking the same SKU and paying `shop`; `outbox`: `order` with
+    /// the order recorded and announced in a stream; `social`: follows,
+    /// unfollows and messages among the customers, a few popular (lua and
+    /// redstage only).
     #[arg(
         long,
         value_delimiter = ',',
         action = ArgAction::Set,
-        default_value = "order,shop,transfer,hot,flash"
+        default_value = "order,shop,transfer,hot,flash,outbox,social"
     )]
     pub workloads: Vec<Workload>,
     /// The stores' persistence, when the bench starts them: `none`, or
@@ -122,7 +125,7 @@ impl Options {
         let mut cells = Vec::new();
         for &workload in &self.workloads {
             for &concurrency in &self.concurrency {
-                for &system in &self.systems {
+                for &system in self.systems.iter().filter(|s| s.runs(workload)) {
                     cells.push((workload, concurrency, system));
                 }
             }

@@ -69,6 +69,8 @@ fn script_names() -> BTreeMap<String, &'static str> {
         ("CLAIM", s::CLAIM),
         ("SETTLE_CLAIM", s::SETTLE_CLAIM),
         ("order script", baselines::ORDER_LUA),
+        ("outbox script", baselines::OUTBOX_LUA),
+        ("social script", baselines::SOCIAL_LUA),
     ]
     .into_iter()
     .map(|(name, code)| (redis::Script::new(code).get_hash().to_owned(), name))

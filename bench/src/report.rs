@@ -229,7 +229,7 @@ pub fn table(report: &Report) -> String {
 /// The calibration's lines: one participant call of each example.
 pub fn calibration(w: &Calibration) -> String {
     let mut out = String::new();
-    for (name, t) in [("inventory", &w.inventory), ("payments", &w.payments)] {
+    for (name, t) in w.timings() {
         let _ = writeln!(
             out,
             "\none {name} call, median of {}: {:.1} µs (instantiate {:.1}, declare {:.1}, execute {:.1}, drop {:.1}; p99 {:.1}); fresh instance overhead {:.1} µs; reused step {:.1} µs",

@@ -1,7 +1,7 @@
 //! The two Redis stores every system runs on: started here or given, then
 //! flushed, seeded, measured and read back around every cell.
 
-use std::collections::BTreeMap;
+use std::collections::{BTreeMap, BTreeSet};
 use std::time::Duration;
 
 use anyhow::{Context, bail};
@@ -10,7 +10,10 @@ use redstage::embedded::{Persistence, RedisCluster, RedisServer};
 use redstage::store::cluster::{SCHEME as CLUSTER_SCHEME, seeds};
 use redstage::store::keys::key_slot;
 
-use crate::workload::{KeySpace, Levels, Placement, balance_key, stock_key};
+use crate::workload::{
+    KeySpace, Levels, OUTBOX_KEY, Placement, Profile, Workload, balance_key, graph_faults,
+    social_key, stock_key, users,
+};
 
 /// Bounds one Redis reply in the bench's own connections: generous, since a
 /// loaded 2-core machine can stall a reply far beyond the usual 500 ms.
@@ -413,16 +416,114 @@ impl Stores {
     }
 
     /// Stock of every SKU and the balance of every account.
-    pub async fn levels(&self, space: &KeySpace, placement: Placement) -> anyhow::Result<Levels> {
+    pub async fn levels(
+        &self,
+        workload: Workload,
+        space: &KeySpace,
+        placement: Placement,
+    ) -> anyhow::Result<Levels> {
         let skus: Vec<String> = space.sku_names().iter().map(|s| stock_key(s)).collect();
         let accounts = space.accounts();
         let keys: Vec<String> = accounts.iter().map(|(a, _)| balance_key(a)).collect();
         let stock = self.numbers(placement.inventory, &skus).await?;
         let balances = self.numbers(placement.payments, &keys).await?;
+        let graph = match workload {
+            Workload::Social => graph_faults(&self.profiles(space).await?),
+            _ => 0,
+        };
+        let events = match workload {
+            Workload::Outbox => self.events().await?,
+            _ => (0, 0),
+        };
         Ok(Levels {
             stock,
             balances: accounts.into_iter().map(|(a, _)| a).zip(balances).collect(),
+            graph,
+            events,
         })
+    }
+
+    /// The connection to the node of store `index` serving `key`.
+    fn node_of(&self, index: usize, key: &str) -> MultiplexedConnection {
+        let nodes = &self.nodes[index];
+        nodes
+            .iter()
+            .find(|n| n.serves(key))
+            .unwrap_or(&nodes[0])
+            .conn
+            .clone()
+    }
+
+    /// Every `social` user's keys, as they stand (on `orders`, where every
+    /// system keeps them).
+    async fn profiles(&self, space: &KeySpace) -> anyhow::Result<BTreeMap<String, Profile>> {
+        let mut profiles = BTreeMap::new();
+        for user in users(space) {
+            // A user's keys share a slot (their hash tag): one node, one pipeline.
+            let mut conn = self.node_of(0, &social_key("user", &user));
+            let (following, followers, counters, inbox): (
+                BTreeSet<String>,
+                BTreeSet<String>,
+                Vec<Option<i64>>,
+                usize,
+            ) = redis::pipe()
+                .cmd("SMEMBERS")
+                .arg(social_key("following", &user))
+                .cmd("SMEMBERS")
+                .arg(social_key("followers", &user))
+                .cmd("HMGET")
+                .arg(social_key("user", &user))
+                .arg(&["following", "followers", "sent", "unread"][..])
+                .cmd("XLEN")
+                .arg(social_key("inbox", &user))
+                .query_async(&mut conn)
+                .await
+                .context("reading a user back")?;
+            let mut numbers = [0; 4];
+            for (n, c) in numbers.iter_mut().zip(counters) {
+                *n = c.unwrap_or(0);
+            }
+            profiles.insert(
+                user,
+                Profile {
+                    following,
+                    followers,
+                    counters: numbers,
+                    inbox,
+                },
+            );
+        }
+        Ok(profiles)
+    }
+
+    /// The outbox's entries, and the distinct orders they name.
+    async fn events(&self) -> anyhow::Result<(usize, usize)> {
+        let mut conn = self.node_of(0, OUTBOX_KEY);
+        let mut orders = BTreeSet::new();
+        let mut entries = 0;
+        let mut from = "-".to_owned();
+        loop {
+            let page: Vec<(String, Vec<(String, String)>)> = redis::cmd("XRANGE")
+                .arg(OUTBOX_KEY)
+                .arg(&from)
+                .arg("+")
+                .arg("COUNT")
+                .arg(SEED_CHUNK)
+                .query_async(&mut conn)
+                .await
+                .context("reading the outbox back")?;
+            let Some((last, _)) = page.last() else {
+                break;
+            };
+            from = format!("({last}");
+            for (_, fields) in &page {
+                entries += 1;
+                if let Some((_, order)) = fields.iter().find(|(f, _)| f == "order") {
+                    orders.insert(order.clone());
+                }
+            }
+        }
+        Ok((entries, orders.len()))
     }
 
     async fn numbers(&self, index: usize, keys: &[String]) -> anyhow::Result<Vec<i64>> {

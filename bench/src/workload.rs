@@ -18,6 +18,18 @@
 //! 10 merchants, over the same SKUs, so that every merchant's balance is
 //! shared by a tenth of all orders.
 //!
+//! `outbox` is `order` with a third step, the `orders` participant's
+//! `place`: the order's hash `orders:order:{O}` and its event in the stream
+//! `orders:events`, which must hold exactly one entry per committed order.
+//!
+//! `social` is the `social` participant's network among the customers
+//! (`u<i>`): follows, unfollows and messages, the users drawn so that a few
+//! are popular (the cube of a uniform draw: a tenth of the users take
+//! nearly half the picks). Its audit checks the graph whole: `following`
+//! and `followers` mirror each other, each user's counters equal the sizes
+//! of the sets and the inbox they count, and every message sent was
+//! received once.
+//!
 //! These are the keys the redstage participants use (`inventory:` and
 //! `payments:` prefixes, `stock:<sku>` and `balance:<account>` relative
 //! keys), and every other system uses the same names, so each one starts
@@ -53,6 +65,10 @@ pub enum Workload {
     Shop,
     /// Orders that all take the same SKU and pay the same account.
     Flash,
+    /// `order`, recorded and announced in an outbox stream by a third step.
+    Outbox,
+    /// Follows, unfollows and messages among users, a few of them popular.
+    Social,
 }
 
 impl Workload {
@@ -63,6 +79,8 @@ impl Workload {
             Workload::Hot => "hot",
             Workload::Shop => "shop",
             Workload::Flash => "flash",
+            Workload::Outbox => "outbox",
+            Workload::Social => "social",
         }
     }
 
@@ -80,7 +98,12 @@ impl Workload {
     }
 
     pub fn has_stock(self) -> bool {
-        self != Workload::Transfer
+        !matches!(self, Workload::Transfer | Workload::Social)
+    }
+
+    /// Whether it moves money: every workload but `social`.
+    pub fn has_money(self) -> bool {
+        self != Workload::Social
     }
 }
 
@@ -148,6 +171,37 @@ pub struct Txn {
     pub from: String,
     pub to: String,
     pub amount: i64,
+    /// `outbox`: the order's id, recorded and announced by a third step.
+    pub order: Option<String>,
+    /// `social`: the operation, run instead of an order or a payment.
+    pub social: Option<Social>,
+}
+
+/// A `social` operation between two users (never the same one).
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum Social {
+    Follow { user: String, target: String },
+    Unfollow { user: String, target: String },
+    Message { from: String, to: String },
+}
+
+/// The Redis key of one of a user's `social` keys: `following`,
+/// `followers` (sets), `user` (the counters' hash), `inbox` (a stream).
+pub fn social_key(what: &str, user: &str) -> String {
+    format!("social:{what}:{{{user}}}")
+}
+
+/// The `outbox` stream.
+pub const OUTBOX_KEY: &str = "orders:events";
+
+/// The Redis key of an `outbox` order's hash.
+pub fn order_key(order: &str) -> String {
+    format!("orders:order:{{{order}}}")
+}
+
+/// The users of `social`.
+pub fn users(space: &KeySpace) -> Vec<String> {
+    (0..space.customers).map(|i| format!("u{i}")).collect()
 }
 
 impl Txn {
@@ -173,6 +227,9 @@ pub struct Generator {
     rng: fastrand::Rng,
     workload: Workload,
     space: KeySpace,
+    /// The client, and how many transactions it drew: an outbox order's id.
+    client: usize,
+    drawn: u64,
 }
 
 impl Generator {
@@ -182,10 +239,46 @@ impl Generator {
             rng: fastrand::Rng::with_seed(seed),
             workload,
             space,
+            client,
+            drawn: 0,
+        }
+    }
+
+    /// A user, a few of them drawn far more often than the rest.
+    fn popular_user(&mut self) -> usize {
+        let u = self.rng.f64();
+        ((u * u * u * self.space.customers as f64) as usize).min(self.space.customers - 1)
+    }
+
+    fn social(&mut self) -> Social {
+        let user = self.popular_user();
+        let mut target = self.popular_user();
+        while target == user {
+            target = self.popular_user();
+        }
+        let (user, target) = (format!("u{user}"), format!("u{target}"));
+        match self.rng.u8(..10) {
+            0..4 => Social::Follow { user, target },
+            4..7 => Social::Unfollow { user, target },
+            _ => Social::Message {
+                from: user,
+                to: target,
+            },
         }
     }
 
     pub fn next_txn(&mut self) -> Txn {
+        self.drawn += 1;
+        if self.workload == Workload::Social {
+            return Txn {
+                item: None,
+                from: String::new(),
+                to: String::new(),
+                amount: 0,
+                order: None,
+                social: Some(self.social()),
+            };
+        }
         let from = self.rng.usize(..self.space.customers);
         let amount = self.rng.i64(1..=AMOUNT_MAX);
         match self.workload {
@@ -198,9 +291,16 @@ impl Generator {
                     from: format!("c{from}"),
                     to: format!("c{to}"),
                     amount,
+                    order: None,
+                    social: None,
                 }
             }
-            Workload::Order | Workload::Hot | Workload::Shop | Workload::Flash => {
+            Workload::Social => unreachable!("drawn above"),
+            Workload::Order
+            | Workload::Hot
+            | Workload::Shop
+            | Workload::Flash
+            | Workload::Outbox => {
                 let sku = match self.workload {
                     Workload::Flash => "sku0".to_owned(),
                     _ => format!("sku{}", self.rng.usize(..self.space.skus)),
@@ -214,6 +314,9 @@ impl Generator {
                     from: format!("c{from}"),
                     to,
                     amount,
+                    order: (self.workload == Workload::Outbox)
+                        .then(|| format!("c{}-{}", self.client, self.drawn)),
+                    social: None,
                 }
             }
         }
@@ -259,6 +362,50 @@ pub struct Levels {
     pub stock: Vec<i64>,
     /// Per account, in [`KeySpace::accounts`] order.
     pub balances: Vec<(String, i64)>,
+    /// `social`: what breaks the graph's rules (see [`graph_faults`]).
+    pub graph: usize,
+    /// `outbox`: entries in the stream, and the distinct orders they name.
+    pub events: (usize, usize),
+}
+
+/// One user's `social` keys, as read back.
+#[derive(Debug, Clone, Default)]
+pub struct Profile {
+    pub following: std::collections::BTreeSet<String>,
+    pub followers: std::collections::BTreeSet<String>,
+    /// The counters `following`, `followers`, `sent`, `unread` (0 when
+    /// missing).
+    pub counters: [i64; 4],
+    pub inbox: usize,
+}
+
+/// How many of the `social` rules `profiles` (by user) break: a follow
+/// without its mirror (either way), a counter unequal to the set or inbox
+/// it counts, and one per message sent but never received (or received
+/// twice).
+pub fn graph_faults(profiles: &std::collections::BTreeMap<String, Profile>) -> usize {
+    let mut faults = 0;
+    let (mut sent, mut unread) = (0, 0);
+    let none = Profile::default();
+    for (user, p) in profiles {
+        let [following, followers, s, u] = p.counters;
+        faults += usize::from(following != p.following.len() as i64);
+        faults += usize::from(followers != p.followers.len() as i64);
+        faults += usize::from(u != p.inbox as i64);
+        faults += p
+            .following
+            .iter()
+            .filter(|t| !profiles.get(*t).unwrap_or(&none).followers.contains(user))
+            .count();
+        faults += p
+            .followers
+            .iter()
+            .filter(|f| !profiles.get(*f).unwrap_or(&none).following.contains(user))
+            .count();
+        sent += s;
+        unread += u;
+    }
+    faults + (sent - unread).unsigned_abs() as usize
 }
 
 /// What a system lost in one cell, compared with what it acknowledged.
@@ -278,6 +425,12 @@ pub struct Audit {
     pub negative: usize,
     /// Locks or temporary keys left behind.
     pub leftovers: usize,
+    /// `social`: broken rules of the graph (see [`graph_faults`]).
+    pub graph: usize,
+    /// `outbox`: events minus committed orders, plus events naming an
+    /// order already announced: more (+) means an event of an order that
+    /// did not commit (or twice), less (-) a committed order never announced.
+    pub events: i64,
 }
 
 impl Audit {
@@ -304,12 +457,28 @@ impl Audit {
             }
             false => (0, received),
         };
-        Audit {
-            money: money - space.money(),
-            stock,
-            paid,
-            negative,
-            leftovers,
+        let (events, distinct) = levels.events;
+        let events = match workload {
+            Workload::Outbox => {
+                distinct as i64 - tally.committed as i64 + (events - distinct) as i64
+            }
+            _ => 0,
+        };
+        match workload.has_money() {
+            true => Audit {
+                money: money - space.money(),
+                stock,
+                paid,
+                negative,
+                leftovers,
+                graph: 0,
+                events,
+            },
+            false => Audit {
+                leftovers,
+                graph: levels.graph,
+                ..Audit::default()
+            },
         }
     }
 
@@ -338,6 +507,12 @@ impl fmt::Display for Audit {
         }
         if self.leftovers != 0 {
             parts.push(format!("{} leftover keys", self.leftovers));
+        }
+        if self.graph != 0 {
+            parts.push(format!("{} broken follows or counters", self.graph));
+        }
+        if self.events != 0 {
+            parts.push(format!("events {:+}", self.events));
         }
         f.write_str(&parts.join(", "))
     }
@@ -368,6 +543,68 @@ mod tests {
     }
 
     #[test]
+    fn social_picks_two_users_and_favours_a_few() {
+        let mut g = Generator::new(Workload::Social, KeySpace::new(1, 100), 1, 0);
+        let mut picks = [0usize; 100];
+        for _ in 0..2000 {
+            let txn = g.next_txn();
+            let (a, b) = match txn.social.expect("a social operation") {
+                Social::Follow { user, target } | Social::Unfollow { user, target } => {
+                    (user, target)
+                }
+                Social::Message { from, to } => (from, to),
+            };
+            assert_ne!(a, b);
+            for u in [a, b] {
+                picks[u[1..].parse::<usize>().expect("u<i>")] += 1;
+            }
+        }
+        // A tenth of the users draw nearly half the picks.
+        let top: usize = picks[..10].iter().sum();
+        assert!(top > 4000 * 4 / 10, "{top} of 4000");
+    }
+
+    #[test]
+    fn outbox_orders_have_ids_of_their_own() {
+        let mut g = Generator::new(Workload::Outbox, KeySpace::new(5, 5), 2, 1);
+        let ids: std::collections::BTreeSet<String> = (0..50)
+            .map(|_| g.next_txn().order.expect("an id"))
+            .collect();
+        assert_eq!(ids.len(), 50);
+    }
+
+    #[test]
+    fn the_graph_audit_finds_a_half_follow_and_a_wrong_counter() {
+        let set = |m: &[&str]| m.iter().map(|s| s.to_string()).collect();
+        let mut profiles = std::collections::BTreeMap::new();
+        profiles.insert(
+            "a".to_owned(),
+            Profile {
+                following: set(&["b"]),
+                counters: [1, 0, 1, 0],
+                ..Profile::default()
+            },
+        );
+        profiles.insert(
+            "b".to_owned(),
+            Profile {
+                followers: set(&["a"]),
+                counters: [0, 1, 0, 1],
+                inbox: 1,
+                ..Profile::default()
+            },
+        );
+        assert_eq!(graph_faults(&profiles), 0);
+        // b lost its follower: a's follow has no mirror, b's counter is off.
+        profiles.get_mut("b").unwrap().followers.clear();
+        assert_eq!(graph_faults(&profiles), 2);
+        // And a message counted as sent but never received.
+        profiles.get_mut("b").unwrap().followers = set(&["a"]);
+        profiles.get_mut("a").unwrap().counters[2] = 2;
+        assert_eq!(graph_faults(&profiles), 1);
+    }
+
+    #[test]
     fn hot_orders_all_pay_the_shop() {
         let mut g = Generator::new(Workload::Hot, KeySpace::new(5, 5), 1, 0);
         assert!((0..20).all(|_| g.next_txn().to == "shop"));
@@ -380,6 +617,8 @@ mod tests {
             from: "c0".into(),
             to: "m0".into(),
             amount: 5,
+            order: None,
+            social: None,
         };
         assert_eq!(txn.apply(1, 10, 0), Err("insufficient_stock"));
         assert_eq!(txn.apply(2, 4, 0), Err("insufficient_funds"));
@@ -395,6 +634,8 @@ mod tests {
             from: "c0".into(),
             to: "m0".into(),
             amount: 10,
+            order: None,
+            social: None,
         };
         tally.add(&txn);
         tally.add(&txn);
@@ -407,6 +648,7 @@ mod tests {
                 ("m0".into(), 10),
                 ("shop".into(), 0),
             ],
+            ..Levels::default()
         };
         let audit = Audit::new(Workload::Order, &space, &levels, &tally, 0);
         assert_eq!((audit.money, audit.stock, audit.paid), (0, -1, -10));

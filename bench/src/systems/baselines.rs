@@ -3,7 +3,9 @@
 //! money if the balance covers it, else change nothing):
 //!
 //! - [`Lua`]: one `EVALSHA`, every key on one Redis. Atomic and as fast as
-//!   Redis goes: the floor no distributed protocol can beat.
+//!   Redis goes: the floor no distributed protocol can beat. It also runs
+//!   `outbox` (the order's hash and event in the same script) and `social`
+//!   (the social participant's rules), which the others do not.
 //! - [`Watch`]: `WATCH` the keys, `MGET` them, decide in the client, `MULTI`
 //!   `SET`s `EXEC`; re-run when `EXEC` answers nil. Correct, on one Redis.
 //! - [`Naive`]: staging across the stores as commonly published: read,
@@ -16,7 +18,7 @@ use redis::{Script, Value};
 
 use super::{Done, Ending};
 use crate::stores::Stores;
-use crate::workload::{Txn, balance_key, stock_key};
+use crate::workload::{OUTBOX_KEY, Social, Txn, balance_key, order_key, social_key, stock_key};
 
 /// A WATCH transaction that lost this many races in a row gives up.
 pub const WATCH_ATTEMPTS_MAX: u32 = 100;
@@ -38,6 +40,51 @@ redis.call('INCRBY', KEYS[n], amount)
 return 'ok'
 ";
 
+/// `outbox` on one Redis: the order, its hash and its event in one script.
+/// KEYS: stock, from, to, the order's hash, the stream; ARGV: qty, amount,
+/// order, customer, sku. Reply: `ok` or the abort code.
+pub const OUTBOX_LUA: &str = r"
+if tonumber(redis.call('GET', KEYS[1]) or '0') < tonumber(ARGV[1]) then
+  return 'insufficient_stock'
+end
+if tonumber(redis.call('GET', KEYS[2]) or '0') < tonumber(ARGV[2]) then
+  return 'insufficient_funds'
+end
+if redis.call('EXISTS', KEYS[4]) == 1 then return 'duplicate_order' end
+redis.call('DECRBY', KEYS[1], ARGV[1])
+redis.call('DECRBY', KEYS[2], ARGV[2])
+redis.call('INCRBY', KEYS[3], ARGV[2])
+redis.call('HSET', KEYS[4], 'customer', ARGV[4], 'sku', ARGV[5], 'qty', ARGV[1],
+  'total', ARGV[2], 'status', 'placed')
+redis.call('XADD', KEYS[5], '*', 'type', 'order_placed', 'order', ARGV[3],
+  'customer', ARGV[4], 'total', ARGV[2])
+return 'ok'
+";
+
+/// `social` on one Redis, the participant's rules in one script.
+/// KEYS: following:{u}, followers:{t}, user:{u}, user:{t}, inbox:{t},
+/// followers:{u}; ARGV: op, u, t. Reply: `ok` or the abort code.
+pub const SOCIAL_LUA: &str = r"
+local op, u, t = ARGV[1], ARGV[2], ARGV[3]
+if op == 'follow' then
+  if redis.call('SADD', KEYS[1], t) == 0 then return 'already_following' end
+  redis.call('SADD', KEYS[2], u)
+  redis.call('HINCRBY', KEYS[3], 'following', 1)
+  redis.call('HINCRBY', KEYS[4], 'followers', 1)
+elseif op == 'unfollow' then
+  if redis.call('SREM', KEYS[1], t) == 0 then return 'not_following' end
+  redis.call('SREM', KEYS[2], u)
+  redis.call('HINCRBY', KEYS[3], 'following', -1)
+  redis.call('HINCRBY', KEYS[4], 'followers', -1)
+else
+  if redis.call('SISMEMBER', KEYS[6], t) == 0 then return 'not_a_follower' end
+  redis.call('XADD', KEYS[5], '*', 'from', u, 'text', 'hi')
+  redis.call('HINCRBY', KEYS[4], 'unread', 1)
+  redis.call('HINCRBY', KEYS[3], 'sent', 1)
+end
+return 'ok'
+";
+
 /// The Redis keys `txn` touches: (stock if any, from, to).
 fn keys(txn: &Txn) -> (Option<String>, String, String) {
     (
@@ -55,20 +102,64 @@ fn parse(value: Option<String>) -> anyhow::Result<i64> {
 #[derive(Debug, Clone)]
 pub struct Lua {
     conn: MultiplexedConnection,
-    script: std::sync::Arc<Script>,
+    /// The order (and payment), the outbox order, the social operation.
+    scripts: std::sync::Arc<[Script; 3]>,
 }
 
 impl Lua {
     pub fn new(stores: &Stores) -> Lua {
         Lua {
             conn: stores.conn(0),
-            script: std::sync::Arc::new(Script::new(ORDER_LUA)),
+            scripts: std::sync::Arc::new([ORDER_LUA, OUTBOX_LUA, SOCIAL_LUA].map(Script::new)),
         }
     }
 
     pub async fn run(&mut self, txn: &Txn) -> anyhow::Result<Done> {
         let (stock, from, to) = keys(txn);
-        let mut invocation = self.script.prepare_invoke();
+        let mut invocation = match (&txn.social, &txn.order, &txn.item) {
+            (Some(social), _, _) => {
+                let (op, u, t) = match social {
+                    Social::Follow { user, target } => ("follow", user, target),
+                    Social::Unfollow { user, target } => ("unfollow", user, target),
+                    Social::Message { from, to } => ("message", from, to),
+                };
+                let mut invocation = self.scripts[2].prepare_invoke();
+                invocation
+                    .key(social_key("following", u))
+                    .key(social_key("followers", t))
+                    .key(social_key("user", u))
+                    .key(social_key("user", t))
+                    .key(social_key("inbox", t))
+                    .key(social_key("followers", u))
+                    .arg(op)
+                    .arg(u)
+                    .arg(t);
+                invocation
+            }
+            (None, Some(order), Some((sku, qty))) => {
+                let mut invocation = self.scripts[1].prepare_invoke();
+                invocation
+                    .key(stock_key(sku))
+                    .key(&from)
+                    .key(&to)
+                    .key(order_key(order))
+                    .key(OUTBOX_KEY)
+                    .arg(qty)
+                    .arg(txn.amount)
+                    .arg(order)
+                    .arg(&txn.from)
+                    .arg(sku);
+                invocation
+            }
+            _ => self.scripts[0].prepare_invoke(),
+        };
+        if txn.social.is_some() || txn.order.is_some() {
+            let reply: String = invocation.invoke_async(&mut self.conn).await?;
+            return Ok(Done::first_try(match reply.as_str() {
+                "ok" => Ending::Committed,
+                _ => Ending::Aborted,
+            }));
+        }
         if let Some(stock) = &stock {
             invocation.key(stock);
         }

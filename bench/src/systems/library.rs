@@ -10,15 +10,16 @@ use serde_json::json;
 
 use super::{Done, Ending};
 use crate::options::{Options, Persistence};
-use crate::workload::Txn;
+use crate::workload::{Social, Txn};
 
-/// The config of the bench's coordinator: two stores, the two example
-/// participants from `--components`, the retention of answered records
+/// The config of the bench's coordinator: two stores, the example
+/// participants from `--components` (inventory and payments; orders and
+/// social where built), the retention of answered records
 /// from the options, defaults for everything else, and no compile cache
 /// (the components are compiled once per run).
 pub fn config(urls: &[String], options: &Options) -> anyhow::Result<Config> {
     let mut config = example_config(&urls[0], &urls[1], &options.components).context(
-        "build the components with `cargo component build --release -p inventory -p payments`",
+        "build the components with `cargo build --release --target wasm32-unknown-unknown -p inventory -p payments -p orders -p social`",
     )?;
     // Without persistence the stores cannot keep a decision through a
     // crash, and the host would refuse them: say so instead.
@@ -36,10 +37,31 @@ pub fn config(urls: &[String], options: &Options) -> anyhow::Result<Config> {
 }
 
 /// The request for `txn`: an inventory deduct step when it has an item,
-/// then a payments transfer; with `read`, both reading (and locking) their
-/// keys instead of adjusting them.
+/// then a payments transfer, then the order placed when it is an outbox
+/// order; with `read`, the first two reading (and locking) their keys
+/// instead of adjusting them. A social operation is one `social` step.
 pub fn request(txn: &Txn, read: bool) -> TxnRequest {
-    let mut steps = Vec::with_capacity(2);
+    if let Some(social) = &txn.social {
+        let input = match social {
+            Social::Follow { user, target } => {
+                json!({"op": "follow", "user": user, "target": target})
+            }
+            Social::Unfollow { user, target } => {
+                json!({"op": "unfollow", "user": user, "target": target})
+            }
+            Social::Message { from, to } => {
+                json!({"op": "message", "from": from, "to": to, "text": "hi"})
+            }
+        };
+        return TxnRequest {
+            steps: vec![StepRequest {
+                participant: "social".into(),
+                input,
+            }],
+            idempotency_key: None,
+        };
+    }
+    let mut steps = Vec::with_capacity(3);
     if let Some((sku, qty)) = &txn.item {
         steps.push(StepRequest {
             participant: "inventory".into(),
@@ -52,6 +74,15 @@ pub fn request(txn: &Txn, read: bool) -> TxnRequest {
             "op": "transfer", "from": txn.from, "to": txn.to, "amount": txn.amount, "read": read
         }),
     });
+    if let (Some(order), Some((sku, qty))) = (&txn.order, &txn.item) {
+        steps.push(StepRequest {
+            participant: "orders".into(),
+            input: json!({
+                "op": "place", "order": order, "customer": txn.from, "sku": sku, "qty": qty,
+                "total": txn.amount
+            }),
+        });
+    }
     TxnRequest {
         steps,
         idempotency_key: None,
