@@ -302,11 +302,36 @@ pub async fn require(
             (error, Some(TokenName(name)))
         }
     };
+    drain(request).await;
     let mut response = refusal.into_response();
     if let Some(name) = name {
         response.extensions_mut().insert(name);
     }
     response
+}
+
+/// The most of a refused request's body that is read (and dropped) before
+/// the refusal is sent, and for how long at most: a client still sending a
+/// component when the refusal comes would otherwise meet a closed
+/// connection (a broken pipe) instead of reading why. Past either bound
+/// the connection is closed as before.
+pub const REFUSED_BODY_DRAIN_BYTES: usize = 16 << 20;
+pub const REFUSED_BODY_DRAIN_TIME: std::time::Duration = std::time::Duration::from_secs(2);
+
+/// Reads and drops the body of a refused request, within the bounds above.
+async fn drain(request: Request) {
+    use futures::StreamExt as _;
+    let mut stream = request.into_body().into_data_stream();
+    let read = async {
+        let mut seen = 0;
+        while let Some(Ok(chunk)) = stream.next().await {
+            seen += chunk.len();
+            if seen > REFUSED_BODY_DRAIN_BYTES {
+                break;
+            }
+        }
+    };
+    let _ = tokio::time::timeout(REFUSED_BODY_DRAIN_TIME, read).await;
 }
 
 /// The name of the token an answer was given to, for the access log.
