@@ -16,7 +16,7 @@ use std::time::{Duration, Instant};
 use redis::Commands;
 use redstage::txn::types::Status;
 use redstage_tests::cluster::{CLUSTER_STORE, ClusterEnv};
-use redstage_tests::{ParticipantSpec, Persistence, TestEnv, Toolchain, http, step};
+use redstage_tests::{HostProcess, ParticipantSpec, Persistence, TestEnv, Toolchain, http, step};
 use serde_json::{Value, json};
 
 /// Short leases and frequent sweeps, so recovery happens within a test.
@@ -175,24 +175,11 @@ fn audit(mut conn: impl FnMut(&str) -> redis::Connection) -> (usize, usize) {
 #[tokio::test(flavor = "multi_thread", worker_threads = 4)]
 async fn follows_raced_with_a_host_killed_stay_symmetric() {
     let env = TestEnv::start_with(&["social"], &[social("social")], FAST, Persistence::None);
-    let mut doomed = env.spawn_host(None);
     let survivor = env.spawn_host(None);
-    let race = tokio::spawn(race(
-        vec![doomed.addr, survivor.addr],
-        8,
-        Duration::from_secs(4),
-    ));
-    tokio::time::sleep(Duration::from_secs(1)).await;
-    doomed.kill();
-    let tally = race.await.expect("the race");
+    let tally = race_killing_one(env.spawn_host(None), &survivor).await;
     assert_eq!(env.leftovers().await, Vec::<String>::new());
     let (follows, messages) = audit(|_| env.redis("social"));
     println!("{tally:?}; {follows} follows and {messages} messages stand");
-    assert!(
-        tally.committed > 20,
-        "too few transactions to show anything: {tally:?}"
-    );
-    assert!(tally.lost > 0, "the kill hit nothing in flight: {tally:?}");
 }
 
 /// The same race on a Redis Cluster, with the users' keys on different
@@ -206,8 +193,17 @@ async fn follows_on_a_cluster_across_slots_stay_symmetric() {
         .map(|u| env.master_of(&key("user", u)))
         .collect();
     assert!(masters.len() > 1, "the users share one master: {masters:?}");
-    let mut doomed = env.spawn_host(None);
     let survivor = env.spawn_host(None);
+    let tally = race_killing_one(env.spawn_host(None), &survivor).await;
+    assert_eq!(env.leftovers().await, Vec::<String>::new());
+    let (follows, messages) = audit(|k| env.node_of(k));
+    println!("{tally:?}; {follows} follows and {messages} messages stand");
+}
+
+/// Eight clients race through `doomed` and `survivor` for 4 s; `doomed`
+/// is SIGKILLed a second in, with transactions in flight, and its clients
+/// move to `survivor`.
+async fn race_killing_one(mut doomed: HostProcess, survivor: &HostProcess) -> Tally {
     let race = tokio::spawn(race(
         vec![doomed.addr, survivor.addr],
         8,
@@ -216,13 +212,12 @@ async fn follows_on_a_cluster_across_slots_stay_symmetric() {
     tokio::time::sleep(Duration::from_secs(1)).await;
     doomed.kill();
     let tally = race.await.expect("the race");
-    assert_eq!(env.leftovers().await, Vec::<String>::new());
-    let (follows, messages) = audit(|k| env.node_of(k));
-    println!("{tally:?}; {follows} follows and {messages} messages stand");
     assert!(
         tally.committed > 20,
         "too few transactions to show anything: {tally:?}"
     );
+    assert!(tally.lost > 0, "the kill hit nothing in flight: {tally:?}");
+    tally
 }
 
 /// One follow and one message, with their answers and what they leave; a
