@@ -13,9 +13,15 @@ use redstage::txn::types::Status;
 use redstage_tests::{TestEnv, Toolchain, component_file, components, http, request, step};
 use serde_json::{Value, json};
 
+/// The bound on a component in these tests: room for the test components
+/// (about 4.3 MB each), well under the default 16 MiB.
+const COMPONENT_BYTES_MAX: usize = 8 * 1024 * 1024;
+
 /// The orders environment, with a deploy folder (returned) watched often.
 fn env_with_folder() -> (TestEnv, tempfile::TempDir) {
-    TestEnv::orders_with_folder("poll_ms = 100\ncomponent_bytes_max = 4194304\n")
+    TestEnv::orders_with_folder(&format!(
+        "poll_ms = 100\ncomponent_bytes_max = {COMPONENT_BYTES_MAX}\n"
+    ))
 }
 
 fn counter(version: u32) -> Vec<u8> {
@@ -129,7 +135,13 @@ async fn a_deploy_is_checked_listed_used_kept_and_removed() {
             "{name}?{query}: {reply}"
         );
     }
-    let (status, reply) = put(api, "counter", COUNTER_AT, &vec![0; 4 * 1024 * 1024 + 1]).await;
+    let (status, reply) = put(
+        api,
+        "counter",
+        COUNTER_AT,
+        &vec![0; COMPONENT_BYTES_MAX + 1],
+    )
+    .await;
     assert_eq!(
         (status, reply["error"]["code"].as_str()),
         (413, Some("component_too_large")),
