@@ -116,7 +116,7 @@ impl Lua {
 
     pub async fn run(&mut self, txn: &Txn) -> anyhow::Result<Done> {
         let (stock, from, to) = keys(txn);
-        let mut invocation = match (&txn.social, &txn.order, &txn.item) {
+        let invocation = match (&txn.social, &txn.order, &txn.item) {
             (Some(social), _, _) => {
                 let (op, u, t) = match social {
                     Social::Follow { user, target } => ("follow", user, target),
@@ -151,23 +151,19 @@ impl Lua {
                     .arg(sku);
                 invocation
             }
-            _ => self.scripts[0].prepare_invoke(),
+            _ => {
+                let mut invocation = self.scripts[0].prepare_invoke();
+                if let Some(stock) = &stock {
+                    invocation.key(stock);
+                }
+                invocation
+                    .key(&from)
+                    .key(&to)
+                    .arg(txn.item.as_ref().map_or(0, |(_, qty)| *qty))
+                    .arg(txn.amount);
+                invocation
+            }
         };
-        if txn.social.is_some() || txn.order.is_some() {
-            let reply: String = invocation.invoke_async(&mut self.conn).await?;
-            return Ok(Done::first_try(match reply.as_str() {
-                "ok" => Ending::Committed,
-                _ => Ending::Aborted,
-            }));
-        }
-        if let Some(stock) = &stock {
-            invocation.key(stock);
-        }
-        invocation
-            .key(&from)
-            .key(&to)
-            .arg(txn.item.as_ref().map_or(0, |(_, qty)| *qty))
-            .arg(txn.amount);
         let reply: String = invocation.invoke_async(&mut self.conn).await?;
         Ok(Done::first_try(match reply.as_str() {
             "ok" => Ending::Committed,
