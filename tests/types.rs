@@ -370,3 +370,151 @@ async fn members_ranges_and_the_read_bound() {
         Locked::Refused(Refusal::TooMany { index: 1, count: 3 })
     );
 }
+
+/// Group commit: applies queued while the store is busy go in one script
+/// call, and each transaction still gets its own reply. Twelve transactions
+/// adjust one value, share a lock on another key and write a key of their
+/// own; a thirteenth appends to a key that was overwritten with a string
+/// behind redstage's back, and one transaction is queued twice. The twelve
+/// are applied once each (the shared lock table, released by every one of
+/// them, is gone), the thirteenth is refused with nothing applied and
+/// keeps its index entry, and two calls at most carried all of it.
+#[tokio::test]
+async fn applies_queued_together_share_one_call_and_each_gets_its_own_reply() {
+    let server = RedisServer::start(Persistence::None).expect("redis");
+    let store = store(&server);
+    let mut redis = redis::Client::open(server.url())
+        .and_then(|c| c.get_connection())
+        .expect("connect");
+    let _: () = redis.set("stock", "100").expect("SET");
+    let _: () = redis.set("cfg", "v").expect("SET");
+
+    let adjust = [(None, Mode::Adjust)];
+    let shared = [(None, Mode::Shared)];
+    let mine = [(None, Mode::Exclusive)];
+    let append = [(None, Mode::Append)];
+    let take = [Op::Adjust {
+        part: None,
+        steps: vec![Bounded {
+            delta: -1,
+            lower: Some(0),
+            upper: None,
+        }],
+    }];
+    let names: Vec<String> = (0..12).map(|i| format!("order:{i}")).collect();
+    let values: Vec<[Op; 1]> = (0..12)
+        .map(|i| {
+            [Op::Set {
+                value: Base64(i.to_string().into_bytes()),
+                ttl_ms: None,
+            }]
+        })
+        .collect();
+    let work = |key, kind, targets, ops| KeyWork {
+        key,
+        kind,
+        targets,
+        reads: &[],
+        ops,
+    };
+    let txns: Vec<(String, Vec<KeyWork>)> = (0..12)
+        .map(|i| {
+            let keys = vec![
+                work("stock", Kind::String, &adjust[..], &take[..]),
+                work("cfg", Kind::String, &shared[..], &[][..]),
+                work(&names[i], Kind::String, &mine[..], &values[i][..]),
+            ];
+            (format!("t{i}"), keys)
+        })
+        .collect();
+    let event = [Op::XAdd {
+        fields: vec![("type".into(), Base64(b"placed".to_vec()))],
+        maxlen: None,
+    }];
+    let bad = vec![work("events", Kind::Stream, &append[..], &event[..])];
+    for (txn, keys) in txns.iter().chain([&("bad".to_owned(), bad.clone())]) {
+        let locked = store
+            .lock(txn, LEASE, &entry(txn, keys), keys, true, 1024)
+            .await
+            .expect("lock");
+        assert!(matches!(locked, Locked::Values(_)), "{txn}: {locked:?}");
+    }
+    let _: () = redis.set("events", "not a stream").expect("SET");
+    // Loads the script, so that the calls below are one EVALSHA each.
+    store.apply("nobody", None, &[]).await.expect("apply");
+    let _: () = redis::cmd("CONFIG")
+        .arg("RESETSTAT")
+        .query(&mut redis)
+        .expect("CONFIG RESETSTAT");
+
+    // While every client is paused, the first call waits in the server and
+    // the rest queue behind it.
+    let _: () = redis::cmd("CLIENT")
+        .arg("PAUSE")
+        .arg(300)
+        .arg("ALL")
+        .query(&mut redis)
+        .expect("CLIENT PAUSE");
+    let entries: Vec<String> = txns
+        .iter()
+        .map(|(txn, keys)| entry(txn, keys).encode())
+        .collect();
+    let bad_entry = entry("bad", &bad).encode();
+    let queued = txns
+        .iter()
+        .zip(&entries)
+        .map(|((txn, keys), e)| (txn.as_str(), e.as_str(), &keys[..]))
+        .chain([
+            ("bad", bad_entry.as_str(), &bad[..]),
+            ("t0", entries[0].as_str(), &txns[0].1[..]),
+        ]);
+    let replies = futures::future::join_all(
+        queued.map(|(txn, e, keys)| store.apply_queued(txn, Some(e), keys)),
+    )
+    .await;
+
+    for (i, reply) in replies[..12].iter().enumerate().skip(1) {
+        assert_eq!(reply.as_ref().expect("applied"), &3, "t{i}");
+    }
+    let message = replies[12].as_ref().expect_err("refused").to_string();
+    assert!(message.contains("holds a string"), "{message}");
+    let t0: usize = [&replies[0], &replies[13]]
+        .iter()
+        .map(|r| r.as_ref().expect("t0"))
+        .sum();
+    assert_eq!(t0, 3, "t0 queued twice is applied once");
+
+    let stock: i64 = redis.get("stock").expect("GET");
+    assert_eq!(stock, 88);
+    for (i, name) in names.iter().enumerate() {
+        let v: String = redis.get(name).expect("GET");
+        assert_eq!(v, i.to_string());
+    }
+    let left: Vec<String> = redis.keys("rs:*").expect("KEYS");
+    assert_eq!(left, ["rs:locks"], "only the refused transaction is left");
+    let listed: Vec<String> = redis.zrange("rs:locks", 0, -1).expect("ZRANGE");
+    assert_eq!(listed, [bad_entry]);
+    let kept: String = redis.get("events").expect("GET");
+    assert_eq!(kept, "not a stream");
+
+    let stats: String = redis::cmd("INFO")
+        .arg("commandstats")
+        .query(&mut redis)
+        .expect("INFO");
+    let calls: u64 = stats
+        .lines()
+        .filter(|l| l.starts_with("cmdstat_evalsha:") || l.starts_with("cmdstat_eval:"))
+        .filter_map(|l| {
+            l.split("calls=")
+                .nth(1)?
+                .split(',')
+                .next()?
+                .parse::<u64>()
+                .ok()
+        })
+        .sum();
+    assert!(
+        (1..=2).contains(&calls),
+        "14 applies took {calls} script calls"
+    );
+}

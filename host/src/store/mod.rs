@@ -78,15 +78,16 @@ pub mod scripts;
 pub mod work;
 
 use std::fmt;
-use std::sync::Arc;
 use std::sync::atomic::Ordering::Relaxed;
 use std::sync::atomic::{AtomicBool, AtomicU64};
+use std::sync::{Arc, OnceLock};
 use std::time::Duration;
 
 use futures::future::join_all;
 use redis::aio::ConnectionManager;
 use redis::cluster_async::ClusterConnection;
 use redis::{Cmd, Value};
+use tokio::sync::{mpsc, oneshot};
 
 use crate::config::{StoreConfig, StoreTls};
 
@@ -97,7 +98,7 @@ pub use work::{Base64, Found, KeyWork, Kind, Op, Read};
 use serde::{Deserialize, Serialize};
 
 /// What went wrong talking to a store. Every variant names the store.
-#[derive(Debug, thiserror::Error)]
+#[derive(Debug, Clone, thiserror::Error)]
 pub enum StoreError {
     /// Could not reach the store, or it did not answer within the timeout,
     /// or fewer replicas than configured acknowledged a write. The
@@ -370,6 +371,84 @@ pub struct Finalize {
     pub marker: Option<String>,
 }
 
+/// Transactions applied in one script call, at most (see
+/// [`Store::apply_queued`]).
+pub const APPLY_BATCH_MAX: usize = 128;
+
+/// One transaction's share of an [`scripts::APPLY`] call, encoded once.
+#[derive(Debug, Clone)]
+struct Applying {
+    txn: String,
+    entry: String,
+    /// Its data keys, and the Redis type each is declared as.
+    keys: Vec<String>,
+    kinds: Vec<Kind>,
+    /// The keys' argument blocks.
+    blocks: Vec<Vec<u8>>,
+}
+
+impl Applying {
+    fn new(txn: &str, entry: &str, keys: &[KeyWork<'_>]) -> Applying {
+        let mut blocks = Vec::new();
+        for k in keys {
+            k.args(&mut blocks, false, false, true);
+        }
+        Applying {
+            txn: txn.to_owned(),
+            entry: entry.to_owned(),
+            keys: keys.iter().map(|k| k.key.to_owned()).collect(),
+            kinds: keys.iter().map(|k| k.kind).collect(),
+            blocks,
+        }
+    }
+}
+
+/// A transaction's share queued for [`Store::apply_queued`], and where its
+/// reply goes.
+struct Queued {
+    /// The lock index (a slot's, on a cluster) it goes with.
+    index: String,
+    part: Applying,
+    reply: oneshot::Sender<Result<usize, StoreError>>,
+}
+
+/// The queued shares one call carries, and the type each of their keys is
+/// declared as.
+struct Batch {
+    index: String,
+    queued: Vec<Queued>,
+    kinds: std::collections::HashMap<String, Kind>,
+}
+
+impl Batch {
+    fn new(index: String) -> Batch {
+        Batch {
+            index,
+            queued: Vec::new(),
+            kinds: Default::default(),
+        }
+    }
+
+    /// Takes `q`, unless it declares a key of the batch as another type
+    /// (then it is handed back).
+    fn add(&mut self, q: Queued) -> Result<(), Queued> {
+        let clash = q
+            .part
+            .keys
+            .iter()
+            .zip(&q.part.kinds)
+            .any(|(key, kind)| self.kinds.get(key).is_some_and(|k| k != kind));
+        if clash {
+            return Err(q);
+        }
+        for (key, kind) in q.part.keys.iter().zip(&q.part.kinds) {
+            self.kinds.insert(key.clone(), *kind);
+        }
+        self.queued.push(q);
+        Ok(())
+    }
+}
+
 /// A script and its SHA-1, sent as `EVALSHA` built in one go.
 struct Script {
     code: &'static str,
@@ -402,7 +481,7 @@ struct Scripts {
 }
 
 fn scripts() -> &'static Scripts {
-    static SCRIPTS: std::sync::OnceLock<Scripts> = std::sync::OnceLock::new();
+    static SCRIPTS: OnceLock<Scripts> = OnceLock::new();
     SCRIPTS.get_or_init(|| Scripts {
         lock: Script::new(scripts::LOCK),
         reserve: Script::new(scripts::RESERVE),
@@ -547,6 +626,8 @@ pub struct Store {
     replication: Option<Replication>,
     /// Failed calls, for `/metrics`, and whether the last call was answered.
     health: Arc<Health>,
+    /// The queue of [`Store::apply_queued`], once something was queued.
+    applier: Arc<OnceLock<mpsc::UnboundedSender<Queued>>>,
 }
 
 /// Failed calls to one store, by kind.
@@ -621,6 +702,7 @@ impl Store {
             timeout,
             replication: store.replication,
             health: Arc::default(),
+            applier: Arc::default(),
         })
     }
 
@@ -946,10 +1028,114 @@ impl Store {
         entry: Option<&str>,
         keys: &[KeyWork<'_>],
     ) -> Result<usize, StoreError> {
+        let parts = self.applying(txn, entry, keys)?;
+        let applied = join_all(parts.iter().map(|(index, part)| async move {
+            let mut replies = self.apply_batch(index, std::slice::from_ref(part)).await?;
+            replies.pop().unwrap_or(Ok(0))
+        }))
+        .await;
+        applied.into_iter().sum()
+    }
+
+    /// [`Store::apply`], in one script call with whatever else is queued
+    /// for this store (per slot on a cluster) while its previous call is on
+    /// its way: group commit. A lone transaction goes at once; under load
+    /// one call (and one `WAIT`) carries many. Each transaction still gets
+    /// its own reply.
+    pub async fn apply_queued(
+        &self,
+        txn: &str,
+        entry: Option<&str>,
+        keys: &[KeyWork<'_>],
+    ) -> Result<usize, StoreError> {
+        let queue = self.applier.get_or_init(|| {
+            let (tx, rx) = mpsc::unbounded_channel();
+            // The task's own handle has no queue, so that the queue closes
+            // (and the task ends) with the last handle that has one.
+            let store = Store {
+                applier: Arc::default(),
+                ..self.clone()
+            };
+            tokio::spawn(store.applying_batches(rx));
+            tx
+        });
+        let parts = self.applying(txn, entry, keys)?;
+        let replies = parts.into_iter().map(|(index, part)| {
+            let (reply, answer) = oneshot::channel();
+            let _ = queue.send(Queued { index, part, reply });
+            answer
+        });
+        let applied = join_all(replies).await;
+        applied
+            .into_iter()
+            .map(|r| r.unwrap_or_else(|_| Err(self.unavailable("the apply queue stopped"))))
+            .sum()
+    }
+
+    /// Runs what [`Store::apply_queued`] queues, a batch per round and
+    /// slot: at most [`APPLY_BATCH_MAX`] transactions, never two that
+    /// declare one key as two Redis types (see [`scripts::APPLY`]); one
+    /// that would be goes in the next round.
+    async fn applying_batches(self, mut rx: mpsc::UnboundedReceiver<Queued>) {
+        let mut later: std::collections::VecDeque<Queued> = Default::default();
+        loop {
+            let first = match later.pop_front() {
+                Some(q) => q,
+                None => match rx.recv().await {
+                    Some(q) => q,
+                    None => return,
+                },
+            };
+            let mut batches: Vec<Batch> = Vec::new();
+            let mut next = Some(first);
+            let mut taken = 0;
+            while let Some(q) = next.take() {
+                taken += 1;
+                let at = match batches.iter().position(|b| b.index == q.index) {
+                    Some(at) => at,
+                    None => {
+                        batches.push(Batch::new(q.index.clone()));
+                        batches.len() - 1
+                    }
+                };
+                if let Err(q) = batches[at].add(q) {
+                    later.push_back(q);
+                }
+                if taken < APPLY_BATCH_MAX {
+                    next = later.pop_front().or_else(|| rx.try_recv().ok());
+                }
+            }
+            let store = &self;
+            join_all(batches.into_iter().map(|b| async move {
+                let parts: Vec<Applying> = b.queued.iter().map(|q| q.part.clone()).collect();
+                match store.apply_batch(&b.index, &parts).await {
+                    Ok(replies) => {
+                        for (q, r) in b.queued.into_iter().zip(replies) {
+                            let _ = q.reply.send(r);
+                        }
+                    }
+                    Err(e) => {
+                        for q in b.queued {
+                            let _ = q.reply.send(Err(e.clone()));
+                        }
+                    }
+                }
+            }))
+            .await;
+        }
+    }
+
+    /// `keys` and `entry` of `txn` as the calls that apply them: one, or
+    /// one per slot on a cluster (each with its part of the entry).
+    fn applying(
+        &self,
+        txn: &str,
+        entry: Option<&str>,
+        keys: &[KeyWork<'_>],
+    ) -> Result<Vec<(String, Applying)>, StoreError> {
         if !self.is_cluster() {
-            return self
-                .apply_group(txn, &Key::LockIndex, entry.unwrap_or(""), keys)
-                .await;
+            let part = Applying::new(txn, entry.unwrap_or(""), keys);
+            return Ok(vec![(Key::LockIndex.encode(), part)]);
         }
         let entry = entry
             .map(|e| IndexEntry::decode(e).ok_or_else(|| self.protocol("unreadable index entry")))
@@ -960,35 +1146,56 @@ impl Store {
             .iter()
             .flat_map(|e| e.keys.iter().map(|t| t.key.as_str()));
         let all: Vec<&str> = keys.iter().map(|k| k.key).chain(entry_keys).collect();
-        let groups = self.groups(all);
-        let applied = join_all(groups.iter().map(|g| {
-            let n = keys.len();
-            let (released, listed) = g.at.split_at(g.at.partition_point(|&i| i < n));
-            let entry = match (&entry, listed) {
-                (Some(e), [_, ..]) => e.part(listed.iter().map(|&i| i - n)).encode(),
-                _ => String::new(),
-            };
-            let keys: Vec<KeyWork> = released.iter().map(|&i| keys[i]).collect();
-            async move { self.apply_group(txn, &g.index, &entry, &keys).await }
-        }))
-        .await;
-        applied.into_iter().sum()
+        let n = keys.len();
+        Ok(self
+            .groups(all)
+            .into_iter()
+            .map(|g| {
+                let (released, listed) = g.at.split_at(g.at.partition_point(|&i| i < n));
+                let entry = match (&entry, listed) {
+                    (Some(e), [_, ..]) => e.part(listed.iter().map(|&i| i - n)).encode(),
+                    _ => String::new(),
+                };
+                let keys: Vec<KeyWork> = released.iter().map(|&i| keys[i]).collect();
+                (g.index.encode(), Applying::new(txn, &entry, &keys))
+            })
+            .collect())
     }
 
-    /// [`Store::apply`] on the keys of one slot.
-    async fn apply_group(
+    /// One [`scripts::APPLY`] call on the lock index `index` (a slot's, on
+    /// a cluster) for `parts`: per part, how many targets it held, or the
+    /// store's refusal.
+    async fn apply_batch(
         &self,
-        txn: &str,
-        index: &Key<'_>,
-        entry: &str,
-        keys: &[KeyWork<'_>],
-    ) -> Result<usize, StoreError> {
+        index: &str,
+        parts: &[Applying],
+    ) -> Result<Vec<Result<usize, StoreError>>, StoreError> {
         let mut call = Call::new(&scripts().apply);
-        call.keyed(keys).key(index.encode());
-        call.arg(txn).arg(entry);
-        call.blocks(keys, false, false, true);
-        let reply = self.invoke(&call, true).await?;
-        self.count(reply)
+        call.key(index).arg(parts.len());
+        for part in parts {
+            for key in &part.keys {
+                call.key(Key::Data(key).encode())
+                    .key(Key::Meta(key).encode());
+            }
+            call.arg(&part.txn).arg(&part.entry).arg(part.keys.len());
+            for arg in &part.blocks {
+                call.arg(arg);
+            }
+        }
+        let replies = self.array(self.invoke(&call, true).await?)?;
+        if replies.len() != parts.len() {
+            return Err(self.protocol("an apply reply without every transaction's"));
+        }
+        Ok(replies
+            .iter()
+            .map(|r| match r {
+                Value::Int(n) if *n >= 0 => Ok(*n as usize),
+                other => {
+                    self.health.protocol.fetch_add(1, Relaxed);
+                    Err(self.protocol(&self.string(other)?))
+                }
+            })
+            .collect())
     }
 
     /// Extends `txn`'s leases on `keys`' targets here, and on its index
@@ -1417,6 +1624,13 @@ impl Store {
     /// The first item of a script's reply: what kind of answer it is.
     fn tag(&self, items: &[Value]) -> Result<Option<String>, StoreError> {
         items.first().map(|v| self.string(v)).transpose()
+    }
+
+    fn unavailable(&self, message: &str) -> StoreError {
+        StoreError::Unavailable {
+            store: self.name.clone(),
+            message: message.to_owned(),
+        }
     }
 
     fn protocol(&self, message: &str) -> StoreError {

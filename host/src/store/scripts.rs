@@ -859,64 +859,112 @@ return lost
 "
 ));
 
-/// Applies a decided transaction's writes on this store and releases its
+/// Applies decided transactions' writes on this store and releases their
 /// locks here (or, with no ops, just releases them: a rollback, which also
-/// gives up its reservations). Idempotent: an op whose target is no longer
-/// held by the transaction is left out, and its appends are made only
-/// while its index entry is here (this call removes it), so that a second
-/// delivery appends nothing. What the ops need is checked before anything
-/// changes: through redstage an adjusted value is an integer (it was
-/// checked when its delta was reserved, and only adjusters have touched it
-/// since) and an appended key holds what it was declared as, but a value or
-/// a key written behind redstage's back that the op would fail on makes
-/// the whole call an error that changes nothing, rather than one that
-/// fails half-way.
-/// KEYS: data1, table1, ..., index; ARGV: txn, index entry ('' if none),
-/// then the key blocks. Reply: how many of the targets the transaction
-/// held.
+/// gives up its reservations), for one transaction or a batch of them, each
+/// with its own reply. Idempotent: an op whose target is no longer held by
+/// its transaction is left out, and its appends are made only while its
+/// index entry is here (this call removes it), so that a second delivery
+/// appends nothing. What the ops need is checked before anything changes:
+/// through redstage an adjusted value is an integer (it was checked when
+/// its delta was reserved, and only adjusters have touched it since) and an
+/// appended key holds what it was declared as, but a value or a key written
+/// behind redstage's back that an op would fail on refuses that
+/// transaction (its reply is the message; it keeps its locks), rather than
+/// failing half-way.
+///
+/// Every check of every transaction in the batch runs before the first
+/// write of any: a check that another transaction of the batch could make
+/// false would need it to change the type of a key the check reads, so the
+/// caller never batches two transactions that declare one key as two Redis
+/// types (see `Store::apply_queued`); adjusters of one value keep it an
+/// integer within the bounds their reservations were checked against.
+/// Lock tables another transaction of the batch released are read again
+/// before they are changed. A transaction given twice is applied once.
+/// KEYS: index, then per transaction its data1, table1, ...; ARGV: the
+/// number of transactions, then per transaction its id, its index entry
+/// ('' if none), its number of keys and their key blocks. Reply: per
+/// transaction, how many of its targets it held, or why it was refused.
 pub const APPLY: &str = concat!(
     lua_keys!(),
-    "local txn = ARGV[1]
-c = 3
-local index = KEYS[#KEYS]
-local ks = parse(0, (#KEYS - 1) / 2)
-local listed = ARGV[2] ~= '' and redis.call('ZSCORE', index, ARGV[2]) ~= false
-for _, k in ipairs(ks) do
-  if load(k) then
-    return redis.error_reply('key ' .. k.data .. ': a lock table of an earlier protocol is in the way')
-  end
-  for _, t in ipairs(k.targets) do t.mine = held(k, t, txn) end
-  local checked = false
-  for _, o in ipairs(k.ops) do
-    o.go = (o.t == 0 and listed) or (o.t > 0 and k.targets[o.t].mine)
-    if o.go and o.t == 0 and not checked then
-      local wrong = typed(k)
-      checked = true
-      if wrong then
-        return redis.error_reply('key ' .. k.data .. ' holds a ' .. wrong[3] .. ', not the ' ..
-          k.kind .. ' declared: it was written behind redstage; nothing applied')
+    "local index = KEYS[1]
+c = 2
+local batch, off = {}, 1
+for x = 1, tonumber(ARGV[1]) do
+  local b = {txn = nxt(), entry = nxt()}
+  local n = tonumber(nxt())
+  b.ks = parse(off, n)
+  off = off + 2 * n
+  batch[x] = b
+end
+local function check(b)
+  for _, k in ipairs(b.ks) do
+    if load(k) then
+      return 'key ' .. k.data .. ': a lock table of an earlier protocol is in the way'
+    end
+    for _, t in ipairs(k.targets) do t.mine = held(k, t, b.txn) end
+    local checked = false
+    for _, o in ipairs(k.ops) do
+      o.go = (o.t == 0 and b.listed) or (o.t > 0 and k.targets[o.t].mine)
+      if o.go and o.t == 0 and not checked then
+        local wrong = typed(k)
+        checked = true
+        if wrong then
+          return 'key ' .. k.data .. ' holds a ' .. wrong[3] .. ', not the ' ..
+            k.kind .. ' declared: it was written behind redstage; nothing applied'
+        end
+      end
+      if o.go and o.code == 'adj' then
+        local raw, wrong = value(k, k.targets[o.t])
+        if wrong or (raw and not integer(raw)) then
+          return 'key ' .. k.data .. ' cannot be adjusted: something written ' ..
+            'behind redstage that the increment refuses is in it; nothing applied'
+        end
       end
     end
-    if o.go and o.code == 'adj' then
-      local raw, wrong = value(k, k.targets[o.t])
-      if wrong or (raw and not integer(raw)) then
-        return redis.error_reply('key ' .. k.data .. ' cannot be adjusted: something written ' ..
-          'behind redstage that the increment refuses is in it; nothing applied')
-      end
+  end
+  return nil
+end
+local out, seen = {}, {}
+for x, b in ipairs(batch) do
+  out[x] = 0
+  if seen[b.txn] then
+    b.skip = true
+  else
+    seen[b.txn] = true
+    b.listed = b.entry ~= '' and redis.call('ZSCORE', index, b.entry) ~= false
+    local refused = check(b)
+    if refused then
+      out[x] = refused
+      b.skip = true
     end
   end
 end
-local n = 0
-local wake = {}
-for _, k in ipairs(ks) do
-  for _, o in ipairs(k.ops) do
-    if o.go then apply(k, o) end
+local wake, entries, touched = {}, {}, {}
+for x, b in ipairs(batch) do
+  if not b.skip then
+    local n = 0
+    for _, k in ipairs(b.ks) do
+      if touched[k.meta] then load(k) end
+      for _, o in ipairs(k.ops) do
+        if o.go then apply(k, o) end
+      end
+      for _, t in ipairs(k.targets) do n = n + release(k, t, b.txn, wake) end
+      touched[k.meta] = true
+    end
+    out[x] = n
+    if b.entry ~= '' then entries[#entries + 1] = b.entry end
   end
-  for _, t in ipairs(k.targets) do n = n + release(k, t, txn, wake) end
 end
-if ARGV[2] ~= '' then redis.call('ZREM', index, ARGV[2]) end
-for _, key in ipairs(wake) do redis.call('PUBLISH', 'rs:wake', key) end
-return n
+if #entries > 0 then call_all('ZREM', {index}, entries) end
+local woken = {}
+for _, key in ipairs(wake) do
+  if not woken[key] then
+    woken[key] = true
+    redis.call('PUBLISH', 'rs:wake', key)
+  end
+end
+return out
 "
 );
 

@@ -74,7 +74,7 @@ pub(super) struct Owed {
 impl Owed {
     async fn pay(&self, txn: &str) -> Result<usize, StoreError> {
         let keys: Vec<KeyWork> = self.keys.iter().map(WorkKey::work).collect();
-        self.store.apply(txn, Some(&self.entry), &keys).await
+        self.store.apply_queued(txn, Some(&self.entry), &keys).await
     }
 }
 
