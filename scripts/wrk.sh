@@ -93,12 +93,30 @@ EOF
 say "starting redstage serve on 127.0.0.1:$HTTP"
 RUST_LOG=warn target/release/redstage serve --config "$WORK/redstage.toml" \
     --listen "127.0.0.1:$HTTP" 2>"$WORK/redstage.log" &
-PIDS+=($!)
+SERVE=$!
+PIDS+=($SERVE)
 until curl -sf "http://127.0.0.1:$HTTP/v1/ready" >/dev/null 2>&1; do sleep 0.1; done
 
+# CPU seconds so far: of both Redis servers (INFO cpu), of `serve` (/proc).
+redis_cpu() {
+    for port in "$@"; do redis-cli -p "$port" info cpu; done |
+        awk -F: '/^used_cpu_(sys|user):/ { s += $2 } END { printf "%.6f", s }'
+}
+serve_cpu() { awk -v hz="$(getconf CLK_TCK)" '{ printf "%.6f", ($14 + $15) / hz }' "/proc/$SERVE/stat"; }
+per() { awk -v a="$1" -v b="$2" -v n="$3" 'BEGIN { printf "%.1f", (b - a) * 1e6 / n }'; }
+
 say "wrk: $WORKLOAD orders, $CONNECTIONS connections, 2 threads, ${SECONDS_}s"
-WORKLOAD=$WORKLOAD wrk -t2 -c"$CONNECTIONS" -d"${SECONDS_}s" --latency \
-    -s bench/wrk/orders.lua "http://127.0.0.1:$HTTP" | grep -E "^redstage:|Requests/sec"
+R0=$(redis_cpu "$ORDERS" "$LEDGER")
+S0=$(serve_cpu)
+OUT=$(WORKLOAD=$WORKLOAD wrk -t2 -c"$CONNECTIONS" -d"${SECONDS_}s" --latency \
+    -s bench/wrk/orders.lua "http://127.0.0.1:$HTTP")
+R1=$(redis_cpu "$ORDERS" "$LEDGER")
+S1=$(serve_cpu)
+grep -E "^redstage:|Requests/sec" <<<"$OUT"
+COMMITTED=$(sed -n 's/^redstage: \([0-9]*\) committed (\([0-9]*\)\/s).*/\1/p' <<<"$OUT")
+RATE=$(sed -n 's/^redstage: \([0-9]*\) committed (\([0-9]*\)\/s).*/\2/p' <<<"$OUT")
+REDSTAGE_REDIS=$(per "$R0" "$R1" "$COMMITTED")
+echo "redstage: Redis CPU $REDSTAGE_REDIS µs per committed order (both servers), serve CPU $(per "$S0" "$S1" "$COMMITTED") µs per committed order"
 
 say "redis-benchmark: the same order as one Lua script on the orders Redis, $CONNECTIONS connections"
 SCRIPT='local stock = tonumber(redis.call("GET", KEYS[1]) or "0")
@@ -116,5 +134,13 @@ else
     KEYS=(lua:stock:__rand_int__ lua:balance:c__rand_int__ lua:balance:m__rand_int__)
 fi
 N=$((SECONDS_ * 30000))
-redis-benchmark -p "$ORDERS" -c "$CONNECTIONS" -n "$N" -r 1000 -q \
-    evalsha "$SHA" 3 "${KEYS[@]}" 2 5 | tr '\r' '\n' | tail -1
+R0=$(redis_cpu "$ORDERS")
+LUA=$(redis-benchmark -p "$ORDERS" -c "$CONNECTIONS" -n "$N" -r 1000 -q \
+    evalsha "$SHA" 3 "${KEYS[@]}" 2 5 | tr '\r' '\n' | tail -1)
+R1=$(redis_cpu "$ORDERS")
+echo "$LUA"
+LUA_REDIS=$(per "$R0" "$R1" "$N")
+LUA_RATE=$(sed -n 's/.*: \([0-9.]*\) requests per second.*/\1/p' <<<"$LUA")
+echo "lua: Redis CPU $LUA_REDIS µs per order"
+awk -v r="$REDSTAGE_REDIS" -v l="$LUA_REDIS" -v a="$RATE" -v b="$LUA_RATE" 'BEGIN {
+    printf "redstage / Lua script: Redis CPU per order %.1fx, orders/s %.3fx\n", r / l, a / b }'

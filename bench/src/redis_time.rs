@@ -73,7 +73,12 @@ fn script_names() -> BTreeMap<String, &'static str> {
         ("social script", baselines::SOCIAL_LUA),
     ]
     .into_iter()
-    .map(|(name, code)| (redis::Script::new(code).get_hash().to_owned(), name))
+    .map(|(name, code)| {
+        (
+            redis::Script::new(&s::lean(code)).get_hash().to_owned(),
+            name,
+        )
+    })
     .collect()
 }
 

@@ -15,6 +15,9 @@ use crate::workload::{Audit, Workload};
 /// Commands of the bench's own bookkeeping, left out of the counts.
 const OWN_COMMANDS: &[&str] = &["info", "config|resetstat"];
 
+/// The commands that run a script.
+const SCRIPT_COMMANDS: &[&str] = &["evalsha", "eval", "evalsha_ro", "eval_ro"];
+
 /// Everything one run measured.
 #[derive(Debug, Clone, Serialize)]
 pub struct Report {
@@ -100,6 +103,9 @@ pub struct Row {
     pub cmds_per_txn: Option<f64>,
     /// The same, command by command.
     pub commands_per_txn: BTreeMap<String, f64>,
+    /// Script calls (`EVALSHA`, `EVAL`) per committed transaction, every
+    /// store together.
+    pub scripts_per_txn: Option<f64>,
     /// CPU of the redis-server processes per committed transaction.
     pub redis_cpu_us_per_txn: Option<f64>,
     /// CPU of the bench process (clients, and redstage's coordinator and
@@ -158,6 +164,13 @@ impl Row {
             p99_ms: cell.latency_ms(0.99),
             p999_ms: cell.latency_ms(0.999),
             cmds_per_txn: per_txn(total as f64),
+            scripts_per_txn: per_txn(
+                calls
+                    .iter()
+                    .filter(|(c, _)| SCRIPT_COMMANDS.contains(&c.as_str()))
+                    .map(|(_, n)| *n as f64)
+                    .sum(),
+            ),
             commands_per_txn: calls
                 .iter()
                 .filter_map(|(c, n)| Some(((*c).clone(), per_txn(*n as f64)?)))
@@ -193,12 +206,25 @@ pub fn table(report: &Report) -> String {
         report.skus,
         report.accounts
     );
-    out += "| workload | clients | system | txn/s | p50 ms | p99 ms | p99.9 ms | aborts | conflicts | retries | RTs | cmds/txn | redis CPU µs/txn | bench CPU µs/txn | wasm µs/call | kept B/txn | lost |\n";
-    out += "|---|--:|---|--:|--:|--:|--:|--:|--:|--:|--:|--:|--:|--:|--:|--:|---|\n";
+    out += "| workload | clients | system | txn/s | p50 ms | p99 ms | p99.9 ms | aborts | conflicts | retries | RTs | scripts/txn | cmds/txn | redis CPU µs/txn | x Lua | bench CPU µs/txn | wasm µs/call | kept B/txn | lost |\n";
+    out += "|---|--:|---|--:|--:|--:|--:|--:|--:|--:|--:|--:|--:|--:|--:|--:|--:|--:|---|\n";
     for r in &report.rows {
+        // Redis CPU against the Lua script's, same workload and clients.
+        let lua = report.rows.iter().find(|l| {
+            l.system == SystemKind::Lua
+                && l.workload == r.workload
+                && l.concurrency == r.concurrency
+        });
+        let vs_lua = match (
+            r.redis_cpu_us_per_txn,
+            lua.and_then(|l| l.redis_cpu_us_per_txn),
+        ) {
+            (Some(mine), Some(theirs)) if theirs > 0.0 => Some(mine / theirs),
+            _ => None,
+        };
         let _ = writeln!(
             out,
-            "| {} | {} | {} | {:.0} | {} | {} | {} | {} | {} | {} | {} | {} | {} | {} | {} | {} | {} |",
+            "| {} | {} | {} | {:.0} | {} | {} | {} | {} | {} | {} | {} | {} | {} | {} | {} | {} | {} | {} | {} |",
             r.workload,
             r.concurrency,
             r.system,
@@ -210,8 +236,10 @@ pub fn table(report: &Report) -> String {
             r.conflicts,
             r.retries,
             num(r.round_trips_per_txn, 2),
+            num(r.scripts_per_txn, 2),
             num(r.cmds_per_txn, 1),
             num(r.redis_cpu_us_per_txn, 0),
+            num(vs_lua, 1),
             num(r.host_cpu_us_per_txn, 0),
             num(r.wasm_us_per_call, 1),
             num(r.kept_bytes_per_txn, 0),

@@ -451,15 +451,16 @@ impl Batch {
 
 /// A script and its SHA-1, sent as `EVALSHA` built in one go.
 struct Script {
-    code: &'static str,
+    code: String,
     sha: String,
 }
 
 impl Script {
-    fn new(code: &'static str) -> Script {
+    fn new(code: &str) -> Script {
+        let code = scripts::lean(code);
         Script {
+            sha: redis::Script::new(&code).get_hash().to_owned(),
             code,
-            sha: redis::Script::new(code).get_hash().to_owned(),
         }
     }
 }
@@ -1479,7 +1480,7 @@ impl Store {
         let replies: Vec<Value> =
             match tokio::time::timeout(self.timeout, evalsha.query_async(&mut conn)).await {
                 Ok(Err(e)) if e.kind() == no_script => {
-                    let eval = pipeline("EVAL", call.script.code);
+                    let eval = pipeline("EVAL", &call.script.code);
                     self.bounded(eval.query_async(&mut conn)).await?
                 }
                 first => self.settle(first)?,

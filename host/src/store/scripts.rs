@@ -268,16 +268,37 @@ local function prefix(part)
   if part then return 'A' .. #part .. ':' .. part .. ':' end
   return ''
 end
-local function load(k)
-  local r = redis.pcall('HMGET', k.meta, 'w', '#', 'W', 'lock', 'ver')
+local function load(k, txn)
+  local f = {'w', '#', 'W', 'lock', 'ver'}
+  for _, t in ipairs(k.targets) do
+    if t.part then f[#f + 1] = 'p:' .. t.part end
+    if txn and t.mode == 'a' then
+      local p = prefix(t.part)
+      f[#f + 1] = p .. 't:' .. txn
+      f[#f + 1] = p .. 'neg'
+      f[#f + 1] = p .. 'pos'
+      f[#f + 1] = p .. 'n'
+    end
+  end
+  local r = redis.pcall('HMGET', k.meta, unpack(f))
   if r.err then
     return {'stopped', 'key ' .. k.data .. ' is locked by an earlier redstage (protocol 2): ' ..
       'finish its transactions with that version (redstage recover --wait), then send this again'}
   end
   if r[4] then return {'legacy', k.i - 1, r[4]} end
   k.w, k.n, k.W, k.old = r[1] or nil, tonumber(r[2]) or 0, r[3] or nil, r[5] or nil
+  local x = 6
   for _, t in ipairs(k.targets) do
-    if t.part then t.v = redis.call('HGET', k.meta, 'p:' .. t.part) or nil else t.v = k.w end
+    t.v, t.adj, t.counts = k.w, nil, nil
+    if t.part then
+      t.v = r[x] or nil
+      x = x + 1
+    end
+    if txn and t.mode == 'a' then
+      t.adj = r[x] or nil
+      t.counts = {tonumber(r[x + 1]) or 0, tonumber(r[x + 2]) or 0, tonumber(r[x + 3]) or 0}
+      x = x + 4
+    end
   end
   return nil
 end
@@ -290,9 +311,11 @@ local function held(k, t, txn)
   local mode = string.sub(v, 1, 1)
   if mode == 'x' then return holder(v) == txn end
   if mode == 's' then return string.find(v, '\\t' .. txn .. '\\t', 1, true) ~= nil end
+  if t.counts then return t.adj ~= nil end
   return redis.call('HEXISTS', k.meta, prefix(t.part) .. 't:' .. txn) == 1
 end
 local function counts(k, t)
+  if t.counts then return t.counts end
   local p = prefix(t.part)
   local r = redis.call('HMGET', k.meta, p .. 'neg', p .. 'pos', p .. 'n')
   return {tonumber(r[1]) or 0, tonumber(r[2]) or 0, tonumber(r[3]) or 0}
@@ -393,11 +416,15 @@ local function take(k, t, txn, mine, lease, primary)
     if t.v then redis.call('HSET', k.meta, f, t.v .. '\\t' .. mine)
     else redis.call('HSET', k.meta, f, 's0\\t' .. mine) end
   else
-    if not t.v then redis.call('HSET', k.meta, f, 'a0') end
     local p, n, reserved = prefix(t.part), t.counts, t.total or 0
-    redis.call('HSET', k.meta, p .. 't:' .. txn, lease .. '\\t' .. primary .. '\\t' .. int(reserved),
+    local set = {p .. 't:' .. txn, lease .. '\\t' .. primary .. '\\t' .. int(reserved),
       p .. 'n', int(n[3] + 1), p .. 'neg', int(n[1] + math.min(reserved, 0)),
-      p .. 'pos', int(n[2] + math.max(reserved, 0)))
+      p .. 'pos', int(n[2] + math.max(reserved, 0))}
+    if not t.v then
+      set[#set + 1] = f
+      set[#set + 1] = 'a0'
+    end
+    redis.call('HSET', k.meta, unpack(set))
   end
   if t.part and not t.v then redis.call('HINCRBY', k.meta, '#', 1) end
 end
@@ -445,7 +472,7 @@ local function release(k, t, txn, wake)
   local f = field(t.part)
   local v = t.v
   local mode, wait = string.sub(v, 1, 1), string.sub(v, 2, 2)
-  local gone = false
+  local gone, also = false, {}
   if mode == 'x' then
     if holder(v) ~= txn then return 0 end
     gone = true
@@ -459,24 +486,24 @@ local function release(k, t, txn, wake)
     if #rest == 0 then gone = true else redis.call('HSET', k.meta, f, encode('s', wait, rest)) end
   else
     local p = prefix(t.part)
-    local r = redis.call('HMGET', k.meta, p .. 't:' .. txn, p .. 'n')
-    if not r[1] then return 0 end
-    if (tonumber(r[2]) or 0) <= 1 then
-      redis.call('HDEL', k.meta, p .. 't:' .. txn, p .. 'n', p .. 'neg', p .. 'pos')
+    local mine, n = t.adj, t.counts
+    if not n then
+      local r = redis.call('HMGET', k.meta, p .. 't:' .. txn, p .. 'neg', p .. 'pos', p .. 'n')
+      mine, n = r[1] or nil, {tonumber(r[2]) or 0, tonumber(r[3]) or 0, tonumber(r[4]) or 0}
+    end
+    if not mine then return 0 end
+    if n[3] <= 1 then
+      also = {p .. 't:' .. txn, p .. 'n', p .. 'neg', p .. 'pos'}
       gone = true
     else
-      local reserved = tonumber(string.match(r[1], '([^\\t]*)$')) or 0
+      local reserved = tonumber(string.match(mine, '([^\\t]*)$')) or 0
       redis.call('HDEL', k.meta, p .. 't:' .. txn)
-      if reserved < 0 then
-        redis.call('HINCRBY', k.meta, p .. 'neg', int(-reserved))
-      elseif reserved > 0 then
-        redis.call('HINCRBY', k.meta, p .. 'pos', int(-reserved))
-      end
-      redis.call('HINCRBY', k.meta, p .. 'n', -1)
+      redis.call('HSET', k.meta, p .. 'n', int(n[3] - 1),
+        p .. 'neg', int(n[1] - math.min(reserved, 0)), p .. 'pos', int(n[2] - math.max(reserved, 0)))
     end
   end
   if gone then
-    redis.call('HDEL', k.meta, f)
+    redis.call('HDEL', k.meta, f, unpack(also))
     if wait == '1' then wake[#wake + 1] = k.data end
     if t.part and redis.call('HINCRBY', k.meta, '#', -1) <= 0 then
       redis.call('HDEL', k.meta, '#')
@@ -487,6 +514,76 @@ local function release(k, t, txn, wake)
 end
 "
     };
+}
+
+/// The helpers every script on data keys is written against.
+const HELPERS: &str = lua_keys!();
+
+/// `code` with only the helpers it calls (directly or through another
+/// helper): Lua makes a closure of every `local function` on every call of
+/// a script, so a script that carried them all would pay for helpers it
+/// never calls. Code without the helpers is returned as it is. This is the
+/// text sent to Redis (and whose SHA-1 `EVALSHA` names).
+pub fn lean(code: &str) -> String {
+    let Some(at) = code.find(HELPERS) else {
+        return code.to_owned();
+    };
+    let (before, after) = (&code[..at], &code[at + HELPERS.len()..]);
+    // The helpers, in order, each with its name; the first (`local c`)
+    // goes with `nxt`, which moves it.
+    let mut chunks: Vec<(&str, &str)> = Vec::new();
+    let mut rest = HELPERS;
+    let mut name = "c";
+    while !rest.is_empty() {
+        let next = rest[1..]
+            .find("\nlocal function ")
+            .map_or(rest.len(), |i| i + 2);
+        chunks.push((name, &rest[..next]));
+        rest = &rest[next..];
+        if let Some(tail) = rest.strip_prefix("local function ") {
+            name = &tail[..tail.find('(').unwrap_or(0)];
+        }
+    }
+    let calls = |text: &str, name: &str| {
+        text.match_indices(&format!("{name}(")).any(|(i, _)| {
+            !text[..i]
+                .chars()
+                .next_back()
+                .is_some_and(|c| c.is_alphanumeric() || c == '_' || c == '.' || c == ':')
+        })
+    };
+    let mut used: Vec<bool> = chunks
+        .iter()
+        .map(|(name, _)| calls(before, name) || calls(after, name))
+        .collect();
+    loop {
+        let mut grew = false;
+        for i in 0..chunks.len() {
+            if used[i] {
+                continue;
+            }
+            let needed = chunks
+                .iter()
+                .zip(&used)
+                .any(|((_, text), &u)| u && calls(text, chunks[i].0))
+                || (chunks[i].0 == "c" && used.get(1) == Some(&true));
+            if needed {
+                used[i] = true;
+                grew = true;
+            }
+        }
+        if !grew {
+            break;
+        }
+    }
+    let mut out = String::from(before);
+    for ((_, text), u) in chunks.iter().zip(&used) {
+        if *u {
+            out += text;
+        }
+    }
+    out += after;
+    out
 }
 
 /// Locks and reads, in one step, what a transaction declared on this
@@ -601,7 +698,7 @@ if redis.call('ZSCORE', index, ARGV[4]) then
 end
 local locks = false
 for _, k in ipairs(ks) do
-  local refused = load(k)
+  local refused = load(k, txn)
   if refused then return refused end
   for _, t in ipairs(k.targets) do
     if t.mode ~= 'r' then locks = true end
@@ -731,7 +828,7 @@ local ks = parse(3, (#KEYS - 3) / 2)
 local free = ARGV[9] == 'free'
 local clock = nil
 for _, k in ipairs(ks) do
-  local refused = load(k)
+  local refused = load(k, txn)
   if refused then return refused end
   if appended(k) then
     local wrong = typed(k)
@@ -827,7 +924,7 @@ c = 4
 local ks = parse(0, (#KEYS - 1) / 2)
 local lost = 0
 for _, k in ipairs(ks) do
-  if load(k) then
+  if load(k, txn) then
     return redis.error_reply('key ' .. k.data .. ': a lock table of an earlier protocol is in the way')
   end
   for _, t in ipairs(k.targets) do
@@ -845,7 +942,8 @@ for _, k in ipairs(ks) do
       if renewed then redis.call('HSET', k.meta, field(t.part), encode(mode, wait, hs)) end
     elseif mode == 'a' then
       local f = prefix(t.part) .. 't:' .. txn
-      local h = redis.call('HGET', k.meta, f)
+      local h = t.adj
+      if not t.counts then h = redis.call('HGET', k.meta, f) end
       if h then
         redis.call('HSET', k.meta, f, lease .. string.match(h, '^[^\\t]*(.*)$'))
         renewed = true
@@ -899,7 +997,7 @@ for x = 1, tonumber(ARGV[1]) do
 end
 local function check(b)
   for _, k in ipairs(b.ks) do
-    if load(k) then
+    if load(k, b.txn) then
       return 'key ' .. k.data .. ': a lock table of an earlier protocol is in the way'
     end
     for _, t in ipairs(k.targets) do t.mine = held(k, t, b.txn) end
@@ -945,7 +1043,7 @@ for x, b in ipairs(batch) do
   if not b.skip then
     local n = 0
     for _, k in ipairs(b.ks) do
-      if touched[k.meta] then load(k) end
+      if touched[k.meta] then load(k, b.txn) end
       for _, o in ipairs(k.ops) do
         if o.go then apply(k, o) end
       end
@@ -1086,3 +1184,50 @@ else
 end
 return 1
 ";
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    /// The helpers a script's text defines, and those it calls.
+    fn defined_and_called(code: &str) -> (Vec<String>, Vec<String>) {
+        let names: Vec<String> = HELPERS
+            .split("local function ")
+            .skip(1)
+            .map(|s| s[..s.find('(').unwrap()].to_owned())
+            .collect();
+        let defined = names
+            .iter()
+            .filter(|n| code.contains(&format!("local function {n}(")))
+            .cloned()
+            .collect();
+        let called = names
+            .iter()
+            .filter(|n| {
+                code.match_indices(&format!("{n}(")).any(|(i, _)| {
+                    !code[..i].ends_with("function ")
+                        && !code[..i]
+                            .chars()
+                            .next_back()
+                            .is_some_and(|c| c.is_alphanumeric() || "_.:".contains(c))
+                })
+            })
+            .cloned()
+            .collect();
+        (defined, called)
+    }
+
+    #[test]
+    fn a_lean_script_defines_every_helper_it_calls_and_no_other() {
+        for code in [LOCK, RESERVE, COMMIT, RENEW, APPLY, FINALIZE] {
+            let lean = lean(code);
+            let (defined, called) = defined_and_called(&lean);
+            assert_eq!(defined, called, "{}", &lean[lean.len() - 200..]);
+            assert!(lean.len() < code.len());
+            assert_eq!(lean.contains("local c = 1"), called.contains(&"nxt".into()));
+        }
+        let (defined, _) = defined_and_called(&lean(FINALIZE));
+        assert_eq!(defined, ["call_all"]);
+        assert_eq!(lean(DECISION), DECISION);
+    }
+}
