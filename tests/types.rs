@@ -518,3 +518,57 @@ async fn applies_queued_together_share_one_call_and_each_gets_its_own_reply() {
         "14 applies took {calls} script calls"
     );
 }
+
+/// Two transactions that declare one key as two Redis types never share an
+/// apply call: the second goes in the next call, and its check sees what
+/// the first made of the key. Here one appends to `mixed` as a list and the
+/// other as a stream (appends take no lock, so both got this far): the
+/// list is made, the stream's append is refused with nothing applied, and
+/// no call failed half-way.
+#[tokio::test]
+async fn a_key_declared_as_two_types_is_never_in_one_apply_call() {
+    let server = RedisServer::start(Persistence::None).expect("redis");
+    let store = store(&server);
+    let mut redis = redis::Client::open(server.url())
+        .and_then(|c| c.get_connection())
+        .expect("connect");
+    let append = [(None, Mode::Append)];
+    let push = [Op::RPush(vec![Base64(b"x".to_vec())])];
+    let event = [Op::XAdd {
+        fields: vec![("type".into(), Base64(b"placed".to_vec()))],
+        maxlen: None,
+    }];
+    let work = |kind, ops| KeyWork {
+        key: "mixed",
+        kind,
+        targets: &append,
+        reads: &[],
+        ops,
+    };
+    let as_list = [work(Kind::List, &push)];
+    let as_stream = [work(Kind::Stream, &event)];
+    for (txn, keys) in [("l", &as_list), ("s", &as_stream)] {
+        assert_eq!(lock(&store, txn, keys).await, Locked::Values(vec![vec![]]));
+    }
+    let _: () = redis::cmd("CLIENT")
+        .arg("PAUSE")
+        .arg(200)
+        .arg("ALL")
+        .query(&mut redis)
+        .expect("CLIENT PAUSE");
+    let (list_entry, stream_entry) = (
+        entry("l", &as_list).encode(),
+        entry("s", &as_stream).encode(),
+    );
+    let (list, stream) = tokio::join!(
+        store.apply_queued("l", Some(&list_entry), &as_list),
+        store.apply_queued("s", Some(&stream_entry), &as_stream),
+    );
+    list.expect("the list's append applied");
+    let refused = stream.expect_err("the stream's append refused").to_string();
+    assert!(refused.contains("holds a list"), "{refused}");
+    let items: Vec<String> = redis.lrange("mixed", 0, -1).expect("LRANGE");
+    assert_eq!(items, ["x"]);
+    let listed: Vec<String> = redis.zrange("rs:locks", 0, -1).expect("ZRANGE");
+    assert_eq!(listed, [stream_entry], "the refused one keeps its entry");
+}

@@ -168,8 +168,8 @@ impl Row {
                 calls
                     .iter()
                     .filter(|(c, _)| SCRIPT_COMMANDS.contains(&c.as_str()))
-                    .map(|(_, n)| *n as f64)
-                    .sum(),
+                    .map(|(_, n)| n)
+                    .sum::<u64>() as f64,
             ),
             commands_per_txn: calls
                 .iter()

@@ -80,6 +80,16 @@ fn a_tiny_run_covers_every_system_and_redstage_loses_nothing() {
                     assert_eq!(row["lost"], "nothing", "{row}");
                     assert!(row["wasm_us_per_call"].as_f64() > Some(0.0), "{row}");
                 }
+                // Script calls: the Lua baseline's one per transaction (or
+                // more, with its business aborts); none for WATCH/MULTI.
+                let scripts = row["scripts_per_txn"].as_f64().expect("scripts/txn");
+                match system {
+                    "lua" => assert!(scripts >= 1.0, "{row}"),
+                    "watch" | "naive" => {
+                        assert!(scripts == 0.0 && scripts.is_sign_positive(), "{row}")
+                    }
+                    _ => assert!(scripts > 0.0, "{row}"),
+                }
             }
         }
     }

@@ -65,7 +65,8 @@
 //! adjustments as it locks when asked), [`Store::reserve`],
 //! [`Store::commit`] (the commit point; `free`, for targets only adjusted or
 //! appended to, which it checks and changes without a lock taken before),
-//! [`Store::apply`] (apply or roll back, and release), [`Store::renew`],
+//! [`Store::apply`] (apply or roll back, and release; after an answer,
+//! [`Store::apply_queued`]: many transactions in one call), [`Store::renew`],
 //! [`Store::finalize`], and for recovery [`Store::decide`],
 //! [`Store::record`], [`Store::expired`]. The protocol that strings them
 //! together is in `txn`.
@@ -429,23 +430,19 @@ impl Batch {
         }
     }
 
-    /// Takes `q`, unless it declares a key of the batch as another type
-    /// (then it is handed back).
-    fn add(&mut self, q: Queued) -> Result<(), Queued> {
-        let clash = q
-            .part
-            .keys
+    /// Whether `part` declares a key of the batch as another type.
+    fn clashes(&self, part: &Applying) -> bool {
+        part.keys
             .iter()
-            .zip(&q.part.kinds)
-            .any(|(key, kind)| self.kinds.get(key).is_some_and(|k| k != kind));
-        if clash {
-            return Err(q);
-        }
+            .zip(&part.kinds)
+            .any(|(key, kind)| self.kinds.get(key).is_some_and(|k| k != kind))
+    }
+
+    fn push(&mut self, q: Queued) {
         for (key, kind) in q.part.keys.iter().zip(&q.part.kinds) {
             self.kinds.insert(key.clone(), *kind);
         }
         self.queued.push(q);
-        Ok(())
     }
 }
 
@@ -1061,11 +1058,16 @@ impl Store {
             tx
         });
         let parts = self.applying(txn, entry, keys)?;
-        let replies = parts.into_iter().map(|(index, part)| {
+        let mut replies = Vec::with_capacity(parts.len());
+        for (index, part) in parts {
             let (reply, answer) = oneshot::channel();
-            let _ = queue.send(Queued { index, part, reply });
-            answer
-        });
+            if queue.send(Queued { index, part, reply }).is_err() {
+                // The queue's task is gone with the runtime that ran it:
+                // nothing was sent, so go alone.
+                return self.apply(txn, entry, keys).await;
+            }
+            replies.push(answer);
+        }
         let applied = join_all(replies).await;
         applied
             .into_iter()
@@ -1099,8 +1101,10 @@ impl Store {
                         batches.len() - 1
                     }
                 };
-                if let Err(q) = batches[at].add(q) {
+                if batches[at].clashes(&q.part) {
                     later.push_back(q);
+                } else {
+                    batches[at].push(q);
                 }
                 if taken < APPLY_BATCH_MAX {
                     next = later.pop_front().or_else(|| rx.try_recv().ok());

@@ -118,8 +118,11 @@ macro_rules! lua_clock {
 ///   parts, and back; the sole holder of an `x` entry;
 /// - `field(part)`, `prefix(part)`: a target's lock entry field, and the
 ///   prefix of its adjusters' fields;
-/// - `load(k)`: reads key `k`'s lock table (`k.w`, `k.n`, `k.W`, and each
-///   target's entry `t.v`), or answers the reply refusing it: a table of an
+/// - `load(k, txn)`: reads key `k`'s lock table in one `HMGET` (`k.w`,
+///   `k.n`, `k.W`, each target's entry `t.v`, and with `txn`, for each
+///   adjusted target, `txn`'s adjuster field `t.adj` and the adjusters'
+///   `t.counts`, which `held`, `counts` and `release` then use), or answers
+///   the reply refusing it: a table of an
 ///   earlier protocol (`{'stopped', message}`, `{'legacy', i, holder}`);
 ///   `forget(k)` drops what the first protocol left there without a lock
 ///   (its version of the key), where a transaction first writes the table;

@@ -1,6 +1,8 @@
 //! The work a coordinator still owes after it answered: applying a
 //! committed transaction on its other stores, and finalizing decision
-//! records in batches.
+//! records in batches. Both are group commits: one script call per store
+//! carries whatever piled up while the previous one was on its way (the
+//! applies through [`Store::apply_queued`]).
 //!
 //! None of it can change an outcome: the decision is written before the
 //! answer. If it fails, or the host dies first, the locks stay and whoever
