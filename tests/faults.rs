@@ -438,11 +438,7 @@ async fn a_lost_commit_reply_is_outcome_unknown_and_the_lookup_tells() {
         &["orders", "ledger"],
     );
     seed(&env).await;
-    let commit = redis::Script::new(&redstage::store::scripts::lean(
-        redstage::store::scripts::COMMIT,
-    ))
-    .get_hash()
-    .to_owned();
+    let commit = redstage::store::scripts::sha(redstage::store::scripts::COMMIT);
     let late = env.config.txn.store_timeout() * 2;
 
     // One store: a deposit commits in one script on the ledger (run once
@@ -1271,11 +1267,9 @@ async fn a_commit_held_up_in_the_network_is_fenced_by_a_lookup() {
         &["ledger"],
     );
     seed(&env).await;
-    let commit = redis::Script::new(&redstage::store::scripts::lean(
-        redstage::store::scripts::COMMIT,
-    ));
+    let commit = redstage::store::scripts::sha(redstage::store::scripts::COMMIT);
     let late = Duration::from_secs(4);
-    env.proxy("ledger").delay_request(commit.get_hash(), late);
+    env.proxy("ledger").delay_request(&commit, late);
     let armed = Instant::now();
     let transfer = json!([step(
         "payments",

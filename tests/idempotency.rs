@@ -363,10 +363,6 @@ fn proxied_env(extra: &str) -> TestEnv {
     )
 }
 
-fn sha(script: &str) -> String {
-    redis::Script::new(script).get_hash().to_owned()
-}
-
 fn deduct(qty: i64) -> Value {
     json!([step(
         "inventory",
@@ -382,8 +378,9 @@ fn deduct(qty: i64) -> Value {
 async fn an_abort_is_answered_only_once_it_is_stored() {
     let env = proxied_env(FAST);
     seed(&env).await;
-    env.proxy("orders")
-        .cut_at(&sha(redstage::store::scripts::SETTLE_CLAIM));
+    env.proxy("orders").cut_at(&redstage::store::scripts::sha(
+        redstage::store::scripts::SETTLE_CLAIM,
+    ));
     let first = env.coordinator.run(keyed(deduct(20), "too-many")).await;
     let err = first.expect_err("the abort could not be stored, so it is not the answer");
     assert_eq!(err.code(), "store_unavailable", "{err}");
@@ -430,7 +427,7 @@ async fn a_lost_claim_reply_does_not_block_retries() {
     );
     seed(&env).await;
     env.proxy("orders").delay_reply_to(
-        &sha(redstage::store::scripts::CLAIM),
+        &redstage::store::scripts::sha(redstage::store::scripts::CLAIM),
         Duration::from_millis(700),
     );
     let first = env.coordinator.run(keyed(order(), "lost-reply")).await;

@@ -104,11 +104,7 @@ async fn a_stalled_store_is_resolved_by_lookup_and_applied_once() {
     let env = env(FAST, &["orders"]);
     seed(&env).await;
     let host = env.spawn_host(None);
-    let commit = redis::Script::new(&redstage::store::scripts::lean(
-        redstage::store::scripts::COMMIT,
-    ))
-    .get_hash()
-    .to_owned();
+    let commit = redstage::store::scripts::sha(redstage::store::scripts::COMMIT);
     env.proxy("orders")
         .delay_reply_to(&commit, env.config.txn.store_timeout() * 3);
     let outcome = scenario("stalled_store", &[url(host.addr)], async || {}).await;

@@ -16,8 +16,27 @@ use redstage_tests::{Persistence, RedisServer};
 
 const LEASE: Duration = Duration::from_secs(30);
 
-fn store(server: &RedisServer) -> Store {
-    Store::connect("s", &server.url().as_str().into(), Duration::from_secs(5)).expect("a store")
+/// A fresh redis-server, the store on it, and a connection of the test's
+/// own to look at it.
+fn started() -> (RedisServer, Store, redis::Connection) {
+    let server = RedisServer::start(Persistence::None).expect("redis");
+    let store = Store::connect("s", &server.url().as_str().into(), Duration::from_secs(5))
+        .expect("a store");
+    let redis = redis::Client::open(server.url())
+        .and_then(|c| c.get_connection())
+        .expect("connect");
+    (server, store, redis)
+}
+
+/// Holds every client's commands in the server for `ms`, so that calls
+/// sent meanwhile queue behind the first.
+fn pause(redis: &mut redis::Connection, ms: u64) {
+    let _: () = redis::cmd("CLIENT")
+        .arg("PAUSE")
+        .arg(ms)
+        .arg("ALL")
+        .query(redis)
+        .expect("CLIENT PAUSE");
 }
 
 fn entry(txn: &str, keys: &[KeyWork]) -> IndexEntry {
@@ -52,11 +71,7 @@ fn part(p: &str) -> Option<String> {
 /// it reads what they wrote. Every field is read and written as bytes.
 #[tokio::test]
 async fn fields_of_one_hash_are_locked_apart_and_a_whole_read_waits_for_them() {
-    let server = RedisServer::start(Persistence::None).expect("redis");
-    let store = store(&server);
-    let mut redis = redis::Client::open(server.url())
-        .and_then(|c| c.get_connection())
-        .expect("connect");
+    let (_server, store, mut redis) = started();
     let _: () = redis.hset("user:{a}", "sent", "3").expect("HSET");
 
     let sent = [(part("sent"), Mode::Exclusive)];
@@ -130,11 +145,7 @@ async fn fields_of_one_hash_are_locked_apart_and_a_whole_read_waits_for_them() {
 /// an integer (a fractional score) is refused before anything changes.
 #[tokio::test]
 async fn fields_and_scores_are_adjusted_under_their_bounds() {
-    let server = RedisServer::start(Persistence::None).expect("redis");
-    let store = store(&server);
-    let mut redis = redis::Client::open(server.url())
-        .and_then(|c| c.get_connection())
-        .expect("connect");
+    let (_server, store, mut redis) = started();
     let _: () = redis.hset("stock", "A1", "5").expect("HSET");
     let _: () = redis.zadd("board", "ann", 2.5).expect("ZADD");
     let _: () = redis.zadd("board", "bob", 10).expect("ZADD");
@@ -231,11 +242,7 @@ async fn fields_and_scores_are_adjusted_under_their_bounds() {
 /// before anything changes.
 #[tokio::test]
 async fn appends_are_made_once_and_type_checked() {
-    let server = RedisServer::start(Persistence::None).expect("redis");
-    let store = store(&server);
-    let mut redis = redis::Client::open(server.url())
-        .and_then(|c| c.get_connection())
-        .expect("connect");
+    let (_server, store, mut redis) = started();
     let append = [(None, Mode::Append)];
     let entry_ops = [Op::XAdd {
         fields: vec![
@@ -305,11 +312,7 @@ async fn appends_are_made_once_and_type_checked() {
 /// read of more items than the limit is refused, naming the count.
 #[tokio::test]
 async fn members_ranges_and_the_read_bound() {
-    let server = RedisServer::start(Persistence::None).expect("redis");
-    let store = store(&server);
-    let mut redis = redis::Client::open(server.url())
-        .and_then(|c| c.get_connection())
-        .expect("connect");
+    let (_server, store, mut redis) = started();
     let _: () = redis.sadd("followers:{b}", &["a", "c"]).expect("SADD");
     for (m, s) in [("a", 1.0), ("b", 2.0), ("c", 3.5)] {
         let _: () = redis.zadd("board", m, s).expect("ZADD");
@@ -381,11 +384,7 @@ async fn members_ranges_and_the_read_bound() {
 /// keeps its index entry, and two calls at most carried all of it.
 #[tokio::test]
 async fn applies_queued_together_share_one_call_and_each_gets_its_own_reply() {
-    let server = RedisServer::start(Persistence::None).expect("redis");
-    let store = store(&server);
-    let mut redis = redis::Client::open(server.url())
-        .and_then(|c| c.get_connection())
-        .expect("connect");
+    let (_server, store, mut redis) = started();
     let _: () = redis.set("stock", "100").expect("SET");
     let _: () = redis.set("cfg", "v").expect("SET");
 
@@ -449,12 +448,7 @@ async fn applies_queued_together_share_one_call_and_each_gets_its_own_reply() {
 
     // While every client is paused, the first call waits in the server and
     // the rest queue behind it.
-    let _: () = redis::cmd("CLIENT")
-        .arg("PAUSE")
-        .arg(300)
-        .arg("ALL")
-        .query(&mut redis)
-        .expect("CLIENT PAUSE");
+    pause(&mut redis, 300);
     let entries: Vec<String> = txns
         .iter()
         .map(|(txn, keys)| entry(txn, keys).encode())
@@ -527,11 +521,7 @@ async fn applies_queued_together_share_one_call_and_each_gets_its_own_reply() {
 /// no call failed half-way.
 #[tokio::test]
 async fn a_key_declared_as_two_types_is_never_in_one_apply_call() {
-    let server = RedisServer::start(Persistence::None).expect("redis");
-    let store = store(&server);
-    let mut redis = redis::Client::open(server.url())
-        .and_then(|c| c.get_connection())
-        .expect("connect");
+    let (_server, store, mut redis) = started();
     let append = [(None, Mode::Append)];
     let push = [Op::RPush(vec![Base64(b"x".to_vec())])];
     let event = [Op::XAdd {
@@ -550,12 +540,7 @@ async fn a_key_declared_as_two_types_is_never_in_one_apply_call() {
     for (txn, keys) in [("l", &as_list), ("s", &as_stream)] {
         assert_eq!(lock(&store, txn, keys).await, Locked::Values(vec![vec![]]));
     }
-    let _: () = redis::cmd("CLIENT")
-        .arg("PAUSE")
-        .arg(200)
-        .arg("ALL")
-        .query(&mut redis)
-        .expect("CLIENT PAUSE");
+    pause(&mut redis, 200);
     let (list_entry, stream_entry) = (
         entry("l", &as_list).encode(),
         entry("s", &as_stream).encode(),

@@ -73,12 +73,7 @@ fn script_names() -> BTreeMap<String, &'static str> {
         ("social script", baselines::SOCIAL_LUA),
     ]
     .into_iter()
-    .map(|(name, code)| {
-        (
-            redis::Script::new(&s::lean(code)).get_hash().to_owned(),
-            name,
-        )
-    })
+    .map(|(name, code)| (s::sha(code), name))
     .collect()
 }
 

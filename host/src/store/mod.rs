@@ -390,18 +390,23 @@ struct Applying {
 
 impl Applying {
     fn new(txn: &str, entry: &str, keys: &[KeyWork<'_>]) -> Applying {
-        let mut blocks = Vec::new();
-        for k in keys {
-            k.args(&mut blocks, false, false, true);
-        }
         Applying {
             txn: txn.to_owned(),
             entry: entry.to_owned(),
             keys: keys.iter().map(|k| k.key.to_owned()).collect(),
             kinds: keys.iter().map(|k| k.kind).collect(),
-            blocks,
+            blocks: blocks(keys, false, false, true),
         }
     }
+}
+
+/// The argument blocks of `keys` (see [`scripts`] and [`KeyWork::args`]).
+fn blocks(keys: &[KeyWork<'_>], reserve: bool, reads: bool, ops: bool) -> Vec<Vec<u8>> {
+    let mut args = Vec::new();
+    for k in keys {
+        k.args(&mut args, reserve, reads, ops);
+    }
+    args
 }
 
 /// A transaction's share queued for [`Store::apply_queued`], and where its
@@ -520,20 +525,21 @@ impl Call {
     /// The two keys a script takes per data key: the key, and its lock
     /// table.
     fn keyed(&mut self, keys: &[KeyWork<'_>]) -> &mut Call {
-        for k in keys {
-            self.key(Key::Data(k.key).encode())
-                .key(Key::Meta(k.key).encode());
+        self.keyed_by_name(keys.iter().map(|k| k.key))
+    }
+
+    /// [`Call::keyed`], for keys given by name.
+    fn keyed_by_name<'k>(&mut self, keys: impl IntoIterator<Item = &'k str>) -> &mut Call {
+        for key in keys {
+            self.key(Key::Data(key).encode())
+                .key(Key::Meta(key).encode());
         }
         self
     }
 
     /// One block of arguments per key (see [`scripts`]).
     fn blocks(&mut self, keys: &[KeyWork<'_>], reserve: bool, reads: bool, ops: bool) -> &mut Call {
-        let mut args = Vec::new();
-        for k in keys {
-            k.args(&mut args, reserve, reads, ops);
-        }
-        for arg in args {
+        for arg in blocks(keys, reserve, reads, ops) {
             self.args.arg(arg);
         }
         self
@@ -1178,10 +1184,7 @@ impl Store {
         let mut call = Call::new(&scripts().apply);
         call.key(index).arg(parts.len());
         for part in parts {
-            for key in &part.keys {
-                call.key(Key::Data(key).encode())
-                    .key(Key::Meta(key).encode());
-            }
+            call.keyed_by_name(part.keys.iter().map(String::as_str));
             call.arg(&part.txn).arg(&part.entry).arg(part.keys.len());
             for arg in &part.blocks {
                 call.arg(arg);

@@ -121,13 +121,12 @@ macro_rules! lua_clock {
 /// - `load(k, txn)`: reads key `k`'s lock table in one `HMGET` (`k.w`,
 ///   `k.n`, `k.W`, each target's entry `t.v`, and with `txn`, for each
 ///   adjusted target, `txn`'s adjuster field `t.adj` and the adjusters'
-///   `t.counts`, which `held`, `counts` and `release` then use), or answers
+///   `t.counts`, which `held`, `release` and the bound checks then use), or answers
 ///   the reply refusing it: a table of an
 ///   earlier protocol (`{'stopped', message}`, `{'legacy', i, holder}`);
 ///   `forget(k)` drops what the first protocol left there without a lock
 ///   (its version of the key), where a transaction first writes the table;
 /// - `held(k, t, txn)`: whether `txn` holds target `t` (loaded);
-/// - `counts(k, t)`: an adjusted target's `{neg, pos, n}`;
 /// - `typed(k)`: nil, or the `{'wrong_type', i, type}` refusing a key that
 ///   holds another Redis type than declared;
 /// - `value(k, t)`: the raw value a bounded delta of target `t` adds to, or
@@ -316,12 +315,6 @@ local function held(k, t, txn)
   if mode == 's' then return string.find(v, '\\t' .. txn .. '\\t', 1, true) ~= nil end
   if t.counts then return t.adj ~= nil end
   return redis.call('HEXISTS', k.meta, prefix(t.part) .. 't:' .. txn) == 1
-end
-local function counts(k, t)
-  if t.counts then return t.counts end
-  local p = prefix(t.part)
-  local r = redis.call('HMGET', k.meta, p .. 'neg', p .. 'pos', p .. 'n')
-  return {tonumber(r[1]) or 0, tonumber(r[2]) or 0, tonumber(r[3]) or 0}
 end
 local function typed(k)
   local found = redis.call('TYPE', k.data).ok
@@ -589,6 +582,12 @@ pub fn lean(code: &str) -> String {
     out
 }
 
+/// The SHA-1 by which `EVALSHA` names the script `code` (as [`lean`] makes
+/// it).
+pub fn sha(code: &str) -> String {
+    redis::Script::new(&lean(code)).get_hash().to_owned()
+}
+
 /// Locks and reads, in one step, what a transaction declared on this
 /// store: each target (a key whole, or one hash field or set member) in its
 /// mode: `x` exclusively (it may write), `s` shared (it only reads, in a
@@ -706,7 +705,6 @@ for _, k in ipairs(ks) do
   for _, t in ipairs(k.targets) do
     if t.mode ~= 'r' then locks = true end
     if t.mode == 'a' then
-      t.counts = counts(k, t)
       if t.steps ~= '' then
         local raw = k.raw
         if k.kind ~= 'string' then raw = value(k, t) end
@@ -870,14 +868,9 @@ for _, k in ipairs(ks) do
     if o.code == 'adj' then
       local t = k.targets[o.t]
       if t.mode == 'a' then
-        local neg, pos = 0, 0
-        if t.v then
-          local n = counts(k, t)
-          neg, pos = n[1], n[2]
-        end
         local raw, wrong = value(k, t)
         if wrong then return wrong end
-        local _, bad = bounded(raw, neg, pos, o.a)
+        local _, bad = bounded(raw, t.counts[1], t.counts[2], o.a)
         if bad then return {bad[1], k.i - 1, t.j - 1, bad[2]} end
       end
     end
