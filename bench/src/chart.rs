@@ -26,6 +26,7 @@ fn color(system: SystemKind) -> &'static str {
         SystemKind::Lua => "#1f77b4",
         SystemKind::Watch => "#2ca02c",
         SystemKind::Naive => "#7f7f7f",
+        SystemKind::TwoPhase => "#8c564b",
     }
 }
 

@@ -17,6 +17,8 @@
 //!                 whenever EXEC answers nil
 //!  naive          GET, SET temp keys, SET a lock key (no checks), inventory on `orders`,
 //!                 RENAME temp keys over the data, DEL the lock    payments on `ledger`
+//!  two-phase      by hand: reserve the stock (lease, index), the  inventory on `orders`,
+//!                 commit point and payment, deduct or release     payments on `ledger`
 //! ```
 //!
 //! Every system runs the same business logic on the same key space: deduct

@@ -74,7 +74,7 @@ pub struct Options {
         long,
         value_delimiter = ',',
         action = ArgAction::Set,
-        default_value = "redstage,redstage-locking,redstage-http,lua,watch,naive"
+        default_value = "redstage,redstage-locking,redstage-http,lua,watch,naive,two-phase"
     )]
     pub systems: Vec<SystemKind>,
     /// The JSON report.

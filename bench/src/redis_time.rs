@@ -71,6 +71,9 @@ fn script_names() -> BTreeMap<String, &'static str> {
         ("order script", baselines::ORDER_LUA),
         ("outbox script", baselines::OUTBOX_LUA),
         ("social script", baselines::SOCIAL_LUA),
+        ("two-phase reserve", baselines::TWO_PHASE_RESERVE),
+        ("two-phase commit", baselines::TWO_PHASE_COMMIT),
+        ("two-phase apply", baselines::TWO_PHASE_APPLY),
     ]
     .into_iter()
     .map(|(name, code)| (s::sha(code), name))

@@ -548,17 +548,19 @@ impl Stores {
     }
 
     /// Locks and temporary keys left behind: redstage's lock index entries
-    /// (`rs:locks`, and on a cluster one index per slot) and the naive
-    /// system's `naive:*` keys.
+    /// (`rs:locks`, and on a cluster one index per slot), the naive
+    /// system's `naive:*` keys and the two-phase system's reservations.
     pub async fn leftovers(&self) -> anyhow::Result<usize> {
         let mut n = 0;
         for mut conn in self.distinct() {
-            for index in keys_matching(&mut conn, "rs:*locks", Some("zset")).await? {
-                let locks: usize = redis::cmd("ZCARD")
-                    .arg(index)
-                    .query_async(&mut conn)
-                    .await?;
-                n += locks;
+            for pattern in ["rs:*locks", "twophase:index"] {
+                for index in keys_matching(&mut conn, pattern, Some("zset")).await? {
+                    let locks: usize = redis::cmd("ZCARD")
+                        .arg(index)
+                        .query_async(&mut conn)
+                        .await?;
+                    n += locks;
+                }
             }
             n += keys_matching(&mut conn, "naive:*", None).await?.len();
         }

@@ -8,22 +8,23 @@ use std::process::Command;
 
 use serde_json::Value;
 
-const SYSTEMS: [&str; 6] = [
+const SYSTEMS: [&str; 7] = [
     "redstage",
     "redstage-locking",
     "redstage-http",
     "lua",
     "watch",
     "naive",
+    "two-phase",
 ];
 const WORKLOADS: [&str; 7] = [
     "order", "shop", "transfer", "hot", "flash", "outbox", "social",
 ];
 
-/// Whether `system` runs `workload`: WATCH and the naive staging only move
-/// stock and money.
+/// Whether `system` runs `workload`: WATCH, the naive staging and the
+/// hand-written two-phase commit only move stock and money.
 fn runs(system: &str, workload: &str) -> bool {
-    !matches!(system, "watch" | "naive") || !matches!(workload, "outbox" | "social")
+    !matches!(system, "watch" | "naive" | "two-phase") || !matches!(workload, "outbox" | "social")
 }
 
 /// Builds the example components; returns their folder.
@@ -93,7 +94,7 @@ fn a_tiny_run_covers_every_system_and_redstage_loses_nothing() {
             }
         }
     }
-    for system in ["lua", "watch"] {
+    for system in ["lua", "watch", "two-phase"] {
         let lost: Vec<&Value> = rows
             .iter()
             .filter(|r| r["system"] == system)
@@ -121,7 +122,7 @@ fn a_tiny_run_on_a_cluster_runs_redstage_only_and_loses_nothing() {
     let (_, stderr, report) = tiny_run(&dir, &["--cluster", "--concurrency", "2"]);
     assert!(stderr.contains("redis+cluster://"), "{stderr}");
     assert!(
-        stderr.contains("leaving out [Lua, Watch, Naive]"),
+        stderr.contains("leaving out [Lua, Watch, Naive, TwoPhase]"),
         "{stderr}"
     );
     let rows = report["rows"].as_array().expect("rows");
@@ -157,13 +158,13 @@ fn redis_time_names_each_script_a_transaction_runs() {
             "--workloads",
             "order,transfer",
             "--systems",
-            "redstage,lua",
+            "redstage,lua,two-phase",
         ],
     );
     assert!(stdout.contains("| script or command |"), "{stdout}");
     assert!(report["rows"].as_array().is_some_and(Vec::is_empty));
     let profiles = report["redis_time"].as_array().expect("profiles");
-    assert_eq!(profiles.len(), 4);
+    assert_eq!(profiles.len(), 6);
     let calls = |workload: &str, system: &str, store: &str, name: &str| -> f64 {
         let profile = profiles
             .iter()
@@ -185,6 +186,21 @@ fn redis_time_names_each_script_a_transaction_runs() {
     assert_eq!(calls("transfer", "redstage", "ledger", "LOCK"), 0.0);
     assert_eq!(calls("order", "lua", "orders", "order script"), 1.0);
     assert_eq!(calls("transfer", "lua", "orders", "order script"), 1.0);
+    for (store, name) in [
+        ("orders", "two-phase reserve"),
+        ("ledger", "two-phase commit"),
+        ("orders", "two-phase apply"),
+    ] {
+        assert_eq!(calls("order", "two-phase", store, name), 1.0);
+    }
+    assert_eq!(
+        calls("transfer", "two-phase", "ledger", "two-phase commit"),
+        1.0
+    );
+    assert_eq!(
+        calls("transfer", "two-phase", "orders", "two-phase reserve"),
+        0.0
+    );
     std::fs::remove_dir_all(&dir).ok();
 }
 

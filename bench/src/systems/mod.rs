@@ -32,16 +32,20 @@ pub enum SystemKind {
     Watch,
     /// Temp keys, an unchecked lock key and RENAME, across the stores.
     Naive,
+    /// The fewest commands of a two-phase commit across the stores, by
+    /// hand, for these workloads only.
+    TwoPhase,
 }
 
 impl SystemKind {
-    pub const ALL: [SystemKind; 6] = [
+    pub const ALL: [SystemKind; 7] = [
         SystemKind::Redstage,
         SystemKind::RedstageLocking,
         SystemKind::RedstageHttp,
         SystemKind::Lua,
         SystemKind::Watch,
         SystemKind::Naive,
+        SystemKind::TwoPhase,
     ];
 
     pub fn name(self) -> &'static str {
@@ -52,6 +56,7 @@ impl SystemKind {
             SystemKind::Lua => "lua",
             SystemKind::Watch => "watch",
             SystemKind::Naive => "naive",
+            SystemKind::TwoPhase => "two-phase",
         }
     }
 
@@ -80,12 +85,14 @@ impl SystemKind {
         }
     }
 
-    /// Whether it runs `workload`: WATCH and the naive staging only move
-    /// stock and money (`outbox` and `social` write hashes, sets and
+    /// Whether it runs `workload`: WATCH, the naive staging and the
+    /// hand-written two-phase commit only move stock and money (`outbox` and `social` write hashes, sets and
     /// streams, which they were never written for).
     pub fn runs(self, workload: Workload) -> bool {
-        !matches!(self, SystemKind::Watch | SystemKind::Naive)
-            || !matches!(workload, Workload::Outbox | Workload::Social)
+        !matches!(
+            self,
+            SystemKind::Watch | SystemKind::Naive | SystemKind::TwoPhase
+        ) || !matches!(workload, Workload::Outbox | Workload::Social)
     }
 
     /// Whether its business logic runs as wasm participants.
@@ -136,6 +143,7 @@ pub enum Driver {
     Lua(baselines::Lua),
     Watch(baselines::Watch),
     Naive(baselines::Naive),
+    TwoPhase(baselines::TwoPhase),
 }
 
 /// One client's state for a system.
@@ -146,6 +154,7 @@ pub enum Worker {
     Lua(baselines::Lua),
     Watch(baselines::WatchWorker),
     Naive(baselines::NaiveWorker),
+    TwoPhase(baselines::TwoPhaseWorker),
 }
 
 impl Driver {
@@ -165,6 +174,7 @@ impl Driver {
             SystemKind::Lua => Driver::Lua(baselines::Lua::new(stores)),
             SystemKind::Watch => Driver::Watch(baselines::Watch::new(stores)),
             SystemKind::Naive => Driver::Naive(baselines::Naive::new(stores)),
+            SystemKind::TwoPhase => Driver::TwoPhase(baselines::TwoPhase::new(stores)),
         })
     }
 
@@ -176,6 +186,7 @@ impl Driver {
             Driver::Lua(_) => SystemKind::Lua,
             Driver::Watch(_) => SystemKind::Watch,
             Driver::Naive(_) => SystemKind::Naive,
+            Driver::TwoPhase(_) => SystemKind::TwoPhase,
         }
     }
 
@@ -187,6 +198,7 @@ impl Driver {
             Driver::Lua(lua) => Worker::Lua(lua.clone()),
             Driver::Watch(watch) => Worker::Watch(watch.worker().await?),
             Driver::Naive(naive) => Worker::Naive(naive.worker(client)),
+            Driver::TwoPhase(two) => Worker::TwoPhase(two.worker(client)),
         })
     }
 }
@@ -201,6 +213,7 @@ impl Worker {
             Worker::Lua(lua) => lua.run(txn).await,
             Worker::Watch(watch) => watch.run(txn).await,
             Worker::Naive(naive) => naive.run(txn).await,
+            Worker::TwoPhase(two) => two.run(txn).await,
         }
     }
 }
