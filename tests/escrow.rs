@@ -469,3 +469,598 @@ async fn values_incrby_refuses_abort_adjustments_with_nothing_applied() {
     let r = env.run(json!([deduct(1), pay(10)])).await;
     assert_eq!(r.status, Status::Committed, "{r:?}");
 }
+
+/// The keys of one side of a twin scenario: its data keys, their lock
+/// tables, its lock index, its decision record and idempotency key.
+struct Side {
+    data: Vec<String>,
+    tables: Vec<String>,
+    index: String,
+    record: String,
+    claim: String,
+}
+
+impl Side {
+    fn new(tag: &str, scenario: usize, n: usize) -> Side {
+        let name = |what: &str| format!("{tag}{scenario}:{what}");
+        Side {
+            data: (0..n).map(|i| name(&format!("k{i}"))).collect(),
+            tables: (0..n)
+                .map(|i| format!("rs:{{{}}}", name(&format!("k{i}"))))
+                .collect(),
+            index: name("index"),
+            record: name("record"),
+            claim: name("claim"),
+        }
+    }
+
+    /// KEYS of a script on data keys: each key and its table, in pairs.
+    fn pairs(&self) -> Vec<String> {
+        self.data
+            .iter()
+            .zip(&self.tables)
+            .flat_map(|(d, t)| [d.clone(), t.clone()])
+            .collect()
+    }
+
+    /// Everything the scripts may change, with key names and server times
+    /// (leases, scores) left out, so that two sides compare.
+    fn state(&self, redis: &mut redis::Connection) -> Vec<String> {
+        let mut out = Vec::new();
+        let keys = self.data.iter().chain(&self.tables);
+        for key in keys.chain([&self.record, &self.claim]) {
+            let kind: String = redis::cmd("TYPE").arg(key).query(redis).unwrap();
+            let mut items: Vec<String> = match kind.as_str() {
+                "string" => vec![redis::cmd("GET").arg(key).query(redis).unwrap()],
+                "hash" => {
+                    let map: std::collections::BTreeMap<String, String> =
+                        redis::cmd("HGETALL").arg(key).query(redis).unwrap();
+                    map.into_iter().map(|(f, v)| format!("{f}={v}")).collect()
+                }
+                _ => Vec::new(),
+            };
+            items.insert(0, kind);
+            out.push(timeless(&items.join(" ")));
+        }
+        let mut members: Vec<String> = redis::cmd("ZRANGE")
+            .arg(&self.index)
+            .arg(0)
+            .arg(-1)
+            .query(redis)
+            .unwrap();
+        members.sort();
+        out.extend(members);
+        out
+    }
+}
+
+/// `text` with every run of 12 digits or more (a time in ms) as `T`.
+fn timeless(text: &str) -> String {
+    let mut out = String::new();
+    let mut digits = String::new();
+    for c in text.chars().chain(['\n']) {
+        if c.is_ascii_digit() {
+            digits.push(c);
+            continue;
+        }
+        out += if digits.len() >= 12 { "T" } else { &digits };
+        digits.clear();
+        out.push(c);
+    }
+    out.pop();
+    out
+}
+
+/// Runs `code` as redstage sends it.
+fn eval(
+    redis: &mut redis::Connection,
+    code: &str,
+    keys: &[String],
+    args: &[String],
+) -> redis::Value {
+    let script = redis::Script::new(&redstage::store::scripts::lean(code));
+    let mut call = script.prepare_invoke();
+    for k in keys {
+        call.key(k);
+    }
+    for a in args {
+        call.arg(a);
+    }
+    call.invoke(redis).expect("the script runs")
+}
+
+fn again(reply: &redis::Value) -> bool {
+    matches!(reply, redis::Value::BulkString(b) if b == b"again")
+}
+
+/// One twin scenario: the same state set up on both sides, the script for
+/// adjusted strings run on one side and the general script on the other.
+/// When the first answers `again`, it changed nothing, and `fallback` says
+/// whether that was expected; otherwise it answered as the general script,
+/// left the same state and woke the waiters of as many keys.
+fn twin(
+    redis: &mut redis::Connection,
+    (scenario, n): (usize, usize),
+    setup: impl Fn(&mut redis::Connection, &Side),
+    fast: impl Fn(&mut redis::Connection, &Side) -> redis::Value,
+    general: impl Fn(&mut redis::Connection, &Side) -> redis::Value,
+    same: impl Fn(&redis::Value, &redis::Value) -> bool,
+    fallback: bool,
+) {
+    let (f, g) = (Side::new("f", scenario, n), Side::new("g", scenario, n));
+    setup(redis, &f);
+    setup(redis, &g);
+    let before = f.state(redis);
+    let woken = publishes(redis);
+    let answer = fast(redis, &f);
+    let woken = [woken, publishes(redis)];
+    let reference = general(redis, &g);
+    let woken = [woken[1] - woken[0], publishes(redis) - woken[1]];
+    if again(&answer) {
+        assert!(fallback, "scenario {scenario}: again, where {reference:?}");
+        assert_eq!(
+            f.state(redis),
+            before,
+            "scenario {scenario}: again, after a change"
+        );
+    } else {
+        assert!(
+            !fallback,
+            "scenario {scenario}: {answer:?}, where again was expected"
+        );
+        assert!(
+            same(&answer, &reference),
+            "scenario {scenario}: {answer:?} against {reference:?}"
+        );
+        assert_eq!(f.state(redis), g.state(redis), "scenario {scenario}");
+        assert_eq!(woken[0], woken[1], "scenario {scenario}: keys woken");
+    }
+}
+
+/// How many `PUBLISH` (a key's waiters woken) the server has run.
+fn publishes(redis: &mut redis::Connection) -> u64 {
+    let info: String = redis::cmd("INFO").arg("commandstats").query(redis).unwrap();
+    info.lines()
+        .find_map(|l| l.strip_prefix("cmdstat_publish:calls="))
+        .and_then(|rest| rest.split(',').next()?.parse().ok())
+        .unwrap_or(0)
+}
+
+/// A lock table as fields and values (`*`: the table is a string, as the
+/// second protocol kept it).
+fn table(redis: &mut redis::Connection, key: &str, fields: &[(&str, &str)]) {
+    if let [("*", v)] = fields {
+        let _: () = redis::cmd("SET").arg(key).arg(v).query(redis).unwrap();
+    } else if !fields.is_empty() {
+        let mut hset = redis::cmd("HSET");
+        hset.arg(key);
+        for (f, v) in fields {
+            hset.arg(f).arg(v);
+        }
+        let _: () = hset.query(redis).unwrap();
+    }
+}
+
+/// A data key's value (`#`: a hash instead of a string; none: absent).
+fn value(redis: &mut redis::Connection, key: &str, v: Option<&str>) {
+    match v {
+        Some("#") => {
+            let _: () = redis::cmd("HSET")
+                .arg(key)
+                .arg("f")
+                .arg("1")
+                .query(redis)
+                .unwrap();
+        }
+        Some(v) => {
+            let _: () = redis::cmd("SET").arg(key).arg(v).query(redis).unwrap();
+        }
+        None => {}
+    }
+}
+
+const OTHER: &[(&str, &str)] = &[
+    ("w", "a0"),
+    ("t:other", "1700000000000\tledger\t-3"),
+    ("n", "1"),
+    ("neg", "-3"),
+    ("pos", "0"),
+];
+
+/// The scripts for strings adjusted whole (escrow's commonest shape) do
+/// exactly what the general scripts do when nothing is in the way, and
+/// change nothing, answering `again`, whenever anything is: every state a
+/// key can be found in, run side by side with the general script on a twin
+/// key.
+#[test]
+fn the_scripts_for_adjusted_strings_do_what_the_general_ones_do_or_nothing() {
+    use redstage::store::scripts::{
+        APPLY, APPLY_ADJUSTED, COMMIT, COMMIT_ADJUSTED, LOCK, LOCK_ADJUSTED,
+    };
+    let server = redstage_tests::RedisServer::start(Persistence::None).expect("redis-server");
+    let mut redis = redis::Client::open(server.url())
+        .and_then(|c| c.get_connection())
+        .expect("connect");
+    let redis = &mut redis;
+    let tag = |v: &redis::Value| match v {
+        redis::Value::Array(items) => items.first().cloned(),
+        other => Some(other.clone()),
+    };
+    let same_tag = |a: &redis::Value, b: &redis::Value| tag(a) == tag(b);
+    let same = |a: &redis::Value, b: &redis::Value| a == b;
+
+    // LOCK: per key (its value, its table, the reservation), then whether
+    // the call was delivered before, and whether `again` is expected.
+    type Key<'a> = (Option<&'a str>, &'a [(&'a str, &'a str)], &'a str);
+    let locks: Vec<(Vec<Key>, bool, bool)> = vec![
+        (vec![(Some("100"), &[], "-5:0:")], false, false),
+        (vec![(Some("100"), OTHER, "-5:0:;-2:0:")], false, false),
+        (vec![(None, &[], "5::")], false, false),
+        (vec![(Some("x"), &[], "")], false, false),
+        (
+            vec![(Some("100"), &[], "-5:0:"), (Some("1"), OTHER, "1::10")],
+            false,
+            false,
+        ),
+        (vec![(Some("100"), &[("w", "a1")], "-5:0:")], false, true),
+        (
+            vec![(
+                Some("100"),
+                &[("w", "x0\tother\t1700000000000\tledger")],
+                "-5:0:",
+            )],
+            false,
+            true,
+        ),
+        (
+            vec![(Some("100"), &[("w", "s0\tother\t1700000000000\t")], "-5:0:")],
+            false,
+            true,
+        ),
+        (vec![(Some("x"), &[], "-5:0:")], false, true),
+        (vec![(Some("4"), OTHER, "-2:0:")], false, true),
+        (vec![(Some("9007199254740990"), &[], "5::")], false, true),
+        (vec![(Some("#"), &[], "-5:0:")], false, true),
+        (
+            vec![(Some("100"), &[("lock", "other")], "-5:0:")],
+            false,
+            true,
+        ),
+        (vec![(Some("100"), &[("*", "other")], "-5:0:")], false, true),
+        (
+            vec![(
+                Some("100"),
+                &[("#", "1"), ("p:f", "x0\tother\t1\t")],
+                "-5:0:",
+            )],
+            false,
+            true,
+        ),
+        (vec![(Some("100"), &[("ver", "3")], "-5:0:")], false, true),
+        (vec![(Some("100"), &[], "-5:0:")], true, true),
+        (
+            vec![
+                (Some("100"), &[], "-5:0:"),
+                (Some("100"), &[("w", "a1")], "1::"),
+            ],
+            false,
+            true,
+        ),
+    ];
+    for (i, (keys, delivered, fallback)) in locks.iter().enumerate() {
+        let setup = |redis: &mut redis::Connection, s: &Side| {
+            for ((v, t, _), (d, m)) in keys.iter().zip(s.data.iter().zip(&s.tables)) {
+                value(redis, d, *v);
+                table(redis, m, t);
+            }
+            if *delivered {
+                let _: () = redis::cmd("ZADD")
+                    .arg(&s.index)
+                    .arg(1)
+                    .arg("entry")
+                    .query(redis)
+                    .unwrap();
+            }
+        };
+        let head = |s: &Side| {
+            let mut keys = s.pairs();
+            keys.push(s.index.clone());
+            keys
+        };
+        let args = ["txn", "30000", "ledger", "entry"].map(String::from);
+        twin(
+            redis,
+            (i, keys.len()),
+            setup,
+            |redis, s| {
+                let mut a = args.to_vec();
+                a.extend(keys.iter().map(|(_, _, steps)| steps.to_string()));
+                eval(redis, LOCK_ADJUSTED, &head(s), &a)
+            },
+            |redis, s| {
+                let mut a = args.to_vec();
+                a.extend(["".into(), "100".into()]);
+                for (_, _, steps) in keys {
+                    a.extend(["string", "1", "w", "", "a", steps, "0", "0"].map(String::from));
+                }
+                eval(redis, LOCK, &head(s), &a)
+            },
+            same_tag,
+            *fallback,
+        );
+    }
+
+    // COMMIT, free: a payment's two keys (or more), with a marker or not,
+    // a claim or not, a record already there or not.
+    struct Commit<'a> {
+        keys: Vec<Key<'a>>,
+        marker: &'a str,
+        claim: Option<&'a str>,
+        decided: bool,
+        fallback: bool,
+    }
+    let pay = |from: Key<'static>, to: Key<'static>| Commit {
+        keys: vec![from, to],
+        marker: "",
+        claim: None,
+        decided: false,
+        fallback: false,
+    };
+    let free = (Some("100"), &[][..], "-5:0:");
+    let commits = vec![
+        Commit {
+            keys: vec![],
+            marker: "marker",
+            ..pay(free, free)
+        },
+        pay(free, (None, &[], "5::")),
+        pay(
+            (Some("100"), OTHER, "-5:0:"),
+            (Some("0"), &[("w", "a1")], "5::"),
+        ),
+        Commit {
+            marker: "marker",
+            ..pay(free, (Some("7"), &[], "5::"))
+        },
+        Commit {
+            claim: Some("owner"),
+            ..pay(free, (Some("7"), &[], "5::"))
+        },
+        Commit {
+            claim: Some("someone else"),
+            ..pay(free, (Some("7"), &[], "5::"))
+        },
+        Commit {
+            decided: true,
+            ..pay(free, (Some("7"), &[], "5::"))
+        },
+        Commit {
+            fallback: true,
+            ..pay((Some("7"), OTHER, "-5:0:"), (Some("0"), &[], "5::"))
+        },
+        Commit {
+            fallback: true,
+            ..pay(free, (Some("0"), &[("w", "x0\tother\t1\tledger")], "5::"))
+        },
+        Commit {
+            fallback: true,
+            ..pay(free, (Some("0"), &[("#", "1")], "5::"))
+        },
+        Commit {
+            fallback: true,
+            ..pay(free, (Some("x"), &[], "5::"))
+        },
+        Commit {
+            fallback: true,
+            ..pay(free, (Some("#"), &[], "5::"))
+        },
+        Commit {
+            fallback: true,
+            ..pay(free, (Some("0"), &[("lock", "other")], "5::"))
+        },
+    ];
+    for (i, c) in commits.iter().enumerate() {
+        let setup = |redis: &mut redis::Connection, s: &Side| {
+            for ((v, t, _), (d, m)) in c.keys.iter().zip(s.data.iter().zip(&s.tables)) {
+                value(redis, d, *v);
+                table(redis, m, t);
+            }
+            if c.decided {
+                let _: () = redis::cmd("SET")
+                    .arg(&s.record)
+                    .arg("aborted")
+                    .query(redis)
+                    .unwrap();
+            }
+            if let Some(owner) = c.claim {
+                let claim = json!({"state": "pending", "owner": owner}).to_string();
+                let _: () = redis::cmd("SET")
+                    .arg(&s.claim)
+                    .arg(claim)
+                    .query(redis)
+                    .unwrap();
+            }
+        };
+        let head = |s: &Side| {
+            let idempotency = if c.claim.is_some() {
+                &s.claim
+            } else {
+                &s.record
+            };
+            let mut keys = vec![s.record.clone(), s.index.clone(), idempotency.clone()];
+            keys.extend(s.pairs());
+            keys
+        };
+        let owner = if c.claim.is_some() { "owner" } else { "" };
+        let args = [
+            "txn",
+            "committed",
+            "0",
+            c.marker,
+            "30000",
+            owner,
+            "outcome",
+            "60000",
+        ]
+        .map(String::from);
+        twin(
+            redis,
+            (100 + i, c.keys.len()),
+            setup,
+            |redis, s| {
+                let mut a = args.to_vec();
+                a.extend(c.keys.iter().map(|(_, _, steps)| steps.to_string()));
+                eval(redis, COMMIT_ADJUSTED, &head(s), &a)
+            },
+            |redis, s| {
+                let mut a = args.to_vec();
+                a.push("free".into());
+                for (_, _, steps) in &c.keys {
+                    a.extend(
+                        ["string", "1", "w", "", "a", "", "0", "1", "adj", "1", steps]
+                            .map(String::from),
+                    );
+                }
+                eval(redis, COMMIT, &head(s), &a)
+            },
+            same,
+            c.fallback,
+        );
+    }
+
+    // APPLY: batches of transactions, each with its keys (the value, the
+    // table, its adjustments or none); whether `again` is expected.
+    struct Applied {
+        txns: Vec<(&'static str, &'static str)>,
+        value: Option<&'static str>,
+        table: Vec<(String, String)>,
+        fallback: bool,
+    }
+    let held = |txns: &[(&str, &str)], w: &str| {
+        let mut table: Vec<(String, String)> = vec![("w".into(), w.into())];
+        let (mut neg, mut pos) = (0, 0);
+        for (txn, reserved) in txns {
+            let r: i64 = reserved.parse().unwrap();
+            (neg, pos) = (neg + r.min(0), pos + r.max(0));
+            table.push((
+                format!("t:{txn}"),
+                format!("1700000000000\tledger\t{reserved}"),
+            ));
+        }
+        table.extend([
+            ("n".into(), txns.len().to_string()),
+            ("neg".into(), neg.to_string()),
+            ("pos".into(), pos.to_string()),
+        ]);
+        table
+    };
+    let applies = vec![
+        Applied {
+            txns: vec![("t1", "-5:0:")],
+            value: Some("100"),
+            table: held(&[("t1", "-5")], "a0"),
+            fallback: false,
+        },
+        Applied {
+            txns: vec![("t1", "-5:0:"), ("t2", "")],
+            value: Some("100"),
+            table: held(&[("t1", "-5"), ("t2", "-2")], "a1"),
+            fallback: false,
+        },
+        Applied {
+            txns: vec![("t1", "-5:0:"), ("t2", "-2:0:"), ("t1", "-5:0:")],
+            value: Some("100"),
+            table: held(&[("t1", "-5"), ("t2", "-2"), ("t3", "4")], "a0"),
+            fallback: false,
+        },
+        Applied {
+            txns: vec![("t1", "3::")],
+            value: None,
+            table: held(&[("t1", "3")], "a1"),
+            fallback: false,
+        },
+        Applied {
+            txns: vec![("t9", "-5:0:")],
+            value: Some("100"),
+            table: held(&[("t1", "-5")], "a0"),
+            fallback: false,
+        },
+        Applied {
+            txns: vec![("t1", "-5:0:")],
+            value: Some("x"),
+            table: held(&[("t1", "-5")], "a0"),
+            fallback: true,
+        },
+        Applied {
+            txns: vec![("t1", "-5:0:")],
+            value: Some("#"),
+            table: held(&[("t1", "-5")], "a0"),
+            fallback: true,
+        },
+        Applied {
+            txns: vec![("t1", "-5:0:")],
+            value: Some("100"),
+            table: vec![("w".into(), "x0\tt1\t1\tledger".into())],
+            fallback: true,
+        },
+        Applied {
+            txns: vec![("t1", "-5:0:")],
+            value: Some("100"),
+            table: vec![("lock".into(), "t1".into())],
+            fallback: true,
+        },
+    ];
+    for (i, a) in applies.iter().enumerate() {
+        let setup = |redis: &mut redis::Connection, s: &Side| {
+            value(redis, &s.data[0], a.value);
+            let fields: Vec<(&str, &str)> = a
+                .table
+                .iter()
+                .map(|(f, v)| (f.as_str(), v.as_str()))
+                .collect();
+            table(redis, &s.tables[0], &fields);
+            for (txn, _) in &a.txns {
+                let _: () = redis::cmd("ZADD")
+                    .arg(&s.index)
+                    .arg(1)
+                    .arg(format!("e:{txn}"))
+                    .query(redis)
+                    .unwrap();
+            }
+        };
+        let call = |s: &Side, block: &dyn Fn(&str) -> Vec<String>| {
+            let mut keys = vec![s.index.clone()];
+            let mut args = vec![a.txns.len().to_string()];
+            for (txn, steps) in &a.txns {
+                keys.extend(s.pairs());
+                args.extend([txn.to_string(), format!("e:{txn}"), "1".into()]);
+                args.extend(block(steps));
+            }
+            (keys, args)
+        };
+        twin(
+            redis,
+            (200 + i, 1),
+            setup,
+            |redis, s| {
+                let (keys, args) = call(s, &|steps| vec![steps.to_string()]);
+                eval(redis, APPLY_ADJUSTED, &keys, &args)
+            },
+            |redis, s| {
+                let (keys, args) = call(s, &|steps| {
+                    let mut b = ["string", "1", "w", "", "a", "", "0"]
+                        .map(String::from)
+                        .to_vec();
+                    match steps {
+                        "" => b.push("0".into()),
+                        steps => b.extend(["1", "adj", "1", steps].map(String::from)),
+                    }
+                    b
+                });
+                eval(redis, APPLY, &keys, &args)
+            },
+            same,
+            a.fallback,
+        );
+    }
+}

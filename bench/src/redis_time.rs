@@ -59,6 +59,11 @@ fn script_names() -> BTreeMap<String, &'static str> {
     use redstage::store::scripts as s;
     [
         ("LOCK", s::LOCK),
+        ("LOCK_ADJUSTED", s::LOCK_ADJUSTED),
+        ("COMMIT_ADJUSTED", s::COMMIT_ADJUSTED),
+        ("APPLY_ADJUSTED", s::APPLY_ADJUSTED),
+        ("RENEW", s::RENEW),
+        ("DECISION", s::DECISION),
         ("RESERVE", s::RESERVE),
         ("COMMIT", s::COMMIT),
         ("APPLY", s::APPLY),

@@ -386,6 +386,9 @@ struct Applying {
     kinds: Vec<Kind>,
     /// The keys' argument blocks.
     blocks: Vec<Vec<u8>>,
+    /// The keys' adjustments, when every key is a string adjusted whole
+    /// (see [`scripts::APPLY_ADJUSTED`]).
+    adjusted: Option<Vec<Vec<u8>>>,
 }
 
 impl Applying {
@@ -396,6 +399,7 @@ impl Applying {
             keys: keys.iter().map(|k| k.key.to_owned()).collect(),
             kinds: keys.iter().map(|k| k.kind).collect(),
             blocks: blocks(keys, false, false, true),
+            adjusted: keys.iter().map(|k| k.adjusted(false)).collect(),
         }
     }
 }
@@ -470,6 +474,9 @@ impl Script {
 /// The compiled scripts, loaded once per process.
 struct Scripts {
     lock: Script,
+    lock_adjusted: Script,
+    commit_adjusted: Script,
+    apply_adjusted: Script,
     reserve: Script,
     commit: Script,
     apply: Script,
@@ -487,6 +494,9 @@ fn scripts() -> &'static Scripts {
     static SCRIPTS: OnceLock<Scripts> = OnceLock::new();
     SCRIPTS.get_or_init(|| Scripts {
         lock: Script::new(scripts::LOCK),
+        lock_adjusted: Script::new(scripts::LOCK_ADJUSTED),
+        commit_adjusted: Script::new(scripts::COMMIT_ADJUSTED),
+        apply_adjusted: Script::new(scripts::APPLY_ADJUSTED),
         reserve: Script::new(scripts::RESERVE),
         commit: Script::new(scripts::COMMIT),
         apply: Script::new(scripts::APPLY),
@@ -804,6 +814,24 @@ impl Store {
         index: &Key<'_>,
         keys: &[KeyWork<'_>],
     ) -> Result<Locked, StoreError> {
+        if let Some(adjusted) = keys
+            .iter()
+            .map(|k| k.adjusted(true))
+            .collect::<Option<Vec<_>>>()
+        {
+            let mut call = Call::new(&scripts().lock_adjusted);
+            call.keyed(keys).key(index.encode());
+            call.arg(header.txn)
+                .arg(header.lease.as_millis() as u64)
+                .arg(&header.entry.primary)
+                .arg(header.entry.encode());
+            for steps in adjusted {
+                call.arg(if header.reserve { steps } else { Vec::new() });
+            }
+            if self.string(&self.invoke(&call, true).await?)? == "ok" {
+                return Ok(Locked::Values(vec![Vec::new(); keys.len()]));
+            }
+        }
         let mut call = Call::new(&scripts().lock);
         call.keyed(keys).key(index.encode());
         call.arg(header.txn)
@@ -888,9 +916,40 @@ impl Store {
             // The plan never puts a commit point here: its keys span slots.
             return Err(self.protocol("a Redis Cluster store cannot hold a commit point"));
         }
-        let mut call = Call::new(&scripts().commit);
         let record_key = Key::TxnRecord(point.txn).encode();
-        call.key(record_key.clone()).key(Key::LockIndex.encode());
+        let adjusted = point
+            .keys
+            .iter()
+            .map(|k| k.adjusted(false))
+            .collect::<Option<Vec<_>>>()
+            .filter(|_| point.free);
+        if let Some(adjusted) = adjusted {
+            let mut call = Call::new(&scripts().commit_adjusted);
+            self.commit_header(&mut call, point, &record_key);
+            for steps in adjusted {
+                call.arg(steps);
+            }
+            match self.invoke(&call, true).await? {
+                Value::Array(items) => return self.committed(point, &items),
+                again => {
+                    if self.string(&again)? != "again" {
+                        return Err(self.protocol("unknown commit reply"));
+                    }
+                }
+            }
+        }
+        let mut call = Call::new(&scripts().commit);
+        self.commit_header(&mut call, point, &record_key);
+        call.arg(if point.free { "free" } else { "held" });
+        call.blocks(point.keys, false, false, true);
+        let items = self.array(self.invoke(&call, true).await?)?;
+        self.committed(point, &items)
+    }
+
+    /// The keys and arguments [`scripts::COMMIT`] and
+    /// [`scripts::COMMIT_ADJUSTED`] share, the key blocks' keys included.
+    fn commit_header(&self, call: &mut Call, point: &CommitPoint<'_>, record_key: &str) {
+        call.key(record_key).key(Key::LockIndex.encode());
         match &point.claim {
             Some(c) => call.key(Key::Idempotency(c.key).encode()),
             None => call.key(record_key),
@@ -908,10 +967,11 @@ impl Store {
                 .arg(c.retention.as_millis() as u64),
             None => call.arg("").arg("").arg(0),
         };
-        call.arg(if point.free { "free" } else { "held" });
-        call.blocks(point.keys, false, false, true);
-        let items = self.array(self.invoke(&call, true).await?)?;
-        match (self.tag(&items)?.as_deref(), items.get(1)) {
+    }
+
+    /// What a commit point's reply says.
+    fn committed(&self, point: &CommitPoint<'_>, items: &[Value]) -> Result<Committed, StoreError> {
+        match (self.tag(items)?.as_deref(), items.get(1)) {
             (Some("ok"), _) => Ok(Committed::Ok),
             (Some("decided"), Some(r)) => Ok(Committed::Decided(
                 self.bytes_or_nil(r)?.unwrap_or_default(),
@@ -919,11 +979,11 @@ impl Store {
             (Some("superseded"), _) => Ok(Committed::Superseded),
             (Some("lost"), _) => Ok(Committed::Lost),
             (Some("bound" | "nan" | "range" | "wrong_type"), _) => {
-                Ok(Committed::Refused(self.refusal(&items)?))
+                Ok(Committed::Refused(self.refusal(items)?))
             }
-            (Some("stopped"), _) => Ok(Committed::Stopped(self.stopped(&items))),
+            (Some("stopped"), _) => Ok(Committed::Stopped(self.stopped(items))),
             (Some("locked" | "legacy"), _) => {
-                match self.in_the_way(&items, |i| point.keys.get(i).map(|k| k.key)) {
+                match self.in_the_way(items, |i| point.keys.get(i).map(|k| k.key)) {
                     Ok((index, target, holder)) => Ok(Committed::Conflict {
                         index,
                         target,
@@ -1181,6 +1241,25 @@ impl Store {
         index: &str,
         parts: &[Applying],
     ) -> Result<Vec<Result<usize, StoreError>>, StoreError> {
+        if parts.iter().all(|p| p.adjusted.is_some()) {
+            let mut call = Call::new(&scripts().apply_adjusted);
+            call.key(index).arg(parts.len());
+            for part in parts {
+                call.keyed_by_name(part.keys.iter().map(String::as_str));
+                call.arg(&part.txn).arg(&part.entry).arg(part.keys.len());
+                for arg in part.adjusted.iter().flatten() {
+                    call.arg(arg);
+                }
+            }
+            match self.invoke(&call, true).await? {
+                Value::Array(replies) => return self.applied(parts, &replies),
+                again => {
+                    if self.string(&again)? != "again" {
+                        return Err(self.protocol("unknown apply reply"));
+                    }
+                }
+            }
+        }
         let mut call = Call::new(&scripts().apply);
         call.key(index).arg(parts.len());
         for part in parts {
@@ -1191,6 +1270,16 @@ impl Store {
             }
         }
         let replies = self.array(self.invoke(&call, true).await?)?;
+        self.applied(parts, &replies)
+    }
+
+    /// What an apply's reply says, per part: how many targets it held, or
+    /// the store's refusal.
+    fn applied(
+        &self,
+        parts: &[Applying],
+        replies: &[Value],
+    ) -> Result<Vec<Result<usize, StoreError>>, StoreError> {
         if replies.len() != parts.len() {
             return Err(self.protocol("an apply reply without every transaction's"));
         }

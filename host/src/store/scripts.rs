@@ -86,6 +86,21 @@
 //!                             `zrem m`, `xadd maxlen|'' n f v ...`,
 //!                             `rpush n v ...`, `lpush n v ...`, `pexpire ms`
 //! ```
+//!
+//! # Scripts for one shape
+//!
+//! Most transactions through redstage only adjust strings (escrow's
+//! deductions and payments). For that shape, [`LOCK_ADJUSTED`],
+//! [`COMMIT_ADJUSTED`] (a free commit point) and [`APPLY_ADJUSTED`] take one
+//! argument per key, its adjustments, and do what the general scripts do
+//! when nothing is in the way, without building each key's block into
+//! tables or running every target through helpers written for every mode
+//! and type: about half a call's time. On anything else they find (a lock
+//! in another mode or waited for, a refusal, a table of an earlier
+//! protocol, a call delivered again) they change nothing and answer
+//! `again`, and the caller sends the general script, which answers
+//! precisely. A test runs each against the general script on twin keys, in
+//! every state a key can be in.
 
 /// Shared prologue: `now_ms` by the server's clock.
 macro_rules! lua_clock {
@@ -902,6 +917,200 @@ return {'ok'}
 "
 );
 
+/// [`LOCK`] for the commonest shape, sent first when a call has it: every
+/// key a string, adjusted whole, nothing read (an escrow deduction). When
+/// nothing is in the way it checks and writes exactly what [`LOCK`] would
+/// (the same entries, reservations and index entry); on anything else (a
+/// lock in another mode, or waited for; a reservation [`LOCK`] would
+/// refuse; a value that is not an integer or a key of another type; a
+/// table of an earlier protocol; the call delivered again) it changes
+/// nothing and answers `again`, and the caller sends [`LOCK`], which
+/// answers precisely. The general scripts build every key's block into
+/// tables and run each target through helpers written for every mode and
+/// type; for this shape that bookkeeping is about half of a call's time.
+/// KEYS: data1, table1, ..., index; ARGV: txn, lease_ms, primary, index
+/// entry, then per key the adjustments to reserve ('' if none). Reply:
+/// `ok` or `again`.
+pub const LOCK_ADJUSTED: &str = lua_clock!(concat!(
+    lua_keys!(),
+    "local txn, index = ARGV[1], KEYS[#KEYS]
+local n = (#KEYS - 1) / 2
+if n > 1000 or redis.call('ZSCORE', index, ARGV[4]) then return 'again' end
+local data, values = {}, {}
+for i = 1, n do data[i] = KEYS[2 * i - 1] end
+if n > 0 then values = redis.call('MGET', unpack(data)) end
+local mine = 't:' .. txn
+local plan = {}
+for i = 1, n do
+  local r = redis.pcall('HMGET', KEYS[2 * i], 'w', '#', 'W', 'lock', 'ver', mine, 'neg', 'pos', 'n')
+  if r.err or r[2] or r[3] or r[4] or r[5] or r[6] or (r[1] and r[1] ~= 'a0') then
+    return 'again'
+  end
+  local raw = values[i] or nil
+  if not raw and redis.call('EXISTS', data[i]) == 1 then return 'again' end
+  local neg, pos, sum = tonumber(r[7]) or 0, tonumber(r[8]) or 0, 0
+  if ARGV[4 + i] ~= '' then
+    local got, bad = bounded(raw, neg, pos, ARGV[4 + i])
+    if bad then return 'again' end
+    sum = got
+  end
+  plan[i] = {r[1], neg, pos, tonumber(r[9]) or 0, sum}
+end
+local lease = int(now_ms + tonumber(ARGV[2]))
+local held = lease .. '\\t' .. ARGV[3] .. '\\t'
+for i, p in ipairs(plan) do
+  local sum = p[5]
+  local set = {mine, held .. int(sum), 'n', int(p[4] + 1), 'neg', int(p[2] + math.min(sum, 0)),
+    'pos', int(p[3] + math.max(sum, 0))}
+  if not p[1] then set[9], set[10] = 'w', 'a0' end
+  redis.call('HSET', KEYS[2 * i], unpack(set))
+end
+redis.call('ZADD', index, lease, ARGV[4])
+return 'ok'
+"
+));
+
+/// [`COMMIT`] for a commit point that holds no lock (`free`) whose keys
+/// are all strings adjusted whole (a payment), sent first when a commit
+/// point has that shape: the same decision, claim, increments and marker
+/// as [`COMMIT`] when nothing is in the way (a key is free or held by
+/// adjusters only, whose reservations count against the bounds), and
+/// `again`, with nothing changed, on anything else (see [`LOCK_ADJUSTED`]).
+/// KEYS: record, index, idempotency key (or the record again), then data1,
+/// table1, ...; ARGV: txn, record, record_ttl_ms ('0': none), marker to
+/// add ('' if none), lease_ms, claim owner ('' if none), outcome,
+/// retention_ms, then per key its adjustments. Reply: `{'ok'}`,
+/// `{'decided', record}`, `{'superseded'}`, or `again`.
+pub const COMMIT_ADJUSTED: &str = concat!(
+    lua_keys!(),
+    "if ARGV[6] ~= '' then
+  local v = redis.call('GET', KEYS[3])
+  if not v then return {'superseded'} end
+  local claim = cjson.decode(v)
+  if claim.state ~= 'pending' or claim.owner ~= ARGV[6] then return {'superseded'} end
+end
+local n = (#KEYS - 3) / 2
+if n > 1000 then return 'again' end
+local data, values = {}, {}
+for i = 1, n do data[i] = KEYS[2 + 2 * i] end
+if n > 0 then values = redis.call('MGET', unpack(data)) end
+local sums = {}
+for i = 1, n do
+  local r = redis.pcall('HMGET', KEYS[3 + 2 * i], 'w', '#', 'W', 'lock', 'ver', 'neg', 'pos')
+  if r.err or r[2] or r[3] or r[4] or r[5] or (r[1] and string.sub(r[1], 1, 1) ~= 'a') then
+    return 'again'
+  end
+  local raw = values[i] or nil
+  if not raw and redis.call('EXISTS', data[i]) == 1 then return 'again' end
+  local sum, bad = bounded(raw, tonumber(r[6]) or 0, tonumber(r[7]) or 0, ARGV[8 + i])
+  if bad then return 'again' end
+  sums[i] = sum
+end
+local decided
+if ARGV[3] == '0' then
+  decided = redis.call('SET', KEYS[1], ARGV[2], 'NX')
+else
+  decided = redis.call('SET', KEYS[1], ARGV[2], 'NX', 'PX', ARGV[3])
+end
+if not decided then return {'decided', redis.call('GET', KEYS[1])} end
+if ARGV[6] ~= '' then redis.call('SET', KEYS[3], ARGV[7], 'PX', ARGV[8]) end
+for i = 1, n do
+  if sums[i] ~= 0 then redis.call('INCRBY', data[i], int(sums[i])) end
+end
+if ARGV[4] ~= '' then
+  local tm = redis.call('TIME')
+  local now = tonumber(tm[1]) * 1000 + math.floor(tonumber(tm[2]) / 1000)
+  redis.call('ZADD', KEYS[2], int(now + tonumber(ARGV[5])), ARGV[4])
+end
+return {'ok'}
+"
+);
+
+/// [`APPLY`] for a batch whose every key is a string adjusted whole, each
+/// with its adjustments or none (a release), sent first when a batch has
+/// that shape: the same increments and releases as [`APPLY`] (a target no
+/// longer held is left out), every check before the first write, and
+/// `again`, with nothing changed, on anything [`APPLY`] would refuse or
+/// that is not this shape's (a lock in another mode, a value that is not
+/// an integer, a table of an earlier protocol). The lock tables the batch
+/// shares are read once, before any write, and their counts carried from
+/// one transaction's release to the next's.
+/// KEYS: index, then per transaction its data1, table1, ...; ARGV: the
+/// number of transactions, then per transaction its id, its index entry
+/// ('' if none), its number of keys, and per key its adjustments ('' for
+/// none). Reply: per transaction, how many of its targets it held; or
+/// `again`.
+pub const APPLY_ADJUSTED: &str = concat!(
+    lua_keys!(),
+    "local index = KEYS[1]
+local at, off = 2, 1
+local batch, tables, seen = {}, {}, {}
+for x = 1, tonumber(ARGV[1]) do
+  local b = {txn = ARGV[at], entry = ARGV[at + 1], keys = {}}
+  local n = tonumber(ARGV[at + 2])
+  at = at + 3
+  for i = 1, n do
+    b.keys[i] = {data = KEYS[off + 2 * i - 1], meta = KEYS[off + 2 * i], steps = ARGV[at]}
+    at = at + 1
+  end
+  off = off + 2 * n
+  b.skip = seen[b.txn]
+  seen[b.txn] = true
+  batch[x] = b
+end
+for _, b in ipairs(batch) do
+  if not b.skip then
+    for _, k in ipairs(b.keys) do
+      local r = redis.pcall('HMGET', k.meta, 't:' .. b.txn, 'w', 'n', 'neg', 'pos', 'lock')
+      if r.err or r[6] or (r[2] and string.sub(r[2], 1, 1) ~= 'a') or (r[1] and not r[2]) then
+        return 'again'
+      end
+      k.mine = r[1] or nil
+      if not tables[k.meta] then
+        tables[k.meta] = {w = r[2] or nil, n = tonumber(r[3]) or 0, neg = tonumber(r[4]) or 0,
+          pos = tonumber(r[5]) or 0}
+      end
+      if k.mine and k.steps ~= '' then
+        local raw = redis.pcall('GET', k.data)
+        if type(raw) == 'table' or (raw and not integer(raw)) then return 'again' end
+      end
+    end
+  end
+end
+local out, entries, wake, woken = {}, {}, {}, {}
+for x, b in ipairs(batch) do
+  out[x] = 0
+  if not b.skip then
+    for _, k in ipairs(b.keys) do
+      if k.mine then
+        local sum = total(k.steps)
+        if sum ~= 0 then redis.call('INCRBY', k.data, int(sum)) end
+        local t = tables[k.meta]
+        if t.n <= 1 then
+          redis.call('HDEL', k.meta, 'w', 't:' .. b.txn, 'n', 'neg', 'pos')
+          if t.w and string.sub(t.w, 2, 2) == '1' and not woken[k.data] then
+            woken[k.data] = true
+            wake[#wake + 1] = k.data
+          end
+          tables[k.meta] = {n = 0, neg = 0, pos = 0}
+        else
+          local reserved = tonumber(string.match(k.mine, '([^\\t]*)$')) or 0
+          t.n, t.neg, t.pos = t.n - 1, t.neg - math.min(reserved, 0), t.pos - math.max(reserved, 0)
+          redis.call('HDEL', k.meta, 't:' .. b.txn)
+          redis.call('HSET', k.meta, 'n', int(t.n), 'neg', int(t.neg), 'pos', int(t.pos))
+        end
+        out[x] = out[x] + 1
+      end
+    end
+    if b.entry ~= '' then entries[#entries + 1] = b.entry end
+  end
+end
+if #entries > 0 then call_all('ZREM', {index}, entries) end
+for _, key in ipairs(wake) do redis.call('PUBLISH', 'rs:wake', key) end
+return out
+"
+);
+
 /// Extends a live transaction's leases on this store: every lock it holds
 /// here and its lock index entry get `lease_ms` from now, by the server's
 /// clock. A coordinator renews while its transaction runs (a third of a
@@ -1215,7 +1424,17 @@ mod tests {
 
     #[test]
     fn a_lean_script_defines_every_helper_it_calls_and_no_other() {
-        for code in [LOCK, RESERVE, COMMIT, RENEW, APPLY, FINALIZE] {
+        for code in [
+            LOCK,
+            RESERVE,
+            COMMIT,
+            RENEW,
+            APPLY,
+            FINALIZE,
+            LOCK_ADJUSTED,
+            COMMIT_ADJUSTED,
+            APPLY_ADJUSTED,
+        ] {
             let lean = lean(code);
             let (defined, called) = defined_and_called(&lean);
             assert_eq!(defined, called, "{}", &lean[lean.len() - 200..]);

@@ -178,6 +178,25 @@ impl<'a> KeyWork<'a> {
         }
     }
 
+    /// For a string adjusted whole and nothing else (the shape
+    /// `scripts::LOCK_ADJUSTED`, `COMMIT_ADJUSTED` and `APPLY_ADJUSTED`
+    /// take): its adjustments as the scripts take them ('' for none), or
+    /// none if the key has another shape. With `reads`, a key with a read
+    /// has another shape.
+    pub(super) fn adjusted(&self, reads: bool) -> Option<Vec<u8>> {
+        if self.kind != Kind::String
+            || (reads && !self.reads.is_empty())
+            || !matches!(self.targets, [(None, Mode::Adjust)])
+        {
+            return None;
+        }
+        match self.ops {
+            [] => Some(Vec::new()),
+            [Op::Adjust { part: None, steps }] if !steps.is_empty() => Some(steps_arg(steps)),
+            _ => None,
+        }
+    }
+
     /// The target (1-based) whose lock an op needs to be applied, or 0 for
     /// an append (which needs none). An op no target covers is a bug of the
     /// caller, which checks every write against what its step declared.
