@@ -1,8 +1,8 @@
 #!/usr/bin/env bash
 # The benchmark: redstage (library and HTTP) against a single Lua script,
-# WATCH/MULTI and naive staging, on two local redis-server processes, for
-# the order, transfer and hot workloads at 1, 4, 16 and 64 clients, 3 s
-# each. Prints a Markdown table; writes target/bench/bench.json and
+# WATCH/MULTI, naive staging and a hand-written two-phase commit, on two
+# local redis-server processes, for every workload at 1, 4, 16 and 64
+# clients, 3 s each. Prints a Markdown table; writes target/bench/bench.json and
 # target/bench/bench.svg. Arguments go to redstage-bench and override the
 # defaults, e.g. `./scripts/bench.sh --duration 10s --concurrency 8,32`
 # (`--help` lists them all).

@@ -18,8 +18,9 @@ pub enum Persistence {
 }
 use crate::workload::{KeySpace, Workload};
 
-/// redstage against a single Lua script, WATCH/MULTI and naive staging, on
-/// the same Redis processes and the same keys, in one run.
+/// redstage against a single Lua script, WATCH/MULTI, naive staging and a
+/// hand-written two-phase commit, on the same Redis processes and the same
+/// keys, in one run.
 ///
 /// For each workload, each concurrency and each system: committed txn/s,
 /// p50/p99/p99.9 latency, aborts and retries, Redis commands per committed
