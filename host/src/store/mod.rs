@@ -413,6 +413,16 @@ fn blocks(keys: &[KeyWork<'_>], reserve: bool, reads: bool, ops: bool) -> Vec<Ve
     args
 }
 
+/// Whether a script for one shape (see [`scripts::LOCK_ADJUSTED`]) answered
+/// `again`: it changed nothing, and the general script runs.
+fn again(reply: &Value) -> bool {
+    match reply {
+        Value::BulkString(b) => b == b"again",
+        Value::SimpleString(s) => s == "again",
+        _ => false,
+    }
+}
+
 /// A transaction's share queued for [`Store::apply_queued`], and where its
 /// reply goes.
 struct Queued {
@@ -828,7 +838,11 @@ impl Store {
             for steps in adjusted {
                 call.arg(if header.reserve { steps } else { Vec::new() });
             }
-            if self.string(&self.invoke(&call, true).await?)? == "ok" {
+            let reply = self.invoke(&call, true).await?;
+            if !again(&reply) {
+                if self.string(&reply)? != "ok" {
+                    return Err(self.protocol("unknown lock reply"));
+                }
                 return Ok(Locked::Values(vec![Vec::new(); keys.len()]));
             }
         }
@@ -929,13 +943,9 @@ impl Store {
             for steps in adjusted {
                 call.arg(steps);
             }
-            match self.invoke(&call, true).await? {
-                Value::Array(items) => return self.committed(point, &items),
-                again => {
-                    if self.string(&again)? != "again" {
-                        return Err(self.protocol("unknown commit reply"));
-                    }
-                }
+            let reply = self.invoke(&call, true).await?;
+            if !again(&reply) {
+                return self.committed(point, &self.array(reply)?);
             }
         }
         let mut call = Call::new(&scripts().commit);
@@ -1251,13 +1261,9 @@ impl Store {
                     call.arg(arg);
                 }
             }
-            match self.invoke(&call, true).await? {
-                Value::Array(replies) => return self.applied(parts, &replies),
-                again => {
-                    if self.string(&again)? != "again" {
-                        return Err(self.protocol("unknown apply reply"));
-                    }
-                }
+            let reply = self.invoke(&call, true).await?;
+            if !again(&reply) {
+                return self.applied(parts, &self.array(reply)?);
             }
         }
         let mut call = Call::new(&scripts().apply);
