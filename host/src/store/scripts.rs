@@ -527,6 +527,42 @@ end
     };
 }
 
+/// What [`COMMIT`] and [`COMMIT_ADJUSTED`] share, word for word: `claim`
+/// answers `superseded` unless the idempotency claim (if any) is still the
+/// owner's; `decide` writes the decision record unless one stands (then
+/// answers it) and the outcome under the claim; `mark` adds the record's
+/// marker to the lock index.
+macro_rules! lua_commit_point {
+    (claim) => {
+        "if ARGV[6] ~= '' then
+  local v = redis.call('GET', KEYS[3])
+  if not v then return {'superseded'} end
+  local claim = cjson.decode(v)
+  if claim.state ~= 'pending' or claim.owner ~= ARGV[6] then return {'superseded'} end
+end
+"
+    };
+    (decide) => {
+        "local decided
+if ARGV[3] == '0' then
+  decided = redis.call('SET', KEYS[1], ARGV[2], 'NX')
+else
+  decided = redis.call('SET', KEYS[1], ARGV[2], 'NX', 'PX', ARGV[3])
+end
+if not decided then return {'decided', redis.call('GET', KEYS[1])} end
+if ARGV[6] ~= '' then redis.call('SET', KEYS[3], ARGV[7], 'PX', ARGV[8]) end
+"
+    };
+    (mark) => {
+        "if ARGV[4] ~= '' then
+  local tm = redis.call('TIME')
+  local now = tonumber(tm[1]) * 1000 + math.floor(tonumber(tm[2]) / 1000)
+  redis.call('ZADD', KEYS[2], int(now + tonumber(ARGV[5])), ARGV[4])
+end
+"
+    };
+}
+
 /// The helpers every script on data keys is written against.
 const HELPERS: &str = lua_keys!();
 
@@ -832,14 +868,9 @@ return {'ok'}
 /// them.
 pub const COMMIT: &str = concat!(
     lua_keys!(),
-    "local txn = ARGV[1]
-if ARGV[6] ~= '' then
-  local v = redis.call('GET', KEYS[3])
-  if not v then return {'superseded'} end
-  local claim = cjson.decode(v)
-  if claim.state ~= 'pending' or claim.owner ~= ARGV[6] then return {'superseded'} end
-end
-c = 10
+    "local txn = ARGV[1]\n",
+    lua_commit_point!(claim),
+    "c = 10
 local ks = parse(3, (#KEYS - 3) / 2)
 local free = ARGV[9] == 'free'
 local clock = nil
@@ -891,15 +922,9 @@ for _, k in ipairs(ks) do
     end
   end
 end
-local decided
-if ARGV[3] == '0' then
-  decided = redis.call('SET', KEYS[1], ARGV[2], 'NX')
-else
-  decided = redis.call('SET', KEYS[1], ARGV[2], 'NX', 'PX', ARGV[3])
-end
-if not decided then return {'decided', redis.call('GET', KEYS[1])} end
-if ARGV[6] ~= '' then redis.call('SET', KEYS[3], ARGV[7], 'PX', ARGV[8]) end
-local wake = {}
+",
+    lua_commit_point!(decide),
+    "local wake = {}
 for _, k in ipairs(ks) do
   forget(k)
   for _, o in ipairs(k.ops) do apply(k, o) end
@@ -907,12 +932,9 @@ for _, k in ipairs(ks) do
     for _, t in ipairs(k.targets) do release(k, t, txn, wake) end
   end
 end
-if ARGV[4] ~= '' then
-  local tm = redis.call('TIME')
-  local now = tonumber(tm[1]) * 1000 + math.floor(tonumber(tm[2]) / 1000)
-  redis.call('ZADD', KEYS[2], int(now + tonumber(ARGV[5])), ARGV[4])
-end
-for _, key in ipairs(wake) do redis.call('PUBLISH', 'rs:wake', key) end
+",
+    lua_commit_point!(mark),
+    "for _, key in ipairs(wake) do redis.call('PUBLISH', 'rs:wake', key) end
 return {'ok'}
 "
 );
@@ -983,13 +1005,8 @@ return 'ok'
 /// `{'decided', record}`, `{'superseded'}`, or `again`.
 pub const COMMIT_ADJUSTED: &str = concat!(
     lua_keys!(),
-    "if ARGV[6] ~= '' then
-  local v = redis.call('GET', KEYS[3])
-  if not v then return {'superseded'} end
-  local claim = cjson.decode(v)
-  if claim.state ~= 'pending' or claim.owner ~= ARGV[6] then return {'superseded'} end
-end
-local n = (#KEYS - 3) / 2
+    lua_commit_point!(claim),
+    "local n = (#KEYS - 3) / 2
 if n > 1000 then return 'again' end
 local data, values = {}, {}
 for i = 1, n do data[i] = KEYS[2 + 2 * i] end
@@ -1006,23 +1023,14 @@ for i = 1, n do
   if bad then return 'again' end
   sums[i] = sum
 end
-local decided
-if ARGV[3] == '0' then
-  decided = redis.call('SET', KEYS[1], ARGV[2], 'NX')
-else
-  decided = redis.call('SET', KEYS[1], ARGV[2], 'NX', 'PX', ARGV[3])
-end
-if not decided then return {'decided', redis.call('GET', KEYS[1])} end
-if ARGV[6] ~= '' then redis.call('SET', KEYS[3], ARGV[7], 'PX', ARGV[8]) end
-for i = 1, n do
+",
+    lua_commit_point!(decide),
+    "for i = 1, n do
   if sums[i] ~= 0 then redis.call('INCRBY', data[i], int(sums[i])) end
 end
-if ARGV[4] ~= '' then
-  local tm = redis.call('TIME')
-  local now = tonumber(tm[1]) * 1000 + math.floor(tonumber(tm[2]) / 1000)
-  redis.call('ZADD', KEYS[2], int(now + tonumber(ARGV[5])), ARGV[4])
-end
-return {'ok'}
+",
+    lua_commit_point!(mark),
+    "return {'ok'}
 "
 );
 
