@@ -86,8 +86,9 @@ impl SystemKind {
     }
 
     /// Whether it runs `workload`: WATCH, the naive staging and the
-    /// hand-written two-phase commit only move stock and money (`outbox` and `social` write hashes, sets and
-    /// streams, which they were never written for).
+    /// hand-written two-phase commit only move stock and money (`outbox`
+    /// and `social` write hashes, sets and streams, which they were never
+    /// written for).
     pub fn runs(self, workload: Workload) -> bool {
         !matches!(
             self,

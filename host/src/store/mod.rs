@@ -824,17 +824,23 @@ impl Store {
         index: &Key<'_>,
         keys: &[KeyWork<'_>],
     ) -> Result<Locked, StoreError> {
+        let entry = header.entry.encode();
+        // The keys and arguments LOCK and LOCK_ADJUSTED begin with.
+        let call = |script| {
+            let mut call = Call::new(script);
+            call.keyed(keys).key(index.encode());
+            call.arg(header.txn)
+                .arg(header.lease.as_millis() as u64)
+                .arg(&header.entry.primary)
+                .arg(&entry);
+            call
+        };
         if let Some(adjusted) = keys
             .iter()
             .map(|k| k.adjusted(true))
             .collect::<Option<Vec<_>>>()
         {
-            let mut call = Call::new(&scripts().lock_adjusted);
-            call.keyed(keys).key(index.encode());
-            call.arg(header.txn)
-                .arg(header.lease.as_millis() as u64)
-                .arg(&header.entry.primary)
-                .arg(header.entry.encode());
+            let mut call = call(&scripts().lock_adjusted);
             for steps in adjusted {
                 call.arg(if header.reserve { steps } else { Vec::new() });
             }
@@ -846,14 +852,8 @@ impl Store {
                 return Ok(Locked::Values(vec![Vec::new(); keys.len()]));
             }
         }
-        let mut call = Call::new(&scripts().lock);
-        call.keyed(keys).key(index.encode());
-        call.arg(header.txn)
-            .arg(header.lease.as_millis() as u64)
-            .arg(&header.entry.primary)
-            .arg(header.entry.encode())
-            .arg(self.reassert())
-            .arg(header.read_items_max);
+        let mut call = call(&scripts().lock);
+        call.arg(self.reassert()).arg(header.read_items_max);
         call.blocks(keys, header.reserve, true, false);
         // Even a read that locks nothing waits for the replicas: it writes
         // for that (see `scripts::LOCK`).
@@ -1251,30 +1251,30 @@ impl Store {
         index: &str,
         parts: &[Applying],
     ) -> Result<Vec<Result<usize, StoreError>>, StoreError> {
-        if parts.iter().all(|p| p.adjusted.is_some()) {
-            let mut call = Call::new(&scripts().apply_adjusted);
+        // APPLY and APPLY_ADJUSTED take the same keys and arguments but for
+        // each key's: its block, or its adjustments.
+        let call = |script, args: fn(&Applying) -> &[Vec<u8>]| {
+            let mut call = Call::new(script);
             call.key(index).arg(parts.len());
             for part in parts {
                 call.keyed_by_name(part.keys.iter().map(String::as_str));
                 call.arg(&part.txn).arg(&part.entry).arg(part.keys.len());
-                for arg in part.adjusted.iter().flatten() {
+                for arg in args(part) {
                     call.arg(arg);
                 }
             }
+            call
+        };
+        if parts.iter().all(|p| p.adjusted.is_some()) {
+            let call = call(&scripts().apply_adjusted, |p| {
+                p.adjusted.as_deref().unwrap_or_default()
+            });
             let reply = self.invoke(&call, true).await?;
             if !again(&reply) {
                 return self.applied(parts, &self.array(reply)?);
             }
         }
-        let mut call = Call::new(&scripts().apply);
-        call.key(index).arg(parts.len());
-        for part in parts {
-            call.keyed_by_name(part.keys.iter().map(String::as_str));
-            call.arg(&part.txn).arg(&part.entry).arg(part.keys.len());
-            for arg in &part.blocks {
-                call.arg(arg);
-            }
-        }
+        let call = call(&scripts().apply, |p| &p.blocks);
         let replies = self.array(self.invoke(&call, true).await?)?;
         self.applied(parts, &replies)
     }

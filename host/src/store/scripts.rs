@@ -136,9 +136,9 @@ macro_rules! lua_clock {
 /// - `load(k, txn)`: reads key `k`'s lock table in one `HMGET` (`k.w`,
 ///   `k.n`, `k.W`, each target's entry `t.v`, and with `txn`, for each
 ///   adjusted target, `txn`'s adjuster field `t.adj` and the adjusters'
-///   `t.counts`, which `held`, `release` and the bound checks then use), or answers
-///   the reply refusing it: a table of an
-///   earlier protocol (`{'stopped', message}`, `{'legacy', i, holder}`);
+///   `t.counts`, which `held`, `release` and the bound checks then use), or
+///   answers the reply refusing it: a table of an earlier protocol
+///   (`{'stopped', message}`, `{'legacy', i, holder}`);
 ///   `forget(k)` drops what the first protocol left there without a lock
 ///   (its version of the key), where a transaction first writes the table;
 /// - `held(k, t, txn)`: whether `txn` holds target `t` (loaded);
