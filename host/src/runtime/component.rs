@@ -222,12 +222,15 @@ impl Component {
         store.set_epoch_deadline(1);
         let bindings = match &self.pre {
             Pre::Current(pre) => pre
-                .instantiate_async(&mut store)
+                .instantiate_checked_once(&mut store)
                 .await
                 .map(Bindings::Current),
-            Pre::V2(pre) => pre.instantiate_async(&mut store).await.map(Bindings::V2),
+            Pre::V2(pre) => pre
+                .instantiate_checked_once(&mut store)
+                .await
+                .map(Bindings::V2),
             Pre::Legacy(pre) => pre
-                .instantiate_async(&mut store)
+                .instantiate_checked_once(&mut store)
                 .await
                 .map(Bindings::Legacy),
         };

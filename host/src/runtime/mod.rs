@@ -71,6 +71,39 @@ use std::time::Duration;
 /// the longest a participant runs before yielding its tokio worker.
 pub const EPOCH_TICK: Duration = Duration::from_millis(2);
 
+/// `ParticipantPre::instantiate_async` without its second type check.
+///
+/// The generated `instantiate_async` type-checks `declare` and `execute`
+/// on every instance it makes (`get_typed_func`: each record's and
+/// variant's field names compared as strings), about a fifth of what
+/// instantiating costs. `ParticipantPre::new` has already checked both
+/// against the component's type when it was linked, and every instance of
+/// one component has that type; the calls themselves never check again
+/// (the generated `call_*` use `TypedFunc::new_unchecked`). Written inside
+/// each bindings module, where the generated structs' fields are visible.
+macro_rules! instantiate_checked_once {
+    () => {
+        impl<T: Send + 'static> ParticipantPre<T> {
+            pub async fn instantiate_checked_once(
+                &self,
+                mut store: impl wasmtime::AsContextMut<Data = T>,
+            ) -> wasmtime::Result<Participant> {
+                let mut store = store.as_context_mut();
+                let instance = self.instance_pre.instantiate_async(&mut store).await?;
+                let mut export = |index| {
+                    instance
+                        .get_func(&mut store, index)
+                        .ok_or_else(|| wasmtime::format_err!("an export checked at load is gone"))
+                };
+                Ok(Participant {
+                    declare: export(&self.indices.declare)?,
+                    execute: export(&self.indices.execute)?,
+                })
+            }
+        }
+    };
+}
+
 /// The generated bindings of the `participant` world, contract 0.3.0
 /// (wit/participant.wit). Its types are the host's: the answers of 0.2.x
 /// and 0.1.0 components are converted into them (see `component`). Its
@@ -83,6 +116,7 @@ pub mod bindings {
         // Audits compare a reused instance's answers with a fresh one's.
         additional_derives: [PartialEq],
     });
+    instantiate_checked_once!();
 }
 
 /// Contract 0.2.x (wit/v0.2/participant.wit): strings only, with
@@ -93,6 +127,7 @@ pub mod v2 {
         world: "participant",
         exports: { default: async },
     });
+    instantiate_checked_once!();
 }
 
 /// Contract 0.1.0 (wit/v0.1/participant.wit), which components built before
@@ -103,6 +138,7 @@ pub mod legacy {
         world: "participant",
         exports: { default: async },
     });
+    instantiate_checked_once!();
 }
 
 /// The contract's types, as the host uses them: accesses, snapshot
