@@ -99,7 +99,7 @@ pub async fn run(options: Options, command: String) -> anyhow::Result<Report> {
         "timing {} participant calls of each component",
         options.wasm_calls
     );
-    let wasm = wasm::calibrate(&coordinator, options.wasm_calls).await?;
+    let wasm = wasm::calibrate(&coordinator, &options.components, options.wasm_calls).await?;
     if options.calibrate_only {
         print!("{}", report::calibration(&wasm));
         return Ok(Report {

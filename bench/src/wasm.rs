@@ -12,7 +12,13 @@
 //! instance (instantiate + drop, what `reuse_steps` saves), and a reused
 //! step (`declare` + `execute` on an instance that served steps before, as
 //! a participant with `reuse_steps` runs, audits off).
+//!
+//! And a floor for the first: what wasmtime itself costs for a fresh
+//! instance on the host's engine and pool (a store, instantiate, drop,
+//! nothing called), for the smallest component there is and for the
+//! inventory participant.
 
+use std::path::Path;
 use std::time::{Duration, Instant};
 
 use anyhow::{Context, anyhow};
@@ -157,9 +163,33 @@ pub struct CallTiming {
     pub reused_step_us: f64,
 }
 
+/// What wasmtime alone costs for a fresh instance (a `Store`,
+/// instantiate, drop; nothing called) on the runtime's engine and pool,
+/// medians in µs: the floor under `fresh_overhead_us`.
+#[derive(Debug, Clone, Copy, Default, Serialize)]
+pub struct Floor {
+    /// [`EMPTY_COMPONENT`]: one page of memory and nothing else.
+    pub empty_us: f64,
+    /// The inventory participant's component, its imports left unlinked.
+    pub inventory_us: f64,
+}
+
+/// The smallest component: one core module with one page of memory,
+/// instantiated, nothing exported. In the binary format, written out by
+/// hand (the host's wasmtime is built without the text format).
+const EMPTY_COMPONENT: &[u8] = &[
+    0x00, 0x61, 0x73, 0x6d, 0x0d, 0x00, 0x01, 0x00, // a component (version 13, layer 1)
+    0x01, 0x0d, // a core module section of 13 bytes:
+    0x00, 0x61, 0x73, 0x6d, 0x01, 0x00, 0x00, 0x00, //   a core module (version 1)
+    0x05, 0x03, 0x01, 0x00, 0x01, //   with one memory of at least 1 page
+    0x02, 0x04, 0x01, 0x00, 0x00, 0x00, // one core instance: module 0, no arguments
+];
+
 /// What one call of each example participant costs.
 #[derive(Debug, Clone, Copy, Default, Serialize)]
 pub struct Calibration {
+    /// wasmtime alone, for the same pool.
+    pub floor: Floor,
     pub inventory: CallTiming,
     pub payments: CallTiming,
     /// The examples of typed data, where the coordinator has them.
@@ -193,8 +223,21 @@ impl Calibration {
     }
 }
 
-/// Times `calls` calls of each participant the coordinator has loaded.
-pub async fn calibrate(coordinator: &Coordinator, calls: usize) -> anyhow::Result<Calibration> {
+/// Times `calls` calls of each participant the coordinator has loaded,
+/// and wasmtime's floor (the inventory component read from `components`).
+pub async fn calibrate(
+    coordinator: &Coordinator,
+    components: &Path,
+    calls: usize,
+) -> anyhow::Result<Calibration> {
+    let engine = coordinator.registry().runtime().engine();
+    let inventory = components.join("inventory.wasm");
+    let inventory =
+        std::fs::read(&inventory).with_context(|| format!("reading {}", inventory.display()))?;
+    let floor = Floor {
+        empty_us: wasmtime_alone(engine, EMPTY_COMPONENT, calls).await?,
+        inventory_us: wasmtime_alone(engine, &inventory, calls).await?,
+    };
     let mut timing = [CallTiming::default(); 2];
     for (slot, sample) in timing
         .iter_mut()
@@ -214,6 +257,7 @@ pub async fn calibrate(coordinator: &Coordinator, calls: usize) -> anyhow::Resul
     }
     let [orders, social] = optional;
     Ok(Calibration {
+        floor,
         inventory: timing[0],
         payments: timing[1],
         orders,
@@ -259,6 +303,39 @@ pub async fn time_calls(
         fresh_overhead_us: us(&parts[5], 0.5),
         reused_step_us: us(&reused, 0.5),
     })
+}
+
+/// Median µs of `calls` fresh instances of `bytes` made and dropped by
+/// wasmtime alone on `engine`: a store with nothing in it, no limiter, no
+/// epoch callback, no bindings; every import a trap.
+async fn wasmtime_alone(
+    engine: &wasmtime::Engine,
+    bytes: &[u8],
+    calls: usize,
+) -> anyhow::Result<f64> {
+    let component = wasmtime::component::Component::new(engine, bytes)
+        .map_err(|e| anyhow!("compiling a component for the floor: {e:#}"))?;
+    let mut linker = wasmtime::component::Linker::<()>::new(engine);
+    linker
+        .define_unknown_imports_as_traps(&component)
+        .map_err(|e| anyhow!("{e:#}"))?;
+    let pre = linker
+        .instantiate_pre(&component)
+        .map_err(|e| anyhow!("{e:#}"))?;
+    let mut times = Vec::with_capacity(calls.max(1));
+    for i in 0..WARM_UP_CALLS + calls.max(1) {
+        let started = Instant::now();
+        let mut store = wasmtime::Store::new(engine, ());
+        pre.instantiate_async(&mut store)
+            .await
+            .map_err(|e| anyhow!("{e:#}"))?;
+        drop(store);
+        if i >= WARM_UP_CALLS {
+            times.push(nanos(started.elapsed()));
+        }
+    }
+    times.sort_unstable();
+    Ok(percentile(&times, 0.5).unwrap_or(0) as f64 / 1000.0)
 }
 
 fn nanos(d: Duration) -> u32 {

@@ -374,6 +374,12 @@ impl Runtime {
         Ok(())
     }
 
+    /// The engine every component of this runtime is compiled for, with
+    /// its pool (the benchmark times wasmtime alone on it).
+    pub fn engine(&self) -> &wasmtime::Engine {
+        &self.engine
+    }
+
     /// The compile cache, if this runtime has one.
     pub fn cache(&self) -> Option<&CompileCache> {
         self.cache.as_deref()
