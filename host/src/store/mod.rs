@@ -370,6 +370,9 @@ pub struct Finalize {
     pub ttl: Duration,
     /// Its marker entry in the lock index, if any.
     pub marker: Option<String>,
+    /// The record is in the compact form already (a transaction of one
+    /// store wrote it so): only its TTL changes.
+    pub compact: bool,
 }
 
 /// Transactions applied in one script call, at most (see
@@ -1404,7 +1407,8 @@ impl Store {
         for item in items {
             call.key(Key::TxnRecord(&item.txn).encode())
                 .arg(item.ttl.as_millis() as u64)
-                .arg(item.marker.as_deref().unwrap_or(""));
+                .arg(item.marker.as_deref().unwrap_or(""))
+                .arg(if item.compact { "1" } else { "" });
         }
         self.invoke(&call, true).await?;
         Ok(())

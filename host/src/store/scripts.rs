@@ -998,6 +998,9 @@ return 'ok'
 /// as [`COMMIT`] when nothing is in the way (a key is free or held by
 /// adjusters only, whose reservations count against the bounds), and
 /// `again`, with nothing changed, on anything else (see [`LOCK_ADJUSTED`]).
+/// When none of the keys' lock tables exists (nobody holds or reserves
+/// them, the common case), one `EXISTS` of them all stands for reading
+/// each.
 /// KEYS: record, index, idempotency key (or the record again), then data1,
 /// table1, ...; ARGV: txn, record, record_ttl_ms ('0': none), marker to
 /// add ('' if none), lease_ms, claim owner ('' if none), outcome,
@@ -1011,11 +1014,16 @@ if n > 1000 then return 'again' end
 local data, values = {}, {}
 for i = 1, n do data[i] = KEYS[2 + 2 * i] end
 if n > 0 then values = redis.call('MGET', unpack(data)) end
-local sums = {}
+local tables, sums = {}, {}
+for i = 1, n do tables[i] = KEYS[3 + 2 * i] end
+local held = n > 0 and redis.call('EXISTS', unpack(tables)) > 0
 for i = 1, n do
-  local r = redis.pcall('HMGET', KEYS[3 + 2 * i], 'w', '#', 'W', 'lock', 'ver', 'neg', 'pos')
-  if r.err or r[2] or r[3] or r[4] or r[5] or (r[1] and string.sub(r[1], 1, 1) ~= 'a') then
-    return 'again'
+  local r = {}
+  if held then
+    r = redis.pcall('HMGET', tables[i], 'w', '#', 'W', 'lock', 'ver', 'neg', 'pos')
+    if r.err or r[2] or r[3] or r[4] or r[5] or (r[1] and string.sub(r[1], 1, 1) ~= 'a') then
+      return 'again'
+    end
   end
   local raw = values[i] or nil
   if not raw and redis.call('EXISTS', data[i]) == 1 then return 'again' end
@@ -1283,15 +1291,20 @@ return out
 /// becomes the compact form with a TTL, or goes (`ttl` 0), and its marker
 /// leaves the index. Only committed records are finalized, and only once
 /// nothing points at them any more.
+/// A record already compact (a transaction of one store) only has its TTL
+/// changed (`PEXPIRE`, which leaves a record that is gone gone, as `XX`).
 /// KEYS: index, record1, record2, ...; ARGV: compact record, then per
-/// record `ttl_ms, marker ('' if none)`. Reply: number of records.
+/// record `ttl_ms, marker ('' if none), compact ('1' or '')`. Reply: number
+/// of records.
 pub const FINALIZE: &str = concat!(
     lua_keys!(),
     "local gone, markers = {}, {}
 for i = 2, #KEYS do
-  local a = 2 * (i - 1)
+  local a = 3 * i - 4
   if ARGV[a] == '0' then
     gone[#gone + 1] = KEYS[i]
+  elseif ARGV[a + 2] == '1' then
+    redis.call('PEXPIRE', KEYS[i], ARGV[a])
   else
     redis.call('SET', KEYS[i], ARGV[1], 'PX', ARGV[a], 'XX')
   end

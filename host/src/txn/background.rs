@@ -150,6 +150,7 @@ pub(super) async fn apply(work: Remaining, finalizer: &Finalizer) {
                 txn,
                 ttl: retention,
                 marker,
+                compact: false,
             },
         );
     }

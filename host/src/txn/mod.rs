@@ -651,6 +651,7 @@ impl Coordinator {
                     txn: id,
                     ttl: self.config.finalized_retention(),
                     marker,
+                    compact: true,
                 };
                 self.finalizer.send(self.store(&primary), item);
             }

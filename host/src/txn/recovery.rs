@@ -309,6 +309,7 @@ impl Coordinator {
             txn: txn.to_owned(),
             ttl: self.config.record_retention(),
             marker,
+            compact: false,
         };
         self.store(primary)
             .finalize(&Record::compact_committed().encode(), &[finalize])
