@@ -2,7 +2,8 @@
 # Real clients, as a new user would measure: wrk posting random orders to
 # `redstage serve` (inventory on one Redis, payments on another), and
 # redis-benchmark running the same order as one Lua script on one of the
-# same Redis servers, one after the other on this machine.
+# same Redis servers, one after the other on this machine; and wrk asking
+# `serve` for /v1/health, what its HTTP alone costs.
 #
 #   ./scripts/wrk.sh [shop|flash] [none|aof] [seconds] [connections]
 #
@@ -117,6 +118,15 @@ COMMITTED=$(sed -n 's/^redstage: \([0-9]*\) committed (\([0-9]*\)\/s).*/\1/p' <<
 RATE=$(sed -n 's/^redstage: \([0-9]*\) committed (\([0-9]*\)\/s).*/\2/p' <<<"$OUT")
 REDSTAGE_REDIS=$(per "$R0" "$R1" "$COMMITTED")
 echo "redstage: Redis CPU $REDSTAGE_REDIS µs per committed order (both servers), serve CPU $(per "$S0" "$S1" "$COMMITTED") µs per committed order"
+
+# What `serve` spends on HTTP alone: the same connections asking for
+# /v1/health (no transaction, no Redis, no participant).
+say "wrk: GET /v1/health, $CONNECTIONS connections, 2 threads, 5s (HTTP alone)"
+S0=$(serve_cpu)
+HEALTH=$(wrk -t2 -c"$CONNECTIONS" -d5s "http://127.0.0.1:$HTTP/v1/health")
+S1=$(serve_cpu)
+N=$(sed -n 's/^ *\([0-9]*\) requests in .*/\1/p' <<<"$HEALTH")
+echo "health: $N requests, serve CPU $(per "$S0" "$S1" "$N") µs per request"
 
 say "redis-benchmark: the same order as one Lua script on the orders Redis, $CONNECTIONS connections"
 SCRIPT='local stock = tonumber(redis.call("GET", KEYS[1]) or "0")
