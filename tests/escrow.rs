@@ -674,6 +674,7 @@ const OTHER: &[(&str, &str)] = &[
 /// key.
 #[test]
 fn the_scripts_for_adjusted_strings_do_what_the_general_ones_do_or_nothing() {
+    use redstage::store::commit_bounds;
     use redstage::store::scripts::{
         APPLY, APPLY_ADJUSTED, COMMIT, COMMIT_ADJUSTED, LOCK, LOCK_ADJUSTED,
     };
@@ -858,6 +859,36 @@ fn the_scripts_for_adjusted_strings_do_what_the_general_ones_do_or_nothing() {
             fallback: true,
             ..pay(free, (Some("0"), &[("lock", "other")], "5::"))
         },
+        // Steps summed up into two bounds: within them, at them, beyond.
+        pay(
+            (Some("100"), &[], "-50:0:;-40:0:;20:0:"),
+            (Some("0"), &[], "5::;5::20"),
+        ),
+        pay(
+            (Some("93"), OTHER, "-50:0:;-40:0:;20:0:"),
+            (Some("5"), &[], "5::10"),
+        ),
+        Commit {
+            fallback: true,
+            ..pay((Some("3"), &[], "-5:0:"), free)
+        },
+        Commit {
+            fallback: true,
+            ..pay((Some("80"), &[], "-50:0:;-40:0:;20:0:"), free)
+        },
+        Commit {
+            fallback: true,
+            ..pay(free, (Some("6"), &[], "5::10"))
+        },
+        pay((Some("9007199254740990"), &[], "-5::"), free),
+        Commit {
+            fallback: true,
+            ..pay(free, (Some("9007199254740990"), &[], "5::"))
+        },
+        Commit {
+            fallback: true,
+            ..pay(free, (Some("-9007199254740990"), &[], "-5::"))
+        },
     ];
     for (i, c) in commits.iter().enumerate() {
         let setup = |redis: &mut redis::Connection, s: &Side| {
@@ -909,7 +940,10 @@ fn the_scripts_for_adjusted_strings_do_what_the_general_ones_do_or_nothing() {
             setup,
             |redis, s| {
                 let mut a = args.to_vec();
-                a.extend(c.keys.iter().map(|(_, _, steps)| steps.to_string()));
+                for (_, _, steps) in &c.keys {
+                    let bounds = commit_bounds(&parse_steps(steps));
+                    a.extend(bounds.expect("steps a commit point takes whole"));
+                }
                 eval(redis, COMMIT_ADJUSTED, &head(s), &a)
             },
             |redis, s| {
@@ -1063,4 +1097,22 @@ fn the_scripts_for_adjusted_strings_do_what_the_general_ones_do_or_nothing() {
             a.fallback,
         );
     }
+}
+
+/// Adjustments written as the scripts take them, `delta:lower:upper;...`.
+fn parse_steps(steps: &str) -> Vec<redstage::store::Bounded> {
+    let bound = |b: &str| (!b.is_empty()).then(|| b.parse().expect("a bound"));
+    steps
+        .split(';')
+        .filter(|s| !s.is_empty())
+        .map(|s| {
+            let mut parts = s.split(':');
+            let mut next = || parts.next().expect("delta:lower:upper");
+            redstage::store::Bounded {
+                delta: next().parse().expect("a delta"),
+                lower: bound(next()),
+                upper: bound(next()),
+            }
+        })
+        .collect()
 }

@@ -220,6 +220,38 @@ pub(crate) fn steps_arg(steps: &[Bounded]) -> Vec<u8> {
         .into_bytes()
 }
 
+/// Adjustments as [`scripts::COMMIT_ADJUSTED`] takes them: their sum, and
+/// the least and the most the value (with the reservations of others
+/// counted) may be for every step to stay within its bounds, and every sum
+/// along the way within what Lua's numbers hold exactly, so that the script
+/// compares two numbers instead of parsing the steps; a bound is empty
+/// where there is none (no steps). Both bounds are kept within ±(2^53 - 1):
+/// beyond, the script answers `again` and the general one decides. None
+/// when no value passes, or a sum along the way is beyond 2^53: the general
+/// script takes those.
+pub fn commit_bounds(steps: &[Bounded]) -> Option<[String; 3]> {
+    const EXACT: i128 = 1 << 53;
+    if steps.is_empty() {
+        return Some(["0".to_owned(), String::new(), String::new()]);
+    }
+    let (mut sum, mut low, mut high) = (0i128, -(EXACT - 1), EXACT - 1);
+    for step in steps {
+        sum += i128::from(step.delta);
+        if sum.abs() > EXACT {
+            return None;
+        }
+        low = low.max(-EXACT - sum);
+        high = high.min(EXACT - sum);
+        if let Some(lower) = step.lower {
+            low = low.max(i128::from(lower) - sum);
+        }
+        if let Some(upper) = step.upper {
+            high = high.min(i128::from(upper) - sum);
+        }
+    }
+    (low <= high).then(|| [sum.to_string(), low.to_string(), high.to_string()])
+}
+
 /// Why targets could not be locked, read or adjusted as declared. `index`
 /// is the key's, in the caller's list; `target`, the target's in that
 /// key's.
@@ -937,14 +969,16 @@ impl Store {
         let adjusted = point
             .keys
             .iter()
-            .map(|k| k.adjusted(false))
+            .map(|k| k.adjusted_steps(false).and_then(commit_bounds))
             .collect::<Option<Vec<_>>>()
             .filter(|_| point.free);
         if let Some(adjusted) = adjusted {
             let mut call = Call::new(&scripts().commit_adjusted);
             self.commit_header(&mut call, point, &record_key);
-            for steps in adjusted {
-                call.arg(steps);
+            for bounds in &adjusted {
+                for arg in bounds {
+                    call.arg(arg);
+                }
             }
             let reply = self.invoke(&call, true).await?;
             if !again(&reply) {
@@ -1801,7 +1835,44 @@ fn client(url: &str, tls: &StoreTls) -> Result<redis::Client, String> {
 
 #[cfg(test)]
 mod tests {
-    use super::integer;
+    use super::{Bounded, commit_bounds, integer};
+
+    #[test]
+    fn a_commit_points_steps_become_two_bounds() {
+        let step = |delta, lower, upper| Bounded {
+            delta,
+            lower,
+            upper,
+        };
+        let strings = |a: &str, b: &str, c: &str| Some([a.to_owned(), b.to_owned(), c.to_owned()]);
+        const LIMIT: i64 = (1 << 53) - 1;
+        assert_eq!(commit_bounds(&[]), strings("0", "", ""));
+        // Paying 5 out of at least 0: the value must be 5 or more.
+        assert_eq!(
+            commit_bounds(&[step(-5, Some(0), None)]),
+            strings("-5", "5", &LIMIT.to_string())
+        );
+        // Each step's bound counts at that step: -50, -40 (>= 0 each), +20.
+        assert_eq!(
+            commit_bounds(&[
+                step(-50, Some(0), None),
+                step(-40, Some(0), None),
+                step(20, Some(0), None)
+            ]),
+            strings("-70", "90", &LIMIT.to_string())
+        );
+        assert_eq!(
+            commit_bounds(&[step(5, None, Some(10))]),
+            strings("5", &(-LIMIT).to_string(), "5")
+        );
+        // No value passes, or a sum beyond 2^53: the general script's.
+        assert_eq!(
+            commit_bounds(&[step(5, Some(10), Some(12))]),
+            strings("5", "5", "7")
+        );
+        assert_eq!(commit_bounds(&[step(5, Some(20), Some(12))]), None);
+        assert_eq!(commit_bounds(&[step(i64::MAX, None, None)]), None);
+    }
 
     #[test]
     fn integers_are_what_incrby_takes() {

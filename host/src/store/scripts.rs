@@ -91,8 +91,9 @@
 //!
 //! Most transactions through redstage only adjust strings (escrow's
 //! deductions and payments). For that shape, [`LOCK_ADJUSTED`],
-//! [`COMMIT_ADJUSTED`] (a free commit point) and [`APPLY_ADJUSTED`] take one
-//! argument per key, its adjustments, and do what the general scripts do
+//! [`COMMIT_ADJUSTED`] (a free commit point) and [`APPLY_ADJUSTED`] take a
+//! key's adjustments as arguments of their own (the commit point, already
+//! summed up into the two bounds its value must be within), and do what the general scripts do
 //! when nothing is in the way, without building each key's block into
 //! tables or running every target through helpers written for every mode
 //! and type: about half a call's time. On anything else they find (a lock
@@ -1004,8 +1005,9 @@ return 'ok'
 /// KEYS: record, index, idempotency key (or the record again), then data1,
 /// table1, ...; ARGV: txn, record, record_ttl_ms ('0': none), marker to
 /// add ('' if none), lease_ms, claim owner ('' if none), outcome,
-/// retention_ms, then per key its adjustments. Reply: `{'ok'}`,
-/// `{'decided', record}`, `{'superseded'}`, or `again`.
+/// retention_ms, then per key its adjustments as their sum and the least
+/// and the most its value may be (see `store::commit_bounds`). Reply:
+/// `{'ok'}`, `{'decided', record}`, `{'superseded'}`, or `again`.
 pub const COMMIT_ADJUSTED: &str = concat!(
     lua_keys!(),
     lua_commit_point!(claim),
@@ -1014,7 +1016,7 @@ if n > 1000 then return 'again' end
 local data, values = {}, {}
 for i = 1, n do data[i] = KEYS[2 + 2 * i] end
 if n > 0 then values = redis.call('MGET', unpack(data)) end
-local tables, sums = {}, {}
+local tables = {}
 for i = 1, n do tables[i] = KEYS[3 + 2 * i] end
 local held = n > 0 and redis.call('EXISTS', unpack(tables)) > 0
 for i = 1, n do
@@ -1027,14 +1029,22 @@ for i = 1, n do
   end
   local raw = values[i] or nil
   if not raw and redis.call('EXISTS', data[i]) == 1 then return 'again' end
-  local sum, bad = bounded(raw, tonumber(r[6]) or 0, tonumber(r[7]) or 0, ARGV[8 + i])
-  if bad then return 'again' end
-  sums[i] = sum
+  local value = 0
+  if raw then
+    value = integer(raw)
+    if not value then return 'again' end
+  end
+  local low, high = ARGV[7 + 3 * i], ARGV[8 + 3 * i]
+  if (low ~= '' and value + (tonumber(r[6]) or 0) < tonumber(low))
+    or (high ~= '' and value + (tonumber(r[7]) or 0) > tonumber(high)) then
+    return 'again'
+  end
 end
 ",
     lua_commit_point!(decide),
     "for i = 1, n do
-  if sums[i] ~= 0 then redis.call('INCRBY', data[i], int(sums[i])) end
+  local sum = ARGV[6 + 3 * i]
+  if sum ~= '0' then redis.call('INCRBY', data[i], sum) end
 end
 ",
     lua_commit_point!(mark),

@@ -184,6 +184,11 @@ impl<'a> KeyWork<'a> {
     /// none if the key has another shape. With `reads`, a key with a read
     /// has another shape.
     pub(super) fn adjusted(&self, reads: bool) -> Option<Vec<u8>> {
+        self.adjusted_steps(reads).map(steps_arg)
+    }
+
+    /// The adjustments of [`KeyWork::adjusted`], as they are.
+    pub(super) fn adjusted_steps(&self, reads: bool) -> Option<&[Bounded]> {
         if self.kind != Kind::String
             || (reads && !self.reads.is_empty())
             || !matches!(self.targets, [(None, Mode::Adjust)])
@@ -191,8 +196,8 @@ impl<'a> KeyWork<'a> {
             return None;
         }
         match self.ops {
-            [] => Some(Vec::new()),
-            [Op::Adjust { part: None, steps }] if !steps.is_empty() => Some(steps_arg(steps)),
+            [] => Some(&[]),
+            [Op::Adjust { part: None, steps }] if !steps.is_empty() => Some(steps),
             _ => None,
         }
     }
