@@ -257,7 +257,7 @@ pub fn table(report: &Report) -> String {
 /// The calibration's lines: one participant call of each example.
 pub fn calibration(w: &Calibration) -> String {
     let mut out = format!(
-        "\nwasmtime alone, a fresh instance (store, instantiate, drop; nothing called), median of {}: {:.1} µs for the smallest component, {:.1} µs for inventory's",
+        "\nwasmtime alone, a fresh instance (store, instantiate, drop; nothing called), median of {}: {:.1} µs for the smallest component, {:.1} µs for inventory's\n",
         w.inventory.calls, w.floor.empty_us, w.floor.inventory_us
     );
     for (name, t) in w.timings() {

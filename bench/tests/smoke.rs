@@ -105,6 +105,15 @@ fn a_tiny_run_covers_every_system_and_redstage_loses_nothing() {
             "{system} lost something: {lost:?}"
         );
     }
+    // The calibration, with wasmtime's floor for a fresh instance.
+    let wasm = &report["wasm"];
+    for figure in [&wasm["floor"]["empty_us"], &wasm["floor"]["inventory_us"]] {
+        assert!(figure.as_f64() > Some(0.0), "{wasm}");
+    }
+    assert!(
+        stdout.contains("wasmtime alone, a fresh instance"),
+        "{stdout}"
+    );
     let chart = std::fs::read_to_string(dir.join("bench.svg")).expect("the chart");
     assert!(
         chart.starts_with("<svg") && chart.contains("polyline"),
