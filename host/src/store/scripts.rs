@@ -92,11 +92,11 @@
 //! Most transactions through redstage only adjust strings (escrow's
 //! deductions and payments). For that shape, [`LOCK_ADJUSTED`],
 //! [`COMMIT_ADJUSTED`] (a free commit point) and [`APPLY_ADJUSTED`] take a
-//! key's adjustments as arguments of their own (the commit point, already
-//! summed up into the two bounds its value must be within), and do what the general scripts do
-//! when nothing is in the way, without building each key's block into
-//! tables or running every target through helpers written for every mode
-//! and type: about half a call's time. On anything else they find (a lock
+//! key's adjustments as arguments of their own (the commit point's already
+//! summed up into the two bounds its value must be within), and do what
+//! the general scripts do when nothing is in the way, without building
+//! each key's block into tables or running every target through helpers
+//! written for every mode and type: about half a call's time. On anything else they find (a lock
 //! in another mode or waited for, a refusal, a table of an earlier
 //! protocol, a call delivered again) they change nothing and answer
 //! `again`, and the caller sends the general script, which answers
