@@ -899,17 +899,21 @@ pub const RECOVERED: &str = "recovered";
 /// nothing of it (see [`Coordinator::lookup`]); any other transaction is
 /// known by its locks until it decides, and by its record after.
 fn new_txn_id(traceless: bool) -> String {
-    flagged(uuid::Uuid::now_v7().to_string(), traceless)
+    with_flag(uuid::Uuid::now_v7(), traceless).to_string()
 }
 
 /// Transaction id `id` with its last bit set to `traceless`.
 fn flagged(id: String, traceless: bool) -> String {
-    let Ok(uuid) = uuid::Uuid::try_parse(&id) else {
-        return id;
-    };
+    match uuid::Uuid::try_parse(&id) {
+        Ok(uuid) => with_flag(uuid, traceless).to_string(),
+        Err(_) => id,
+    }
+}
+
+fn with_flag(uuid: uuid::Uuid, traceless: bool) -> uuid::Uuid {
     let mut bytes = *uuid.as_bytes();
     bytes[15] = (bytes[15] & !1) | u8::from(traceless);
-    uuid::Uuid::from_bytes(bytes).to_string()
+    uuid::Uuid::from_bytes(bytes)
 }
 
 /// Whether transaction `id` may have left no trace before its commit point
