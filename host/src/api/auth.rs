@@ -27,7 +27,7 @@
 
 use std::sync::Arc;
 
-use axum::extract::{Request, State};
+use axum::extract::Request;
 use axum::http::header::{AUTHORIZATION, WWW_AUTHENTICATE};
 use axum::http::{HeaderValue, Method, StatusCode};
 use axum::middleware::Next;
@@ -258,14 +258,11 @@ fn constant_time_eq(a: &[u8; 32], b: &[u8; 32]) -> bool {
     std::hint::black_box(diff) == 0
 }
 
-/// The middleware: passes a request on only if its token grants one of
-/// the route's scopes, with its [`Caller`] in the request's extensions
-/// (and its name in the answer's, for the access log).
-pub async fn require(
-    State(tokens): State<Arc<Tokens>>,
-    mut request: Request,
-    next: Next,
-) -> Response {
+/// Every request's check (inside the API's one layer): passes a request on
+/// only if its token grants one of the route's scopes, with its [`Caller`]
+/// in the request's extensions (and its name in the answer's, for the
+/// access log).
+pub async fn require(tokens: &Tokens, mut request: Request, next: Next) -> Response {
     if tokens.is_empty() {
         return next.run(request).await;
     }
