@@ -2,8 +2,11 @@
 # Real clients, as a new user would measure: wrk posting random orders to
 # `redstage serve` (inventory on one Redis, payments on another), and
 # redis-benchmark running the same order as one Lua script on one of the
-# same Redis servers, one after the other on this machine; and wrk asking
-# `serve` for /v1/health, what its HTTP alone costs.
+# same Redis servers, one after the other on this machine; wrk asking
+# `serve` for /v1/health, what its HTTP alone costs; and the same orders
+# posted to `redstage-floor`, the parts of an order alone (HTTP, JSON, a
+# fresh instance per step, a hand-written two-phase commit's three script
+# calls; see bench/src/floor.rs), what any coordinator of these parts pays.
 #
 #   ./scripts/wrk.sh [shop|flash] [none|aof] [seconds] [connections]
 #
@@ -32,6 +35,7 @@ fi
 say "building redstage and the example participants (release)"
 cargo build --release --quiet --target wasm32-unknown-unknown -p inventory -p payments
 cargo build --release --quiet -p redstage-host
+cargo build --release --quiet -p redstage-bench --bin redstage-floor
 
 WORK=$(mktemp -d /tmp/redstage-wrk.XXXXXX)
 PIDS=()
@@ -103,7 +107,7 @@ redis_cpu() {
     for port in "$@"; do redis-cli -p "$port" info cpu; done |
         awk -F: '/^used_cpu_(sys|user):/ { s += $2 } END { printf "%.6f", s }'
 }
-serve_cpu() { awk -v hz="$(getconf CLK_TCK)" '{ printf "%.6f", ($14 + $15) / hz }' "/proc/$SERVE/stat"; }
+serve_cpu() { awk -v hz="$(getconf CLK_TCK)" '{ printf "%.6f", ($14 + $15) / hz }' "/proc/${1:-$SERVE}/stat"; }
 per() { awk -v a="$1" -v b="$2" -v n="$3" 'BEGIN { printf "%.1f", (b - a) * 1e6 / n }'; }
 
 say "wrk: $WORKLOAD orders, $CONNECTIONS connections, 2 threads, ${SECONDS_}s"
@@ -127,6 +131,22 @@ HEALTH=$(wrk -t2 -c"$CONNECTIONS" -d5s "http://127.0.0.1:$HTTP/v1/health")
 S1=$(serve_cpu)
 N=$(sed -n 's/^ *\([0-9]*\) requests in .*/\1/p' <<<"$HEALTH")
 echo "health: $N requests, serve CPU $(per "$S0" "$S1" "$N") µs per request"
+
+FLOOR_HTTP=$(free_port)
+say "wrk: the same orders to redstage-floor (the parts of an order alone), ${SECONDS_}s"
+target/release/redstage-floor --listen "127.0.0.1:$FLOOR_HTTP" --orders "redis://127.0.0.1:$ORDERS" \
+    --ledger "redis://127.0.0.1:$LEDGER" --components "$COMPONENTS" 2>"$WORK/floor.log" &
+FLOOR=$!
+PIDS+=($FLOOR)
+until curl -s -o /dev/null "http://127.0.0.1:$FLOOR_HTTP/" 2>/dev/null; do sleep 0.1; done
+S0=$(serve_cpu "$FLOOR")
+OUT=$(WORKLOAD=$WORKLOAD wrk -t2 -c"$CONNECTIONS" -d"${SECONDS_}s" --latency \
+    -s bench/wrk/orders.lua "http://127.0.0.1:$FLOOR_HTTP")
+S1=$(serve_cpu "$FLOOR")
+kill "$FLOOR"
+grep -E "^redstage:" <<<"$OUT" | sed 's/^redstage:/floor:/'
+N=$(sed -n 's/^redstage: \([0-9]*\) committed .*/\1/p' <<<"$OUT")
+echo "floor: CPU $(per "$S0" "$S1" "$N") µs per committed order"
 
 say "redis-benchmark: the same order as one Lua script on the orders Redis, $CONNECTIONS connections"
 SCRIPT='local stock = tonumber(redis.call("GET", KEYS[1]) or "0")

@@ -21,6 +21,9 @@
 //!                 commit point and payment, deduct or release     payments on `ledger`
 //! ```
 //!
+//! And `redstage-floor` (see [`floor`]): the parts of an order alone,
+//! served over HTTP for `scripts/wrk.sh`.
+//!
 //! Every system runs the same business logic on the same key space: deduct
 //! the stock if there is enough, move the money if the balance covers it,
 //! else abort and change nothing.
@@ -44,10 +47,12 @@
 //! - [`systems`]: the five ways of running a transaction.
 //! - [`measure`]: one cell: clients, latencies, counts.
 //! - [`wasm`]: the cost of one participant call, measured apart.
+//! - [`floor`]: `redstage-floor`, an order's parts alone over HTTP.
 //! - [`report`]: rows, the table, the JSON file.
 //! - [`chart`]: the SVG of throughput and p99 against concurrency.
 
 pub mod chart;
+pub mod floor;
 pub mod measure;
 pub mod options;
 pub mod redis_time;

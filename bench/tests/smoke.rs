@@ -261,3 +261,89 @@ fn tempfile_dir(name: &str) -> std::path::PathBuf {
     std::fs::create_dir_all(&dir).expect("a temp dir");
     dir
 }
+
+/// `redstage-floor`, the parts of an order alone: an order posted to it
+/// runs both participants and the hand-written two-phase commit for real
+/// (the stock and the money move, once), an order the stock does not cover
+/// changes nothing, and a body that is not an order is refused.
+#[test]
+fn the_floor_serves_orders_with_the_parts_alone() {
+    use redstage::embedded::{Persistence, RedisServer};
+    let orders = RedisServer::start(Persistence::None).expect("redis-server");
+    let ledger = RedisServer::start(Persistence::None).expect("redis-server");
+    let mut o = redis::Client::open(orders.url())
+        .unwrap()
+        .get_connection()
+        .unwrap();
+    let mut l = redis::Client::open(ledger.url())
+        .unwrap()
+        .get_connection()
+        .unwrap();
+    let _: () = redis::cmd("SET")
+        .arg("inventory:stock:sku1")
+        .arg(5)
+        .query(&mut o)
+        .unwrap();
+    let _: () = redis::cmd("SET")
+        .arg("payments:balance:c1")
+        .arg(100)
+        .query(&mut l)
+        .unwrap();
+    let port = std::net::TcpListener::bind("127.0.0.1:0")
+        .and_then(|l| l.local_addr())
+        .expect("a free port")
+        .port();
+    let mut floor = Command::new(env!("CARGO_BIN_EXE_redstage-floor"))
+        .args(["--listen", &format!("127.0.0.1:{port}")])
+        .args(["--orders", &orders.url(), "--ledger", &ledger.url()])
+        .arg("--components")
+        .arg(components())
+        .spawn()
+        .expect("run redstage-floor");
+    let order = |qty: u32| {
+        format!(
+            r#"{{"steps":[{{"participant":"inventory","input":{{"op":"deduct","sku":"sku1","qty":{qty}}}}},{{"participant":"payments","input":{{"op":"transfer","from":"c1","to":"m1","amount":30}}}}]}}"#
+        )
+    };
+    let committed = post(port, &order(2));
+    let short = post(port, &order(9));
+    let refused = post(port, r#"{"steps":[]}"#);
+    floor.kill().ok();
+    floor.wait().ok();
+    assert!(committed.starts_with("HTTP/1.1 200"), "{committed}");
+    assert!(committed.contains(r#""status":"committed""#), "{committed}");
+    assert!(short.contains(r#""status":"aborted""#), "{short}");
+    assert!(refused.starts_with("HTTP/1.1 400"), "{refused}");
+    let get = |c: &mut redis::Connection, k: &str| -> Option<i64> {
+        redis::cmd("GET").arg(k).query(c).unwrap()
+    };
+    assert_eq!(get(&mut o, "inventory:stock:sku1"), Some(3));
+    assert_eq!(get(&mut l, "payments:balance:c1"), Some(70));
+    assert_eq!(get(&mut l, "payments:balance:m1"), Some(30));
+}
+
+/// POSTs `body` to /v1/transactions on `port`, retrying the connection
+/// while the server starts; the whole answer.
+fn post(port: u16, body: &str) -> String {
+    use std::io::{Read, Write};
+    let started = std::time::Instant::now();
+    let mut stream = loop {
+        match std::net::TcpStream::connect(("127.0.0.1", port)) {
+            Ok(s) => break s,
+            Err(_) if started.elapsed() < std::time::Duration::from_secs(60) => {
+                std::thread::sleep(std::time::Duration::from_millis(50));
+            }
+            Err(e) => panic!("redstage-floor did not listen: {e}"),
+        }
+    };
+    write!(
+        stream,
+        "POST /v1/transactions HTTP/1.1\r\nHost: floor\r\nContent-Type: application/json\r\n\
+         Content-Length: {}\r\nConnection: close\r\n\r\n{body}",
+        body.len()
+    )
+    .expect("send");
+    let mut answer = String::new();
+    stream.read_to_string(&mut answer).expect("read");
+    answer
+}
