@@ -412,7 +412,10 @@ async fn submit(
     })?;
     // On a task of its own, so that a client that disconnects does not cut
     // the transaction short: it finishes, and its outcome can be looked up.
-    let run = tokio::spawn(async move { coordinator.run(request).await }.in_current_span());
+    // Boxed first: the transaction's future is several kilobytes, which
+    // spawning would otherwise copy more than once.
+    let run = Box::pin(async move { coordinator.run(request).await }.in_current_span());
+    let run = tokio::spawn(run);
     let response = run.await.expect("a transaction task does not panic")?;
     let outcome = Outcome {
         txn: Some(response.id.clone()),
