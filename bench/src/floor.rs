@@ -54,6 +54,9 @@ struct Floor {
     orders: MultiplexedConnection,
     ledger: MultiplexedConnection,
     scripts: [Script; 3],
+    /// Names this process's transactions apart from an earlier run's on
+    /// the same Redis (whose records may still stand).
+    run: u64,
     next: AtomicU64,
 }
 
@@ -99,6 +102,7 @@ pub async fn serve(
         orders: connect(orders).await?,
         ledger: connect(ledger).await?,
         scripts: [TWO_PHASE_RESERVE, TWO_PHASE_COMMIT, TWO_PHASE_APPLY].map(Script::new),
+        run: fastrand::u64(..),
         next: AtomicU64::new(0),
     });
     let app = axum::Router::new()
@@ -142,7 +146,11 @@ async fn run(floor: &Floor, body: &[u8]) -> anyhow::Result<Vec<u8>> {
         ));
     }
     let ((stock, qty), (from, to, amount)) = stock.zip(payment).context("not an order")?;
-    let id = floor.next.fetch_add(1, Ordering::Relaxed).to_string();
+    let id = format!(
+        "{:x}-{}",
+        floor.run,
+        floor.next.fetch_add(1, Ordering::Relaxed)
+    );
     let [reserve, commit, apply] = &floor.scripts;
     let (mut orders, mut ledger) = (floor.orders.clone(), floor.ledger.clone());
     let reservations = format!("floor:res:{stock}");
