@@ -12,11 +12,10 @@
 //!    host's runtime (instantiate, `declare`, `execute` with the snapshot
 //!    that adjusted keys get, which is empty; drop), the same calls the
 //!    bench's calibration times;
-//! 3. runs the hand-written two-phase commit's three script calls
-//!    ([`crate::systems::baselines::TWO_PHASE_RESERVE`], `_COMMIT`,
-//!    `_APPLY`) with the keys and amounts the participants' writes name:
-//!    reserve the stock on `orders`, decide and pay on `ledger`, deduct on
-//!    `orders`;
+//! 3. runs the bench's hand-written two-phase commit
+//!    ([`crate::systems::baselines::TwoPhase`], three script calls) on the
+//!    SKU, accounts and amounts the participants' writes name: reserve the
+//!    stock on `orders`, decide and pay on `ledger`, deduct on `orders`;
 //! 4. answers the outcome and the participants' outputs as JSON.
 //!
 //! `scripts/wrk.sh` runs the same `wrk` against it as against `serve`, on
@@ -25,39 +24,29 @@
 use std::net::SocketAddr;
 use std::path::Path;
 use std::sync::Arc;
-use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::atomic::{AtomicUsize, Ordering};
 
 use anyhow::{Context, anyhow, bail};
 use axum::body::Bytes;
 use axum::extract::State;
 use axum::http::StatusCode;
 use axum::response::{IntoResponse, Response};
-use redis::Script;
-use redis::aio::MultiplexedConnection;
 use redstage::runtime::{CallLimits, Component, Outcome, Runtime, guest};
 use serde::Deserialize;
 
-use crate::systems::baselines::{TWO_PHASE_APPLY, TWO_PHASE_COMMIT, TWO_PHASE_RESERVE};
-
-/// The keys' prefixes, as `scripts/wrk.sh` configures the participants.
-const INVENTORY_PREFIX: &str = "inventory:";
-const PAYMENTS_PREFIX: &str = "payments:";
-/// The reservations' index, lease and records' lifetime (recovery is not
-/// part of the floor).
-const INDEX: &str = "floor:index";
-const LEASE_MS: u64 = 30_000;
-const RECORD_TTL_MS: u64 = 600_000;
+use crate::systems::Ending;
+use crate::systems::baselines::TwoPhase;
+use crate::workload::Txn;
 
 struct Floor {
     inventory: Component,
     payments: Component,
-    orders: MultiplexedConnection,
-    ledger: MultiplexedConnection,
-    scripts: [Script; 3],
-    /// Names this process's transactions apart from an earlier run's on
-    /// the same Redis (whose records may still stand).
-    run: u64,
-    next: AtomicU64,
+    two_phase: TwoPhase,
+    /// Each order is a two-phase client of its own, numbered from here: a
+    /// start drawn per process, so that a second run on the same Redis
+    /// does not meet the first one's records.
+    first_client: usize,
+    next: AtomicUsize,
 }
 
 #[derive(Deserialize)]
@@ -99,11 +88,9 @@ pub async fn serve(
     let floor = Arc::new(Floor {
         inventory: load("inventory")?,
         payments: load("payments")?,
-        orders: connect(orders).await?,
-        ledger: connect(ledger).await?,
-        scripts: [TWO_PHASE_RESERVE, TWO_PHASE_COMMIT, TWO_PHASE_APPLY].map(Script::new),
-        run: fastrand::u64(..),
-        next: AtomicU64::new(0),
+        two_phase: TwoPhase::over([connect(orders).await?, connect(ledger).await?]),
+        first_client: fastrand::usize(..),
+        next: AtomicUsize::new(0),
     });
     let app = axum::Router::new()
         .route("/v1/transactions", axum::routing::post(order))
@@ -123,21 +110,30 @@ async fn order(State(floor): State<Arc<Floor>>, body: Bytes) -> Response {
 
 async fn run(floor: &Floor, body: &[u8]) -> anyhow::Result<Vec<u8>> {
     let request: Request = serde_json::from_slice(body)?;
-    let mut stock = None;
+    let mut item = None;
     let mut payment = None;
     let mut outputs = Vec::with_capacity(request.steps.len());
     for step in &request.steps {
         let input = serde_json::to_vec(&step.input)?;
-        let (component, prefix) = match step.participant.as_str() {
-            "inventory" => (&floor.inventory, INVENTORY_PREFIX),
-            "payments" => (&floor.payments, PAYMENTS_PREFIX),
+        let component = match step.participant.as_str() {
+            "inventory" => &floor.inventory,
+            "payments" => &floor.payments,
             other => bail!("no participant `{other}`"),
         };
         let outcome = call(component, &input).await?;
-        let adjusted = adjustments(&outcome, prefix);
-        match adjusted.as_slice() {
-            [(key, delta)] if *delta < 0 => stock = Some((key.clone(), -delta)),
-            [(from, out), (to, _)] if *out < 0 => payment = Some((from.clone(), to.clone(), -out)),
+        let adjusted = adjustments(&outcome);
+        let named = |key: &str, kind: &str| {
+            key.strip_prefix(kind)
+                .map(str::to_owned)
+                .with_context(|| format!("`{key}` is not a {kind} key"))
+        };
+        match (step.participant.as_str(), adjusted.as_slice()) {
+            ("inventory", [(stock, delta)]) if *delta < 0 => {
+                item = Some((named(stock, "stock:")?, -delta));
+            }
+            ("payments", [(from, out), (to, _)]) if *out < 0 => {
+                payment = Some((named(from, "balance:")?, named(to, "balance:")?, -out));
+            }
             _ => bail!("`{}` wrote what an order does not", step.participant),
         }
         outputs.push((
@@ -145,52 +141,29 @@ async fn run(floor: &Floor, body: &[u8]) -> anyhow::Result<Vec<u8>> {
             redstage::txn::types::output_json(&outcome.output),
         ));
     }
-    let ((stock, qty), (from, to, amount)) = stock.zip(payment).context("not an order")?;
-    let id = format!(
-        "{:x}-{}",
-        floor.run,
-        floor.next.fetch_add(1, Ordering::Relaxed)
-    );
-    let [reserve, commit, apply] = &floor.scripts;
-    let (mut orders, mut ledger) = (floor.orders.clone(), floor.ledger.clone());
-    let reservations = format!("floor:res:{stock}");
-    let reserved: String = reserve
-        .key(&stock)
-        .key(&reservations)
-        .key(INDEX)
-        .arg(&id)
-        .arg(qty)
-        .arg(LEASE_MS)
-        .invoke_async(&mut orders)
-        .await?;
-    let committed = reserved == "ok" && {
-        let decided: String = commit
-            .key(&from)
-            .key(&to)
-            .key(format!("floor:txn:{id}"))
-            .arg(amount)
-            .arg(RECORD_TTL_MS)
-            .invoke_async(&mut ledger)
-            .await?;
-        decided == "ok"
+    let (item, (from, to, amount)) = item.zip(payment).context("not an order")?;
+    let txn = Txn {
+        item: Some(item),
+        from,
+        to,
+        amount,
+        order: None,
+        social: None,
     };
-    if reserved == "ok" {
-        let _: i64 = apply
-            .key(&stock)
-            .key(&reservations)
-            .key(INDEX)
-            .arg(&id)
-            .arg(if committed { "1" } else { "" })
-            .invoke_async(&mut orders)
-            .await?;
-    }
+    let client = floor
+        .first_client
+        .wrapping_add(floor.next.fetch_add(1, Ordering::Relaxed));
+    let done = floor.two_phase.worker(client).run(&txn).await?;
     let steps: Vec<_> = outputs
         .into_iter()
         .map(|(participant, output)| serde_json::json!({"participant": participant, "output": output}))
         .collect();
-    let status = if committed { "committed" } else { "aborted" };
+    let status = match done.ending {
+        Ending::Committed => "committed",
+        _ => "aborted",
+    };
     Ok(serde_json::to_vec(
-        &serde_json::json!({"id": id, "status": status, "attempts": 1, "steps": steps}),
+        &serde_json::json!({"id": client.to_string(), "status": status, "attempts": 1, "steps": steps}),
     )?)
 }
 
@@ -203,13 +176,14 @@ async fn call(component: &Component, input: &[u8]) -> anyhow::Result<Outcome> {
     Ok(outcome)
 }
 
-/// The step's adjustments, as (Redis key, delta), in the order written.
-fn adjustments(outcome: &Outcome, prefix: &str) -> Vec<(String, i64)> {
+/// The step's adjustments, as (the participant's key, delta), in the
+/// order written.
+fn adjustments(outcome: &Outcome) -> Vec<(&str, i64)> {
     outcome
         .writes
         .iter()
         .filter_map(|w| match &w.op {
-            guest::Op::Adjust(b) => Some((format!("{prefix}{}", w.key), b.delta)),
+            guest::Op::Adjust(b) => Some((w.key.as_str(), b.delta)),
             _ => None,
         })
         .collect()

@@ -438,8 +438,13 @@ const TWO_PHASE_INDEX: &str = "twophase:index";
 
 impl TwoPhase {
     pub fn new(stores: &Stores) -> TwoPhase {
+        TwoPhase::over([stores.conn(0), stores.conn(1)])
+    }
+
+    /// Over connections to `orders` and `ledger` (in that order).
+    pub fn over(conns: [MultiplexedConnection; 2]) -> TwoPhase {
         TwoPhase {
-            conns: [stores.conn(0), stores.conn(1)],
+            conns,
             scripts: std::sync::Arc::new(
                 [TWO_PHASE_RESERVE, TWO_PHASE_COMMIT, TWO_PHASE_APPLY].map(Script::new),
             ),
